@@ -1,0 +1,1 @@
+"""FreeBSD user-mode emulation (not yet implemented)."""

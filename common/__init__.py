@@ -1,0 +1,1 @@
+"""The shared layer under every pyqemu binary: block layer, option syntax, errors."""

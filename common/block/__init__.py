@@ -1,0 +1,260 @@
+"""The block layer: open, create and query disk images.
+
+The short API::
+
+    from pyqemu.common.block import open_image, create_image
+
+    create_image("disk.qcow2", "qcow2", 1 << 30)
+    with open_image("disk.qcow2", read_only=False) as img:
+        img.write(0, b"hello")
+        img.read(0, 5)
+        img.write_zeroes(65536, 65536, may_unmap=True)
+        img.discard(1 << 20, 1 << 20)
+        run = block_status_above(img, 0, img.size)   # data / zero / depth
+        img.specific_info()
+
+An image is a graph of nodes (:class:`BlockDriver`): a format node (raw, qcow2)
+over a protocol node (file), with an optional backing node. Filenames follow
+QEMU's syntax: plain paths, ``json:{...}``, and option dicts such as
+``{"driver": "qcow2", "file.filename": "x"}`` (``--image-opts``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from ..options import parse_json_filename, sub_options
+from .driver import (
+    FIX_ERRORS,
+    FIX_LEAKS,
+    BlockDriver,
+    CheckResult,
+    CreateOption,
+    Status,
+    StatusRun,
+)
+from .errors import BlockError, ImageCorrupt, InvalidRequest, UnsupportedFeature
+from .registry import format_names, get_format, get_protocol, probe_format, protocol_for_filename
+
+__all__ = [
+    "FIX_ERRORS",
+    "FIX_LEAKS",
+    "BlockDriver",
+    "BlockError",
+    "CheckResult",
+    "CreateOption",
+    "ImageCorrupt",
+    "InvalidRequest",
+    "MapRun",
+    "Status",
+    "StatusRun",
+    "UnsupportedFeature",
+    "block_status_above",
+    "create_image",
+    "format_names",
+    "get_format",
+    "open_image",
+    "resolve_backing_filename",
+]
+
+PROBE_SIZE = 2048
+
+
+def _is_protocol_name(name: str) -> bool:
+    try:
+        return get_format(name).is_protocol
+    except BlockError:
+        return False
+
+
+def resolve_backing_filename(image_filename: str, backing: str) -> str:
+    """Resolve a backing file name relative to the folder of ``image_filename``."""
+    if not backing or backing.startswith("json:") or os.path.isabs(backing):
+        return backing
+    head, sep, _ = backing.partition(":")
+    if sep and "/" not in head and protocol_for_filename(backing) != "file":
+        return backing
+    base = image_filename
+    if base.startswith("json:") or protocol_for_filename(base) != "file":
+        return backing
+    folder = os.path.dirname(base)
+    return os.path.join(folder, backing) if folder else backing
+
+
+def open_protocol(options: dict[str, Any], *, read_only: bool) -> BlockDriver:
+    """Open a protocol node from its options (``driver``, ``filename``, ...)."""
+    driver = options.get("driver")
+    if driver is None:
+        filename = options.get("filename")
+        if not filename:
+            raise BlockError('A block device must be specified for "file"')
+        driver = protocol_for_filename(str(filename))
+    cls = get_protocol(str(driver))
+    return cls.open(options, read_only=read_only)  # type: ignore[attr-defined]
+
+
+def open_image(
+    filename: str | None = None,
+    fmt: str | None = None,
+    *,
+    options: dict[str, Any] | None = None,
+    read_only: bool = True,
+    backing: bool = True,
+    _chain: tuple[str, ...] = (),
+) -> BlockDriver:
+    """Open an image and its backing chain; return the top node.
+
+    ``filename`` may be a path or ``json:{...}``; ``options`` are flattened
+    QEMU options (``file.filename=...``); ``fmt`` forces the format (else it
+    is probed). ``backing=False`` opens the image alone (``qemu-img info``).
+    """
+    opts: dict[str, Any] = dict(options or {})
+    if filename is not None and filename.startswith("json:"):
+        opts = {**parse_json_filename(filename), **opts}
+    elif filename is not None:
+        opts.setdefault("filename", filename)
+    if fmt is not None:
+        opts["driver"] = fmt
+    if "read-only" in opts:
+        read_only = (
+            str(opts["read-only"]) in ("on", "true", "True", "1") or opts["read-only"] is True
+        )
+
+    driver = opts.get("driver")
+    if driver is not None and _is_protocol_name(str(driver)):
+        return open_protocol(opts, read_only=read_only)
+
+    file_opts = sub_options(opts, "file")
+    if isinstance(opts.get("file"), str):
+        file_opts.setdefault("filename", opts["file"])
+    if "filename" in opts and "filename" not in file_opts:
+        file_opts["filename"] = opts["filename"]
+    if driver is not None:
+        cls = get_format(str(driver))  # an unknown name fails before the file is opened
+    file = open_protocol(file_opts, read_only=read_only)
+    try:
+        if driver is None:
+            header = file.read(0, min(PROBE_SIZE, file.size)) if file.size else b""
+            cls = probe_format(header, file.filename)
+        fmt_opts = {
+            k: v
+            for k, v in opts.items()
+            if not k.startswith("file.") and k not in ("file", "filename", "driver")
+        }
+        node: BlockDriver = cls.open(file, fmt_opts, read_only=read_only)  # type: ignore[attr-defined]
+    except BaseException:
+        file.close()
+        raise
+    try:
+        _open_backing(node, opts, backing, read_only, _chain)
+    except BaseException:
+        node.close()
+        raise
+    return node
+
+
+def _open_backing(
+    node: BlockDriver, opts: dict[str, Any], backing: bool, read_only: bool, chain: tuple[str, ...]
+) -> None:
+    if not node.supports_backing:
+        return
+    node.full_backing_filename = resolve_backing_filename(node.filename, node.backing_filename)
+    if not backing or not node.backing_filename:
+        return
+    if "backing" in opts and opts["backing"] in (None, ""):
+        return
+    backing_opts = sub_options(opts, "backing")
+    here = (
+        os.path.realpath(node.filename) if not node.filename.startswith("json:") else node.filename
+    )
+    chain = chain + (here,)
+    target = node.full_backing_filename
+    if not backing_opts and not target.startswith("json:") and os.path.realpath(target) in chain:
+        raise BlockError(f"Backing file '{node.backing_filename}' creates an infinite loop.")
+    if len(chain) > 1000:
+        raise BlockError("Backing chain too long")
+    try:
+        node.backing = open_image(
+            None if backing_opts else target,
+            None if backing_opts else node.backing_format,
+            options=backing_opts or None,
+            read_only=True,
+            _chain=chain,
+        )
+    except BlockError as exc:
+        raise exc.prefixed("Could not open backing file") from None
+
+
+def create_image(
+    filename: str,
+    fmt: str,
+    size: int,
+    options: dict[str, Any] | None = None,
+    *,
+    progress: Any = None,
+) -> None:
+    """Create an image of format ``fmt`` (``-o`` options as strings)."""
+    cls = get_format(fmt)
+    cls.create(filename, size, dict(options or {}), progress=progress)
+
+
+@dataclasses.dataclass(frozen=True)
+class MapRun:
+    """One run of ``qemu-img map``: status through the backing chain."""
+
+    start: int
+    length: int
+    depth: int
+    present: bool
+    zero: bool
+    data: bool
+    offset: int | None
+    file: BlockDriver | None
+
+
+def node_status(node: BlockDriver, offset: int, length: int) -> StatusRun:
+    """One node's status with QEMU's generic rules applied (ALLOCATED, zero past backing)."""
+    run = node.block_status(offset, length)
+    flags = run.flags
+    if flags & (Status.DATA | Status.ZERO):
+        flags |= Status.ALLOCATED
+    elif node.supports_backing:
+        if node.backing is None:
+            flags |= Status.ZERO
+        elif offset >= node.backing.size:
+            flags |= Status.ZERO
+    return StatusRun(run.length, flags, run.offset, run.file)
+
+
+def block_status_above(node: BlockDriver, offset: int, length: int) -> MapRun:
+    """Status of ``node`` from ``offset``, descending the backing chain to the
+    first layer that allocates it (as ``qemu-img map`` reports)."""
+    depth = 0
+    current: BlockDriver | None = node
+    run = StatusRun(length, Status.NONE)
+    while current is not None:
+        run = node_status(current, offset, length)
+        length = run.length
+        if run.flags & (Status.DATA | Status.ZERO):
+            break
+        if current.backing is None:
+            break
+        current = current.backing
+        depth += 1
+        if offset >= current.size:
+            run = StatusRun(length, Status.ZERO)
+            break
+        length = min(length, current.size - offset)
+    has_offset = bool(run.flags & Status.OFFSET_VALID)
+    return MapRun(
+        start=offset,
+        length=run.length,
+        depth=depth,
+        present=bool(run.flags & Status.ALLOCATED),
+        zero=bool(run.flags & Status.ZERO),
+        data=bool(run.flags & Status.DATA),
+        offset=run.offset if has_offset else None,
+        file=run.file if has_offset else None,
+    )

@@ -1,0 +1,278 @@
+"""The ``file`` protocol driver: a host file or block device (QEMU's file-posix).
+
+Reads past the end of the file return zeroes, holes are found with
+``SEEK_DATA``/``SEEK_HOLE``, and zeroing punches holes with ``fallocate`` when
+the caller allows unmapping.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import stat
+from typing import Any
+
+from ..errors import strerror
+from .driver import BlockDriver, CreateOption, ProgressFn, Status, StatusRun
+from .errors import BlockError, InvalidRequest
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_libc.fallocate.restype = ctypes.c_int
+
+PREALLOC_MODES = ("off", "falloc", "full")
+ZERO_CHUNK = bytes(1 << 20)
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """Linux ``fallocate(2)``; raises OSError."""
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, strerror(code))
+
+
+def write_zeroes_fd(fd: int, offset: int, length: int) -> None:
+    """Write explicit zero bytes."""
+    while length > 0:
+        n = min(length, len(ZERO_CHUNK))
+        written = os.pwrite(fd, memoryview(ZERO_CHUNK)[:n], offset)
+        offset += written
+        length -= written
+
+
+def preallocate_fd(fd: int, offset: int, length: int, mode: str) -> None:
+    """Preallocate ``length`` bytes at ``offset`` with ``falloc`` or ``full``."""
+    if length <= 0 or mode == "off":
+        return
+    if mode == "falloc":
+        try:
+            os.posix_fallocate(fd, offset, length)
+            return
+        except OSError as exc:
+            raise BlockError(
+                f"Could not preallocate new data: {strerror(exc.errno)}", exc.errno
+            ) from None
+    write_zeroes_fd(fd, offset, length)
+
+
+class FileProtocol(BlockDriver):
+    """A host file (or block device) as a block node."""
+
+    format_name = "file"
+    is_protocol = True
+    protocol_prefixes = ("file",)
+    create_options = (
+        CreateOption("size", "size", "Virtual disk size"),
+        CreateOption(
+            "preallocation", "string", "Preallocation mode (allowed values: off, falloc, full)"
+        ),
+        CreateOption("nocow", "bool", "Turn off copy-on-write (valid only on btrfs)"),
+        CreateOption(
+            "extent_size_hint", "size", "Extent size hint for the image file, 0 to disable"
+        ),
+    )
+
+    def __init__(self, filename: str, fd: int, *, read_only: bool) -> None:
+        super().__init__(filename, read_only=read_only)
+        self.fd = fd
+        st = os.fstat(fd)
+        self.is_block_device = stat.S_ISBLK(st.st_mode)
+        self.total_size = self._host_size()
+        self._seek_hole_ok = True
+
+    @staticmethod
+    def strip_prefix(filename: str) -> str:
+        """``file:/x`` names the file ``/x``."""
+        return filename[5:] if filename.startswith("file:") else filename
+
+    @classmethod
+    def open(cls, options: dict[str, Any], *, read_only: bool) -> FileProtocol:
+        """Open the host file named by ``options['filename']``."""
+        filename = options.get("filename")
+        if not filename:
+            raise BlockError("The 'file' block driver requires a file name")
+        path = cls.strip_prefix(str(filename))
+        flags = os.O_RDONLY if read_only else os.O_RDWR
+        try:
+            fd = os.open(path, flags | os.O_CLOEXEC)
+        except OSError as exc:
+            raise BlockError(f"Could not open '{path}': {strerror(exc.errno)}", exc.errno) from None
+        if os.path.isdir(path):
+            os.close(fd)
+            raise BlockError(f"'{path}' is not a regular file", errno.EISDIR)
+        return cls(path, fd, read_only=read_only)
+
+    @classmethod
+    def create(
+        cls,
+        filename: str,
+        size: int,
+        options: dict[str, Any],
+        *,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        path = cls.strip_prefix(filename)
+        prealloc = str(options.get("preallocation", "off"))
+        if prealloc not in PREALLOC_MODES:
+            raise BlockError(f"Invalid parameter '{prealloc}'")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise BlockError(
+                f"Could not create '{path}': {strerror(exc.errno)}", exc.errno
+            ) from None
+        try:
+            os.ftruncate(fd, 0)
+            if prealloc == "off":
+                os.ftruncate(fd, size)
+            else:
+                preallocate_fd(fd, 0, size, prealloc)
+                os.ftruncate(fd, size)
+        except OSError as exc:
+            raise BlockError(f"Could not resize file: {strerror(exc.errno)}", exc.errno) from None
+        finally:
+            os.close(fd)
+
+    def _host_size(self) -> int:
+        if self.is_block_device:
+            return os.lseek(self.fd, 0, os.SEEK_END)
+        return os.fstat(self.fd).st_size
+
+    def refresh_size(self) -> int:
+        """Re-read the host file's size (another writer may have grown it)."""
+        self.total_size = self._host_size()
+        return self.total_size
+
+    def _check_range(self, offset: int, length: int) -> None:
+        # a protocol node may be read or written past its end (the file grows)
+        if self.closed:
+            raise InvalidRequest("Image is closed")
+        if offset < 0 or length < 0:
+            raise InvalidRequest(f"Invalid request: offset {offset}, length {length}", errno.EINVAL)
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        try:
+            data = os.pread(self.fd, length, offset)
+        except OSError as exc:
+            raise BlockError(f"Could not read: {strerror(exc.errno)}", exc.errno) from None
+        if len(data) < length:
+            got = [data]
+            have = len(data)
+            while have < length:
+                more = os.pread(self.fd, length - have, offset + have)
+                if not more:
+                    got.append(bytes(length - have))
+                    break
+                got.append(more)
+                have += len(more)
+            data = b"".join(got)
+        return data
+
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        """Read into ``buf`` (zero-filled past end of file), without a copy."""
+        total = 0
+        length = len(buf)
+        while total < length:
+            n = os.preadv(self.fd, [buf[total:]], offset + total)
+            if n == 0:
+                buf[total:] = bytes(length - total)
+                return
+            total += n
+
+    def _pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            while len(view):
+                n = os.pwrite(self.fd, view, offset)
+                view = view[n:]
+                offset += n
+        except OSError as exc:
+            raise BlockError(f"Could not write: {strerror(exc.errno)}", exc.errno) from None
+        if offset > self.total_size:
+            self.total_size = offset
+
+    def _pwrite_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
+        end = offset + length
+        if not self.is_block_device:
+            modes = []
+            if may_unmap:
+                modes.append(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)
+            modes.append(FALLOC_FL_ZERO_RANGE)
+            for mode in modes:
+                try:
+                    fallocate(self.fd, mode, offset, length)
+                except OSError:
+                    continue
+                if end > self.total_size:
+                    if mode & FALLOC_FL_KEEP_SIZE:
+                        os.ftruncate(self.fd, end)
+                    self.total_size = self._host_size()
+                return
+        write_zeroes_fd(self.fd, offset, length)
+        if end > self.total_size:
+            self.total_size = end
+
+    def _pdiscard(self, offset: int, length: int) -> None:
+        try:
+            fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
+        except OSError:
+            pass
+
+    def _flush(self) -> None:
+        try:
+            os.fdatasync(self.fd)
+        except OSError as exc:
+            raise BlockError(f"Could not flush: {strerror(exc.errno)}", exc.errno) from None
+
+    def _truncate(self, size: int, exact: bool, prealloc: str) -> None:
+        current = self._host_size()
+        if not exact and size <= current:
+            return
+        try:
+            if size > current and prealloc != "off":
+                preallocate_fd(self.fd, current, size - current, prealloc)
+            os.ftruncate(self.fd, size)
+        except OSError as exc:
+            raise BlockError(
+                f"Failed to resize the file: {strerror(exc.errno)}", exc.errno
+            ) from None
+        self.total_size = size
+
+    def _block_status(self, offset: int, length: int) -> StatusRun:
+        end = offset + length
+        if offset >= self.total_size:
+            return StatusRun(length, Status.ZERO | Status.OFFSET_VALID | Status.EOF, offset, self)
+        if self._seek_hole_ok and not self.is_block_device:
+            try:
+                data = os.lseek(self.fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # only a hole up to the end
+                    data = self.total_size
+                else:
+                    self._seek_hole_ok = False
+                    data = offset
+            if data > offset:
+                n = min(data, end) - offset
+                return StatusRun(n, Status.ZERO | Status.OFFSET_VALID, offset, self)
+            if self._seek_hole_ok:
+                try:
+                    hole = os.lseek(self.fd, offset, os.SEEK_HOLE)
+                except OSError:
+                    hole = end
+                n = min(max(hole, offset + 1), end) - offset
+                return StatusRun(n, Status.DATA | Status.OFFSET_VALID, offset, self)
+        return StatusRun(
+            min(length, self.total_size - offset), Status.DATA | Status.OFFSET_VALID, offset, self
+        )
+
+    def allocated_file_size(self) -> int | None:
+        return os.fstat(self.fd).st_blocks * 512
+
+    def _close(self) -> None:
+        os.close(self.fd)

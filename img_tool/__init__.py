@@ -1,0 +1,1 @@
+"""pyqemu-img: QEMU's disk image utility, one module per subcommand."""

@@ -1,0 +1,1 @@
+"""pyqemu-io: QEMU's I/O tester (not yet implemented)."""

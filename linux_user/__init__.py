@@ -1,0 +1,1 @@
+"""Linux user-mode emulation (not yet implemented)."""

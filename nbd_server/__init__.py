@@ -1,0 +1,1 @@
+"""pyqemu-nbd: the NBD server (not yet implemented)."""

@@ -1,0 +1,1 @@
+"""The PC system emulator (not yet implemented)."""
