@@ -13,8 +13,9 @@ import math
 import re
 
 _SUFFIXES = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
-_SIZE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]?)\s*")
-_HEX_RE = re.compile(r"\s*0[xX][0-9a-fA-F]+\s*")
+# strtoull's leading blanks and "+"; nothing may follow the suffix
+_SIZE_RE = re.compile(r"\s*\+?([0-9]+)(\.[0-9]*)?([a-zA-Z]?)")
+_HEX_RE = re.compile(r"\s*\+?0[xX][0-9a-fA-F]+")
 
 INT64_MAX = (1 << 63) - 1
 
@@ -26,24 +27,15 @@ def parse_size(text: str, default_suffix: str = "b") -> int:
     m = _SIZE_RE.fullmatch(text)
     if not m:
         raise ValueError(text)
-    number, suffix = m.group(1), m.group(2).lower()
-    if suffix == "":
-        suffix = default_suffix
+    whole, frac, suffix = m.group(1), m.group(2) or "", (m.group(3) or default_suffix).lower()
     if suffix not in _SUFFIXES:
         raise ValueError(text)
     shift = _SUFFIXES[suffix]
-    if "." in number:
-        if shift == 0 and default_suffix == "b" and suffix == "b" and not m.group(2):
-            # a fraction of a byte makes no sense
-            frac = float(number)
-            if frac != int(frac):
-                raise ValueError(text)
-        value = float(number) * (1 << shift)
-        if value >= 2.0**64:
-            raise OverflowError(text)
-        result = int(value)
-    else:
-        result = int(number) << shift
+    fraction = float("0" + frac) if frac else 0.0
+    if fraction and shift == 0:
+        raise ValueError(text)  # a fraction of a byte, "1.5" or "1.5b"
+    # exact integer part; the fraction is a double, as in qemu_strtosz
+    result = (int(whole) << shift) + int(fraction * (1 << shift))
     if result >= 1 << 64:
         raise OverflowError(text)
     return result
@@ -63,7 +55,6 @@ def size_to_str(value: int) -> str:
 
 def cvtstr(value: float) -> str:
     """Format like qemu-io's ``cvtstr``: ``512 bytes``, ``1.500 KiB``, ``64 KiB``."""
-    suffix = " bytes"
     for shift, unit in (
         (60, " EiB"),
         (50, " PiB"),
@@ -73,10 +64,10 @@ def cvtstr(value: float) -> str:
         (10, " KiB"),
     ):
         if value >= float(1 << shift):
-            value /= float(1 << shift)
-            suffix = unit
+            text, suffix = "%.3f" % (value / float(1 << shift)), unit
             break
-    text = "%f" % value
-    if ".000" in text:
-        return text[: text.index(".000")] + suffix
-    return "%.3f%s" % (value, suffix)
+    else:
+        text, suffix = "%f" % value, " bytes"
+    # C: strstr(str, ".000") is cut off and replaced by the unit
+    trim = text.find(".000")
+    return (text[:trim] if trim >= 0 else text) + suffix
