@@ -19,12 +19,12 @@ trap 'rm -rf "$work"' EXIT
 cd "$work"
 
 say() { printf '\n$ %s\n' "$*"; }
-run() {
-    say "$@"
-    "$@"
+pyqemu_img() {
+    say pyqemu-img "$@"
+    "$img" "$@"
 }
 
-run "$img" create -f qcow2 disk.qcow2 64M
+pyqemu_img create -f qcow2 disk.qcow2 64M
 
 say "python3: write through pyqemu.common.block"
 python3 - disk.qcow2 <<'PY'
@@ -45,10 +45,10 @@ with open_image(path) as img:
     print(f"wrote and read back through {type(img).__name__}: {img.size} bytes virtual")
 PY
 
-run "$img" convert -O raw disk.qcow2 disk.raw
-run "$img" convert -f raw -O qcow2 disk.raw copy.qcow2
-run "$img" info copy.qcow2
-run "$img" check copy.qcow2
+pyqemu_img convert -O raw disk.qcow2 disk.raw
+pyqemu_img convert -f raw -O qcow2 disk.raw copy.qcow2
+pyqemu_img info copy.qcow2
+pyqemu_img check copy.qcow2
 
 say "python3: compare the round trip"
 python3 - disk.qcow2 disk.raw copy.qcow2 <<'PY'
