@@ -58,6 +58,8 @@ L2_BITMAP_ALL_ZEROES = 0xFFFFFFFF << 32
 HEADER_REFTABLE_FIELDS = struct.Struct(">QI")
 HEADER_REFTABLE_OFFSET = 48
 HEADER_INCOMPAT_OFFSET = 72
+#: what QEMU's error_report puts before a line (the program's name)
+ERROR_PREFIX = "qemu-img: "
 
 
 class ClusterType(IntEnum):
@@ -592,6 +594,7 @@ class _Checker:
             block = ondisk.load(offset)
             candidates.update(start + j for j in range(end - start) if block[j])
         highest = 0
+        discards: list[int] = []
         for i in sorted(candidates):
             try:
                 refcount1 = ondisk.get(i)
@@ -622,6 +625,8 @@ class _Checker:
             self.msg("%s cluster %d refcount=%d reference=%d" % (kind, i, refcount1, refcount2))
             if fixed is not None:
                 ondisk.set(i, refcount2)
+                if not refcount2:
+                    discards.append(i)
                 setattr(res, fixed, getattr(res, fixed) + 1)
                 continue
             if refcount1 < refcount2:
@@ -629,10 +634,13 @@ class _Checker:
             else:
                 res.leaks += 1
         ondisk.write_dirty()
+        # update_refcount discards what it frees (QCOW2_DISCARD_ALWAYS)
+        for i in discards:
+            self.file.discard(i << self.cb, self.cs)
         return highest
 
     def signal_corruption(self, text: str) -> None:
-        """qcow2_signal_corruption's message (printed once)."""
+        """qcow2_signal_corruption (fatal): printed once; a writable image is marked corrupt."""
         if self.signaled_corruption:
             return
         self.signaled_corruption = True
@@ -641,6 +649,11 @@ class _Checker:
                 f"qcow2: Marking image as corrupt: {text}; further corruption events will "
                 "be suppressed"
             )
+            if self.hdr.version >= 3:
+                raw = self.file.read(HEADER_INCOMPAT_OFFSET, 8)
+                incompat = struct.unpack(">Q", raw)[0] | layout.Incompat.CORRUPT
+                self.file.write(HEADER_INCOMPAT_OFFSET, struct.pack(">Q", incompat))
+                self.file.flush()
         else:
             self.msg(
                 f"qcow2: Image is corrupt: {text}; further non-fatal corruption events will "
@@ -831,10 +844,20 @@ class _Checker:
                     reftable.extend([0] * (new_len - len(reftable)))
                     grown = True
                 reftable[index] = block_offset
+            self.pre_write_check(block_offset, self.cs, "ERROR writing refblock")
             values = [imrt.get(k, 0) for k in range(start, start + block_size)]
             self.file.write(block_offset, encode_refblock(values, ondisk.order, self.cs))
             cluster = start + block_size
         return grown
+
+    def pre_write_check(self, offset: int, size: int, what: str) -> None:
+        """qcow2_pre_write_overlap_check for a rebuild write; failure ends the check."""
+        overlap = self.metadata_overlap(offset, size)
+        if overlap:
+            self.signal_overlap(offset, size, overlap)
+            self.msg(f"{ERROR_PREFIX}{what}: {strerror(errno.EIO)}")
+            self.res.check_errors += 1
+            raise _Abort(errno.EIO)
 
     def rebuild_refcount_structure(self) -> None:
         reftable: list[int] = []
@@ -850,6 +873,7 @@ class _Checker:
             self.msg("ERROR allocating reftable memory")
             self.res.check_errors += 1
             raise _Abort(errno.ENOMEM)
+        self.pre_write_check(offset, length, "ERROR writing reftable")
         self.file.write(offset, struct.pack(">%dQ" % len(reftable), *reftable))
         self.file.flush()
         self.file.write(HEADER_REFTABLE_OFFSET, HEADER_REFTABLE_FIELDS.pack(offset, clusters))

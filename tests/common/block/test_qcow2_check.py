@@ -16,7 +16,7 @@ import pytest
 from pyqemu.common.block.driver import FIX_ERRORS, FIX_LEAKS, CheckResult
 from pyqemu.common.block.file import FileProtocol
 from pyqemu.common.block.qcow2 import layout
-from pyqemu.common.block.qcow2.check import check_image
+from pyqemu.common.block.qcow2.check import CheckFailed, check_image
 
 from tests.conftest import run
 
@@ -114,9 +114,16 @@ def assert_same_repair(
     qemus = tmp_path / "qemus.qcow2"
     shutil.copyfile(path, mine)
     shutil.copyfile(path, qemus)
-    fixed = ours(mine, fix)
+    info, stderr, rc = theirs(qemu_img, qemus, mode)
+    try:
+        fixed = ours(mine, fix)
+    except CheckFailed as exc:
+        # qemu's check fails the same way, and leaves the same bytes
+        assert rc == 1
+        assert exc.result.messages + [f"qemu-img: Check failed: {exc}"] == stderr
+        assert mine.read_bytes() == qemus.read_bytes()
+        return exc.result, exc.result
     again = ours(mine) if (fixed.corruptions_fixed or fixed.leaks_fixed) else None
-    info, stderr, _ = theirs(qemu_img, qemus, mode)
     expected_lines = fixed.messages + (again.messages if again else [])
     assert expected_lines == stderr
     final = again or fixed
@@ -131,8 +138,12 @@ def assert_same_repair(
     my_after, my_stderr, my_rc = theirs(qemu_img, mine)
     assert my_rc == their_rc
     assert their_counts(my_after) == their_counts(their_after)
-    cmp = run([qemu_img, "compare", "-f", "qcow2", "-F", "qcow2", str(mine), str(qemus)])
-    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+    if their_rc == 0:
+        cmp = run([qemu_img, "compare", "-f", "qcow2", "-F", "qcow2", str(mine), str(qemus)])
+        assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+    else:
+        # qemu could not make it clean either (it cannot be read): the same bytes then
+        assert mine.read_bytes() == qemus.read_bytes()
     return fixed, final
 
 
@@ -275,3 +286,216 @@ def test_bitmaps_are_not_leaks(qemu_img, qemu_io, tmp_path):
     assert hdr.autoclear_features & layout.Autoclear.BITMAPS
     res = assert_same_report(qemu_img, path)
     assert res.leaks == 0
+
+
+# --------------------------------------------------------------------------
+# damaged images: the same report, and a repair as good as qemu-img's
+
+
+def damaged(qemu_img, qemu_io, tmp_path, **kw) -> Path:
+    return make_image(qemu_img, qemu_io, tmp_path / "broken.qcow2", **kw)
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        "cluster_size=4096",
+        "cluster_size=512,refcount_bits=1",
+        "cluster_size=65536,refcount_bits=64",
+    ],
+)
+def test_leaked_cluster(qemu_img, qemu_io, tmp_path, opts):
+    path = damaged(qemu_img, qemu_io, tmp_path, opts=opts, size="4M")
+    leaked = append_leaked_cluster(path)
+    res = assert_same_report(qemu_img, path)
+    assert res.leaks == 1
+    assert res.messages == [f"Leaked cluster {leaked} refcount=1 reference=0"]
+    fixed, final = assert_same_repair(qemu_img, path, tmp_path, "leaks")
+    assert fixed.leaks_fixed == 1 and final.leaks == 0
+    assert "Repairing cluster" in fixed.messages[-1]
+
+
+def test_refcount_too_high_is_a_leak(qemu_img, qemu_io, tmp_path):
+    path = damaged(qemu_img, qemu_io, tmp_path)
+    hdr = header_of(path)
+    cluster = read_u64(path, l2_entry_offset(path, 0)) & layout.L2E_OFFSET_MASK
+    set_refcount(path, cluster >> hdr.cluster_bits, 2)
+    res = assert_same_report(qemu_img, path)
+    assert res.leaks == 1 and res.corruptions == 1  # and OFLAG_COPIED is now wrong
+    assert_same_repair(qemu_img, path, tmp_path, "all")
+    assert_same_repair(qemu_img, path, tmp_path, "leaks")
+
+
+def test_refcount_too_low(qemu_img, qemu_io, tmp_path):
+    path = damaged(qemu_img, qemu_io, tmp_path, snapshots=("s1",))
+    hdr = header_of(path)
+    # a cluster shared with the snapshot (refcount 2) loses one reference
+    cluster = read_u64(path, l2_entry_offset(path, 64 << 10)) & layout.L2E_OFFSET_MASK
+    assert get_refcount(path, cluster >> hdr.cluster_bits) == 2
+    set_refcount(path, cluster >> hdr.cluster_bits, 1)
+    res = assert_same_report(qemu_img, path)
+    assert res.corruptions >= 1
+    fixed, final = assert_same_repair(qemu_img, path, tmp_path, "all")
+    assert fixed.corruptions_fixed >= 1 and final.corruptions == 0
+
+
+def test_refcount_zero_needs_rebuild(qemu_img, qemu_io, tmp_path):
+    path = damaged(qemu_img, qemu_io, tmp_path, snapshots=("s1",))
+    hdr = header_of(path)
+    cluster = read_u64(path, l2_entry_offset(path, 0)) & layout.L2E_OFFSET_MASK
+    set_refcount(path, cluster >> hdr.cluster_bits, 0)
+    res = assert_same_report(qemu_img, path)
+    assert res.corruptions >= 1
+    with pytest.raises(CheckFailed) as err:
+        ours(tmp_path / "broken.qcow2", FIX_LEAKS) if False else _leaks_only(path, tmp_path)
+    assert err.value.result.messages[-1] == "ERROR need to rebuild refcount structures"
+    fixed, final = assert_same_repair(qemu_img, path, tmp_path, "all")
+    assert "Rebuilding refcount structure" in fixed.messages
+    assert final.corruptions == final.leaks == 0
+
+
+def _leaks_only(path: Path, tmp_path: Path) -> CheckResult:
+    copy = tmp_path / "leaks-only.qcow2"
+    shutil.copyfile(path, copy)
+    return ours(copy, FIX_LEAKS)
+
+
+def test_bad_oflag_copied(qemu_img, qemu_io, tmp_path):
+    path = damaged(qemu_img, qemu_io, tmp_path)
+    entry_at = l2_entry_offset(path, 64 << 10)
+    write_u64(path, entry_at, read_u64(path, entry_at) & ~layout.OFLAG_COPIED)
+    l1_at = l1_entry_offset(path)
+    write_u64(path, l1_at, read_u64(path, l1_at) & ~layout.OFLAG_COPIED)
+    res = assert_same_report(qemu_img, path)
+    assert res.corruptions == 2
+    assert res.messages[0].startswith("ERROR OFLAG_COPIED L2 cluster: l1_index=0 l1_entry=")
+    assert res.messages[1].startswith("ERROR OFLAG_COPIED data cluster: l2_entry=")
+    fixed, final = assert_same_repair(qemu_img, path, tmp_path, "all")
+    assert fixed.corruptions_fixed == 2
+    assert read_u64(tmp_path / "mine.qcow2", entry_at) & layout.OFLAG_COPIED
+
+
+def test_l2_entry_past_the_end(qemu_img, qemu_io, tmp_path):
+    path = damaged(qemu_img, qemu_io, tmp_path)
+    entry_at = l2_entry_offset(path, 4096)
+    write_u64(path, entry_at, layout.OFLAG_COPIED | (64 << 20))
+    res = assert_same_report(qemu_img, path)
+    assert any("exceeding the end of the file" in m for m in res.messages)
+    assert_same_repair(qemu_img, path, tmp_path, "all")
+
+
+def test_misaligned_l2_offset_in_l1(qemu_img, qemu_io, tmp_path):
+    path = damaged(qemu_img, qemu_io, tmp_path)
+    l1_at = l1_entry_offset(path)
+    write_u64(path, l1_at, read_u64(path, l1_at) + 512)
+    res = assert_same_report(qemu_img, path)
+    assert any("Table is not cluster aligned; L1 entry corrupted" in m for m in res.messages)
+    assert_same_repair(qemu_img, path, tmp_path, "all")
+
+
+def test_misaligned_data_cluster(qemu_img, qemu_io, tmp_path):
+    path = damaged(qemu_img, qemu_io, tmp_path)
+    entry_at = l2_entry_offset(path, 0)
+    write_u64(path, entry_at, read_u64(path, entry_at) + 512)
+    res = assert_same_report(qemu_img, path)
+    assert any(
+        "Data cluster is not properly aligned; L2 entry corrupted." in m for m in res.messages
+    )
+    assert_same_repair(qemu_img, path, tmp_path, "all")
+
+
+def test_misaligned_preallocated_zero_cluster_is_zeroed(qemu_img, qemu_io, tmp_path):
+    path = damaged(qemu_img, qemu_io, tmp_path)
+    entry_at = l2_entry_offset(path, 4096)
+    write_u64(path, entry_at, read_u64(path, entry_at) + 512 | layout.OFLAG_ZERO)
+    res = assert_same_report(qemu_img, path)
+    assert any("Preallocated cluster is not properly aligned" in m for m in res.messages)
+    fixed, final = assert_same_repair(qemu_img, path, tmp_path, "all")
+    assert read_u64(tmp_path / "mine.qcow2", entry_at) == layout.OFLAG_ZERO
+
+
+def test_reserved_bits(qemu_img, qemu_io, tmp_path):
+    path = damaged(qemu_img, qemu_io, tmp_path)
+    entry_at = l2_entry_offset(path, 0)
+    write_u64(path, entry_at, read_u64(path, entry_at) | 1 << 56)
+    l1_at = l1_entry_offset(path)
+    write_u64(path, l1_at, read_u64(path, l1_at) | 1 << 60)
+    res = assert_same_report(qemu_img, path)
+    assert res.corruptions >= 2
+
+
+def test_refcount_block_damaged_triggers_rebuild(qemu_img, qemu_io, tmp_path):
+    path = damaged(qemu_img, qemu_io, tmp_path, snapshots=("s1",))
+    hdr = header_of(path)
+    write_u64(path, hdr.refcount_table_offset, read_u64(path, hdr.refcount_table_offset) | 1)
+    res = assert_same_report(qemu_img, path)
+    assert "ERROR refcount table entry 0 has reserved bits set" in res.messages
+    # qemu's rebuild puts the new refblock where the old one is, and its overlap
+    # check refuses the write: the check fails, the image is marked corrupt
+    fixed, _ = assert_same_repair(qemu_img, path, tmp_path, "all")
+    assert fixed.check_errors == 1
+    assert header_of(tmp_path / "mine.qcow2").incompatible_features & layout.Incompat.CORRUPT
+
+
+def test_data_cluster_on_a_refcount_block_rebuilds(qemu_img, qemu_io, tmp_path):
+    path = damaged(qemu_img, qemu_io, tmp_path)
+    hdr = header_of(path)
+    refblock = read_u64(path, hdr.refcount_table_offset) & layout.REFT_OFFSET_MASK
+    write_u64(path, l2_entry_offset(path, 128 << 10), layout.OFLAG_COPIED | refblock)
+    res = assert_same_report(qemu_img, path)
+    assert "ERROR refcount block 0 refcount=2" in res.messages
+    fixed, final = assert_same_repair(qemu_img, path, tmp_path, "all")
+    assert "Rebuilding refcount structure" in fixed.messages
+
+
+def test_refcount_block_outside_image_is_grown(qemu_img, qemu_io, tmp_path):
+    path = damaged(qemu_img, qemu_io, tmp_path)
+    hdr = header_of(path)
+    size = path.stat().st_size
+    # a second refcount table entry pointing past the end
+    write_u64(path, hdr.refcount_table_offset + 8, -(-size // 4096) * 4096 + 8192)
+    res = assert_same_report(qemu_img, path)
+    assert "ERROR refcount block 1 is outside image" in res.messages
+    assert_same_repair(qemu_img, path, tmp_path, "all")
+
+
+def test_dirty_lazy_refcounts_image(qemu_img, qemu_io, tmp_path):
+    path = damaged(qemu_img, qemu_io, tmp_path, opts="cluster_size=4096,lazy_refcounts=on", io=())
+    # qemu-io's abort leaves the image dirty with refcounts not yet written
+    run([qemu_io, "-f", "qcow2", "-c", "write 0 64k", "-c", "abort", str(path)])
+    assert header_of(path).incompatible_features & layout.Incompat.DIRTY
+    assert_same_report(qemu_img, path)
+    assert_same_repair(qemu_img, path, tmp_path, "all")
+    assert not header_of(tmp_path / "mine.qcow2").incompatible_features & layout.Incompat.DIRTY
+
+
+def test_snapshot_l1_misaligned(qemu_img, qemu_io, tmp_path):
+    path = damaged(qemu_img, qemu_io, tmp_path, snapshots=("s1",))
+    hdr = header_of(path)
+    write_u64(path, hdr.snapshots_offset, read_u64(path, hdr.snapshots_offset) + 8)
+    res = assert_same_report(qemu_img, path)
+    assert any(
+        "L1 table is not cluster aligned; snapshot table entry corrupted" in m for m in res.messages
+    )
+
+
+def test_extl2_damage(qemu_img, qemu_io, tmp_path):
+    path = damaged(
+        qemu_img,
+        qemu_io,
+        tmp_path,
+        opts="cluster_size=65536,extended_l2=on",
+        size="4M",
+        io=("write 0 4k", "write -c 1M 64k"),
+    )
+    entry_at = l2_entry_offset(path, 0)
+    # corrupt the subcluster bitmap: allocated and zero at once
+    write_u64(path, entry_at + 8, read_u64(path, entry_at + 8) | 1 << 32)
+    comp_at = l2_entry_offset(path, 1 << 20)
+    write_u64(path, comp_at + 8, 5)
+    res = assert_same_report(qemu_img, path)
+    assert res.corruptions == 2
+    leaked = append_leaked_cluster(path)
+    assert leaked
+    assert_same_report(qemu_img, path)
+    assert_same_repair(qemu_img, path, tmp_path, "all")
