@@ -1,20 +1,18 @@
-"""qcow2 (placeholder until the driver lands: probing only)."""
+"""qcow2, QEMU's native image format (spec: QEMU's docs/interop/qcow2.txt).
+
+What lives where, as in QEMU's block/qcow2*.c:
+
+* ``layout``   -- the on-disk structures (header, extensions, entries), pure
+* ``cache``    -- write-back caches for L2 tables and refcount blocks
+* ``refcount`` -- refcount lookups/updates and cluster allocation
+* ``cluster``  -- L1/L2 mapping of guest offsets to host clusters
+* ``compress`` -- zlib / zstd cluster compression
+* ``qcow2``    -- the driver: open, create, read/write/COW, zero, discard, resize
+* ``check``    -- consistency check and repair
+"""
 
 from __future__ import annotations
 
-from ..driver import BlockDriver
-from ..errors import UnsupportedFeature
-from .layout import MAGIC
+from .qcow2 import Qcow2
 
-
-class Qcow2(BlockDriver):
-    format_name = "qcow2"
-    supports_backing = True
-
-    @classmethod
-    def probe(cls, header: bytes, filename: str) -> int:
-        return 100 if header[:4] == MAGIC else 0
-
-    @classmethod
-    def open(cls, file, options, *, read_only):  # type: ignore[no-untyped-def]
-        raise UnsupportedFeature("qcow2 driver not implemented yet")
+__all__ = ["Qcow2"]

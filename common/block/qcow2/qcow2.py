@@ -1,0 +1,1358 @@
+"""The qcow2 format driver (QEMU's block/qcow2.c): open, create, I/O, resize, info.
+
+Metadata ordering (crash safety): data is written before the L2 entry that
+points to it; refcount blocks are written before L2 tables and L1 entries that
+reference newly allocated clusters (the L2 cache's ``before_write``); when
+clusters are freed, the L2/L1 tables that dropped them are written before the
+refcounts are decreased. A kill at any instant leaves at most leaked clusters.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+import sys
+from array import array
+from typing import Any
+
+from ...options import parse_bool
+from ...sizes import parse_size
+from ..driver import (
+    FIX_ERRORS,
+    FIX_LEAKS,
+    BlockDriver,
+    CheckResult,
+    CreateOption,
+    ProgressFn,
+    Status,
+    StatusRun,
+    read_backing,
+)
+from ..errors import BlockError, ImageCorrupt, InvalidRequest, UnsupportedFeature
+from . import compress as _compress
+from .cache import table_to_bytes
+from .cluster import (
+    BITMAP_ALL_ALLOC,
+    BITMAP_ALL_ZERO,
+    COMPRESSED,
+    NORMAL,
+    UNALLOC,
+    UNALLOC_ALLOC,
+    ZERO_ALLOC,
+    ZERO_PLAIN,
+    ClusterMap,
+    Run,
+)
+from .layout import (
+    FEATURE_ENTRY,
+    L2E_OFFSET_MASK,
+    MAGIC,
+    MAX_CLUSTER_BITS,
+    MIN_CLUSTER_BITS,
+    OFLAG_COMPRESSED,
+    OFLAG_COPIED,
+    OFLAG_ZERO,
+    QCOW_MAX_L1_SIZE,
+    QCOW_MAX_REFTABLE_SIZE,
+    QCOW_MAX_SNAPSHOTS,
+    Autoclear,
+    Compat,
+    CompressionType,
+    Ext,
+    FeatureType,
+    Header,
+    Incompat,
+    decode_compressed,
+    encode_compressed,
+    feature_table_bytes,
+)
+from .refcount import Refcounts
+
+#: incompatible features this driver handles
+SUPPORTED_INCOMPAT = Incompat.DIRTY | Incompat.CORRUPT | Incompat.COMPRESSION | Incompat.EXTL2
+#: autoclear features we keep valid (none: bitmaps are not updated, so their bit is cleared)
+SUPPORTED_AUTOCLEAR = 0
+
+#: QEMU's default L2 cache limit (32 MiB) and refcount cache share (1/4)
+L2_CACHE_BYTES = 32 << 20
+PREALLOC_MODES = ("off", "metadata", "falloc", "full")
+
+# header field offsets (spec section "Header")
+OFF_SIZE = 24
+OFF_L1 = 36  # l1_size (4) + l1_table_offset (8)
+OFF_INCOMPAT = 72
+
+_ZERO_BUF = bytes(1 << 20)
+
+
+def _size_opt(options: dict[str, Any], name: str) -> int | None:
+    value = options.get(name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        return parse_size(str(value))
+    except (ValueError, OverflowError):
+        raise BlockError(
+            f"Parameter '{name}' expects a non-negative number below 2^64\n"
+            "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+            "and exabytes, respectively."
+        ) from None
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and not n & (n - 1)
+
+
+class Qcow2(BlockDriver):
+    """A qcow2 image over a protocol node."""
+
+    format_name = "qcow2"
+    supports_backing = True
+    has_zero_init = True
+    create_options = (
+        CreateOption("backing_file", "string", "File name of a base image"),
+        CreateOption("backing_fmt", "string", "Image format of the base image"),
+        CreateOption("cluster_size", "size", "qcow2 cluster size", "65536"),
+        CreateOption("compat", "string", "Compatibility level (v2 [0.10] or v3 [1.1])"),
+        CreateOption(
+            "compression_type",
+            "string",
+            "Compression method used for image cluster compression",
+            "zlib",
+        ),
+        CreateOption("data_file", "string", "File name of an external data file"),
+        CreateOption(
+            "data_file_raw", "bool", "The external data file must stay valid as a raw image"
+        ),
+        CreateOption("encrypt.cipher-alg", "string", "Name of encryption cipher algorithm"),
+        CreateOption("encrypt.cipher-mode", "string", "Name of encryption cipher mode"),
+        CreateOption(
+            "encrypt.format", "string", "Encrypt the image, format choices: 'aes', 'luks'"
+        ),
+        CreateOption("encrypt.hash-alg", "string", "Name of encryption hash algorithm"),
+        CreateOption("encrypt.iter-time", "number", "Time to spend in PBKDF in milliseconds"),
+        CreateOption("encrypt.ivgen-alg", "string", "Name of IV generator algorithm"),
+        CreateOption("encrypt.ivgen-hash-alg", "string", "Name of IV generator hash algorithm"),
+        CreateOption(
+            "encrypt.key-secret", "string", "ID of secret providing qcow AES key or LUKS passphrase"
+        ),
+        CreateOption(
+            "encryption",
+            "bool",
+            "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)",
+        ),
+        CreateOption("extended_l2", "bool", "Extended L2 tables", "off"),
+        CreateOption("lazy_refcounts", "bool", "Postpone refcount updates", "off"),
+        CreateOption(
+            "preallocation",
+            "string",
+            "Preallocation mode (allowed values: off, metadata, falloc, full)",
+        ),
+        CreateOption("refcount_bits", "number", "Width of a reference count entry in bits", "16"),
+        CreateOption("size", "size", "Virtual disk size"),
+    )
+
+    def __init__(self, file: BlockDriver, header: Header, *, read_only: bool) -> None:
+        super().__init__(file.filename, read_only=read_only)
+        self.file = file
+        self.header = header
+        self.total_size = header.size
+        self.cluster_bits = header.cluster_bits
+        self.cs = 1 << header.cluster_bits
+        self.extended = bool(header.incompatible_features & Incompat.EXTL2)
+        self.compression_type = header.compression_type
+        self._reported_corrupt = False
+        self._broken = False
+        self._dirty_on_disk = bool(header.incompatible_features & Incompat.DIRTY)
+        self._meta_sets: tuple[set[int], set[int]] | None = None
+        self._last_compressed: tuple[int, bytes] | None = None
+        l2_tables = max(16, L2_CACHE_BYTES // self.cs)
+        self.map = ClusterMap(file, self.cluster_bits, self.extended, self._corrupt, l2_tables)
+        self.refs = Refcounts(
+            file,
+            self.cluster_bits,
+            header.refcount_order,
+            self._corrupt,
+            max(16, L2_CACHE_BYTES // 4 // self.cs),
+        )
+        self.refs.on_table_moved = self._reftable_moved  # type: ignore[method-assign]
+        self.map.cache.before_write = self._before_l2_write
+        self.backing_filename = header.backing_file
+        self.backing_format = header.backing_format
+
+    # ------------------------------------------------------------------
+    # probe / open
+
+    @classmethod
+    def probe(cls, header: bytes, filename: str) -> int:
+        return 100 if header[:4] == MAGIC else 0
+
+    @classmethod
+    def open(cls, file: BlockDriver, options: dict[str, Any], *, read_only: bool) -> Qcow2:
+        """Open the qcow2 image on the protocol node ``file`` (qcow2_do_open)."""
+        hdr = cls._read_header(file)
+        drv = cls(file, hdr, read_only=read_only)
+        drv._validate_and_load()
+        if not read_only:
+            drv._open_rw_fixups()
+        return drv
+
+    @staticmethod
+    def _read_header(file: BlockDriver) -> Header:
+        size = file.size
+        buf = file.read(0, min(size, 65536)) if size else b""
+        if len(buf) >= 24 and buf[:4] == MAGIC:
+            cluster_bits = struct.unpack_from(">I", buf, 20)[0]
+            if MIN_CLUSTER_BITS <= cluster_bits <= MAX_CLUSTER_BITS:
+                want = 1 << cluster_bits
+                if want > len(buf) and size > len(buf):
+                    buf = file.read(0, min(size, want))
+        try:
+            return Header.parse(buf)
+        except struct.error:
+            raise ImageCorrupt("Image is not in qcow2 format") from None
+
+    def _validate_and_load(self) -> None:
+        hdr = self.header
+        cs = self.cs
+        unknown = hdr.incompatible_features & ~SUPPORTED_INCOMPAT
+        if hdr.incompatible_features & Incompat.DATA_FILE and not unknown & ~Incompat.DATA_FILE:
+            raise UnsupportedFeature("qcow2 external data files are not supported yet")
+        if unknown:
+            raise UnsupportedFeature(
+                "Unsupported qcow2 feature(s): " + self._feature_names(unknown)
+            )
+        if hdr.incompatible_features & Incompat.CORRUPT and not self.read_only:
+            raise InvalidRequest(
+                "qcow2: Image is corrupt; cannot be opened read/write", errno.EACCES
+            )
+        if hdr.version >= 3 and hdr.refcount_order > 6:
+            raise ImageCorrupt("Reference count entry width too large; may not exceed 64 bits")
+        if hdr.compression_type not in (CompressionType.ZLIB, CompressionType.ZSTD):
+            raise UnsupportedFeature("qcow2: unknown compression type: %u" % hdr.compression_type)
+        if hdr.compression_type != CompressionType.ZLIB and not (
+            hdr.incompatible_features & Incompat.COMPRESSION
+        ):
+            raise ImageCorrupt(
+                "qcow2: Compression type incompatible feature bit must be set if compression "
+                "type is not zlib"
+            )
+        if hdr.crypt_method > 2:
+            raise UnsupportedFeature("Unsupported encryption method: %d" % hdr.crypt_method)
+        max_reftable_clusters = QCOW_MAX_REFTABLE_SIZE // cs
+        if hdr.refcount_table_clusters > max_reftable_clusters:
+            raise ImageCorrupt("Reference count table too large")
+        if hdr.refcount_table_clusters == 0:
+            raise ImageCorrupt("Image does not contain a reference count table")
+        self._validate_table(
+            hdr.refcount_table_offset, hdr.refcount_table_clusters, cs, "Reference count table"
+        )
+        if hdr.nb_snapshots > QCOW_MAX_SNAPSHOTS:
+            raise ImageCorrupt("Too many snapshots")
+        if hdr.nb_snapshots:
+            self._validate_table(hdr.snapshots_offset, 1, 1, "Snapshot table")
+        if hdr.l1_size > QCOW_MAX_L1_SIZE // 8:
+            raise ImageCorrupt("Active L1 table too large")
+        l1_needed = self._size_to_l1(hdr.size)
+        if l1_needed > 0x7FFFFFFF:
+            raise ImageCorrupt("Image is too big")
+        if hdr.l1_size < l1_needed:
+            raise ImageCorrupt("L1 table is too small")
+        if hdr.l1_size:
+            self._validate_table(hdr.l1_table_offset, hdr.l1_size, 8, "Active L1 table")
+        self.refs.load_table(hdr.refcount_table_offset, hdr.refcount_table_clusters)
+        self.map.load_l1(hdr.l1_table_offset, hdr.l1_size)
+
+    def _validate_table(self, offset: int, entries: int, entry_len: int, name: str) -> None:
+        size = entries * entry_len
+        if offset & (self.cs - 1) or offset + size > (1 << 63) - 1:
+            raise ImageCorrupt(f"{name} offset invalid")
+
+    def _feature_names(self, mask: int) -> str:
+        names: list[str] = []
+        table = self.header.extension(Ext.FEATURE_TABLE)
+        if table is not None:
+            data = table.data
+            for pos in range(0, len(data) - FEATURE_ENTRY.size + 1, FEATURE_ENTRY.size):
+                kind, bit, raw = FEATURE_ENTRY.unpack_from(data, pos)
+                if kind == FeatureType.INCOMPATIBLE and bit < 64 and mask & (1 << bit):
+                    names.append(raw.split(b"\0", 1)[0].decode("utf-8", "replace"))
+                    mask &= ~(1 << bit)
+        if mask:
+            names.append("Unknown incompatible feature: %x" % mask)
+        return ", ".join(names)
+
+    def _size_to_l1(self, size: int) -> int:
+        shift = self.map.l1_shift if hasattr(self, "map") else 0
+        return -(-size // (1 << shift))
+
+    def _open_rw_fixups(self) -> None:
+        hdr = self.header
+        if hdr.incompatible_features & Incompat.DIRTY:
+            self._repair_dirty()
+        if hdr.autoclear_features & ~SUPPORTED_AUTOCLEAR:
+            hdr.autoclear_features &= SUPPORTED_AUTOCLEAR
+            self._write_header()
+
+    def _repair_dirty(self) -> None:
+        """Rebuild refcounts of an image left dirty with lazy refcounts, then clear the bit."""
+        try:
+            from .check import check_image
+        except ImportError:
+            check_image = None
+        if check_image is not None:
+            result = check_image(self.file, self.header, FIX_LEAKS | FIX_ERRORS)
+            if result.corruptions and result.corruptions > result.corruptions_fixed:
+                raise ImageCorrupt("Could not repair dirty image: metadata still corrupt")
+            self._reload()
+        self.header.incompatible_features &= ~Incompat.DIRTY
+        self._write_incompat()
+        self._dirty_on_disk = False
+
+    # ------------------------------------------------------------------
+    # header
+
+    def _ordered_extensions(self) -> None:
+        """Put the extensions in the order qcow2_update_header writes them."""
+        hdr = self.header
+        order = [Ext.BACKING_FORMAT, Ext.DATA_FILE, Ext.CRYPTO, Ext.FEATURE_TABLE, Ext.BITMAPS]
+        known = {int(t): hdr.extension(t) for t in order}
+        if hdr.version >= 3:
+            if known[Ext.FEATURE_TABLE] is None:
+                hdr.set_extension(Ext.FEATURE_TABLE, feature_table_bytes())
+                known[Ext.FEATURE_TABLE] = hdr.extension(Ext.FEATURE_TABLE)
+        rest = [e for e in hdr.extensions if e.type not in known]
+        hdr.extensions = [known[int(t)] for t in order if known[int(t)] is not None] + rest  # type: ignore[misc]
+
+    def _write_header(self) -> None:
+        """Rewrite the whole first cluster (qcow2_update_header) and sync."""
+        self._ordered_extensions()
+        hdr = self.header
+        data = hdr.pack()
+        assert self.file is not None
+        self.file.write(0, data + bytes(self.cs - len(data)))
+        self.file.flush()
+
+    def _write_incompat(self) -> None:
+        if self.header.version < 3:
+            return
+        assert self.file is not None
+        self.file.write(OFF_INCOMPAT, struct.pack(">Q", self.header.incompatible_features))
+        self.file.flush()
+
+    def _reftable_moved(self, offset: int, clusters: int) -> None:
+        self.header.refcount_table_offset = offset
+        self.header.refcount_table_clusters = clusters
+        self._meta_sets = None
+
+    def _reload(self) -> None:
+        """Drop all caches and re-read header, L1 and refcount table from disk."""
+        assert self.file is not None
+        hdr = self._read_header(self.file)
+        self.header = hdr
+        self.total_size = hdr.size
+        self.refs.load_table(hdr.refcount_table_offset, hdr.refcount_table_clusters)
+        self.map.cache.clear()
+        self.map.load_l1(hdr.l1_table_offset, hdr.l1_size)
+        self._meta_sets = None
+        self._last_compressed = None
+
+    # ------------------------------------------------------------------
+    # corruption
+
+    def _corrupt(self, message: str) -> None:
+        """Report corruption as qcow2_signal_corruption does and raise ImageCorrupt."""
+        fatal = not self.read_only
+        if not self._reported_corrupt:
+            if fatal:
+                sys.stderr.write(
+                    f"qcow2: Marking image as corrupt: {message}; "
+                    "further corruption events will be suppressed\n"
+                )
+            else:
+                sys.stderr.write(
+                    f"qcow2: Image is corrupt: {message}; "
+                    "further non-fatal corruption events will be suppressed\n"
+                )
+            self._reported_corrupt = True
+        if fatal and not self._broken:
+            self._broken = True
+            self.header.incompatible_features |= Incompat.CORRUPT
+            try:
+                self._write_incompat()
+            except BlockError:
+                pass
+        raise ImageCorrupt(message)
+
+    def _check_usable(self) -> None:
+        if self._broken:
+            raise ImageCorrupt("Image is corrupt")
+        if self.header.crypt_method:
+            raise UnsupportedFeature("qcow2 encryption is not supported yet")
+
+    def _metadata_sets(self) -> tuple[set[int], set[int]]:
+        if self._meta_sets is None:
+            l2 = {e & L2E_OFFSET_MASK for e in self.map.l1 if e & L2E_OFFSET_MASK}
+            self._meta_sets = (l2, self.refs.block_offsets())
+        return self._meta_sets
+
+    def _overlap_check(self, offset: int, length: int) -> None:
+        """Refuse to write guest data over metadata (qcow2_pre_write_overlap_check)."""
+        cs = self.cs
+        end = offset + length
+        if offset < cs:
+            self._corrupt("Preventing invalid write on metadata (overlaps with qcow2_header)")
+        l1_start = self.map.l1_offset
+        if len(self.map.l1) and offset < l1_start + 8 * len(self.map.l1) and l1_start < end:
+            self._corrupt("Preventing invalid write on metadata (overlaps with active L1 table)")
+        rt = self.refs.table_offset
+        if offset < rt + 8 * self.refs.table_size and rt < end:
+            self._corrupt("Preventing invalid write on metadata (overlaps with refcount table)")
+        l2s, rbs = self._metadata_sets()
+        for host in range(offset & ~(cs - 1), end, cs):
+            if host in l2s:
+                self._corrupt(
+                    "Preventing invalid write on metadata (overlaps with active L2 table)"
+                )
+            if host in rbs:
+                self._corrupt("Preventing invalid write on metadata (overlaps with refcount block)")
+
+    # ------------------------------------------------------------------
+    # properties / info
+
+    @property
+    def cluster_size(self) -> int:
+        return self.cs
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.header.incompatible_features & Incompat.DIRTY)
+
+    @property
+    def lazy_refcounts(self) -> bool:
+        return bool(self.header.compatible_features & Compat.LAZY_REFCOUNTS)
+
+    def specific_info(self) -> dict[str, Any]:
+        hdr = self.header
+        ctype = "zstd" if hdr.compression_type == CompressionType.ZSTD else "zlib"
+        if hdr.version < 3:
+            return {"compat": "0.10", "compression-type": ctype, "refcount-bits": hdr.refcount_bits}
+        info: dict[str, Any] = {
+            "compat": "1.1",
+            "compression-type": ctype,
+            "lazy-refcounts": self.lazy_refcounts,
+        }
+        bitmaps = self._bitmap_info()
+        if bitmaps is not None:
+            info["bitmaps"] = bitmaps
+        info["refcount-bits"] = hdr.refcount_bits
+        if hdr.data_file is not None:
+            info["data-file"] = hdr.data_file
+            info["data-file-raw"] = bool(hdr.autoclear_features & Autoclear.DATA_FILE_RAW)
+        info["corrupt"] = bool(hdr.incompatible_features & Incompat.CORRUPT)
+        info["extended-l2"] = self.extended
+        return info
+
+    def _bitmap_info(self) -> list[dict[str, Any]] | None:
+        ext = self.header.extension(Ext.BITMAPS)
+        if ext is None or not self.header.autoclear_features & Autoclear.BITMAPS:
+            return None
+        if len(ext.data) < 24:
+            return None
+        nb, _, dir_size, dir_offset = struct.unpack_from(">IIQQ", ext.data)
+        if dir_size > (64 << 20):
+            return None
+        assert self.file is not None
+        buf = self.file.read(dir_offset, dir_size)
+        out: list[dict[str, Any]] = []
+        pos = 0
+        for _ in range(nb):
+            if pos + 24 > len(buf):
+                break
+            _, _, flags, _, gran_bits, name_size, extra = struct.unpack_from(">QIIBBHI", buf, pos)
+            pos += 24 + extra
+            name = buf[pos : pos + name_size].decode("utf-8", "replace")
+            pos = (pos + name_size + 7) & ~7
+            names = []
+            if flags & 1:
+                names.append("in-use")
+            if flags & 2:
+                names.append("auto")
+            out.append({"flags": names, "name": name, "granularity": 1 << gran_bits})
+        return out
+
+    def allocated_file_size(self) -> int | None:
+        assert self.file is not None
+        return self.file.allocated_file_size()
+
+    # ------------------------------------------------------------------
+    # cache flushing and ordering
+
+    def _before_l2_write(self) -> None:
+        if not self.lazy_refcounts:
+            if self.refs.write_blocks():
+                assert self.file is not None
+                self.file.flush()
+
+    def _mark_dirty(self) -> None:
+        """With lazy refcounts, set the dirty bit on disk before the first metadata update."""
+        if self.lazy_refcounts and not self._dirty_on_disk:
+            self.header.incompatible_features |= Incompat.DIRTY
+            self._write_incompat()
+            self._dirty_on_disk = True
+
+    def _write_metadata(self, sync: bool) -> None:
+        """Write dirty metadata: refcount blocks, then L2 tables, then L1 entries."""
+        assert self.file is not None
+        wrote = self.refs.write_blocks()
+        if wrote and sync:
+            self.file.flush()
+        wrote = self.map.cache.write_dirty()
+        if wrote and sync:
+            self.file.flush()
+        self.map.write_l1()
+
+    def _flush(self) -> None:
+        with self.lock:
+            if self.closed or self._broken:
+                return
+            self._write_metadata(sync=True)
+
+    def _close(self) -> None:
+        with self.lock:
+            if not self.read_only and not self._broken:
+                self._write_metadata(sync=True)
+                assert self.file is not None
+                self.file.flush()
+                if self._dirty_on_disk:
+                    self.header.incompatible_features &= ~Incompat.DIRTY
+                    self._write_incompat()
+                    self._dirty_on_disk = False
+
+    def _release(self, entries: list[int], discard: bool = False) -> None:
+        """Drop the references held by old L2 entries (or bare host offsets) once the
+        tables that held them are on disk."""
+        if not entries:
+            return
+        assert self.file is not None
+        if not self.lazy_refcounts:
+            self._write_metadata(sync=True)
+            self.file.flush()
+        cs = self.cs
+        ranges: list[list[int]] = []
+        for entry in entries:
+            if entry & OFLAG_COMPRESSED:
+                offset, length = decode_compressed(entry, self.cluster_bits)
+                self.refs.free(offset, length)
+                continue
+            host = entry & L2E_OFFSET_MASK
+            if not host:
+                continue
+            if ranges and ranges[-1][1] == host:
+                ranges[-1][1] = host + cs
+            else:
+                ranges.append([host, host + cs])
+        for start, end in ranges:
+            self.refs.free(start, end - start)
+            if discard:
+                self._discard_free(start, end)
+        self._last_compressed = None
+
+    def _discard_free(self, start: int, end: int) -> None:
+        """Punch holes in the host file for clusters whose refcount dropped to zero."""
+        assert self.file is not None
+        cs = self.cs
+        run_start = None
+        for host in range(start, end + cs, cs):
+            free = host < end and self.refs.get(host >> self.cluster_bits) == 0
+            if free and run_start is None:
+                run_start = host
+            elif not free and run_start is not None:
+                self.file.discard(run_start, host - run_start)
+                run_start = None
+
+    # ------------------------------------------------------------------
+    # reading
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        out = bytearray(length)
+        self._read_into(offset, memoryview(out))
+        return bytes(out)
+
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        """Read ``len(buf)`` bytes at ``offset`` straight into ``buf``."""
+        self._check_range(offset, len(buf))
+        self._read_into(offset, buf)
+
+    def _read_into(self, offset: int, out: memoryview) -> None:
+        """Guest read of ``len(out)`` bytes at ``offset``; ``out`` must start zeroed
+        or be fully overwritten (unallocated and zero runs are filled here)."""
+        length = len(out)
+        pos = 0
+        file = self.file
+        assert file is not None
+        while pos < length:
+            with self.lock:
+                self._check_usable()
+                runs = self.map.map(offset + pos, length - pos)
+            for run in runs:
+                view = out[run.start - offset : run.start - offset + run.length]
+                kind = run.kind
+                if kind == NORMAL:
+                    readinto = getattr(file, "readinto", None)
+                    if readinto is not None:
+                        readinto(run.host, view)
+                    else:
+                        view[:] = file.read(run.host, run.length)
+                elif kind in (UNALLOC, UNALLOC_ALLOC):
+                    if self.backing is None:
+                        view[:] = _zeros(run.length)
+                    else:
+                        view[:] = read_backing(self, run.start, run.length)
+                elif kind == COMPRESSED:
+                    data = self._read_compressed(run.host)
+                    coff = run.start & (self.cs - 1)
+                    view[:] = data[coff : coff + run.length]
+                else:
+                    view[:] = _zeros(run.length)
+                pos += run.length
+
+    def _read_compressed(self, entry: int) -> bytes:
+        cached = self._last_compressed
+        if cached is not None and cached[0] == entry:
+            return cached[1]
+        offset, length = decode_compressed(entry, self.cluster_bits)
+        assert self.file is not None
+        raw = self.file.read(offset, length)
+        data = _compress.decompress(raw, self.compression_type, self.cs)
+        self._last_compressed = (entry, data)
+        return data
+
+    def _read_guest(self, offset: int, length: int) -> bytes:
+        """Read guest data for copy-on-write; zeroes past the virtual size."""
+        if length <= 0:
+            return b""
+        avail = max(0, min(length, self.total_size - offset))
+        out = bytearray(length)
+        if avail:
+            self._read_into(offset, memoryview(out)[:avail])
+        return bytes(out)
+
+    # ------------------------------------------------------------------
+    # writing
+
+    def _l2_for_write(self, l1_index: int) -> tuple[array, int]:
+        """The L2 table for ``l1_index``, allocated (or copied if shared) as needed."""
+        m = self.map
+        entry = m.l1[l1_index]
+        old = m.l2_offset(l1_index)
+        if old and entry & OFLAG_COPIED:
+            if old < self.cs:
+                self._corrupt("Preventing invalid write on metadata (overlaps with qcow2_header)")
+            return m.cache.get(old), old
+        self._mark_dirty()
+        new = self.refs.alloc_clusters(self.cs)
+        self._meta_sets = None
+        self._overlap_check(new, self.cs)
+        table = array("Q", m.cache.get(old)) if old else array("Q", bytes(self.cs))
+        m.cache.put_new(new, table)
+        m.l1[l1_index] = new | OFLAG_COPIED
+        m.l1_dirty.add(l1_index)
+        self._meta_sets = None
+        if old:
+            self._release([old])
+        return table, new
+
+    def _pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        mv = memoryview(data).cast("B")
+        length = len(mv)
+        shift = self.map.l1_shift
+        with self.lock:
+            self._check_usable()
+            pos = 0
+            while pos < length:
+                start = offset + pos
+                n = min(length - pos, (((start >> shift) + 1) << shift) - start)
+                self._write_chunk(start, mv[pos : pos + n])
+                pos += n
+
+    def _write_chunk(self, offset: int, data: memoryview) -> None:
+        """Write within one L2 table: in place where we own the cluster, else allocate."""
+        cs = self.cs
+        cb = self.cluster_bits
+        m = self.map
+        ext = self.extended
+        words = m.words
+        mask = m.l2_entries - 1
+        end = offset + len(data)
+        table, l2_offset = self._l2_for_write(offset >> m.l1_shift)
+        first = offset >> cb
+        last = (end - 1) >> cb
+        size = self.total_size
+        ss = m.subcluster_size
+        sb = m.subcluster_bits
+        # per cluster: [index, s, e, ws, we, reuse_host, full_cow]
+        plan: list[list[int]] = []
+        for ci in range(first, last + 1):
+            cstart = ci << cb
+            s = max(offset, cstart) - cstart
+            e = min(end, cstart + cs) - cstart
+            idx = (ci & mask) * words
+            entry = table[idx]
+            host = entry & L2E_OFFSET_MASK
+            reuse = host if host and entry & OFLAG_COPIED and not entry & OFLAG_COMPRESSED else 0
+            if reuse and reuse & (cs - 1):
+                self._corrupt(
+                    "Cluster allocation offset %#x unaligned (L2 offset: %#x, L2 index: %#x)"
+                    % (reuse, l2_offset, idx // words)
+                )
+            full = 0
+            limit = min(cs, size - cstart)
+            if not ext:
+                if reuse and not entry & OFLAG_ZERO:
+                    ws, we = s, e
+                else:
+                    ws, we = 0, max(e, limit)
+            else:
+                alloc = table[idx + 1] & BITMAP_ALL_ALLOC
+                if reuse:
+                    ws = s if not s & (ss - 1) or alloc >> (s >> sb) & 1 else s & ~(ss - 1)
+                    we = (
+                        e
+                        if not e & (ss - 1) or alloc >> ((e - 1) >> sb) & 1
+                        else min((e + ss - 1) & ~(ss - 1), max(e, limit))
+                    )
+                elif host:  # compressed or shared: copy the whole cluster
+                    ws, we, full = 0, max(e, limit), 1
+                else:
+                    ws = s & ~(ss - 1)
+                    we = min((e + ss - 1) & ~(ss - 1), max(e, limit))
+            plan.append([idx, s, e, ws, we, reuse, full])
+        # copy-on-write fill, read before any metadata changes
+        fills: dict[tuple[int, int], bytes] = {}
+        for p in (plan[0], plan[-1]):
+            idx, s, e, ws, we = p[0], p[1], p[2], p[3], p[4]
+            cstart = (first + (idx // words - (first & mask))) << cb
+            if ws < s and (ws, idx) not in fills:
+                fills[(0, idx)] = self._read_guest(cstart + ws, s - ws)
+            if we > e:
+                fills[(1, idx)] = self._read_guest(cstart + e, we - e)
+        # allocate new host clusters, contiguous per group
+        i = 0
+        news: list[int] = [0] * len(plan)
+        while i < len(plan):
+            if plan[i][5]:
+                i += 1
+                continue
+            j = i
+            while j < len(plan) and not plan[j][5]:
+                j += 1
+            self._mark_dirty()
+            host = self.refs.alloc_clusters((j - i) * cs)
+            self._overlap_check(host, (j - i) * cs)
+            for k in range(i, j):
+                news[k] = host + (k - i) * cs
+            i = j
+        # data, coalesced into as few writes as possible
+        segments: list[tuple[int, list[Any]]] = []
+        seg_end = -1
+        for k, p in enumerate(plan):
+            idx, s, e, ws, we, reuse = p[0], p[1], p[2], p[3], p[4], p[5]
+            host = (reuse or news[k]) + ws
+            cstart = (first + k) << cb
+            parts: list[Any] = []
+            head = fills.get((0, idx))
+            if head is not None:
+                parts.append(head)
+            parts.append(data[cstart + s - offset : cstart + e - offset])
+            tail = fills.get((1, idx))
+            if tail is not None:
+                parts.append(tail)
+            if host == seg_end and segments:
+                segments[-1][1].extend(parts)
+            else:
+                segments.append((host, parts))
+            seg_end = host + (we - ws)
+        assert self.file is not None
+        for host, parts in segments:
+            self.file.write(host, parts[0] if len(parts) == 1 else b"".join(parts))
+        # L2 updates
+        self._mark_dirty()
+        freed: list[int] = []
+        for k, p in enumerate(plan):
+            idx, s, e, ws, we, reuse, full = p
+            old = table[idx]
+            if reuse:
+                new_entry = reuse | OFLAG_COPIED
+            else:
+                new_entry = news[k] | OFLAG_COPIED
+                if old & L2E_OFFSET_MASK:
+                    freed.append(old)
+            table[idx] = new_entry
+            if ext:
+                bitmap = table[idx + 1]
+                if full:
+                    bitmap = BITMAP_ALL_ALLOC
+                else:
+                    first_sc = ws >> sb
+                    last_sc = (we - 1) >> sb
+                    bits = ((1 << (last_sc + 1)) - 1) & ~((1 << first_sc) - 1)
+                    bitmap = (bitmap | bits) & ~(bits << 32)
+                table[idx + 1] = bitmap
+        m.cache.mark_dirty(l2_offset)
+        self._last_compressed = None
+        if freed:
+            self._release(freed)
+
+    # --- compressed writes -------------------------------------------------
+
+    def compress_cluster(self, data: bytes | bytearray | memoryview) -> bytes | None:
+        """Compress one cluster (zero-padded if short); None if it does not shrink.
+        Pure and thread-safe."""
+        if len(data) < self.cs:
+            data = bytes(data) + bytes(self.cs - len(data))
+        return _compress.compress(data, self.compression_type, self.cs)
+
+    def write_compressed(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write one whole cluster (or the final partial one) compressed."""
+        self._check_compressed_request(offset, len(data))
+        packed = self.compress_cluster(data)
+        if packed is None:
+            self.write(offset, data)
+            return
+        self.write_compressed_raw(offset, packed)
+
+    def _check_compressed_request(self, offset: int, length: int) -> None:
+        self._check_range(offset, length)
+        self._check_writable()
+        if offset & (self.cs - 1):
+            raise InvalidRequest("Compressed writes must be cluster aligned")
+        if length != self.cs and offset + length != self.total_size:
+            raise InvalidRequest("Compressed writes must cover a whole cluster")
+
+    def write_compressed_raw(self, offset: int, compressed: bytes) -> None:
+        """Store already compressed bytes (from :meth:`compress_cluster`) for the
+        cluster at guest ``offset``."""
+        self._check_range(offset, min(self.cs, self.total_size - offset))
+        self._check_writable()
+        if offset & (self.cs - 1):
+            raise InvalidRequest("Compressed writes must be cluster aligned")
+        m = self.map
+        with self.lock:
+            self._check_usable()
+            table, l2_offset = self._l2_for_write(offset >> m.l1_shift)
+            idx = ((offset >> self.cluster_bits) & (m.l2_entries - 1)) * m.words
+            if table[idx] & L2E_OFFSET_MASK:
+                raise BlockError("Input/output error", errno.EIO)
+            self._mark_dirty()
+            host = self.refs.alloc_bytes(len(compressed))
+            self._overlap_check(host, len(compressed))
+            assert self.file is not None
+            self.file.write(host, compressed)
+            table[idx] = encode_compressed(host, len(compressed), self.cluster_bits)
+            if self.extended:
+                table[idx + 1] = 0
+            m.cache.mark_dirty(l2_offset)
+
+    # --- zeroes and discard -------------------------------------------------
+
+    def _reads_as_zero(self, offset: int, length: int) -> bool:
+        pos = offset
+        end = offset + length
+        while pos < end:
+            for run in self.map.map(pos, end - pos):
+                if run.kind in (ZERO_PLAIN, ZERO_ALLOC):
+                    pass
+                elif run.kind in (UNALLOC, UNALLOC_ALLOC) and (
+                    self.backing is None or run.start >= self.backing.size
+                ):
+                    pass
+                else:
+                    return False
+                pos = run.start + run.length
+        return True
+
+    def _pwrite_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
+        cs = self.cs
+        end = offset + length
+        with self.lock:
+            self._check_usable()
+            if self.header.version < 3:
+                if self.backing is None and may_unmap:
+                    a = (offset + cs - 1) & ~(cs - 1)
+                    b = end & ~(cs - 1) if end < self.total_size else end
+                    if a < b:
+                        self._write_zeros_explicit(offset, a - offset)
+                        self._set_clusters(a, b - a, "deallocate")
+                        self._write_zeros_explicit(b, end - b)
+                        return
+                self._write_zeros_explicit(offset, length)
+                return
+            a = (offset + cs - 1) & ~(cs - 1)
+            b = end & ~(cs - 1)
+            if end == self.total_size:
+                b = end
+            if a >= b:
+                mid = min(a, end)
+                self._zero_partial(offset, mid - offset)
+                self._zero_partial(mid, end - mid)
+                return
+            self._zero_partial(offset, a - offset)
+            self._set_clusters(a, b - a, "zero-unmap" if may_unmap else "zero")
+            self._zero_partial(b, end - b)
+
+    def _zero_partial(self, offset: int, length: int) -> None:
+        if length <= 0:
+            return
+        cstart = offset & ~(self.cs - 1)
+        cend = min(cstart + self.cs, self.total_size)
+        if self._reads_as_zero(offset, length):
+            return
+        if (
+            self.header.version >= 3
+            and self._reads_as_zero(cstart, offset - cstart)
+            and (self._reads_as_zero(offset + length, cend - offset - length))
+        ):
+            self._set_clusters(cstart, cend - cstart, "zero")
+            return
+        self._write_zeros_explicit(offset, length)
+
+    def _write_zeros_explicit(self, offset: int, length: int) -> None:
+        pos = 0
+        while pos < length:
+            n = min(length - pos, len(_ZERO_BUF))
+            self._pwrite(offset + pos, memoryview(_ZERO_BUF)[:n])
+            pos += n
+
+    def _pdiscard(self, offset: int, length: int) -> None:
+        cs = self.cs
+        end = offset + length
+        a = (offset + cs - 1) & ~(cs - 1)
+        b = end & ~(cs - 1)
+        if end == self.total_size:
+            b = end
+        if a >= b:
+            return
+        with self.lock:
+            self._check_usable()
+            self._set_clusters(a, b - a, "discard")
+
+    def _set_clusters(self, offset: int, length: int, mode: str) -> None:
+        """Change the L2 entries of whole clusters: ``zero``, ``zero-unmap``,
+        ``discard`` (reads as zero on v3 / from backing on v2) ``full-discard``
+        (falls through to the backing file) or ``deallocate``."""
+        cb = self.cluster_bits
+        m = self.map
+        words = m.words
+        mask = m.l2_entries - 1
+        end = offset + length
+        pos = offset
+        v3 = self.header.version >= 3
+        while pos < end:
+            tend = min(end, (((pos >> m.l1_shift) + 1) << m.l1_shift))
+            l1_index = pos >> m.l1_shift
+            existing = m.table(l1_index)
+            if existing is None and mode in ("discard", "full-discard", "deallocate"):
+                if mode != "discard" or self.backing is None or not v3:
+                    pos = tend
+                    continue
+            if existing is None and mode == "discard" and self.backing is not None and not v3:
+                pos = tend
+                continue
+            table, l2_offset = self._l2_for_write(l1_index)
+            freed: list[int] = []
+            changed = False
+            for ci in range(pos >> cb, ((tend - 1) >> cb) + 1):
+                idx = (ci & mask) * words
+                old = table[idx]
+                old_bitmap = table[idx + 1] if self.extended else 0
+                host = old & L2E_OFFSET_MASK
+                compressed = bool(old & OFLAG_COMPRESSED)
+                allocated = bool(host) or compressed
+                if mode in ("zero", "zero-unmap"):
+                    unmap = compressed or (mode == "zero-unmap" and allocated)
+                    if self.extended:
+                        new, new_bitmap = (0 if unmap else old), BITMAP_ALL_ZERO
+                    else:
+                        new, new_bitmap = (0 if unmap else old) | OFLAG_ZERO, 0
+                elif mode == "discard":
+                    unmap = allocated
+                    if self.backing is not None or allocated:
+                        if self.extended:
+                            new, new_bitmap = 0, BITMAP_ALL_ZERO
+                        else:
+                            new, new_bitmap = (OFLAG_ZERO if v3 else 0), 0
+                    else:
+                        new, new_bitmap = old, old_bitmap
+                else:
+                    unmap = allocated
+                    new, new_bitmap = 0, 0
+                if new == old and new_bitmap == old_bitmap:
+                    continue
+                self._mark_dirty()
+                table[idx] = new
+                if self.extended:
+                    table[idx + 1] = new_bitmap
+                changed = True
+                if unmap:
+                    freed.append(old)
+            if changed:
+                m.cache.mark_dirty(l2_offset)
+            self._last_compressed = None
+            if freed:
+                self._release(freed, discard=mode != "zero")
+            pos = tend
+
+    # ------------------------------------------------------------------
+    # block status
+
+    def _block_status(self, offset: int, length: int) -> StatusRun:
+        with self.lock:
+            self._check_usable()
+            run: Run = self.map.map(offset, length)[0]
+        kind = run.kind
+        n = run.length
+        if kind == NORMAL:
+            return StatusRun(n, Status.DATA | Status.OFFSET_VALID, run.host, self.file)
+        if kind == ZERO_ALLOC:
+            return StatusRun(n, Status.ZERO | Status.OFFSET_VALID, run.host, self.file)
+        if kind == ZERO_PLAIN:
+            return StatusRun(n, Status.ZERO)
+        if kind == COMPRESSED:
+            return StatusRun(n, Status.DATA)
+        if kind == UNALLOC_ALLOC:
+            return StatusRun(n, Status.OFFSET_VALID, run.host, self.file)
+        return StatusRun(n, Status.NONE)
+
+    # ------------------------------------------------------------------
+    # resize
+
+    def _grow_l1(self, min_size: int) -> None:
+        """Grow the L1 table to ``min_size`` entries (qcow2_grow_l1_table, exact)."""
+        m = self.map
+        old_size = len(m.l1)
+        if min_size <= old_size:
+            return
+        if min_size > QCOW_MAX_L1_SIZE // 8:
+            raise BlockError("File too large", errno.EFBIG)
+        assert self.file is not None
+        new_table = array("Q", m.l1)
+        new_table.extend(array("Q", bytes(8 * (min_size - old_size))))
+        new_bytes = min_size * 8
+        self._mark_dirty()
+        new_offset = self.refs.alloc_clusters(new_bytes)
+        self._write_metadata(sync=True)
+        self.file.flush()
+        self._meta_sets = None
+        self._overlap_check(new_offset, new_bytes)
+        self.file.write(new_offset, table_to_bytes(new_table))
+        self.file.flush()
+        self.file.write(OFF_L1, struct.pack(">IQ", min_size, new_offset))
+        self.file.flush()
+        old_offset = m.l1_offset
+        m.l1 = new_table
+        m.l1_offset = new_offset
+        m.l1_dirty.clear()
+        self.header.l1_size = min_size
+        self.header.l1_table_offset = new_offset
+        self._meta_sets = None
+        if old_size:
+            self.refs.free(old_offset, old_size * 8)
+
+    def _truncate(self, size: int, exact: bool, prealloc: str) -> None:
+        if prealloc not in PREALLOC_MODES:
+            raise BlockError(f"Unsupported preallocation mode '{prealloc}'")
+        if size % 512:
+            raise BlockError("The new size must be a multiple of 512")
+        with self.lock:
+            self._check_usable()
+            if self.header.nb_snapshots:
+                raise UnsupportedFeature("Can't resize an image which has snapshots")
+            old = self.total_size
+            if size < old:
+                if prealloc != "off":
+                    raise BlockError("Preallocation can't be used for shrinking an image")
+                self._shrink(size)
+            elif size > old:
+                self._grow_l1(self._size_to_l1(size))
+                if prealloc != "off":
+                    self._preallocate(old, size, prealloc)
+            self._write_metadata(sync=True)
+            assert self.file is not None
+            self.file.write(OFF_SIZE, struct.pack(">Q", size))
+            self.file.flush()
+            self.header.size = size
+            self.total_size = size
+
+    def _shrink(self, size: int) -> None:
+        cs = self.cs
+        start = (size + cs - 1) & ~(cs - 1)
+        if start < self.total_size:
+            self._set_clusters(start, self.total_size - start, "full-discard")
+        m = self.map
+        new_l1 = self._size_to_l1(size)
+        freed: list[int] = []
+        for i in range(new_l1, len(m.l1)):
+            off = m.l1[i] & L2E_OFFSET_MASK
+            if off:
+                m.cache.discard(off)
+                m.l1[i] = 0
+                m.l1_dirty.add(i)
+                freed.append(off)
+        self._meta_sets = None
+        self._release(freed)
+        self._write_metadata(sync=True)
+        # cut the host file after the last used cluster
+        assert self.file is not None
+        file_size = self.file.size
+        last = (file_size + cs - 1) // cs - 1
+        while last > 0 and self.refs.get(last) == 0:
+            last -= 1
+        if (last + 1) * cs < file_size:
+            self.file.truncate((last + 1) * cs)
+
+    def _preallocate(self, start: int, end: int, mode: str) -> None:
+        """Allocate clusters for [start, end) (preallocation=metadata/falloc/full)."""
+        cs = self.cs
+        cb = self.cluster_bits
+        m = self.map
+        words = m.words
+        mask = m.l2_entries - 1
+        pos = start & ~(cs - 1)
+        host_end = 0
+        while pos < end:
+            tend = min(end, (((pos >> m.l1_shift) + 1) << m.l1_shift))
+            table, l2_offset = self._l2_for_write(pos >> m.l1_shift)
+            todo = [
+                ci
+                for ci in range(pos >> cb, ((tend - 1) >> cb) + 1)
+                if not table[(ci & mask) * words] & L2E_OFFSET_MASK
+                and not table[(ci & mask) * words] & OFLAG_COMPRESSED
+            ]
+            if todo:
+                self._mark_dirty()
+                host = self.refs.alloc_clusters(len(todo) * cs)
+                self._overlap_check(host, len(todo) * cs)
+                for k, ci in enumerate(todo):
+                    idx = (ci & mask) * words
+                    table[idx] = (host + k * cs) | OFLAG_COPIED
+                    if self.extended:
+                        table[idx + 1] = BITMAP_ALL_ALLOC
+                host_end = max(host_end, host + len(todo) * cs)
+                m.cache.mark_dirty(l2_offset)
+            pos = tend
+        assert self.file is not None
+        if host_end > self.file.size:
+            self.file.truncate(host_end, prealloc="off" if mode == "metadata" else mode)
+
+    # ------------------------------------------------------------------
+    # check
+
+    def check(self, fix: int = 0) -> CheckResult:
+        """Flush, run the on-disk checker, and reload state if it repaired anything."""
+        from .check import check_image
+
+        with self.lock:
+            if not self.read_only and not self._broken:
+                self._write_metadata(sync=True)
+                assert self.file is not None
+                self.file.flush()
+            result = check_image(self.file, self.header, fix)
+            if fix:
+                self._reload()
+            return result
+
+    # ------------------------------------------------------------------
+    # create
+
+    @classmethod
+    def create_summary(cls, size: int, options: dict[str, Any]) -> list[tuple[str, str]]:
+        pairs: list[tuple[str, str]] = []
+
+        def opt(name: str, default: str | None = None) -> None:
+            value = options.get(name)
+            if value is None:
+                value = default
+            if value is not None:
+                pairs.append((name, str(value)))
+
+        opt("encryption")
+        for key in sorted(k for k in options if k.startswith("encrypt.")):
+            pairs.append((key, str(options[key])))
+        try:
+            cluster = _size_opt(options, "cluster_size")
+        except BlockError:
+            cluster = None
+        if cluster is not None:
+            pairs.append(("cluster_size", str(cluster)))
+        elif options.get("cluster_size") not in (None, ""):
+            pairs.append(("cluster_size", str(options["cluster_size"])))
+        else:
+            pairs.append(("cluster_size", "65536"))
+        opt("extended_l2", "off")
+        opt("preallocation")
+        opt("compression_type", "zlib")
+        pairs.append(("size", str(size)))
+        for name in ("compat", "backing_file", "backing_fmt", "data_file", "data_file_raw"):
+            opt(name)
+        opt("lazy_refcounts", "off")
+        opt("refcount_bits", "16")
+        return pairs
+
+    @classmethod
+    def create(
+        cls,
+        filename: str,
+        size: int,
+        options: dict[str, Any],
+        *,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        """Create a qcow2 image with qemu-img's ``-o`` options (qcow2_co_create)."""
+        p = _parse_create_options(size, options)
+        size = (size + 511) & ~511
+        from .. import open_protocol
+        from ..registry import get_protocol, protocol_for_filename
+
+        proto = get_protocol(protocol_for_filename(filename))
+        proto.create(filename, 0, {})
+        file = open_protocol({"filename": filename}, read_only=False)
+        try:
+            cs = p["cluster_size"]
+            hdr = Header(
+                version=p["version"],
+                cluster_bits=cs.bit_length() - 1,
+                size=0,
+                refcount_table_offset=cs,
+                refcount_table_clusters=1,
+                refcount_order=p["refcount_order"],
+                compression_type=p["compression_type"],
+            )
+            if p["lazy_refcounts"]:
+                hdr.compatible_features |= Compat.LAZY_REFCOUNTS
+            if p["compression_type"] != CompressionType.ZLIB:
+                hdr.incompatible_features |= Incompat.COMPRESSION
+            if p["extended_l2"]:
+                hdr.incompatible_features |= Incompat.EXTL2
+            head = hdr.pack()
+            file.write(0, head + bytes(cs - len(head)))
+            reftable = bytearray(2 * cs)
+            struct.pack_into(">Q", reftable, 0, 2 * cs)
+            rb = bytearray(cs)
+            from .layout import set_refcount
+
+            for i in range(3):
+                set_refcount(rb, i, hdr.refcount_order, 1)
+            reftable[cs:] = rb
+            file.write(cs, bytes(reftable))
+            drv = cls(file, hdr, read_only=False)
+            drv._validate_and_load()
+        except BaseException:
+            file.close()
+            raise
+        try:
+            drv._write_header()
+            drv._truncate(size, True, p["preallocation"])
+            if p["backing_file"]:
+                drv.header.backing_file = p["backing_file"]
+                if p["backing_fmt"]:
+                    drv.header.set_extension(Ext.BACKING_FORMAT, p["backing_fmt"].encode())
+                drv._write_header()
+        finally:
+            drv.close()
+
+
+def _zeros(n: int) -> bytes | memoryview:
+    if n <= len(_ZERO_BUF):
+        return memoryview(_ZERO_BUF)[:n]
+    return bytes(n)
+
+
+def _parse_create_options(size: int, options: dict[str, Any]) -> dict[str, Any]:
+    """Validate qemu-img's -o options for qcow2 with QEMU's messages."""
+    if options.get("encryption") not in (None, "") and parse_bool(
+        options["encryption"], "encryption"
+    ):
+        raise UnsupportedFeature("qcow2 encryption is not supported yet")
+    if any(k.startswith("encrypt.") for k in options):
+        raise UnsupportedFeature("qcow2 encryption is not supported yet")
+    if options.get("data_file") or (
+        options.get("data_file_raw") not in (None, "")
+        and parse_bool(options["data_file_raw"], "data_file_raw")
+    ):
+        raise UnsupportedFeature("qcow2 external data files are not supported yet")
+    compat = options.get("compat")
+    if compat in (None, "", "1.1", "v3"):
+        version = 3
+    elif compat in ("0.10", "v2"):
+        version = 2
+    else:
+        raise BlockError(f"Parameter 'version' does not accept value '{compat}'")
+    prealloc = str(options.get("preallocation") or "off")
+    if prealloc not in PREALLOC_MODES:
+        raise BlockError(f"Parameter 'preallocation' does not accept value '{prealloc}'")
+    ctype_name = str(options.get("compression_type") or "zlib")
+    if ctype_name not in ("zlib", "zstd"):
+        raise BlockError(f"Parameter 'compression-type' does not accept value '{ctype_name}'")
+    ctype = CompressionType.ZSTD if ctype_name == "zstd" else CompressionType.ZLIB
+    lazy = options.get("lazy_refcounts")
+    lazy_on = lazy not in (None, "") and parse_bool(lazy, "lazy_refcounts")
+    extl2 = options.get("extended_l2")
+    extl2_on = extl2 not in (None, "") and parse_bool(extl2, "extended_l2")
+    cluster_size = _size_opt(options, "cluster_size") or 65536
+    rb = options.get("refcount_bits")
+    try:
+        refcount_bits = int(str(rb), 0) if rb not in (None, "") else 16
+    except ValueError:
+        raise BlockError("Parameter 'refcount_bits' expects a number") from None
+    backing_file = str(options.get("backing_file") or "")
+    backing_fmt = str(options.get("backing_fmt") or "")
+    if not _is_pow2(cluster_size) or not (1 << MIN_CLUSTER_BITS) <= cluster_size <= (
+        1 << MAX_CLUSTER_BITS
+    ):
+        raise BlockError("Cluster size must be a power of two between 512 and 2048k")
+    if extl2_on and cluster_size < 16384:
+        raise BlockError(
+            "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes"
+        )
+    if backing_fmt and not backing_file:
+        raise BlockError("Backing format cannot be used without backing file")
+    if backing_file and prealloc != "off" and not extl2_on:
+        raise BlockError(
+            "Backing file and preallocation can only be used at the same time if extended_l2 is on"
+        )
+    if version < 3 and lazy_on:
+        raise BlockError(
+            "Lazy refcounts only supported with compatibility level 1.1 and above "
+            "(use version=v3 or greater)"
+        )
+    if version < 3 and extl2_on:
+        raise BlockError(
+            "Extended L2 entries are only supported with compatibility level 1.1 and above "
+            "(use version=v3 or greater)"
+        )
+    if refcount_bits > 64 or not _is_pow2(refcount_bits):
+        raise BlockError("Refcount width must be a power of two and may not exceed 64 bits")
+    if version < 3 and refcount_bits != 16:
+        raise BlockError(
+            "Different refcount widths than 16 bits require compatibility level 1.1 or above "
+            "(use version=v3 or greater)"
+        )
+    if version < 3 and ctype != CompressionType.ZLIB:
+        raise BlockError(
+            "Non-zlib compression type is only supported with compatibility level 1.1 and "
+            "above (use version=v3 or greater)"
+        )
+    return {
+        "version": version,
+        "cluster_size": cluster_size,
+        "refcount_order": refcount_bits.bit_length() - 1,
+        "compression_type": int(ctype),
+        "lazy_refcounts": lazy_on,
+        "extended_l2": extl2_on,
+        "preallocation": prealloc,
+        "backing_file": backing_file,
+        "backing_fmt": backing_fmt,
+    }
