@@ -99,6 +99,9 @@ def assert_same_report(qemu_img: str, path: Path) -> CheckResult:
     res = ours(path)
     assert path.read_bytes() == before, "a check without -r must not write"
     info, stderr, _ = theirs(qemu_img, path)
+    if res.check_errors:
+        # qemu-img's own last word (the CLI's, not the driver's)
+        assert stderr.pop() == "qemu-img: Check failed"
     assert res.messages == stderr
     assert counts(res) == their_counts(info)
     return res
@@ -123,6 +126,12 @@ def assert_same_repair(
         assert exc.result.messages + [f"qemu-img: Check failed: {exc}"] == stderr
         assert mine.read_bytes() == qemus.read_bytes()
         return exc.result, exc.result
+    if fixed.check_errors:
+        # qemu-img prints no result then, only that the check failed
+        assert rc == 1
+        assert fixed.messages + ["qemu-img: Check failed"] == stderr
+        assert mine.read_bytes() == qemus.read_bytes()
+        return fixed, fixed
     again = ours(mine) if (fixed.corruptions_fixed or fixed.leaks_fixed) else None
     expected_lines = fixed.messages + (again.messages if again else [])
     assert expected_lines == stderr
@@ -498,4 +507,98 @@ def test_extl2_damage(qemu_img, qemu_io, tmp_path):
     leaked = append_leaked_cluster(path)
     assert leaked
     assert_same_report(qemu_img, path)
+    assert_same_repair(qemu_img, path, tmp_path, "all")
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        "cluster_size=512,refcount_bits=1",
+        "cluster_size=512,refcount_bits=4",
+        "cluster_size=4096,refcount_bits=64",
+        "cluster_size=4096,compat=0.10",
+    ],
+)
+def test_rebuild_across_refcount_widths(qemu_img, qemu_io, tmp_path, opts):
+    # 512-byte clusters with 1-bit refcounts: 4096 clusters per refblock, so
+    # 3 MiB of data needs several refblocks
+    path = damaged(
+        qemu_img,
+        qemu_io,
+        tmp_path,
+        opts=opts,
+        size="8M",
+        io=("write -P 0x5a 0 3M", "write -P 0x6b 5M 64k"),
+    )
+    hdr = header_of(path)
+    cluster = read_u64(path, l2_entry_offset(path, 2 << 20)) & layout.L2E_OFFSET_MASK
+    set_refcount(path, cluster >> hdr.cluster_bits, 0)
+    leaked = append_leaked_cluster(path)
+    res = assert_same_report(qemu_img, path)
+    # the cluster's refcount, and its OFLAG_COPIED (set, refcount 0)
+    assert res.corruptions == 2 and res.leaks == 1 and leaked
+    fixed, final = assert_same_repair(qemu_img, path, tmp_path, "all")
+    assert "Rebuilding refcount structure" in fixed.messages
+    assert final.corruptions == final.leaks == 0
+
+
+def test_leaks_mode_fixes_oflag_once_leaks_are_gone(qemu_img, qemu_io, tmp_path):
+    path = damaged(qemu_img, qemu_io, tmp_path)
+    entry_at = l2_entry_offset(path, 64 << 10)
+    write_u64(path, entry_at, read_u64(path, entry_at) & ~layout.OFLAG_COPIED)
+    append_leaked_cluster(path)
+    assert_same_report(qemu_img, path)
+    fixed, final = assert_same_repair(qemu_img, path, tmp_path, "leaks")
+    assert fixed.leaks_fixed == 1 and fixed.corruptions_fixed == 1 and final.corruptions == 0
+
+
+def test_leaks_mode_leaves_refcount_errors(qemu_img, qemu_io, tmp_path):
+    path = damaged(qemu_img, qemu_io, tmp_path, snapshots=("s1",))
+    hdr = header_of(path)
+    cluster = read_u64(path, l2_entry_offset(path, 64 << 10)) & layout.L2E_OFFSET_MASK
+    set_refcount(path, cluster >> hdr.cluster_bits, 1)
+    append_leaked_cluster(path)
+    fixed, final = assert_same_repair(qemu_img, path, tmp_path, "leaks")
+    assert fixed.leaks_fixed == 1 and final.corruptions >= 1
+
+
+def test_oflag_repaired_in_leaks_mode_when_otherwise_clean(qemu_img, qemu_io, tmp_path):
+    path = damaged(qemu_img, qemu_io, tmp_path)
+    entry_at = l2_entry_offset(path, 64 << 10)
+    write_u64(path, entry_at, read_u64(path, entry_at) & ~layout.OFLAG_COPIED)
+    fixed, final = assert_same_repair(qemu_img, path, tmp_path, "leaks")
+    assert fixed.corruptions_fixed == 1 and final.corruptions == 0
+
+
+def test_compressed_cluster_with_copied_flag(qemu_img, qemu_io, tmp_path):
+    path = damaged(qemu_img, qemu_io, tmp_path, io=("write -c -P 0x44 0 8k",))
+    entry_at = l2_entry_offset(path, 4096)
+    write_u64(path, entry_at, read_u64(path, entry_at) | layout.OFLAG_COPIED)
+    res = assert_same_report(qemu_img, path)
+    assert any("copied flag must never be set for compressed clusters" in m for m in res.messages)
+    assert_same_repair(qemu_img, path, tmp_path, "all")
+
+
+def test_snapshot_l1_misaligned_repair(qemu_img, qemu_io, tmp_path):
+    path = damaged(qemu_img, qemu_io, tmp_path, snapshots=("s1",))
+    hdr = header_of(path)
+    write_u64(path, hdr.snapshots_offset, read_u64(path, hdr.snapshots_offset) + 8)
+    assert_same_repair(qemu_img, path, tmp_path, "all")
+
+
+def test_l2_table_past_the_end(qemu_img, qemu_io, tmp_path):
+    path = damaged(qemu_img, qemu_io, tmp_path)
+    l1_at = l1_entry_offset(path)
+    write_u64(path, l1_at, layout.OFLAG_COPIED | 1 << 30)
+    res = assert_same_report(qemu_img, path)
+    assert res.corruptions >= 1
+    assert_same_repair(qemu_img, path, tmp_path, "all")
+
+
+def test_refcount_table_entry_misaligned(qemu_img, qemu_io, tmp_path):
+    path = damaged(qemu_img, qemu_io, tmp_path)
+    hdr = header_of(path)
+    write_u64(path, hdr.refcount_table_offset, read_u64(path, hdr.refcount_table_offset) + 1024)
+    res = assert_same_report(qemu_img, path)
+    assert any("is not cluster aligned; refcount table entry corrupted" in m for m in res.messages)
     assert_same_repair(qemu_img, path, tmp_path, "all")
