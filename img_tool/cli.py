@@ -40,25 +40,34 @@ class CliError(Exception):
     as-is unless ``prefix_lines`` asks for the program prefix on every line.
     """
 
-    def __init__(self, message: str, code: int = 1, *, prefix_lines: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        code: int = 1,
+        *,
+        prefix_lines: bool = False,
+        final_newline: bool = True,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.prefix_lines = prefix_lines
+        #: False where qemu-img prints an error hint without a final newline
+        self.final_newline = final_newline
 
 
 class UsageError(CliError):
     """Bad command line: the message is followed by "Try '... --help'"."""
 
 
-def report(message: str, *, prefix_lines: bool = False) -> None:
+def report(message: str, *, prefix_lines: bool = False, final_newline: bool = True) -> None:
     """``error_report``: ``prog: message`` on stderr."""
     name = prog()
     if prefix_lines:
         text = "".join(f"{name}: {line}\n" for line in message.split("\n"))
     else:
         text = f"{name}: {message}\n"
-    sys.stderr.write(text)
+    sys.stderr.write(text if final_newline else text[:-1])
 
 
 def warn(message: str) -> None:

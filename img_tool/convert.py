@@ -381,9 +381,13 @@ class Converter:
         for src in self.sources:
             node = src.node
             off = 0
+            # status queries start small and double while runs continue: a
+            # driver may walk the whole requested range to answer one run
+            cap = 1 << 20
             while off < src.size:
+                want = min(cap, src.size - off)
                 if self.target_has_backing:
-                    st = node_status(node, off, src.size - off)
+                    st = node_status(node, off, want)
                     length = st.length
                     if st.flags & Status.ZERO:
                         past = 0 <= self.target_backing_size <= src.base + off
@@ -393,9 +397,10 @@ class Converter:
                     else:
                         kind = BACKING
                 else:
-                    mr = block_status_above(node, off, src.size - off)
+                    mr = block_status_above(node, off, want)
                     length = mr.length
                     kind = ZERO if mr.zero else DATA
+                cap = min(cap * 2, 1 << 30) if length >= want else 1 << 20
                 if length <= 0:
                     raise CliError(f"error while reading block status at offset {off}")
                 add(kind, src.base + off, length)
@@ -505,8 +510,12 @@ class Converter:
                 piece = buf[rel : rel + cs]
                 if ZERO_CHUNK.startswith(piece):
                     items.append((start + rel, None))
+                    continue
+                packed = compress(piece) if compress is not None else None
+                if packed is None:
+                    items.append((start + rel, (False, piece)))
                 else:
-                    items.append((start + rel, compress(piece) if compress else piece))
+                    items.append((start + rel, (True, packed)))
             return items
         segs = self._split(buf, start)
         if self.worker_writes:
@@ -545,10 +554,12 @@ class Converter:
                 if data is None:
                     if not self.has_zero_init:
                         self.target.write_zeroes(off, min(self.cluster_size, self.total - off))
+                elif data[0]:
+                    self.target.write_compressed_raw(off, data[1])
                 elif self._compress is not None:
-                    self.target.write_compressed(off, data, precompressed=True)
+                    self.target.write(off, data[1])
                 else:
-                    self.target.write_compressed(off, data)
+                    self.target.write_compressed(off, data[1])
         elif result is not None:
             buf, segs = result
             self._write_segments(buf, start, segs)

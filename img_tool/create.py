@@ -53,7 +53,9 @@ def run(args: list[str]) -> int:
     try:
         img_create(filename, fmt, base_filename, base_fmt, options, img_size, unsafe, quiet)
     except CliError as exc:
-        raise CliError(f"{filename}: {exc.message}", exc.code) from None
+        raise CliError(
+            f"{filename}: {exc.message}", exc.code, final_newline=exc.final_newline
+        ) from None
     return 0
 
 
@@ -135,7 +137,7 @@ def img_create(
         if backing_fmt is None:
             raise CliError(
                 f"Backing file specified without backing format\nDetected format of {detected}.",
-                # qemu prints this hint without a final newline
+                final_newline=False,  # qemu prints this hint without one
             ) from None
         if size is None:
             size = length

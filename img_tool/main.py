@@ -160,7 +160,7 @@ def dispatch(argv: list[str]) -> int:
 def _report_exit(exc: CliError) -> int:
     from .cli import report
 
-    report(exc.message, prefix_lines=exc.prefix_lines)
+    report(exc.message, prefix_lines=exc.prefix_lines, final_newline=exc.final_newline)
     if isinstance(exc, UsageError):
         sys.stderr.write(f"Try '{prog()} --help' for more information\n")
     return exc.code
