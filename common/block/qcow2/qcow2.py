@@ -319,10 +319,12 @@ class Qcow2(BlockDriver):
         hdr = self.header
         order = [Ext.BACKING_FORMAT, Ext.DATA_FILE, Ext.CRYPTO, Ext.FEATURE_TABLE, Ext.BITMAPS]
         known = {int(t): hdr.extension(t) for t in order}
-        if hdr.version >= 3:
+        if hdr.version >= 3 and self.cs >= 8192:  # as qemu-img 7.2 does
             if known[Ext.FEATURE_TABLE] is None:
                 hdr.set_extension(Ext.FEATURE_TABLE, feature_table_bytes())
                 known[Ext.FEATURE_TABLE] = hdr.extension(Ext.FEATURE_TABLE)
+        else:
+            known[Ext.FEATURE_TABLE] = None
         rest = [e for e in hdr.extensions if e.type not in known]
         hdr.extensions = [known[int(t)] for t in order if known[int(t)] is not None] + rest  # type: ignore[misc]
 
@@ -331,6 +333,10 @@ class Qcow2(BlockDriver):
         self._ordered_extensions()
         hdr = self.header
         data = hdr.pack()
+        if len(data) >= self.cs and hdr.extension(Ext.FEATURE_TABLE) is not None:
+            # QEMU leaves the feature table out when it does not fit
+            hdr.set_extension(Ext.FEATURE_TABLE, None)
+            data = hdr.pack()
         assert self.file is not None
         self.file.write(0, data + bytes(self.cs - len(data)))
         self.file.flush()
