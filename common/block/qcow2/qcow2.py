@@ -69,7 +69,7 @@ from .layout import (
 from .refcount import Refcounts
 
 #: incompatible features this driver handles
-SUPPORTED_INCOMPAT = Incompat.DIRTY | Incompat.CORRUPT | Incompat.COMPRESSION | Incompat.EXTL2
+SUPPORTED_INCOMPAT = int(Incompat.DIRTY | Incompat.CORRUPT | Incompat.COMPRESSION | Incompat.EXTL2)
 #: autoclear features we keep valid (none: bitmaps are not updated, so their bit is cleared)
 SUPPORTED_AUTOCLEAR = 0
 
@@ -218,7 +218,9 @@ class Qcow2(BlockDriver):
         hdr = self.header
         cs = self.cs
         unknown = hdr.incompatible_features & ~SUPPORTED_INCOMPAT
-        if hdr.incompatible_features & Incompat.DATA_FILE and not unknown & ~Incompat.DATA_FILE:
+        if hdr.incompatible_features & Incompat.DATA_FILE and not unknown & ~int(
+            Incompat.DATA_FILE
+        ):
             raise UnsupportedFeature("qcow2 external data files are not supported yet")
         if unknown:
             raise UnsupportedFeature(
@@ -307,7 +309,7 @@ class Qcow2(BlockDriver):
             if result.corruptions and result.corruptions > result.corruptions_fixed:
                 raise ImageCorrupt("Could not repair dirty image: metadata still corrupt")
             self._reload()
-        self.header.incompatible_features &= ~Incompat.DIRTY
+        self.header.incompatible_features &= ~int(Incompat.DIRTY)
         self._write_incompat()
         self._dirty_on_disk = False
 
@@ -533,7 +535,7 @@ class Qcow2(BlockDriver):
                 assert self.file is not None
                 self.file.flush()
                 if self._dirty_on_disk:
-                    self.header.incompatible_features &= ~Incompat.DIRTY
+                    self.header.incompatible_features &= ~int(Incompat.DIRTY)
                     self._write_incompat()
                     self._dirty_on_disk = False
 
@@ -1110,6 +1112,8 @@ class Qcow2(BlockDriver):
         self._meta_sets = None
         self._release(freed)
         self._write_metadata(sync=True)
+        self.refs.shrink_table()
+        self._meta_sets = None
         # cut the host file after the last used cluster
         assert self.file is not None
         file_size = self.file.size

@@ -434,6 +434,41 @@ class Refcounts:
         self.free(old_offset, old_size * REFTABLE_ENTRY_SIZE)
         return end_offset
 
+    def shrink_table(self) -> None:
+        """Drop refcount blocks that count nothing but themselves (qcow2_shrink_reftable)."""
+        new_table = array("Q", self.table)
+        for i, entry in enumerate(self.table):
+            offset = entry & REFT_OFFSET_MASK
+            if not offset:
+                continue
+            block = self.cache.get(offset)
+            own = offset >> self.cluster_bits
+            if own >> self.block_bits == i:
+                j = own & (self.block_size - 1)
+                unused = block.all_zero(0, j) and block.all_zero(j + 1, self.block_size)
+            else:
+                unused = block.all_zero(0, self.block_size)
+            if unused:
+                new_table[i] = 0
+        if new_table == self.table:
+            return
+        self.write_blocks(sync=True)
+        self.file.write(self.table_offset, table_to_bytes(new_table))
+        self.file.flush()
+        old = self.table
+        self.table = new_table
+        self._update_max_index()
+        for i, entry in enumerate(old):
+            offset = entry & REFT_OFFSET_MASK
+            if offset and not new_table[i]:
+                self.cache.discard(offset)
+                own = offset >> self.cluster_bits
+                if own >> self.block_bits != i:
+                    self.free(offset, self.cluster_size)
+                elif own < self.free_cluster_index:
+                    self.free_cluster_index = own
+                self.file.discard(offset, self.cluster_size)
+
     def on_table_moved(self, offset: int, clusters: int) -> None:
         """Hook: the driver keeps its header in sync."""
 
