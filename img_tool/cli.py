@@ -248,13 +248,16 @@ def print_create_help(fmt: str, with_filename: bool) -> None:
     from ..common.block.file import FileProtocol
 
     cls = get_format(fmt)
-    file_names = {o.name for o in FileProtocol.create_options}
+    file_opts = {(o.name, o.help) for o in FileProtocol.create_options}
     if with_filename:
         merged = {o.name: o for o in FileProtocol.create_options}
         merged.update({o.name: o for o in cls.create_options})
         out = ["Supported options:\n", *_option_lines(merged.values())]
     else:
-        own = [o for o in cls.create_options if o.name == "size" or o.name not in file_names]
+        # the format's own options: those not inherited verbatim from the protocol
+        own = [
+            o for o in cls.create_options if o.name == "size" or (o.name, o.help) not in file_opts
+        ]
         out = [
             f"Supported {fmt} options:\n",
             *_option_lines(own),

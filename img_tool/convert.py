@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import collections
 import os
+import queue
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -449,33 +450,43 @@ class Converter:
     # ------------------------------------------------------------------
     # copying
 
-    def read_virtual(self, start: int, length: int) -> bytes:
-        """Read target-space ``[start, start+length)`` from the sources."""
+    def read_virtual(self, start: int, out: memoryview) -> None:
+        """Read target-space ``[start, start+len(out))`` from the sources into ``out``."""
         bases = self._bases
         i = bisect.bisect_right(bases, start) - 1
-        parts: list[bytes] = []
         pos = start
-        end = start + length
+        end = start + len(out)
         while pos < end:
             src = self.sources[i]
             rel = pos - src.base
             n = min(end, src.base + src.length) - pos
             readable = max(0, min(n, src.size - rel))
+            view = out[pos - start : pos - start + n]
             if readable:
-                parts.append(src.node.read(rel, readable))
+                node = src.node
+                readinto = getattr(node, "readinto", None)
+                if readinto is not None:
+                    readinto(rel, view[:readable])
+                else:
+                    view[:readable] = node.read(rel, readable)
             if n > readable:
-                parts.append(bytes(n - readable))
+                view[readable:] = memoryview(ZERO_CHUNK)[: n - readable]
             pos += n
             i += 1
-        return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _split(self, buf: bytes, start: int) -> list[tuple[int, int, bool]]:
-        """Data/zero segments ``(rel_start, rel_end, is_data)`` of ``buf``."""
-        n = len(buf)
+    def _get_buffer(self) -> bytearray:
+        try:
+            return self._pool.get_nowait()
+        except queue.Empty:
+            return bytearray(CHUNK)
+
+    def _split(self, buf: bytearray, n: int, start: int) -> list[tuple[int, int, bool]]:
+        """Data/zero segments ``(rel_start, rel_end, is_data)`` of ``buf[:n]``."""
         if not self.min_sparse:
             return [(0, n, True)]
-        if ZERO_CHUNK.startswith(buf):
-            return [(0, n, False)]
+        with memoryview(buf) as mv:
+            if ZERO_CHUNK.startswith(mv[:n]):
+                return [(0, n, False)]
         g = self.granularity
         zero_g = self._zero_g
         segs: list[tuple[int, int, bool]] = []
@@ -486,7 +497,8 @@ class Converter:
             if end - pos == g:
                 is_data = not buf.startswith(zero_g, pos, end)
             else:
-                is_data = not ZERO_CHUNK.startswith(memoryview(buf)[pos:end])
+                with memoryview(buf) as mv:
+                    is_data = not ZERO_CHUNK.startswith(mv[pos:end])
             if segs and segs[-1][2] == is_data:
                 segs[-1] = (segs[-1][0], end, is_data)
             else:
@@ -498,8 +510,10 @@ class Converter:
         """Worker: read, detect zeroes, compress; write too if allowed."""
         from ..common.errors import QemuError
 
+        whole = self._get_buffer()
+        buf = memoryview(whole)[:length]
         try:
-            buf = self.read_virtual(start, length)
+            self.read_virtual(start, buf)
         except QemuError as exc:
             raise CliError(f"error while reading at byte {start}: {exc.message}") from None
         if self.compressed:
@@ -513,22 +527,27 @@ class Converter:
                     continue
                 packed = compress(piece) if compress is not None else None
                 if packed is None:
-                    items.append((start + rel, (False, piece)))
+                    items.append((start + rel, (False, bytes(piece))))
                 else:
                     items.append((start + rel, (True, packed)))
+            buf.release()
+            self._pool.put(whole)
             return items
-        segs = self._split(buf, start)
+        segs = self._split(whole, length, start)
         if self.worker_writes:
             try:
                 self._write_segments(buf, start, segs)
             except QemuError as exc:
                 raise CliError(f"error while writing at byte {start}: {exc.message}") from None
+            buf.release()
+            self._pool.put(whole)
             return None
-        return buf, segs
+        return whole, buf, segs
 
-    def _write_segments(self, buf: bytes, start: int, segs: list[tuple[int, int, bool]]) -> None:
+    def _write_segments(
+        self, mv: memoryview, start: int, segs: list[tuple[int, int, bool]]
+    ) -> None:
         target = self.target
-        mv = memoryview(buf)
         for a, b, is_data in segs:
             if is_data:
                 target.write(start + a, mv[a:b])
@@ -561,8 +580,10 @@ class Converter:
                 else:
                     self.target.write_compressed(off, data[1])
         elif result is not None:
-            buf, segs = result
+            whole, buf, segs = result
             self._write_segments(buf, start, segs)
+            buf.release()
+            self._pool.put(whole)
         self._done += length
         if self._allocated:
             self.progress.print(100.0 * self._done / self._allocated, 0)
@@ -571,6 +592,7 @@ class Converter:
         from ..common.errors import QemuError
 
         self._bases = [s.base for s in self.sources]
+        self._pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._zero_g = bytes(self.granularity) if self.granularity else b""
         self._compress = getattr(self.target, "compress_cluster", None) if self.compressed else None
         try:
@@ -587,14 +609,14 @@ class Converter:
         if self.cluster_size and step % self.cluster_size:
             step = max(self.cluster_size, step - step % self.cluster_size)
         window = max(2, self.workers * 2)
-        queue: collections.deque[Any] = collections.deque()
+        pending: collections.deque[Any] = collections.deque()
         pool = ThreadPoolExecutor(max_workers=max(1, min(self.workers, os.cpu_count() or 1) + 1))
         try:
             for kind, start, length in runs:
                 if kind == BACKING:
                     continue
                 if kind == ZERO:
-                    queue.append((ZERO, start, length, None))
+                    pending.append((ZERO, start, length, None))
                     if not self.min_sparse:
                         self._done += length
                     continue
@@ -604,14 +626,14 @@ class Converter:
                     # chunks end on multiples of ``step`` so they stay cluster aligned
                     n = min(end, (pos // step + 1) * step) - pos
                     fut: Future[Any] = pool.submit(self._work, pos, n)
-                    queue.append((DATA, pos, n, fut))
+                    pending.append((DATA, pos, n, fut))
                     pos += n
-                    while len(queue) > window:
-                        self._finish_checked(queue.popleft())
-            while queue:
-                self._finish_checked(queue.popleft())
+                    while len(pending) > window:
+                        self._finish_checked(pending.popleft())
+            while pending:
+                self._finish_checked(pending.popleft())
         finally:
-            for item in queue:
+            for item in pending:
                 if item[3] is not None:
                     item[3].cancel()
             pool.shutdown(wait=True)
