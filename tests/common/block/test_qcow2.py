@@ -652,3 +652,41 @@ def test_sigkill_leaves_only_leaks(qemu_img, tmp_path, cluster) -> None:
     info = json.loads(r.stdout)
     assert info.get("corruptions", 0) == 0, r.stdout
     assert r.returncode in (0, 3)
+
+
+def test_write_over_internal_snapshot_copies(qemu_img, qemu_io, tmp_path) -> None:
+    path = str(tmp_path / "s.qcow2")
+    run([qemu_img, "create", "-q", "-f", "qcow2", path, "2M"])
+    qio(qemu_io, path, "write -P 0x61 0 1M", "write -c -P 0x62 1M 64k")
+    assert run([qemu_img, "snapshot", "-c", "snap1", path]).returncode == 0
+    with open_image(path, read_only=False) as img:
+        img.write(100, b"new")
+        img.write(MiB + 10, b"new")
+        img.write_zeroes(512 * 1024, 65536, may_unmap=True)
+    assert_clean(qemu_img, path)
+    expected = bytearray(b"\x61" * MiB + b"\x62" * 65536 + bytes(MiB - 65536))
+    expected[100:103] = b"new"
+    expected[MiB + 10 : MiB + 13] = b"new"
+    expected[512 * 1024 : 512 * 1024 + 65536] = bytes(65536)
+    assert_same(qemu_img, path, bytes(expected), tmp_path)
+    snap = tmp_path / "snap.raw"
+    r = run([qemu_img, "convert", "-l", "snap1", "-O", "raw", path, str(snap)])
+    assert r.returncode == 0, r.stderr
+    assert snap.read_bytes() == b"\x61" * MiB + b"\x62" * 65536 + bytes(MiB - 65536)
+
+
+def test_check_repairs_leaks_then_allocator_continues(qemu_img, tmp_path) -> None:
+    path = str(tmp_path / "c.qcow2")
+    create_image(path, "qcow2", 4 * MiB)
+    with open(path, "r+b") as f:  # leak cluster 5 and 6
+        f.truncate(10 * 65536)
+        f.seek(2 * 65536 + 5 * 2)
+        f.write(b"\0\1\0\1")
+    from pyqemu.common.block import FIX_LEAKS
+
+    with open_image(path, read_only=False) as img:
+        result = img.check(FIX_LEAKS)
+        assert result.leaks_fixed == 2 and result.corruptions == 0
+        img.write(0, b"k" * 200000)
+        assert img.read(0, 200000) == b"k" * 200000
+    assert_clean(qemu_img, path)
