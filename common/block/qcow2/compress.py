@@ -6,6 +6,7 @@ the GIL while they work, so ``convert -c`` can compress clusters in parallel.
 
 from __future__ import annotations
 
+import io
 import threading
 import zlib
 from typing import Any
@@ -54,8 +55,9 @@ def decompress(data: bytes, ctype: int, out_len: int) -> bytes:
             obj = zlib.decompressobj(ZLIB_WBITS)
             out = obj.decompress(data, out_len)
         elif ctype == CompressionType.ZSTD:
-            dctx = _zstd().ZstdDecompressor()
-            out = dctx.decompressobj().decompress(data)
+            # bounded: a hostile frame must not expand past one cluster
+            reader = _zstd().ZstdDecompressor().stream_reader(io.BytesIO(data))
+            out = reader.read(out_len)
         else:
             raise UnsupportedFeature(f"Unknown compression type {ctype}")
     except (zlib.error, ValueError) as exc:

@@ -167,6 +167,7 @@ class Qcow2(BlockDriver):
         self._broken = False
         self._dirty_on_disk = bool(header.incompatible_features & Incompat.DIRTY)
         self._meta_sets: tuple[set[int], set[int]] | None = None
+        self._refs_version = -1
         self._last_compressed: tuple[int, bytes] | None = None
         l2_tables = max(16, L2_CACHE_BYTES // self.cs)
         self.map = ClusterMap(file, self.cluster_bits, self.extended, self._corrupt, l2_tables)
@@ -401,9 +402,16 @@ class Qcow2(BlockDriver):
             raise UnsupportedFeature("qcow2 encryption is not supported yet")
 
     def _metadata_sets(self) -> tuple[set[int], set[int]]:
+        """Host offsets of the L2 tables and refcount blocks, kept up to date cheaply."""
         if self._meta_sets is None:
-            l2 = {e & L2E_OFFSET_MASK for e in self.map.l1 if e & L2E_OFFSET_MASK}
-            self._meta_sets = (l2, self.refs.block_offsets())
+            self._meta_sets = (
+                {e & L2E_OFFSET_MASK for e in self.map.l1 if e & L2E_OFFSET_MASK},
+                set(),
+            )
+            self._refs_version = -1
+        if self._refs_version != self.refs.version:
+            self._meta_sets = (self._meta_sets[0], self.refs.block_offsets())
+            self._refs_version = self.refs.version
         return self._meta_sets
 
     def _overlap_check(self, offset: int, length: int) -> None:
@@ -662,13 +670,14 @@ class Qcow2(BlockDriver):
             return m.cache.get(old), old
         self._mark_dirty()
         new = self.refs.alloc_clusters(self.cs)
-        self._meta_sets = None
         self._overlap_check(new, self.cs)
         table = array("Q", m.cache.get(old)) if old else array("Q", bytes(self.cs))
         m.cache.put_new(new, table)
         m.l1[l1_index] = new | OFLAG_COPIED
         m.l1_dirty.add(l1_index)
-        self._meta_sets = None
+        if self._meta_sets is not None:
+            self._meta_sets[0].discard(old)
+            self._meta_sets[0].add(new)
         if old:
             self._release([old])
         return table, new

@@ -144,6 +144,8 @@ class Refcounts:
         self.table = array("Q")
         self.table_offset = 0
         self.max_table_index = 0
+        #: bumped whenever the refcount table changes (overlap check caches)
+        self.version = 0
         self.free_cluster_index = 0
         self.free_byte_offset = 0
         self.cache: TableCache[RefBlock] = TableCache(
@@ -162,6 +164,7 @@ class Refcounts:
         size = clusters * self.cluster_size // REFTABLE_ENTRY_SIZE
         self.table_offset = offset
         self.table = table_from_bytes(self.file.read(offset, size * REFTABLE_ENTRY_SIZE))
+        self.version += 1
         self._update_max_index()
         self.cache.clear()
         self.free_cluster_index = 0
@@ -365,6 +368,7 @@ class Refcounts:
             )
             self.file.flush()
             self.table[table_index] = new_block
+            self.version += 1
             self.max_table_index = max(self.max_table_index, table_index)
             raise Again
         blocks_used = -(-max(cluster_index + 1, new_index + 1) // self.block_size)
@@ -429,6 +433,7 @@ class Refcounts:
         old_offset, old_size = self.table_offset, len(self.table)
         self.table = new_table
         self.table_offset = table_offset
+        self.version += 1
         self._update_max_index()
         self.on_table_moved(table_offset, table_clusters)
         self.free(old_offset, old_size * REFTABLE_ENTRY_SIZE)
@@ -457,6 +462,7 @@ class Refcounts:
         self.file.flush()
         old = self.table
         self.table = new_table
+        self.version += 1
         self._update_max_index()
         for i, entry in enumerate(old):
             offset = entry & REFT_OFFSET_MASK
