@@ -168,6 +168,8 @@ class Qcow2(BlockDriver):
         self._dirty_on_disk = bool(header.incompatible_features & Incompat.DIRTY)
         self._meta_sets: tuple[set[int], set[int]] | None = None
         self._refs_version = -1
+        #: cache=unsafe: no write barriers (qemu-img convert -t unsafe)
+        self.no_flush = False
         self._last_compressed: tuple[int, bytes] | None = None
         l2_tables = max(16, L2_CACHE_BYTES // self.cs)
         self.map = ClusterMap(file, self.cluster_bits, self.extended, self._corrupt, l2_tables)
@@ -195,6 +197,9 @@ class Qcow2(BlockDriver):
         """Open the qcow2 image on the protocol node ``file`` (qcow2_do_open)."""
         hdr = cls._read_header(file)
         drv = cls(file, hdr, read_only=read_only)
+        if str(options.get("cache.no-flush", "off")) in ("on", "true", "True", "1"):
+            drv.no_flush = True
+            drv.refs.sync = lambda: None
         drv._validate_and_load()
         if not read_only:
             drv._open_rw_fixups()
@@ -342,14 +347,14 @@ class Qcow2(BlockDriver):
             data = hdr.pack()
         assert self.file is not None
         self.file.write(0, data + bytes(self.cs - len(data)))
-        self.file.flush()
+        self._sync()
 
     def _write_incompat(self) -> None:
         if self.header.version < 3:
             return
         assert self.file is not None
         self.file.write(OFF_INCOMPAT, struct.pack(">Q", self.header.incompatible_features))
-        self.file.flush()
+        self._sync()
 
     def _reftable_moved(self, offset: int, clusters: int) -> None:
         self.header.refcount_table_offset = offset
@@ -509,8 +514,13 @@ class Qcow2(BlockDriver):
     def _before_l2_write(self) -> None:
         if not self.lazy_refcounts:
             if self.refs.write_blocks():
-                assert self.file is not None
-                self.file.flush()
+                self._sync()
+
+    def _sync(self) -> None:
+        """Write barrier between metadata groups (skipped with cache.no-flush)."""
+        if not self.no_flush:
+            assert self.file is not None
+            self.file.flush()
 
     def _mark_dirty(self) -> None:
         """With lazy refcounts, set the dirty bit on disk before the first metadata update."""
@@ -524,10 +534,10 @@ class Qcow2(BlockDriver):
         assert self.file is not None
         wrote = self.refs.write_blocks()
         if wrote and sync:
-            self.file.flush()
+            self._sync()
         wrote = self.map.cache.write_dirty()
         if wrote and sync:
-            self.file.flush()
+            self._sync()
         self.map.write_l1()
 
     def _flush(self) -> None:
@@ -540,8 +550,7 @@ class Qcow2(BlockDriver):
         with self.lock:
             if not self.read_only and not self._broken:
                 self._write_metadata(sync=True)
-                assert self.file is not None
-                self.file.flush()
+                self._sync()
                 if self._dirty_on_disk:
                     self.header.incompatible_features &= ~int(Incompat.DIRTY)
                     self._write_incompat()
@@ -555,7 +564,7 @@ class Qcow2(BlockDriver):
         assert self.file is not None
         if not self.lazy_refcounts:
             self._write_metadata(sync=True)
-            self.file.flush()
+            self._sync()
         cs = self.cs
         ranges: list[list[int]] = []
         for entry in entries:
@@ -1061,13 +1070,13 @@ class Qcow2(BlockDriver):
         self._mark_dirty()
         new_offset = self.refs.alloc_clusters(new_bytes)
         self._write_metadata(sync=True)
-        self.file.flush()
+        self._sync()
         self._meta_sets = None
         self._overlap_check(new_offset, new_bytes)
         self.file.write(new_offset, table_to_bytes(new_table))
-        self.file.flush()
+        self._sync()
         self.file.write(OFF_L1, struct.pack(">IQ", min_size, new_offset))
-        self.file.flush()
+        self._sync()
         old_offset = m.l1_offset
         m.l1 = new_table
         m.l1_offset = new_offset
@@ -1099,7 +1108,7 @@ class Qcow2(BlockDriver):
             self._write_metadata(sync=True)
             assert self.file is not None
             self.file.write(OFF_SIZE, struct.pack(">Q", size))
-            self.file.flush()
+            self._sync()
             self.header.size = size
             self.total_size = size
 
@@ -1176,8 +1185,7 @@ class Qcow2(BlockDriver):
         with self.lock:
             if not self.read_only and not self._broken:
                 self._write_metadata(sync=True)
-                assert self.file is not None
-                self.file.flush()
+                self._sync()
             result = check_image(self.file, self.header, fix)
             if fix:
                 self._reload()

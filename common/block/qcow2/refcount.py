@@ -151,6 +151,8 @@ class Refcounts:
         self.cache: TableCache[RefBlock] = TableCache(
             cache_blocks, self._load_block, self._store_block
         )
+        #: the write barrier (fdatasync of the image file; a no-op with cache=unsafe)
+        self.sync: Callable[[], None] = file.flush
         #: called before metadata that the refcount table depends on is changed
         self.flush_l2: Callable[[], None] = lambda: None
 
@@ -215,7 +217,7 @@ class Refcounts:
         """Write dirty refcount blocks; with ``sync`` also fdatasync."""
         wrote = self.cache.write_dirty()
         if wrote and sync:
-            self.file.flush()
+            self.sync()
         return wrote
 
     # --- allocation ---------------------------------------------------------
@@ -366,7 +368,7 @@ class Refcounts:
             self.file.write(
                 self.table_offset + table_index * REFTABLE_ENTRY_SIZE, struct.pack(">Q", new_block)
             )
-            self.file.flush()
+            self.sync()
             self.table[table_index] = new_block
             self.version += 1
             self.max_table_index = max(self.max_table_index, table_index)
@@ -427,9 +429,9 @@ class Refcounts:
                 self.cache.mark_dirty(off)
         self.write_blocks(sync=True)
         self.file.write(table_offset, table_to_bytes(new_table))
-        self.file.flush()
+        self.sync()
         self.file.write(REFTABLE_HEADER_OFFSET, struct.pack(">QI", table_offset, table_clusters))
-        self.file.flush()
+        self.sync()
         old_offset, old_size = self.table_offset, len(self.table)
         self.table = new_table
         self.table_offset = table_offset
@@ -459,7 +461,7 @@ class Refcounts:
             return
         self.write_blocks(sync=True)
         self.file.write(self.table_offset, table_to_bytes(new_table))
-        self.file.flush()
+        self.sync()
         old = self.table
         self.table = new_table
         self.version += 1

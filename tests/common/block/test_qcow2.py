@@ -690,3 +690,14 @@ def test_check_repairs_leaks_then_allocator_continues(qemu_img, tmp_path) -> Non
         img.write(0, b"k" * 200000)
         assert img.read(0, 200000) == b"k" * 200000
     assert_clean(qemu_img, path)
+
+
+def test_no_flush_option(qemu_img, tmp_path) -> None:
+    path = str(tmp_path / "n.qcow2")
+    create_image(path, "qcow2", 8 * MiB, {"cluster_size": "512"})
+    data = random.Random(5).randbytes(3 * MiB)
+    with open_image(path, read_only=False, options={"cache.no-flush": "on"}) as img:
+        assert img.no_flush
+        img.write(4096, data)
+    assert_clean(qemu_img, path)
+    assert_same(qemu_img, path, bytes(4096) + data + bytes(5 * MiB - 4096), tmp_path)
