@@ -559,8 +559,14 @@ class Converter:
             return
         if self.min_sparse:
             self.target.write_zeroes(start, length, may_unmap=True)
-        else:
-            self.target.write_zeroes(start, length, may_unmap=False)
+            return
+        # -S 0: the output is fully allocated, zeroes are written as data
+        zeros = memoryview(ZERO_CHUNK)
+        pos, end = start, start + length
+        while pos < end:
+            n = min(CHUNK, end - pos)
+            self.target.write(pos, zeros[:n])
+            pos += n
 
     def _finish_item(self, item: Any) -> None:
         kind, start, length, fut = item
@@ -610,7 +616,11 @@ class Converter:
             step = max(self.cluster_size, step - step % self.cluster_size)
         window = max(2, self.workers * 2)
         pending: collections.deque[Any] = collections.deque()
-        pool = ThreadPoolExecutor(max_workers=max(1, min(self.workers, os.cpu_count() or 1) + 1))
+        # workers that also write block in the kernel (dirty page throttling):
+        # use -m of them; otherwise they mostly need a CPU each
+        cpus = os.cpu_count() or 1
+        nworkers = self.workers if self.worker_writes else min(self.workers, cpus + 1)
+        pool = ThreadPoolExecutor(max_workers=max(1, nworkers))
         try:
             for kind, start, length in runs:
                 if kind == BACKING:

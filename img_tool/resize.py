@@ -89,7 +89,10 @@ def run(args: list[str]) -> int:
         from ..common.errors import QemuError
 
         try:
-            node.truncate(total, exact=False, prealloc=prealloc, shrink=True)
+            # qemu asks for a non-exact size, but file-posix resizes regular
+            # files exactly anyway; raw is a window on the file
+            exact = node.format_name == "raw"
+            node.truncate(total, exact=exact, prealloc=prealloc, shrink=True)
         except QemuError as exc:
             raise CliError(exc.message) from None
     finally:
