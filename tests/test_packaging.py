@@ -228,3 +228,24 @@ def test_pyqemu_img_version_runs(installed: Installed) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "version" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_demo_runs_on_the_wheel_install(installed: Installed) -> None:
+    """The README's first Quick start command: the main job, on an installed pyqemu."""
+    tmp = installed.elsewhere.parent / "demo-tmp"
+    tmp.mkdir(exist_ok=True)
+    path = f"{installed.venv / 'bin'}{os.pathsep}{installed.env['PATH']}"
+    env = dict(installed.env, PATH=path, TMPDIR=str(tmp))
+    proc = subprocess.run(
+        ["bash", str(installed.src / "examples" / "demo.sh")],
+        capture_output=True,
+        text=True,
+        cwd=installed.elsewhere,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "demo: OK" in proc.stdout
+    assert "No errors were found on the image." in proc.stdout
+    assert "file format: qcow2" in proc.stdout
+    assert not any(tmp.iterdir()), "demo left files behind"
