@@ -689,6 +689,8 @@ def _ignore_flushes(node: Any) -> None:
         n = stack.pop()
         if isinstance(n, FileProtocol):
             n._flush = _noop  # type: ignore[method-assign]
+        if hasattr(n, "no_flush"):
+            n.no_flush = True  # qcow2's cache.no-flush: no write barriers
         if n.file is not None:
             stack.append(n.file)
 
