@@ -105,7 +105,7 @@ class FileProtocol(BlockDriver):
             raise BlockError(f"Could not open '{path}': {strerror(exc.errno)}", exc.errno) from None
         if os.path.isdir(path):
             os.close(fd)
-            raise BlockError(f"'{path}' is not a regular file", errno.EISDIR)
+            raise BlockError(f"'file' driver requires '{path}' to be a regular file", errno.EINVAL)
         return cls(path, fd, read_only=read_only)
 
     @classmethod

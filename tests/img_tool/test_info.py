@@ -96,18 +96,8 @@ def test_info_backing_loop(images: Twins) -> None:
         ["-f", "qcow2", "r.img"],
         ["--output=foo", "r.img"],
         ["r.img", "extra"],
-        pytest.param(
-            ["trunc.qcow2"],
-            marks=pytest.mark.xfail(
-                strict=True, reason="qcow2 driver words a short header differently"
-            ),
-        ),
-        pytest.param(
-            ["sub"],
-            marks=pytest.mark.xfail(
-                strict=True, reason="file driver words a directory differently"
-            ),
-        ),
+        ["trunc.qcow2"],
+        ["sub"],
     ],
 )
 def test_info_errors(images: Twins, args: list[str]) -> None:

@@ -249,8 +249,9 @@ class Header:
         ``buf`` must hold at least the first cluster (or the whole file if
         shorter). Raises ImageCorrupt / UnsupportedFeature with QEMU's words.
         """
-        if len(buf) < V2_HEADER_LENGTH:
-            raise ImageCorrupt("Image is not in qcow2 format")
+        if len(buf) < V3_HEADER_LENGTH + EXT_HEADER.size:
+            # QEMU reads the header with zero fill past the end of the file
+            buf = bytes(buf).ljust(V3_HEADER_LENGTH + EXT_HEADER.size, b"\0")
         fields = dict(zip(HEADER_V2_FIELDS, HEADER_V2.unpack_from(buf, 0), strict=True))
         if fields.pop("magic") != MAGIC:
             raise ImageCorrupt("Image is not in qcow2 format")
