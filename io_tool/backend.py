@@ -1,0 +1,286 @@
+"""The image qemu-io works on: QEMU's ``BlockBackend`` over our block layer.
+
+It adds what qemu-io sees of the generic block layer on top of a node:
+request range checks (``-EIO``), copy-on-read (``-C``), the temporary qcow2
+overlay of snapshot mode (``-s``), the block-0 guard of a probed raw image,
+``bdrv_is_allocated`` and ``bdrv_get_info``. Errors are ``BlockError`` with an
+``errno``; the commands print ``strerror`` of it as qemu-io does.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from typing import Any
+
+from ..common.block import BlockDriver, BlockError, Status, node_status, open_image
+
+__all__ = ["Backend", "OpenError", "open_backend"]
+
+PREALLOC_MODES = ("off", "metadata", "falloc", "full")
+
+
+class OpenError(Exception):
+    """An image that could not be opened; ``message`` is qemu-io's inner text."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _fail(code: int) -> BlockError:
+    return BlockError(os.strerror(code), code)
+
+
+class Backend:
+    """An open image: the top node plus the request semantics qemu-io relies on."""
+
+    def __init__(
+        self,
+        node: BlockDriver,
+        *,
+        copy_on_read: bool = False,
+        probed_raw: bool = False,
+        reopen_args: dict[str, Any] | None = None,
+    ) -> None:
+        self.node = node
+        self.copy_on_read = copy_on_read
+        self.probed_raw = probed_raw
+        #: how to open the image again (reopen)
+        self.reopen_args = reopen_args or {}
+        self.write_cache = True
+        #: the node was opened writable (reopen -r/-w just flips the flag)
+        self.opened_writable = not node.read_only
+
+    # ------------------------------------------------------------------
+
+    @property
+    def read_only(self) -> bool:
+        return self.node.read_only
+
+    @property
+    def size(self) -> int:
+        return self.node.size
+
+    def check_request(self, offset: int, length: int) -> None:
+        """``blk_check_byte_request``."""
+        size = self.node.size
+        if offset < 0 or length < 0 or offset > size or size - offset < length:
+            raise _fail(errno.EIO)
+
+    def check_writable(self) -> None:
+        if self.node.read_only:
+            raise BlockError("Block node is read-only", errno.EPERM)
+
+    # ------------------------------------------------------------------
+    # I/O
+
+    def pread(self, offset: int, length: int) -> bytearray:
+        """Read into a new buffer (copy-on-read first when enabled)."""
+        self.check_request(offset, length)
+        if length == 0:
+            return bytearray()
+        node = self.node
+        if self.copy_on_read and node.backing is not None and not node.read_only:
+            self._copy_on_read(offset, length)
+        buf = bytearray(length)
+        readinto = getattr(node, "readinto", None)
+        if readinto is not None:
+            node._check_range(offset, length)
+            readinto(offset, memoryview(buf))
+        else:
+            buf[:] = node.read(offset, length)
+        return buf
+
+    def _copy_on_read(self, offset: int, length: int) -> None:
+        node = self.node
+        cluster = node.cluster_size or 512
+        start = offset - offset % cluster
+        end = min(-(-(offset + length) // cluster) * cluster, node.size)
+        pos = start
+        while pos < end:
+            run = node_status(node, pos, end - pos)
+            if run.length <= 0:
+                break
+            if not run.flags & Status.ALLOCATED:
+                data = node.read(pos, run.length)
+                if data.count(0) == len(data):
+                    node.write_zeroes(pos, run.length)
+                else:
+                    node.write(pos, data)
+            pos += run.length
+
+    def pwrite(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> None:
+        self.check_request(offset, len(data))
+        self.check_writable()
+        if self.probed_raw and offset < 512 and len(data):
+            self._guard_block0(offset, data)
+        self.node.write(offset, data, fua=fua)
+
+    def _guard_block0(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """raw_check_write: a probed raw image must not start to look like another format."""
+        from ..common.block.registry import probe_format
+
+        head_len = min(512, self.node.size)
+        head = bytearray(self.node.read(0, head_len))
+        n = min(len(data), head_len - offset)
+        head[offset : offset + n] = bytes(data[:n])
+        if probe_format(bytes(head), self.node.filename).format_name != "raw":
+            raise _fail(errno.EPERM)
+
+    def pwrite_zeroes(self, offset: int, length: int, *, may_unmap: bool, fua: bool) -> None:
+        self.check_request(offset, length)
+        self.check_writable()
+        self.node.write_zeroes(offset, length, may_unmap=may_unmap, fua=fua)
+
+    def pwrite_compressed(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        self.check_request(offset, len(data))
+        self.check_writable()
+        write = getattr(self.node, "write_compressed", None)
+        cluster = self.node.cluster_size
+        if write is None or not cluster:
+            raise _fail(errno.ENOTSUP)
+        if offset % cluster or (len(data) % cluster and offset + len(data) != self.node.size):
+            raise _fail(errno.EINVAL)
+        view = memoryview(data)
+        for pos in range(0, len(data), cluster):
+            write(offset + pos, view[pos : pos + cluster])
+
+    def pdiscard(self, offset: int, length: int) -> None:
+        self.check_request(offset, length)
+        self.check_writable()
+        self.node.discard(offset, length)
+
+    def flush(self) -> None:
+        self.node.flush()
+
+    def truncate(self, size: int, prealloc: str) -> None:
+        self.check_writable()
+        self.node.truncate(size, exact=False, prealloc=prealloc)
+
+    # ------------------------------------------------------------------
+    # queries
+
+    def is_allocated(self, offset: int, length: int) -> tuple[bool, int]:
+        """``bdrv_is_allocated`` of the top node: (allocated, bytes in the run)."""
+        size = self.node.size
+        if offset >= size or length <= 0:
+            return False, 0
+        run = node_status(self.node, offset, min(length, size - offset))
+        return bool(run.flags & Status.ALLOCATED), run.length
+
+    def get_info(self) -> tuple[int, int]:
+        """``bdrv_get_info``: (cluster size, vm state offset)."""
+        node = self.node
+        cluster = node.cluster_size or 0
+        if not cluster or node.format_name != "qcow2":
+            return cluster, 0
+        bits = cluster.bit_length() - 1
+        l2_bits = bits - (4 if getattr(node, "extended", False) else 3)
+        span = 1 << (bits + l2_bits)
+        index = -(-node.size // span)
+        return cluster, index * span
+
+    def set_read_only(self, read_only: bool) -> None:
+        """``reopen -r`` / ``reopen -w``."""
+        node = self.node
+        if read_only == node.read_only:
+            return
+        if read_only:
+            node.flush()
+            node.read_only = True
+            return
+        if self.opened_writable:
+            node.read_only = False
+            return
+        args = self.reopen_args
+        try:
+            new = open_image(
+                args.get("filename"),
+                args.get("fmt"),
+                options={
+                    k: v
+                    for k, v in (args.get("options") or {}).items()
+                    if k not in ("driver", "read-only", "force-share")
+                }
+                or None,
+                read_only=False,
+            )
+        except BlockError:
+            raise
+        node.close()
+        self.node = new
+        self.opened_writable = True
+
+    def close(self) -> None:
+        self.node.close()
+
+
+def _read_only_opt(value: Any) -> bool:
+    return value is True or str(value) in ("on", "true", "yes", "1")
+
+
+def open_backend(
+    filename: str | None,
+    options: dict[str, Any],
+    *,
+    read_only: bool,
+    snapshot: bool = False,
+    copy_on_read: bool = False,
+) -> Backend:
+    """``blk_new_open`` as qemu-io calls it; OpenError carries the inner message."""
+    opts = dict(options)
+    fmt = opts.pop("driver", None)
+    if "read-only" in opts:
+        read_only = _read_only_opt(opts.pop("read-only"))
+    for key in ("force-share", "cache.direct", "cache.no-flush", "discard", "aio"):
+        opts.pop(key, None)
+    if filename is None and not opts.get("filename") and not opts.get("file.filename"):
+        if "file" not in opts and not any(k.startswith("file.") for k in opts):
+            raise OpenError('A block device must be specified for "file"')
+    reopen_args = {"filename": filename, "options": dict(options), "fmt": fmt}
+    try:
+        node = open_image(
+            filename,
+            fmt,
+            options=opts or None,
+            read_only=read_only or snapshot,
+        )
+    except BlockError as exc:
+        raise OpenError(exc.message) from None
+    probed = fmt is None and node.format_name == "raw" and not filename_is_json(filename)
+    if snapshot:
+        node = _snapshot_overlay(node)
+        probed = False
+    return Backend(
+        node,
+        copy_on_read=copy_on_read,
+        probed_raw=probed and not read_only,
+        reopen_args=reopen_args,
+    )
+
+
+def filename_is_json(filename: str | None) -> bool:
+    return bool(filename) and filename.startswith("json:")  # type: ignore[union-attr]
+
+
+def _snapshot_overlay(base: BlockDriver) -> BlockDriver:
+    """``-s``: a temporary qcow2 over the image, which takes every write."""
+    from ..common.block import create_image
+
+    fd, path = tempfile.mkstemp(prefix="vl.", dir=os.environ.get("TMPDIR", "/var/tmp"))
+    os.close(fd)
+    try:
+        create_image(path, "qcow2", base.size, {})
+        overlay = open_image(path, "qcow2", read_only=False, backing=False)
+    except BaseException:
+        os.unlink(path)
+        base.close()
+        raise
+    os.unlink(path)  # qemu unlinks the temporary file as well
+    overlay.backing = base
+    overlay.backing_filename = base.filename
+    overlay.full_backing_filename = base.filename
+    overlay.backing_format = base.format_name
+    return overlay
