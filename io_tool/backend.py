@@ -24,9 +24,11 @@ PREALLOC_MODES = ("off", "metadata", "falloc", "full")
 class OpenError(Exception):
     """An image that could not be opened; ``message`` is qemu-io's inner text."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, probed_raw: bool = False) -> None:
         super().__init__(message)
         self.message = message
+        #: the raw probe warning comes first (raw_open printed it)
+        self.probed_raw = probed_raw
 
 
 def _fail(code: int) -> BlockError:
@@ -52,6 +54,8 @@ class Backend:
         self.write_cache = True
         #: the node was opened writable (reopen -r/-w just flips the flag)
         self.opened_writable = not node.read_only
+        #: a write command has taken the write permission (BLK_PERM_WRITE)
+        self.write_perm = False
 
     # ------------------------------------------------------------------
 
@@ -250,6 +254,11 @@ def open_backend(
     except BlockError as exc:
         raise OpenError(exc.message) from None
     probed = fmt is None and node.format_name == "raw" and not filename_is_json(filename)
+    try:
+        _check_options(node.format_name, opts)
+    except OpenError as exc:
+        node.close()
+        raise OpenError(exc.message, probed and not read_only) from None
     if snapshot:
         node = _snapshot_overlay(node)
         probed = False
@@ -259,6 +268,41 @@ def open_backend(
         probed_raw=probed and not read_only,
         reopen_args=reopen_args,
     )
+
+
+#: block-layer options each format takes at its own level (others: file.*, backing.*)
+_FORMAT_OPTIONS = {
+    "raw": {"offset", "size"},
+    "qcow2": {
+        "lazy-refcounts",
+        "pass-discard-request",
+        "pass-discard-snapshot",
+        "pass-discard-other",
+        "discard-no-unref",
+        "overlap-check",
+        "cache-size",
+        "l2-cache-size",
+        "l2-cache-entry-size",
+        "refcount-cache-size",
+        "cache-clean-interval",
+        "data-file",
+        "backing",
+    },
+}
+_GENERIC_OPTIONS = {"node-name", "detect-zeroes", "auto-read-only", "filename", "file"}
+
+
+def _check_options(fmt: str, opts: dict[str, Any]) -> None:
+    """QEMU refuses an option that no layer consumed."""
+    known = _FORMAT_OPTIONS.get(fmt)
+    if known is None:
+        return
+    for key in opts:
+        head = key.split(".", 1)[0]
+        if head in ("file", "backing", "encrypt", "cache", "overlap-check", "data-file"):
+            continue
+        if key not in known and key not in _GENERIC_OPTIONS:
+            raise OpenError(f"Block format '{fmt}' does not support the option '{key}'")
 
 
 def filename_is_json(filename: str | None) -> bool:

@@ -70,9 +70,11 @@ class Session:
                     % (nargs, argv[0], ct.argmin, ct.argmax)
                 )
             return -errno.EINVAL
-        if ct.write and self.blk is not None and self.blk.read_only:
-            self.error_report("Block node is read-only")
-            return -errno.EPERM
+        if ct.write and self.blk is not None:
+            if self.blk.read_only:
+                self.error_report("Block node is read-only")
+                return -errno.EPERM
+            self.blk.write_perm = True
         try:
             return ct.func(self, argv)
         except (KeyboardInterrupt, SystemExit):

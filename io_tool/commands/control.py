@@ -58,6 +58,8 @@ def openfile(
             name, opts, read_only=read_only, snapshot=snapshot, copy_on_read=copy_on_read
         )
     except OpenError as exc:
+        if exc.probed_raw:
+            raw_probe_warning(name or "")
         where = f" device {name}" if name is not None else ""
         s.error_report(f"can't open{where}: {exc.message}")
         return 1
@@ -223,6 +225,10 @@ def reopen_f(s: Session, argv: list[str]) -> int:
         except Exception as exc:  # noqa: BLE001
             s.error_report(str(exc))
             return EINVAL
+        if read_only and blk.write_perm:
+            # the write permission taken by an earlier write is not given up
+            s.error_report("Read-only block node '#block%03d' cannot support read-write users" % 0)
+            return EINVAL
     if "cache.direct" in options or "cache.no-flush" in options:
         if has_cache:
             s.error_report("Cannot set both -c and the cache options")
@@ -235,6 +241,8 @@ def reopen_f(s: Session, argv: list[str]) -> int:
     s.drain()
     from ...common.errors import QemuError
 
+    if read_only:
+        blk.write_perm = False
     try:
         blk.set_read_only(read_only)
     except QemuError as exc:
