@@ -88,7 +88,9 @@ class Backend:
         node = self.node
         if self.copy_on_read and node.backing is not None and not node.read_only:
             self._copy_on_read(offset, length)
-        buf = bytearray(length)
+        # qemu-io's buffer is memset(0xab) before the clock starts: fill (and so
+        # fault in) ours the same way, rather than during the timed read
+        buf = bytearray(b"\xab") * length
         readinto = getattr(node, "readinto", None)
         if readinto is not None:
             node._check_range(offset, length)

@@ -75,13 +75,15 @@ def pattern_buffer(pattern: int, length: int) -> bytes:
 
 
 def matches_pattern(buf: bytes | bytearray | memoryview, pattern: int) -> bool:
-    """memcmp against a pattern buffer, in bounded chunks."""
-    view = memoryview(buf)
+    """memcmp against a pattern buffer, chunk by chunk (``startswith`` is a memcmp
+    without copies)."""
+    data = buf if isinstance(buf, (bytes, bytearray)) else bytes(buf)
     step = 1 << 24
-    chunk = pattern_buffer(pattern, min(step, len(view)))
-    for pos in range(0, len(view), step):
-        piece = view[pos : pos + step]
-        if piece != (chunk if len(piece) == len(chunk) else chunk[: len(piece)]):
+    chunk = pattern_buffer(pattern, min(step, len(data)))
+    for pos in range(0, len(data), step):
+        end = min(pos + step, len(data))
+        part = chunk if end - pos == len(chunk) else chunk[: end - pos]
+        if not data.startswith(part, pos, end):
             return False
     return True
 
@@ -182,8 +184,11 @@ def read_f(s: Session, argv: list[str]) -> int:
         return -code
     ret = 0
     if flag["P"]:
-        view = memoryview(buf)[pattern_offset : pattern_offset + pattern_count]
-        if not matches_pattern(view, pattern):
+        if pattern_offset or pattern_count != len(buf):
+            checked: bytes | bytearray = buf[pattern_offset : pattern_offset + pattern_count]
+        else:
+            checked = buf
+        if not matches_pattern(checked, pattern):
             out(
                 "Pattern verification failed at offset %d, %d bytes\n"
                 % (offset + pattern_offset, pattern_count)
