@@ -155,6 +155,14 @@ def open_image(
     return node
 
 
+def _realpath(filename: str) -> str:
+    """The canonical path of a host file name, for loop detection; other names
+    (``json:``, a NUL byte that no host path can hold) stay as they are."""
+    if filename.startswith("json:") or "\0" in filename:
+        return filename
+    return os.path.realpath(filename)
+
+
 def _open_backing(
     node: BlockDriver, opts: dict[str, Any], backing: bool, read_only: bool, chain: tuple[str, ...]
 ) -> None:
@@ -166,12 +174,9 @@ def _open_backing(
     if "backing" in opts and opts["backing"] in (None, ""):
         return
     backing_opts = sub_options(opts, "backing")
-    here = (
-        os.path.realpath(node.filename) if not node.filename.startswith("json:") else node.filename
-    )
-    chain = chain + (here,)
+    chain = chain + (_realpath(node.filename),)
     target = node.full_backing_filename
-    if not backing_opts and not target.startswith("json:") and os.path.realpath(target) in chain:
+    if not backing_opts and not target.startswith("json:") and _realpath(target) in chain:
         raise BlockError(f"Backing file '{node.backing_filename}' creates an infinite loop.")
     if len(chain) > 1000:
         raise BlockError("Backing chain too long")

@@ -19,6 +19,10 @@ from typing import Any, ClassVar
 
 from .errors import BlockError, InvalidRequest, UnsupportedFeature
 
+#: the largest offset + length of any request or image size (QEMU's BDRV_MAX_LENGTH:
+#: INT64_MAX aligned down to BDRV_MAX_ALIGNMENT, 1 GiB)
+MAX_LENGTH = ((1 << 63) - 1) & ~((1 << 30) - 1)
+
 
 class Status(IntFlag):
     """Block status flags, as QEMU's ``BDRV_BLOCK_*``."""
@@ -200,13 +204,27 @@ class BlockDriver:
     def truncate(
         self, size: int, *, exact: bool = True, prealloc: str = "off", shrink: bool = True
     ) -> None:
-        """Change the virtual size to ``size``."""
+        """Change the virtual size to ``size`` (bdrv_co_truncate).
+
+        Growing an image whose backing file is larger than the old size would
+        expose the backing file's data in the new area; as QEMU's generic layer
+        does (``BDRV_REQ_ZERO_WRITE``), that area is made to read as zeroes.
+        """
         self._check_writable()
         if size < 0:
             raise InvalidRequest("Image size cannot be negative")
+        if size > MAX_LENGTH:
+            raise InvalidRequest(f"offset({size}) exceeds maximum({MAX_LENGTH})")
         if size < self.total_size and not shrink:
             raise InvalidRequest("Use the --shrink option to perform a shrink operation.")
+        old = self.total_size
         self._truncate(size, exact, prealloc)
+        backing = self.backing
+        if backing is not None and self.total_size > old and backing.size > old:
+            try:
+                self._zero_new_area(old, self.total_size, backing.size)
+            except BlockError as exc:
+                raise exc.prefixed("Failed to zero out new clusters") from None
 
     def block_status(self, offset: int, length: int) -> StatusRun:
         """Status of this node only (no backing descent) from ``offset``."""
@@ -284,6 +302,12 @@ class BlockDriver:
 
     def _block_status(self, offset: int, length: int) -> StatusRun:
         return StatusRun(length, Status.DATA)
+
+    def _zero_new_area(self, old: int, new: int, backing_size: int) -> None:
+        """After growing from ``old`` to ``new`` over a backing file of ``backing_size``
+        bytes (> ``old``), make the new area read as zeroes. Only the part the backing
+        file covers could show other data; a driver may zero more (qcow2 does)."""
+        self.write_zeroes(old, min(new, backing_size) - old)
 
     def _close(self) -> None:
         pass

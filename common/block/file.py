@@ -15,7 +15,7 @@ import stat
 from typing import Any
 
 from ..errors import strerror
-from .driver import BlockDriver, CreateOption, ProgressFn, Status, StatusRun
+from .driver import MAX_LENGTH, BlockDriver, CreateOption, ProgressFn, Status, StatusRun
 from .errors import BlockError, InvalidRequest
 
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -103,6 +103,10 @@ class FileProtocol(BlockDriver):
             fd = os.open(path, flags | os.O_CLOEXEC)
         except OSError as exc:
             raise BlockError(f"Could not open '{path}': {strerror(exc.errno)}", exc.errno) from None
+        except ValueError:  # an embedded NUL: no host file has that name
+            raise BlockError(
+                f"Could not open '{path}': {strerror(errno.ENOENT)}", errno.ENOENT
+            ) from None
         if os.path.isdir(path):
             os.close(fd)
             raise BlockError(f"'file' driver requires '{path}' to be a regular file", errno.EINVAL)
@@ -126,6 +130,10 @@ class FileProtocol(BlockDriver):
         except OSError as exc:
             raise BlockError(
                 f"Could not create '{path}': {strerror(exc.errno)}", exc.errno
+            ) from None
+        except ValueError:  # an embedded NUL
+            raise BlockError(
+                f"Could not create '{path}': {strerror(errno.ENOENT)}", errno.ENOENT
             ) from None
         try:
             os.ftruncate(fd, 0)
@@ -155,6 +163,9 @@ class FileProtocol(BlockDriver):
             raise InvalidRequest("Image is closed")
         if offset < 0 or length < 0:
             raise InvalidRequest(f"Invalid request: offset {offset}, length {length}", errno.EINVAL)
+        if length > MAX_LENGTH or offset > MAX_LENGTH - length:
+            # as bdrv_check_qiov_request: never hand the host an offset beyond INT64
+            raise InvalidRequest(strerror(errno.EIO), errno.EIO)
 
     def _pread(self, offset: int, length: int) -> bytes:
         try:
@@ -165,7 +176,10 @@ class FileProtocol(BlockDriver):
             got = [data]
             have = len(data)
             while have < length:
-                more = os.pread(self.fd, length - have, offset + have)
+                try:
+                    more = os.pread(self.fd, length - have, offset + have)
+                except OSError as exc:
+                    raise BlockError(f"Could not read: {strerror(exc.errno)}", exc.errno) from None
                 if not more:
                     got.append(bytes(length - have))
                     break
@@ -176,10 +190,14 @@ class FileProtocol(BlockDriver):
 
     def readinto(self, offset: int, buf: memoryview) -> None:
         """Read into ``buf`` (zero-filled past end of file), without a copy."""
+        self._check_range(offset, len(buf))
         total = 0
         length = len(buf)
         while total < length:
-            n = os.preadv(self.fd, [buf[total:]], offset + total)
+            try:
+                n = os.preadv(self.fd, [buf[total:]], offset + total)
+            except OSError as exc:
+                raise BlockError(f"Could not read: {strerror(exc.errno)}", exc.errno) from None
             if n == 0:
                 buf[total:] = bytes(length - total)
                 return

@@ -177,6 +177,11 @@ class Extension:
     data: bytes
 
 
+def _c_string(data: bytes) -> str:
+    """A name QEMU reads into a C string: it ends at the first NUL byte."""
+    return data.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
 @dataclasses.dataclass
 class Header:
     """The qcow2 header and its extensions."""
@@ -233,12 +238,12 @@ class Header:
     @property
     def backing_format(self) -> str | None:
         ext = self.extension(Ext.BACKING_FORMAT)
-        return ext.data.decode("utf-8", "replace") if ext else None
+        return _c_string(ext.data) if ext else None
 
     @property
     def data_file(self) -> str | None:
         ext = self.extension(Ext.DATA_FILE)
-        return ext.data.decode("utf-8", "replace") if ext else None
+        return _c_string(ext.data) if ext else None
 
     # --- parse ---------------------------------------------------------
 
@@ -294,9 +299,9 @@ class Header:
                 raise ImageCorrupt("Backing file name too long")
             if end > len(buf):
                 raise ImageCorrupt("Could not read backing file name: Input/output error")
-            hdr.backing_file = bytes(buf[hdr.backing_file_offset : end]).decode(
-                "utf-8", "surrogateescape"
-            )
+            # QEMU keeps the name as a C string: it ends at the first NUL byte
+            raw = bytes(buf[hdr.backing_file_offset : end]).split(b"\0", 1)[0]
+            hdr.backing_file = raw.decode("utf-8", "surrogateescape")
         return hdr
 
     def _parse_extensions(self, buf: bytes) -> None:

@@ -792,18 +792,30 @@ class Qcow2(BlockDriver):
             head = fills.get((0, idx))
             if head is not None:
                 parts.append(head)
-            parts.append(data[cstart + s - offset : cstart + e - offset])
+            # guest data as (start, end) into ``data``: adjacent ranges merge
+            # below, so a plain multi-cluster write is one slice, not a join
+            parts.append((cstart + s - offset, cstart + e - offset))
             tail = fills.get((1, idx))
             if tail is not None:
                 parts.append(tail)
             if host == seg_end and segments:
-                segments[-1][1].extend(parts)
+                prev = segments[-1][1]
+                first_part = parts[0]
+                if (
+                    type(prev[-1]) is tuple
+                    and type(first_part) is tuple
+                    and prev[-1][1] == first_part[0]
+                ):
+                    prev[-1] = (prev[-1][0], first_part[1])
+                    parts = parts[1:]
+                prev.extend(parts)
             else:
                 segments.append((host, parts))
             seg_end = host + (we - ws)
         assert self.file is not None
         for host, parts in segments:
-            self.file.write(host, parts[0] if len(parts) == 1 else b"".join(parts))
+            bufs = [data[p[0] : p[1]] if type(p) is tuple else p for p in parts]
+            self.file.write(host, bufs[0] if len(bufs) == 1 else b"".join(bufs))
         # L2 updates
         self._mark_dirty()
         freed: list[int] = []
@@ -953,6 +965,10 @@ class Qcow2(BlockDriver):
             pos += n
 
     def _pdiscard(self, offset: int, length: int) -> None:
+        if self.header.version < 3 and self.backing is not None:
+            # v2 has no zero clusters: a discarded cluster would show the backing
+            # file's data, so QEMU refuses (-ENOTSUP, which discard ignores)
+            return
         cs = self.cs
         end = offset + length
         a = (offset + cs - 1) & ~(cs - 1)
@@ -967,7 +983,7 @@ class Qcow2(BlockDriver):
 
     def _set_clusters(self, offset: int, length: int, mode: str) -> None:
         """Change the L2 entries of whole clusters: ``zero``, ``zero-unmap``,
-        ``discard`` (reads as zero on v3 / from backing on v2) ``full-discard``
+        ``discard`` (reads as zero; never used on v2 with a backing file), ``full-discard``
         (falls through to the backing file) or ``deallocate``."""
         cb = self.cluster_bits
         m = self.map
@@ -984,9 +1000,6 @@ class Qcow2(BlockDriver):
                 if mode != "discard" or self.backing is None or not v3:
                     pos = tend
                     continue
-            if existing is None and mode == "discard" and self.backing is not None and not v3:
-                pos = tend
-                continue
             table, l2_offset = self._l2_for_write(l1_index)
             freed: list[int] = []
             changed = False
@@ -1111,6 +1124,13 @@ class Qcow2(BlockDriver):
             self._sync()
             self.header.size = size
             self.total_size = size
+
+    def _zero_new_area(self, old: int, new: int, backing_size: int) -> None:
+        # qcow2_co_truncate (BDRV_REQ_ZERO_WRITE) zeroes the whole new area with zero
+        # clusters, which `qemu-img map` shows; v2 has none, so there only the part
+        # the backing file covers gets (explicit) zeroes
+        end = new if self.header.version >= 3 else min(new, backing_size)
+        self.write_zeroes(old, end - old)
 
     def _shrink(self, size: int) -> None:
         cs = self.cs

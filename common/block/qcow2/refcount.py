@@ -194,11 +194,22 @@ class Refcounts:
         if table_index >= len(self.table):
             return 0
         offset = self.table[table_index] & REFT_OFFSET_MASK
+        if offset:
+            self._check_block_offset(offset, table_index)
+        return offset
+
+    def _check_block_offset(self, offset: int, table_index: int) -> None:
+        """A refcount block must be cluster aligned and inside the image file (refcount
+        blocks are written before the table entry that points to them)."""
         if offset & (self.cluster_size - 1):
             self.corrupt(
                 "Refblock offset %#x unaligned (reftable index: %#x)" % (offset, table_index)
             )
-        return offset
+        if offset >= self.file.size:
+            self.corrupt(
+                "Refblock offset %#x beyond the end of the image file (reftable index: %#x)"
+                % (offset, table_index)
+            )
 
     def _get_block(self, table_index: int) -> RefBlock | None:
         offset = self._block_offset(table_index)
@@ -413,6 +424,8 @@ class Refcounts:
         for i in range(area_index, total_blocks):
             if new_table[i]:
                 off = new_table[i] & REFT_OFFSET_MASK
+                if i != new_refblock_index or not new_refblock_offset:
+                    self._check_block_offset(off, i)
                 block = self.cache.get(off)
             else:
                 off = block_offset
@@ -444,8 +457,8 @@ class Refcounts:
     def shrink_table(self) -> None:
         """Drop refcount blocks that count nothing but themselves (qcow2_shrink_reftable)."""
         new_table = array("Q", self.table)
-        for i, entry in enumerate(self.table):
-            offset = entry & REFT_OFFSET_MASK
+        for i in range(len(self.table)):
+            offset = self._block_offset(i)
             if not offset:
                 continue
             block = self.cache.get(offset)

@@ -431,10 +431,6 @@ def mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
 #: Findings already reported to the driver's owners, as (outcome, text in the traceback).
 #: They are counted as "known" instead of failing the suite; delete an entry once fixed.
 KNOWN_BUGS = [
-    # NUL bytes in the backing file name reach os.path.realpath (block/__init__.py)
-    ("BUG:ValueError", "ValueError: embedded null byte"),
-    # offsets >= 2^63 from a reftable/L2 entry reach os.pread (file.py _pread)
-    ("BUG:OverflowError", "in _pread"),
     # check(0) over an L1 table that extends over data clusters takes minutes
     ("BUG:timeout", "in check_oflag_copied"),
 ]

@@ -12,18 +12,17 @@ Semantics modelled (measured on qemu-io / qemu-img 7.2):
 * write_zeroes: the range reads as zeroes (with or without ``may_unmap``).
 * discard: only whole clusters are touched (the partial cluster at the end of
   an unaligned image counts as whole); they then read as zeroes, except on a
-  compat=0.10 image with a backing file, where QEMU ignores the discard.
+  compat=0.10 image with a backing file, where QEMU ignores the discard (v2
+  has no zero clusters).
 * truncate shrink: the tail is dropped. Grow: the new area reads as zeroes,
   except the rest of the cluster the old end was in, which keeps whatever that
   cluster held (QEMU does the same), so the model treats those bytes as
   "unknown" until they are written; the final compare then adopts our value
-  and ``qemu-img compare`` checks that qemu reads the same bytes.
-
-Known divergences kept out of the generated ops (see the report of the test
-commit): discard on compat=0.10 images with a backing file (we expose backing
-data; qemu leaves the data), and growing an overlay over a larger backing file
-(we expose backing data; qemu zeroes the new area). The ``backing`` configs
-therefore never discard on v2 and never shrink below the backing file's size.
+  and ``qemu-img compare`` checks that qemu reads the same bytes. Growing an
+  overlay whose backing file is larger than the old size zeroes the new area
+  (bdrv_co_truncate's BDRV_REQ_ZERO_WRITE): the whole of it on v3, the part
+  the backing file covers on v2 (where QEMU itself fails the resize with
+  ENOTSUP; we write explicit zeroes), so those bytes are never "unknown".
 """
 
 from __future__ import annotations
@@ -124,7 +123,7 @@ class Model:
     def discard(self, off: int, n: int) -> None:
         cs = self.cfg.cluster
         if self.cfg.v2 and self.cfg.backing_size:
-            return  # qemu ignores it; ops never generate it (divergence, see docstring)
+            return  # qemu ignores it: v2 cannot show zeroes over a backing file
         end = off + n
         a = -(-off // cs) * cs
         b = end if end == self.size else end // cs * cs
@@ -140,8 +139,12 @@ class Model:
         self.data += bytes(size - old)
         self.unknown += bytes(size - old)
         cs = self.cfg.cluster
+        start = old  # the new area from here on may keep what the old end's cluster held
+        if self.cfg.backing_size > old:  # explicitly zeroed, see the docstring
+            start = min(size, self.cfg.backing_size) if self.cfg.v2 else size
         tail_end = min(-(-old // cs) * cs, size)
-        self.unknown[old:tail_end] = b"\1" * (tail_end - old)
+        if start < tail_end:
+            self.unknown[start:tail_end] = b"\1" * (tail_end - start)
 
     def matches(self, off: int, got: bytes) -> bool:
         want = self.data[off : off + len(got)]
@@ -199,16 +202,10 @@ def run_ops(qemu_img: str, cfg: Config, ops, workdir: str) -> None:
                 model.zero(off, ln)
             elif kind == "discard":
                 off, ln = _clamp(a, b, model.size)
-                if cfg.v2 and cfg.backing_size:
-                    img.write_zeroes(off, ln, may_unmap=True)  # divergence: no discard here
-                    model.zero(off, ln)
-                else:
-                    img.discard(off, ln)
-                    model.discard(off, ln)
+                img.discard(off, ln)
+                model.discard(off, ln)
             elif kind == "truncate":
                 size = a * 512
-                if cfg.backing_size and size < min(model.size, cfg.backing_size):
-                    size = min(model.size, cfg.backing_size)  # divergence: see docstring
                 img.truncate(size)
                 model.truncate(size)
                 off = max(0, size - 4096)
