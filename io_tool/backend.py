@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
 from typing import Any
 
 from ..common.block import BlockDriver, BlockError, Status, node_status, open_image
@@ -240,6 +239,9 @@ def open_backend(
     fmt = opts.pop("driver", None)
     if "read-only" in opts:
         read_only = _read_only_opt(opts.pop("read-only"))
+    force_share = opts.get("force-share") in ("on", True)
+    if force_share and not (read_only or snapshot):
+        raise OpenError("force-share=on can only be used with read-only images")
     for key in ("force-share", "cache.direct", "cache.no-flush", "discard", "aio"):
         opts.pop(key, None)
     if filename is None and not opts.get("filename") and not opts.get("file.filename"):
@@ -313,6 +315,8 @@ def filename_is_json(filename: str | None) -> bool:
 
 def _snapshot_overlay(base: BlockDriver) -> BlockDriver:
     """``-s``: a temporary qcow2 over the image, which takes every write."""
+    import tempfile
+
     from ..common.block import create_image
 
     fd, path = tempfile.mkstemp(prefix="vl.", dir=os.environ.get("TMPDIR", "/var/tmp"))

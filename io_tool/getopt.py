@@ -60,7 +60,8 @@ def _scan(
             key, eq, value = arg[2:].partition("=")
             matches = [key] if key in longopts else [n for n in longopts if n.startswith(key)]
             if len(matches) > 1:
-                raise _error(f"{name}: option '{arg}' is ambiguous")
+                choices = " ".join(f"'--{m}'" for m in matches)
+                raise _error(f"{name}: option '{arg}' is ambiguous; possibilities: {choices}")
             if not matches:
                 raise _error(f"{name}: unrecognized option '{arg}'")
             full = matches[0]

@@ -78,6 +78,22 @@ def prog() -> str:
     return os.path.basename(sys.argv[0]) or "pyqemu-io"
 
 
+def _argv0() -> str:
+    """argv[0] as typed, for glibc's getopt messages. A script started through its
+    ``#!`` line sees the path the shell found on PATH instead of the bare name:
+    when that path is what PATH gives for the base name, the user typed the name."""
+    path = sys.argv[0]
+    base = os.path.basename(path)
+    if os.sep in path:
+        for folder in os.environ.get("PATH", "").split(os.pathsep):
+            candidate = os.path.join(folder or ".", base)
+            if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+                if os.path.abspath(candidate) == os.path.abspath(path):
+                    return base
+                break
+    return path
+
+
 def _fail(message: str) -> int:
     sys.stderr.write(f"{prog()}: {message}\n")
     return 1
@@ -86,7 +102,7 @@ def _fail(message: str) -> int:
 def run(argv: list[str]) -> int:
     """Run qemu-io with ``argv`` (without the program name); the exit status."""
     name = prog()
-    opts, operands = getopt(name, argv, "hVc:d:f:rsnCmki:t:T:U", LONGOPTS)
+    opts, operands = getopt(_argv0(), argv, "hVc:d:f:rsnCmki:t:T:U", LONGOPTS)
     commands: list[str] = []
     fmt: str | None = None
     read_only = snapshot = cor = force_share = image_opts = False
@@ -148,9 +164,17 @@ def run(argv: list[str]) -> int:
             from ..common.options import OptionError, parse_opts
 
             try:
-                options = dict(parse_opts(operands[0], implied_key="file"))
+                options: dict[str, object] = dict(parse_opts(operands[0]))
             except OptionError as exc:
                 return _fail(exc.message)
+            for element in operands[0].split(","):
+                if element and "=" not in element:
+                    sys.stderr.write(
+                        f"{name}: warning: short-form boolean option '{element}' deprecated\n"
+                        f"Please use {element}=on instead\n"
+                    )
+            if "driver" not in options and "file" not in options:
+                return _fail("can't open: Must specify either driver or file")
             ret = openfile(
                 session,
                 None,

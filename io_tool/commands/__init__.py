@@ -10,7 +10,6 @@ name as typed) and returns 0 or a negative errno, as qemu-io's ``cfunc``.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -25,21 +24,36 @@ CMD_FLAG_GLOBAL = 0x02
 Handler = Callable[["Session", list[str]], int]
 
 
-@dataclasses.dataclass(frozen=True)
 class Command:
-    """``cmdinfo_t``."""
+    """``cmdinfo_t`` (a plain class: dataclasses costs start-up time)."""
 
-    name: str
-    func: Handler
-    altname: str | None = None
-    argmin: int = 0
-    argmax: int = 0
-    args: str | None = None
-    oneline: str = ""
-    help: str | None = None
-    flags: int = 0
-    #: needs write permission (BLK_PERM_WRITE)
-    write: bool = False
+    __slots__ = ("name", "func", "altname", "argmin", "argmax", "args", "oneline", "help")
+    __slots__ += ("flags", "write")
+
+    def __init__(
+        self,
+        name: str,
+        func: Handler,
+        altname: str | None = None,
+        argmin: int = 0,
+        argmax: int = 0,
+        args: str | None = None,
+        oneline: str = "",
+        help: str | None = None,
+        flags: int = 0,
+        write: bool = False,
+    ) -> None:
+        self.name = name
+        self.func = func
+        self.altname = altname
+        self.argmin = argmin
+        self.argmax = argmax
+        self.args = args
+        self.oneline = oneline
+        self.help = help
+        self.flags = flags
+        #: needs write permission (BLK_PERM_WRITE)
+        self.write = write
 
     def usage_line(self) -> str:
         """``qemuio_command_usage``."""
