@@ -22,6 +22,7 @@ and counted as a check error, as QEMU does).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import errno
 import struct
@@ -133,6 +134,8 @@ class _Checker:
         self.snapshots: list[SnapshotInfo] = []
         self.snapshots_size = 0
         self.signaled_corruption = False
+        #: during a rebuild: the used clusters, sorted
+        self.used: list[int] = []
         if header.l1_size > layout.QCOW_MAX_L1_SIZE // 8:
             raise ImageCorrupt("Active L1 table too large")
         if header.refcount_table_clusters > layout.QCOW_MAX_REFTABLE_SIZE >> self.cb:
@@ -545,13 +548,15 @@ class _Checker:
                     % ("Repairing" if fix & FIX_ERRORS else "ERROR", i)
                 )
                 if fix & FIX_ERRORS:
-                    code = self.grow_file(offset + self.cs)
+                    code, resize_error = self.grow_file(offset + self.cs)
                     if code == 0 and cluster < self.nb_clusters:
                         res.corruptions -= 1
                         res.corruptions_fixed += 1
                         self.inc_refcounts(offset, self.cs)
                         continue
                     self.rebuild = True
+                    if resize_error:
+                        self.msg(f"{ERROR_PREFIX}Could not resize file: {strerror(code)}")
                     self.msg("ERROR could not resize image: %s" % strerror(code or errno.EINVAL))
                 continue
             if offset:
@@ -561,17 +566,17 @@ class _Checker:
                     res.corruptions += 1
                     self.rebuild = True
 
-    def grow_file(self, size: int) -> int:
-        """Truncate the file up to ``size``; 0 or an errno."""
+    def grow_file(self, size: int) -> tuple[int, bool]:
+        """Truncate the file up to ``size``: (0 or an errno, whether truncate failed)."""
         if size > (1 << 63) - 1:
-            return errno.EINVAL
+            return errno.EINVAL, False
         try:
             self.file.truncate(size)
         except BlockError as exc:
-            return exc.errno or errno.EIO
+            return exc.errno or errno.EIO, True
         new_nb = size_to_clusters(self.file.size, self.cb)
         self.nb_clusters = max(self.nb_clusters, new_nb)
-        return 0
+        return 0, False
 
     # ------------------------------------------------------------------
     # comparing with the image's refcounts
@@ -814,10 +819,15 @@ class _Checker:
         cluster -= contiguous
         for i in range(count):
             imrt[cluster + i] = 1
+            bisect.insort(self.used, cluster + i)
         return cluster << self.cb, first_free
 
     def write_refblocks(self, first: int, end: int, reftable: list[int]) -> bool:
-        """rebuild_refcounts_write_refblocks; returns True if ``reftable`` grew."""
+        """rebuild_refcounts_write_refblocks; returns True if ``reftable`` grew.
+
+        Walks the used clusters only (``self.used``, sorted), so a sparse
+        table over a huge file costs what is used, not the file's size.
+        """
         ondisk = self.ondisk
         block_bits = ondisk.block_bits
         block_size = ondisk.block_size
@@ -825,10 +835,11 @@ class _Checker:
         grown = False
         imrt = self.imrt
         cluster = first
-        while cluster < end:
-            if not imrt.get(cluster, 0):
-                cluster += 1
-                continue
+        while True:
+            pos = bisect.bisect_left(self.used, cluster)
+            if pos == len(self.used) or self.used[pos] >= end:
+                break
+            cluster = self.used[pos]
             index = cluster >> block_bits
             start = index << block_bits
             if index < len(reftable) and reftable[index]:
@@ -861,6 +872,7 @@ class _Checker:
 
     def rebuild_refcount_structure(self) -> None:
         reftable: list[int] = []
+        self.used = sorted(k for k, v in self.imrt.items() if v)
         self.write_refblocks(0, self.nb_clusters, reftable)
         while True:
             length = len(reftable) * 8
@@ -869,10 +881,6 @@ class _Checker:
             start = offset >> self.cb
             if not self.write_refblocks(start, start + clusters, reftable):
                 break
-        if length > layout.QCOW_MAX_REFTABLE_SIZE:
-            self.msg("ERROR allocating reftable memory")
-            self.res.check_errors += 1
-            raise _Abort(errno.ENOMEM)
         self.pre_write_check(offset, length, "ERROR writing reftable")
         self.file.write(offset, struct.pack(">%dQ" % len(reftable), *reftable))
         self.file.flush()
