@@ -227,6 +227,9 @@ def command_loop(session: object, commands: list[str]) -> int:
     while not session.quit:
         with output_lock:
             sys.stdout.write(prompt)
+        if session.aio_threads:
+            session.poll()  # main_loop_wait while waiting for input
+        with output_lock:
             sys.stdout.flush()
         raw = stdin.readline()
         if not raw:

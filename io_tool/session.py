@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import errno
 import threading
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .report import err, out
@@ -18,6 +20,22 @@ if TYPE_CHECKING:
 __all__ = ["Session"]
 
 
+#: commands whose request polls the AioContext, so that aio completions print first
+POLLING = {"read", "readv", "write", "writev", "discard", "flush", "truncate", "alloc", "map"}
+
+
+class _Request(threading.Thread):
+    """One aio request running in the background."""
+
+    def __init__(self, work: Callable[[], str]) -> None:
+        super().__init__(name="qemu-io-aio", daemon=True)
+        self.work = work
+        self.text = ""
+
+    def run(self) -> None:
+        self.text = self.work()
+
+
 class Session:
     """State shared by the commands of one qemu-io run."""
 
@@ -26,17 +44,35 @@ class Session:
         self.blk: Backend | None = None
         self.image_opts = False
         self.quit = False
-        self.aio_threads: list[threading.Thread] = []
+        self.aio_threads: list[_Request] = []
 
     def error_report(self, message: str) -> None:
         """``error_report``: ``prog: message`` on stderr."""
         err(f"{self.prog}: {message}\n")
 
+    def submit(self, work: Callable[[], str]) -> None:
+        """Start an aio request; ``work`` returns the text of its completion, which
+        is printed at the next point where qemu-io's main loop would run it."""
+        request = _Request(work)
+        self.aio_threads.append(request)
+        request.start()
+
+    def poll(self, timeout: float = 0.05) -> None:
+        """Print the completions of finished requests, as one ``aio_poll``: a request
+        finishing within ``timeout`` counts as finished."""
+        deadline = time.monotonic() + timeout
+        for request in list(self.aio_threads):
+            request.join(max(0.0, deadline - time.monotonic()))
+            if not request.is_alive():
+                self.aio_threads.remove(request)
+                out(request.text)
+
     def drain(self) -> None:
-        """``bdrv_drain_all``: wait for every aio request."""
+        """``bdrv_drain_all``: wait for every aio request and print its completion."""
         while self.aio_threads:
-            thread = self.aio_threads.pop(0)
-            thread.join()
+            request = self.aio_threads.pop(0)
+            request.join()
+            out(request.text)
 
     def run_line(self, line: str) -> int:
         """Run one command line; 0 or a negative errno."""
@@ -75,6 +111,8 @@ class Session:
                 self.error_report("Block node is read-only")
                 return -errno.EPERM
             self.blk.write_perm = True
+        if self.aio_threads and ct.name in POLLING:
+            self.poll()
         try:
             return ct.func(self, argv)
         except (KeyboardInterrupt, SystemExit):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -506,9 +505,7 @@ def writev_f(s: Session, argv: list[str]) -> int:
 
 def _start_aio(s: Session, work) -> None:  # type: ignore[no-untyped-def]
     """Run ``work`` in the background; aio_flush (or exit) waits for it."""
-    thread = threading.Thread(target=work, name="qemu-io-aio", daemon=True)
-    s.aio_threads.append(thread)
-    thread.start()
+    s.submit(work)
 
 
 AIO_READ_HELP = """
@@ -577,7 +574,7 @@ def aio_read_f(s: Session, argv: list[str]) -> int:
     assert blk is not None
     t1 = time.monotonic()
 
-    def work() -> None:
+    def work() -> str:
         try:
             buf = blk.pread(offset, count)
             code = 0
@@ -585,8 +582,7 @@ def aio_read_f(s: Session, argv: list[str]) -> int:
             code, buf = error_code(exc), bytearray()
         t2 = time.monotonic()
         if code:
-            out("readv failed: %s\n" % strerror(code))
-            return
+            return "readv failed: %s\n" % strerror(code)
         text = []
         if pflag and not matches_pattern(buf, pattern):
             text.append("Pattern verification failed at offset %d, %d bytes\n" % (offset, count))
@@ -596,7 +592,7 @@ def aio_read_f(s: Session, argv: list[str]) -> int:
             from ..report import report_text
 
             text.append(report_text("read", t2 - t1, offset, count, count, 1, cflag))
-        out("".join(text))
+        return "".join(text)
 
     _start_aio(s, work)
     return 0
@@ -697,14 +693,16 @@ def aio_write_f(s: Session, argv: list[str]) -> int:
         def request() -> int:
             return _run(blk.pwrite, offset, buf, fua)
 
-    def work() -> None:
+    def work() -> str:
+        from ..report import report_text
+
         code = request()
         t2 = time.monotonic()
         if code:
-            out("aio_write failed: %s\n" % strerror(code))
-            return
-        if not qflag:
-            print_report("wrote", t2 - t1, offset, count, count, 1, cflag)
+            return "aio_write failed: %s\n" % strerror(code)
+        if qflag:
+            return ""
+        return report_text("wrote", t2 - t1, offset, count, count, 1, cflag)
 
     _start_aio(s, work)
     return 0
