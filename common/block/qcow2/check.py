@@ -100,10 +100,15 @@ def check_image(file: BlockDriver, header: layout.Header, fix: int) -> CheckResu
     """
     checker = _Checker(file, header, fix)
     try:
-        return checker.run()
+        result = checker.run()
     except _Abort as exc:
         checker.res.messages = checker.messages
+        checker.flush_refcounts()
         raise CheckFailed(exc.code, checker.res) from None
+    checker.flush_refcounts()
+    if fix and result.check_errors == 0 and result.corruptions == 0:
+        checker.mark_clean()
+    return result
 
 
 def _hash_x(value: int) -> str:
@@ -161,11 +166,18 @@ class _Checker:
             raise
         # qcow2_check_fix_snapshot_table: rewriting the table is not done here
         self._add(snapshot_res)
-        res = self.res
-        if self.fix and res.check_errors == 0 and res.corruptions == 0:
-            self.mark_clean()
-        res.messages = self.messages
-        return res
+        self.res.messages = self.messages
+        return self.res
+
+    def flush_refcounts(self) -> None:
+        """Write the repaired refcounts, as closing the image flushes QEMU's cache.
+
+        Not after a fatal corruption report: QEMU then drops the driver and
+        its caches unwritten.
+        """
+        if self.fix and self.signaled_corruption:
+            return
+        self.ondisk.write_dirty()
 
     def _add(self, other: CheckResult) -> None:
         self.res.corruptions += other.corruptions
@@ -291,8 +303,8 @@ class _Checker:
             if value == self.refcount_max:
                 self.msg("ERROR: overflow cluster offset=0x%x" % (k << self.cb))
                 self.msg(
-                    "Increase the refcount entry width or create a clean copy if the "
-                    "image cannot be opened for writing"
+                    "Use qemu-img amend to increase the refcount entry width or qemu-img "
+                    "convert to create a clean copy if the image cannot be opened for writing"
                 )
                 self.res.corruptions += 1
                 continue
@@ -638,8 +650,9 @@ class _Checker:
                 res.corruptions += 1
             else:
                 res.leaks += 1
-        ondisk.write_dirty()
-        # update_refcount discards what it frees (QCOW2_DISCARD_ALWAYS)
+        # the refblocks are written at the end of the check, as QEMU's
+        # refcount cache is; update_refcount discards what it frees
+        # (QCOW2_DISCARD_ALWAYS) right away
         for i in discards:
             self.file.discard(i << self.cb, self.cs)
         return highest
@@ -705,7 +718,7 @@ class _Checker:
                     if overlap:
                         self.signal_overlap(where, 8, overlap)
                         res.check_errors += 1
-                        return
+                        raise _Abort(errno.EIO)
                     self.file.write(where, struct.pack(">Q", new_entry))
                     self.file.flush()
                     res.corruptions -= 1
@@ -748,7 +761,7 @@ class _Checker:
                         % strerror(errno.EIO)
                     )
                     res.check_errors += 1
-                    return
+                    raise _Abort(errno.EIO)
                 self.file.write(l2_offset, bytes(table))
                 self.file.flush()
                 res.corruptions -= dirty
