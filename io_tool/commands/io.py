@@ -405,13 +405,12 @@ def write_f(s: Session, argv: list[str]) -> int:
             out("%d is not a sector-aligned value for 'count'\n" % count)
             return EINVAL
     buf: bytes | None = None
-    if not f["z"]:
-        if f["s"]:
-            buf = _buffer_from_file(source, count)
-            if buf is None:
-                return EINVAL
-        else:
-            buf = pattern_buffer(pattern, count)
+    if f["s"]:
+        buf = _buffer_from_file(source, count)
+        if buf is None:
+            return EINVAL
+    elif f["c"]:
+        buf = pattern_buffer(pattern, count)
     blk = s.blk
     assert blk is not None
     t1 = time.monotonic()
@@ -422,9 +421,11 @@ def write_f(s: Session, argv: list[str]) -> int:
     elif f["c"]:
         assert buf is not None
         code = _run(blk.pwrite_compressed, offset, buf)
-    else:
+    elif f["s"]:
         assert buf is not None
         code = _run(blk.pwrite, offset, buf, f["f"])
+    else:
+        code = _run(blk.pwrite_pattern, offset, pattern, count, f["f"])
     t2 = time.monotonic()
     if code:
         out("write failed: %s\n" % strerror(code))
