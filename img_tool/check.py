@@ -79,6 +79,10 @@ def _collect(node: Any, filename: str, fix: int) -> dict[str, Any]:
     except UnsupportedFeature:
         raise CliError("This image format does not support checks", 63) from None
     except QemuError as exc:
+        # a check that fails part-way (qcow2's CheckFailed) still reports what it saw
+        partial = getattr(exc, "result", None)
+        for message in getattr(partial, "messages", ()):
+            sys.stderr.write(message if message.endswith("\n") else message + "\n")
         raise CliError(f"Check failed: {exc.message}") from None
     for message in result.messages:
         sys.stderr.write(message if message.endswith("\n") else message + "\n")
