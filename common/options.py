@@ -70,12 +70,14 @@ def escape_opt_value(value: str) -> str:
     return value.replace(",", ",,")
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested dicts into dotted keys, as QEMU's ``qdict_flatten``."""
+def flatten(tree: dict[str, Any] | list[Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts and lists into dotted keys, as QEMU's ``qdict_flatten``
+    (list items are numbered: ``{"a": [{"b": 1}]}`` becomes ``{"a.0.b": 1}``)."""
     flat: dict[str, Any] = {}
-    for key, value in tree.items():
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    for key, value in items:
         full = f"{prefix}{key}"
-        if isinstance(value, dict):
+        if isinstance(value, dict) or (isinstance(value, list) and value):
             flat.update(flatten(value, full + "."))
         else:
             flat[full] = value

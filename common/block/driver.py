@@ -197,7 +197,11 @@ class BlockDriver:
     def flush(self) -> None:
         """Make every completed write durable."""
         if not self.read_only:
+            if self.file is not None:
+                self.file.debug_event("flush_to_os")
             self._flush()
+            if self.file is not None:
+                self.file.debug_event("flush_to_disk")
         if self.file is not None and not self.file.read_only:
             self.file.flush()
 
@@ -233,6 +237,11 @@ class BlockDriver:
             return StatusRun(0, Status.EOF)
         run = self._block_status(offset, length)
         return run
+
+    def debug_event(self, event: str) -> None:
+        """Signal a blkdebug event (``"l2_update"``, ...) on this node, as QEMU's
+        ``bdrv_debug_event``: drivers call it on their file child; only the
+        blkdebug filter acts on it, other nodes ignore it (no forwarding)."""
 
     def allocated_file_size(self) -> int | None:
         """Bytes the image occupies on the host (``disk size``), or None."""

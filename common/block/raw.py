@@ -74,6 +74,7 @@ class RawFormat(BlockDriver):
 
     def _pread(self, offset: int, length: int) -> bytes:
         assert self.file is not None
+        self.file.debug_event("read_aio")
         return self.file.read(offset + self.offset, length)
 
     def readinto(self, offset: int, buf: memoryview) -> None:
@@ -83,10 +84,12 @@ class RawFormat(BlockDriver):
             file.readinto(offset + self.offset, buf)
         else:
             assert file is not None
+            file.debug_event("read_aio")
             buf[:] = file.read(offset + self.offset, len(buf))
 
     def _pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         assert self.file is not None
+        self.file.debug_event("write_aio")
         self.file.write(offset + self.offset, data)
 
     def _pwrite_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:

@@ -19,6 +19,7 @@ _FORMATS: dict[str, str] = {
 #: protocol name -> "module:Class"
 _PROTOCOLS: dict[str, str] = {
     "file": "file:FileProtocol",
+    "blkdebug": "blkdebug:Blkdebug",
 }
 _loaded: dict[str, type[BlockDriver]] = {}
 

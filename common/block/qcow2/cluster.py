@@ -114,6 +114,7 @@ class ClusterMap:
         for i in indices[1:] + [-2]:
             if i != prev + 1:
                 chunk = table_to_bytes(self.l1[start : prev + 1])
+                self.file.debug_event("l1_update")
                 self.file.write(self.l1_offset + start * L1E_SIZE, chunk)
                 start = i
             prev = i
@@ -132,9 +133,11 @@ class ClusterMap:
     # --- L2 -------------------------------------------------------------------
 
     def _load(self, offset: int) -> array:
+        self.file.debug_event("l2_load")
         return table_from_bytes(self.file.read(offset, self.cluster_size))
 
     def _store(self, offset: int, table: array) -> None:
+        self.file.debug_event("l2_update")
         self.file.write(offset, table_to_bytes(table))
 
     def table(self, l1_index: int) -> array | None:

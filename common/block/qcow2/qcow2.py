@@ -626,6 +626,7 @@ class Qcow2(BlockDriver):
                 view = out[run.start - offset : run.start - offset + run.length]
                 kind = run.kind
                 if kind == NORMAL:
+                    file.debug_event("read_aio")
                     readinto = getattr(file, "readinto", None)
                     if readinto is not None:
                         readinto(run.host, view)
@@ -635,6 +636,7 @@ class Qcow2(BlockDriver):
                     if self.backing is None:
                         view[:] = _zeros(run.length)
                     else:
+                        file.debug_event("read_backing_aio")
                         view[:] = read_backing(self, run.start, run.length)
                 elif kind == COMPRESSED:
                     data = self._read_compressed(run.host)
@@ -650,6 +652,7 @@ class Qcow2(BlockDriver):
             return cached[1]
         offset, length = decode_compressed(entry, self.cluster_bits)
         assert self.file is not None
+        self.file.debug_event("read_compressed")
         raw = self.file.read(offset, length)
         data = _compress.decompress(raw, self.compression_type, self.cs)
         self._last_compressed = (entry, data)
@@ -758,6 +761,8 @@ class Qcow2(BlockDriver):
             plan.append([idx, s, e, ws, we, reuse, full])
         # copy-on-write fill, read before any metadata changes
         fills: dict[tuple[int, int], bytes] = {}
+        if plan[0][3] < plan[0][1] or plan[-1][4] > plan[-1][2]:
+            self.file.debug_event("cow_read")
         for p in (plan[0], plan[-1]):
             idx, s, e, ws, we = p[0], p[1], p[2], p[3], p[4]
             cstart = (first + (idx // words - (first & mask))) << cb
@@ -814,6 +819,7 @@ class Qcow2(BlockDriver):
             seg_end = host + (we - ws)
         assert self.file is not None
         for host, parts in segments:
+            self.file.debug_event("write_aio")
             bufs = [data[p[0] : p[1]] if type(p) is tuple else p for p in parts]
             self.file.write(host, bufs[0] if len(bufs) == 1 else b"".join(bufs))
         # L2 updates
@@ -888,6 +894,7 @@ class Qcow2(BlockDriver):
             host = self.refs.alloc_bytes(len(compressed))
             self._overlap_check(host, len(compressed))
             assert self.file is not None
+            self.file.debug_event("write_compressed")
             self.file.write(host, compressed)
             table[idx] = encode_compressed(host, len(compressed), self.cluster_bits)
             if self.extended:

@@ -184,9 +184,11 @@ class Refcounts:
     # --- blocks -----------------------------------------------------------
 
     def _load_block(self, offset: int) -> RefBlock:
+        self.file.debug_event("refblock_load")
         return RefBlock(self.order, self.file.read(offset, self.cluster_size))
 
     def _store_block(self, offset: int, block: RefBlock) -> None:
+        self.file.debug_event("refblock_update_part")
         self.file.write(offset, block.to_bytes())
 
     def _block_offset(self, table_index: int) -> int:
@@ -263,6 +265,7 @@ class Refcounts:
     def alloc_clusters(self, size: int) -> int:
         """Allocate contiguous clusters for ``size`` bytes, taking a reference."""
         nb = -(-size // self.cluster_size)
+        self.file.debug_event("cluster_alloc")
         while True:
             offset = self.alloc_clusters_noref(nb)
             try:
