@@ -723,6 +723,8 @@ class _Checker:
                     self.file.flush()
                     res.corruptions -= 1
                     res.corruptions_fixed += 1
+            if l2_offset >= self.file.size:
+                continue  # reads as zeroes: no entry to check (and a garbage L1 may name many)
             raw, entries, _ = self.read_l2(l2_offset)
             table = bytearray(raw)
             dirty = 0

@@ -430,10 +430,7 @@ def mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
 
 #: Findings already reported to the driver's owners, as (outcome, text in the traceback).
 #: They are counted as "known" instead of failing the suite; delete an entry once fixed.
-KNOWN_BUGS = [
-    # check(0) over an L1 table that extends over data clusters takes minutes
-    ("BUG:timeout", "in check_oflag_copied"),
-]
+KNOWN_BUGS: list[tuple[str, str]] = []
 
 
 def known_bug(outcome: str, detail: str) -> bool:
