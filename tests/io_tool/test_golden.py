@@ -433,3 +433,30 @@ def test_abort(qemu_io: str, our_qemu_io: str, images) -> None:
         for tool in (qemu_io, our_qemu_io)
     ]
     assert results[0].returncode == results[1].returncode == -6
+
+
+def test_blkdebug_breakpoints(golden, images) -> None:
+    """A request suspended at a blkdebug breakpoint waits in its thread until resume."""
+    script = [
+        "break write_aio A",
+        "aio_write -P 3 0 512",
+        "wait_break A",
+        "resume A",
+        "aio_flush",
+        "read -P 3 0 512",
+        "break read_aio B",
+        "aio_read -P 3 0 512",
+        "wait_break B",
+        "resume B",
+        "aio_flush",
+        "break nosuch C",
+        "remove_break X",
+        "resume X",
+        "break write_aio D",
+        "remove_break D",
+        "write -P 4 0 512",
+    ]
+    args = [a for line in script for a in ("-c", line)]
+    golden([images["raw"]], [*args, "blkdebug::disk.raw"])
+    stdin = "".join(line + "\n" for line in script)
+    golden([images["raw"]], ["blkdebug::disk.raw"], stdin=stdin)
