@@ -56,6 +56,9 @@ class Session:
         request = _Request(work)
         self.aio_threads.append(request)
         request.start()
+        # QEMU enters the request's coroutine at once and it runs until it first
+        # yields: a blkdebug breakpoint reports the suspension within the command
+        request.join(0.05)
 
     def poll(self, timeout: float = 0.05) -> None:
         """Print the completions of finished requests, as one ``aio_poll``: a request
