@@ -581,17 +581,17 @@ class Blkdebug(BlockDriver):
         )
         if plain:
             return f"blkdebug:{self.config_file or ''}:{self.file.filename}"
-        tree: dict[str, Any] = {}
+        # as QEMU's full_open_options: the image nested, rule options flat
+        tree: dict[str, Any] = {"driver": "blkdebug"}
+        image: dict[str, Any] = {"driver": self.file.format_name}
         for key, value in opts.items():
-            if key in ("filename", "x-image"):
-                continue
-            parts = key.split(".")
-            node = tree
-            for part in parts[:-1]:
-                node = node.setdefault(part, {})
-            node[parts[-1]] = value
-        tree["driver"] = "blkdebug"
-        tree.setdefault("image", {}).setdefault("filename", self.file.filename)
+            if key.startswith("image."):
+                image[key[len("image.") :]] = value
+            elif key not in ("filename", "x-image", "driver"):
+                tree[key] = value
+        if "filename" not in image:
+            image["filename"] = self.file.filename
+        tree["image"] = image
         return "json:" + json.dumps(tree, separators=(", ", ": "))
 
     # ------------------------------------------------------------------
@@ -757,7 +757,9 @@ class Blkdebug(BlockDriver):
         self._write_aligned(offset, data)
 
     def _pad_rmw(self, offset: int, data: bytes | bytearray | memoryview) -> tuple[int, bytearray]:
-        """Read the partial head and tail blocks (bdrv_padding_rmw_read)."""
+        """Read the partial head and tail blocks (bdrv_padding_rmw_read). As in
+        QEMU 7.2, whose bdrv_co_pwritev_part ignores its result, a failed read
+        does not fail the write (the block is padded with zeroes here)."""
         align = self.align
         end = offset + len(data)
         start = offset - offset % align
@@ -765,16 +767,29 @@ class Blkdebug(BlockDriver):
         buf = bytearray(aligned_end - start)
         head = offset % align != 0
         tail = end % align != 0
-        if head:
-            self.debug_event("pwritev_rmw_head")
-            buf[:align] = self._read_aligned(start, align)
-            self.debug_event("pwritev_rmw_after_head")
-        if tail and not (head and aligned_end - start == align):
+        merged = aligned_end - start == align
+        if head or merged:
+            if head:
+                self.debug_event("pwritev_rmw_head")
+            if merged and tail:
+                self.debug_event("pwritev_rmw_tail")
+            self._rmw_read(buf, 0, start, align)
+            if head:
+                self.debug_event("pwritev_rmw_after_head")
+            if merged and tail:
+                self.debug_event("pwritev_rmw_after_tail")
+        if tail and not merged:
             self.debug_event("pwritev_rmw_tail")
-            buf[-align:] = self._read_aligned(aligned_end - align, align)
+            self._rmw_read(buf, len(buf) - align, aligned_end - align, align)
             self.debug_event("pwritev_rmw_after_tail")
         buf[offset - start : end - start] = data
         return start, buf
+
+    def _rmw_read(self, buf: bytearray, pos: int, offset: int, length: int) -> None:
+        try:
+            buf[pos : pos + length] = self._read_aligned(offset, length)
+        except BlockError:
+            pass
 
     def _write_aligned(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         assert self.file is not None
