@@ -136,7 +136,10 @@ def open_image(
     file = open_protocol(file_opts, read_only=read_only)
     try:
         if driver is None:
-            header = file.read(0, min(PROBE_SIZE, file.size)) if file.size else b""
+            try:
+                header = file.read(0, min(PROBE_SIZE, file.size)) if file.size else b""
+            except BlockError as exc:
+                raise exc.prefixed("Could not read image for determining its format") from None
             cls = probe_format(header, file.filename)
         fmt_opts = {
             k: v
