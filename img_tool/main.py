@@ -25,15 +25,19 @@ COPYRIGHT = "Copyright (c) 2003-2022 Fabrice Bellard and the QEMU Project develo
 #: subcommand -> module (relative to this package); each has ``run(args) -> int``
 COMMANDS = {
     "check": "check",
+    "commit": "commit",
     "compare": "compare",
     "convert": "convert",
     "create": "create",
     "info": "info",
     "map": "map",
+    "measure": "measure",
+    "rebase": "rebase",
     "resize": "resize",
+    "snapshot": "snapshot",
 }
 #: qemu-img subcommands that pyqemu-img does not implement (yet)
-NOT_IMPLEMENTED = ("amend", "bench", "bitmap", "commit", "dd", "measure", "snapshot", "rebase")
+NOT_IMPLEMENTED = ("amend", "bench", "bitmap", "dd")
 
 
 def version_text() -> str:
@@ -51,11 +55,14 @@ QEMU disk image utility
 
 Command syntax:
   check [--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename
+  commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename
   compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2
   convert [--object objectdef] [--image-opts] [--target-image-opts] [--target-is-zero] [--bitmaps] [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] filename [filename2 [...]] output_filename
   create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]
   info [--object objectdef] [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
   map [--object objectdef] [--image-opts] [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename
+  snapshot [--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename
+  rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename
   resize [--object objectdef] [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size
 
 Command parameters:

@@ -70,8 +70,8 @@ from .refcount import Refcounts
 
 #: incompatible features this driver handles
 SUPPORTED_INCOMPAT = int(Incompat.DIRTY | Incompat.CORRUPT | Incompat.COMPRESSION | Incompat.EXTL2)
-#: autoclear features we keep valid (none: bitmaps are not updated, so their bit is cleared)
-SUPPORTED_AUTOCLEAR = 0
+#: autoclear features we keep valid (bitmaps: maintained by .bitmap)
+SUPPORTED_AUTOCLEAR = int(Autoclear.BITMAPS)
 
 #: QEMU's default L2 cache limit (32 MiB) and refcount cache share (1/4)
 L2_CACHE_BYTES = 32 << 20
@@ -171,6 +171,8 @@ class Qcow2(BlockDriver):
         #: cache=unsafe: no write barriers (qemu-img convert -t unsafe)
         self.no_flush = False
         self._last_compressed: tuple[int, bytes] | None = None
+        #: persistent dirty bitmaps (.bitmap.BitmapSet), loaded on a read-write open
+        self.bitmaps: Any = None
         l2_tables = max(16, L2_CACHE_BYTES // self.cs)
         self.map = ClusterMap(file, self.cluster_bits, self.extended, self._corrupt, l2_tables)
         self.refs = Refcounts(
@@ -203,6 +205,9 @@ class Qcow2(BlockDriver):
         drv._validate_and_load()
         if not read_only:
             drv._open_rw_fixups()
+            from .bitmap import open_bitmaps
+
+            open_bitmaps(drv)
         return drv
 
     @staticmethod
@@ -549,6 +554,8 @@ class Qcow2(BlockDriver):
     def _close(self) -> None:
         with self.lock:
             if not self.read_only and not self._broken:
+                if self.bitmaps is not None:
+                    self.bitmaps.store()
                 self._write_metadata(sync=True)
                 self._sync()
                 if self._dirty_on_disk:
@@ -697,6 +704,8 @@ class Qcow2(BlockDriver):
     def _pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         mv = memoryview(data).cast("B")
         length = len(mv)
+        if self.bitmaps is not None:
+            self.bitmaps.mark(offset, length)
         shift = self.map.l1_shift
         with self.lock:
             self._check_usable()
@@ -883,6 +892,8 @@ class Qcow2(BlockDriver):
         self._check_writable()
         if offset & (self.cs - 1):
             raise InvalidRequest("Compressed writes must be cluster aligned")
+        if self.bitmaps is not None:
+            self.bitmaps.mark(offset, min(self.cs, self.total_size - offset))
         m = self.map
         with self.lock:
             self._check_usable()
@@ -920,6 +931,8 @@ class Qcow2(BlockDriver):
         return True
 
     def _pwrite_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
+        if self.bitmaps is not None:
+            self.bitmaps.mark(offset, length)
         cs = self.cs
         end = offset + length
         with self.lock:
@@ -972,6 +985,8 @@ class Qcow2(BlockDriver):
             pos += n
 
     def _pdiscard(self, offset: int, length: int) -> None:
+        if self.bitmaps is not None:
+            self.bitmaps.mark(offset, length)
         if self.header.version < 3 and self.backing is not None:
             # v2 has no zero clusters: a discarded cluster would show the backing
             # file's data, so QEMU refuses (-ENOTSUP, which discard ignores)
@@ -1131,6 +1146,8 @@ class Qcow2(BlockDriver):
             self._sync()
             self.header.size = size
             self.total_size = size
+            if self.bitmaps is not None:
+                self.bitmaps.resize(size)
 
     def _zero_new_area(self, old: int, new: int, backing_size: int) -> None:
         # qcow2_co_truncate (BDRV_REQ_ZERO_WRITE) zeroes the whole new area with zero
