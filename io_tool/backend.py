@@ -14,10 +14,20 @@ import os
 from typing import Any
 
 from ..common.block import BlockDriver, BlockError, Status, node_status, open_image
+from ..common.block.errors import CloseError
 
-__all__ = ["Backend", "OpenError", "open_backend"]
+__all__ = ["CACHE_MODES", "Backend", "OpenError", "open_backend"]
 
 PREALLOC_MODES = ("off", "metadata", "falloc", "full")
+#: cache mode -> (writethrough, no_flush), as bdrv_parse_cache_mode
+CACHE_MODES = {
+    "none": (False, False),
+    "off": (False, False),
+    "writeback": (False, False),
+    "writethrough": (True, False),
+    "directsync": (True, False),
+    "unsafe": (False, True),
+}
 #: pattern writes go out in requests of this size (a multiple of any cluster size)
 PATTERN_CHUNK = 64 << 20
 
@@ -46,17 +56,32 @@ class Backend:
         copy_on_read: bool = False,
         probed_raw: bool = False,
         reopen_args: dict[str, Any] | None = None,
+        writethrough: bool = True,
+        no_flush: bool = False,
     ) -> None:
         self.node = node
         self.copy_on_read = copy_on_read
         self.probed_raw = probed_raw
         #: how to open the image again (reopen)
         self.reopen_args = reopen_args or {}
+        #: blk_enable_write_cache: off (qemu-io's default, writethrough) makes
+        #: every write FUA, which the block layer emulates with a flush
         self.write_cache = True
+        self.set_cache(writethrough, no_flush)
         #: the node was opened writable (reopen -r/-w just flips the flag)
         self.opened_writable = not node.read_only
         #: a write command has taken the write permission (BLK_PERM_WRITE)
         self.write_perm = False
+
+    def set_cache(self, writethrough: bool, no_flush: bool) -> None:
+        """The cache mode: the write cache switch, and ``BDRV_O_NO_FLUSH`` (unsafe)
+        on every node of the graph."""
+        self.write_cache = not writethrough
+        nodes = [self.node]
+        while nodes:
+            node = nodes.pop()
+            node.no_flush = no_flush
+            nodes += [child for child in (node.file, node.backing) if child is not None]
 
     # ------------------------------------------------------------------
 
@@ -123,7 +148,7 @@ class Backend:
         self.check_writable()
         if self.probed_raw and offset < 512 and len(data):
             self._guard_block0(offset, data)
-        self.node.write(offset, data, fua=fua)
+        self.node.write(offset, data, fua=fua or not self.write_cache)
 
     def pwrite_pattern(self, offset: int, pattern: int, length: int, fua: bool = False) -> None:
         """Write ``length`` bytes of ``pattern``: the same bytes as qemu-io's memset
@@ -135,13 +160,12 @@ class Backend:
         if self.probed_raw and offset < 512 and length:
             self._guard_block0(offset, chunk[: min(length, 512)])
         view = memoryview(chunk)
+        fua = fua or not self.write_cache
         pos = 0
         while pos < length:
             n = min(PATTERN_CHUNK, length - pos)
-            self.node.write(offset + pos, view[:n])
+            self.node.write(offset + pos, view[:n], fua=fua and pos + n == length)
             pos += n
-        if fua:
-            self.node.flush()
 
     def _guard_block0(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """raw_check_write: a probed raw image must not start to look like another format."""
@@ -157,7 +181,7 @@ class Backend:
     def pwrite_zeroes(self, offset: int, length: int, *, may_unmap: bool, fua: bool) -> None:
         self.check_request(offset, length)
         self.check_writable()
-        self.node.write_zeroes(offset, length, may_unmap=may_unmap, fua=fua)
+        self.node.write_zeroes(offset, length, may_unmap=may_unmap, fua=fua or not self.write_cache)
 
     def pwrite_compressed(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         self.check_request(offset, len(data))
@@ -169,8 +193,14 @@ class Backend:
         if offset % cluster or (len(data) % cluster and offset + len(data) != self.node.size):
             raise _fail(errno.EINVAL)
         view = memoryview(data)
-        for pos in range(0, len(data), cluster):
-            write(offset + pos, view[pos : pos + cluster])
+        node = self.node
+        try:
+            for pos in range(0, len(data), cluster):
+                write(offset + pos, view[pos : pos + cluster])
+            if not self.write_cache:
+                node.flush()  # emulated FUA, before the request counts as a write
+        finally:
+            node.write_gen += 1
 
     def pdiscard(self, offset: int, length: int) -> None:
         self.check_request(offset, length)
@@ -219,6 +249,7 @@ class Backend:
         if self.opened_writable:
             node.read_only = False
             return
+        no_flush = node.no_flush
         args = self.reopen_args
         try:
             new = open_image(
@@ -234,12 +265,27 @@ class Backend:
             )
         except BlockError:
             raise
-        node.close()
+        close_node(node)
         self.node = new
         self.opened_writable = True
+        self.set_cache(not self.write_cache, no_flush)
 
-    def close(self) -> None:
-        self.node.close()
+    def close(self) -> list[str]:
+        """``blk_unref``: close the graph. As bdrv_close, a failure is no error;
+        returns the lines QEMU reports while closing (``error_report``)."""
+        return close_node(self.node)
+
+
+def close_node(node: BlockDriver) -> list[str]:
+    """Close ``node`` and its children as bdrv_close does: errors are ignored,
+    but what QEMU reports on the way (qcow2's failed cache flushes) is returned."""
+    try:
+        node.close()
+    except CloseError as exc:
+        return exc.reports
+    except BlockError:
+        pass
+    return []
 
 
 def _read_only_opt(value: Any) -> bool:
@@ -253,6 +299,8 @@ def open_backend(
     read_only: bool,
     snapshot: bool = False,
     copy_on_read: bool = False,
+    writethrough: bool = True,
+    no_flush: bool = False,
 ) -> Backend:
     """``blk_new_open`` as qemu-io calls it; OpenError carries the inner message."""
     opts = dict(options)
@@ -281,7 +329,7 @@ def open_backend(
     try:
         _check_options(node.format_name, opts)
     except OpenError as exc:
-        node.close()
+        close_node(node)
         raise OpenError(exc.message, probed and not read_only) from None
     if snapshot:
         node = _snapshot_overlay(node)
@@ -291,6 +339,8 @@ def open_backend(
         copy_on_read=copy_on_read,
         probed_raw=probed and not read_only,
         reopen_args=reopen_args,
+        writethrough=writethrough,
+        no_flush=no_flush,
     )
 
 
@@ -346,7 +396,7 @@ def _snapshot_overlay(base: BlockDriver) -> BlockDriver:
         overlay = open_image(path, "qcow2", read_only=False, backing=False)
     except BaseException:
         os.unlink(path)
-        base.close()
+        close_node(base)
         raise
     os.unlink(path)  # qemu unlinks the temporary file as well
     overlay.backing = base

@@ -106,6 +106,7 @@ def run(argv: list[str]) -> int:
     commands: list[str] = []
     fmt: str | None = None
     read_only = snapshot = cor = force_share = image_opts = False
+    writethrough, no_flush = True, False
     for o, v in opts:
         if o == "?":
             sys.stderr.write(f"{v}\n")
@@ -129,15 +130,14 @@ def run(argv: list[str]) -> int:
             return _fail(f"Invalid discard option: {v}")
         elif o == "i" and v not in ("threads", "native", "io_uring"):
             return _fail(f"Invalid aio option: {v}")
-        elif o == "t" and v not in (
-            "none",
-            "off",
-            "writeback",
-            "writethrough",
-            "directsync",
-            "unsafe",
-        ):
-            return _fail(f"Invalid cache option: {v}")
+        elif o == "n":
+            writethrough = False
+        elif o == "t":
+            from .backend import CACHE_MODES
+
+            if v not in CACHE_MODES:
+                return _fail(f"Invalid cache option: {v}")
+            writethrough, no_flush = CACHE_MODES[v]
         elif o == "V":
             sys.stdout.write(
                 f"{name} version {QEMU_VERSION} (pyqemu {PYQEMU_VERSION})\n{COPYRIGHT}\n"
@@ -146,7 +146,7 @@ def run(argv: list[str]) -> int:
         elif o == "h":
             sys.stdout.write(USAGE.format(prog=name))
             return 0
-        # -n -m -k -T --object: accepted; they change nothing observable here
+        # -m -k -T --object: accepted; they change nothing observable here
     if len(operands) > 1:
         sys.stdout.write(USAGE.format(prog=name))
         return 1
@@ -183,6 +183,8 @@ def run(argv: list[str]) -> int:
                 copy_on_read=cor,
                 force_share=force_share,
                 opts=options,
+                writethrough=writethrough,
+                no_flush=no_flush,
             )
         else:
             ret = openfile(
@@ -193,6 +195,8 @@ def run(argv: list[str]) -> int:
                 copy_on_read=cor,
                 force_share=force_share,
                 opts={"driver": fmt} if fmt else None,
+                writethrough=writethrough,
+                no_flush=no_flush,
             )
         if ret:
             return 1
@@ -201,7 +205,8 @@ def run(argv: list[str]) -> int:
     finally:
         session.drain()
         if session.blk is not None:
-            session.blk.close()
+            for line in session.blk.close():
+                session.error_report(line)
             session.blk = None
     return 1 if last_error < 0 else 0
 

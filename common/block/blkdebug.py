@@ -841,7 +841,7 @@ class Blkdebug(BlockDriver):
             self._rule_check(off, n, "discard")
             self.file.discard(off, n)
 
-    def _flush(self) -> None:
+    def _flush_to_disk(self) -> None:
         self._rule_check(0, 0, "flush")
 
     def _truncate(self, size: int, exact: bool, prealloc: str) -> None:
@@ -861,8 +861,7 @@ class Blkdebug(BlockDriver):
         if self.closed:
             return
         try:
-            if not self.read_only:
-                self._flush()
+            self.flush()
         except BlockError:
             pass
         with self._rules_lock:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from enum import IntFlag
 from typing import Any, ClassVar
 
-from .errors import BlockError, InvalidRequest, UnsupportedFeature
+from .errors import BlockError, CloseError, InvalidRequest, UnsupportedFeature
 
 #: the largest offset + length of any request or image size (QEMU's BDRV_MAX_LENGTH:
 #: INT64_MAX aligned down to BDRV_MAX_ALIGNMENT, 1 GiB)
@@ -111,6 +111,12 @@ class BlockDriver:
         self.alignment = 1
         self.lock = threading.RLock()
         self.closed = False
+        #: writes started (bs->write_gen; counted when each ends, even failed) and the
+        #: count the last successful flush covered (bs->flushed_gen)
+        self.write_gen = 0
+        self.flushed_gen = 0
+        #: cache=unsafe (BDRV_O_NO_FLUSH): flushes never reach the disk
+        self.no_flush = False
 
     # ------------------------------------------------------------------
     # class-level hooks
@@ -172,9 +178,12 @@ class BlockDriver:
         self._check_range(offset, len(data))
         self._check_writable()
         if len(data):
-            self._pwrite(offset, data)
-            if fua:
-                self.flush()
+            try:
+                self._pwrite(offset, data)
+                if fua:
+                    self.flush()  # emulated FUA: before this write counts in write_gen
+            finally:
+                self.write_gen += 1
 
     def write_zeroes(
         self, offset: int, length: int, *, may_unmap: bool = False, fua: bool = False
@@ -183,27 +192,42 @@ class BlockDriver:
         self._check_range(offset, length)
         self._check_writable()
         if length:
-            self._pwrite_zeroes(offset, length, may_unmap)
-            if fua:
-                self.flush()
+            try:
+                self._pwrite_zeroes(offset, length, may_unmap)
+                if fua:
+                    self.flush()
+            finally:
+                self.write_gen += 1
 
     def discard(self, offset: int, length: int) -> None:
         """Tell the image that ``length`` bytes at ``offset`` are no longer needed."""
         self._check_range(offset, length)
         self._check_writable()
         if length:
-            self._pdiscard(offset, length)
+            try:
+                self._pdiscard(offset, length)
+            finally:
+                self.write_gen += 1
 
     def flush(self) -> None:
-        """Make every completed write durable."""
-        if not self.read_only:
-            if self.file is not None:
-                self.file.debug_event("flush_to_os")
-            self._flush()
-            if self.file is not None:
-                self.file.debug_event("flush_to_disk")
-        if self.file is not None and not self.file.read_only:
-            self.file.flush()
+        """Make every completed write durable (bdrv_co_flush): the ``flush_to_os``
+        event and hook; then, only if something was written since the last
+        successful flush, the ``flush_to_disk`` event and hook; then the file child.
+        A read-only node has nothing to flush."""
+        if self.read_only:
+            return
+        gen = self.write_gen
+        file = self.file
+        if file is not None:
+            file.debug_event("flush_to_os")
+        self._flush()
+        if gen != self.flushed_gen and not self.no_flush:
+            if file is not None:
+                file.debug_event("flush_to_disk")
+            self._flush_to_disk()
+        if file is not None and not file.read_only:
+            file.flush()
+        self.flushed_gen = gen
 
     def truncate(
         self, size: int, *, exact: bool = True, prealloc: str = "off", shrink: bool = True
@@ -222,7 +246,10 @@ class BlockDriver:
         if size < self.total_size and not shrink:
             raise InvalidRequest("Use the --shrink option to perform a shrink operation.")
         old = self.total_size
-        self._truncate(size, exact, prealloc)
+        try:
+            self._truncate(size, exact, prealloc)
+        finally:
+            self.write_gen += 1
         backing = self.backing
         if backing is not None and self.total_size > old and backing.size > old:
             try:
@@ -268,19 +295,35 @@ class BlockDriver:
         return False
 
     def close(self) -> None:
-        """Flush and close this node and its children."""
+        """Flush and close this node, then its children (bdrv_close).
+
+        Every node is closed even when flushing fails. QEMU ignores those
+        failures; here the first one is raised once all is closed, as a
+        :class:`CloseError` whose ``reports`` hold the lines QEMU prints while
+        closing (qcow2's failed cache flushes), from every node, in order."""
         if self.closed:
             return
+        errors: list[BlockError] = []
         try:
-            if not self.read_only:
-                self._flush()
-            self._close()
+            for step in (self.flush, self._close):
+                try:
+                    step()
+                except BlockError as exc:
+                    errors.append(exc)
         finally:
             self.closed = True
-            if self.backing is not None:
-                self.backing.close()
-            if self.file is not None:
-                self.file.close()
+            for child in (self.backing, self.file):
+                if child is not None:
+                    try:
+                        child.close()
+                    except BlockError as exc:
+                        errors.append(exc)
+        if errors:
+            first = errors[0]
+            reports = [
+                line for exc in errors if isinstance(exc, CloseError) for line in exc.reports
+            ]
+            raise CloseError(first.message, first.errno, reports) from first
 
     def __enter__(self) -> BlockDriver:
         return self
@@ -304,7 +347,11 @@ class BlockDriver:
         pass
 
     def _flush(self) -> None:
-        pass
+        """Write what the driver caches to its file (bdrv_co_flush_to_os)."""
+
+    def _flush_to_disk(self) -> None:
+        """Make written data durable (bdrv_co_flush_to_disk); skipped when nothing
+        was written since the last successful flush."""
 
     def _truncate(self, size: int, exact: bool, prealloc: str) -> None:
         raise UnsupportedFeature("Image format driver does not support resize")

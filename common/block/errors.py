@@ -36,3 +36,13 @@ class InvalidRequest(BlockError):
 
     def __init__(self, message: str, code: int = errno.EINVAL) -> None:
         super().__init__(message, code)
+
+
+class CloseError(BlockError):
+    """Closing failed (a flush, or writing cached metadata). ``reports`` are the
+    lines QEMU's ``error_report`` prints while closing, without the program name;
+    QEMU itself does not fail the close."""
+
+    def __init__(self, message: str, code: int | None = None, reports: list[str] | None = None):
+        super().__init__(message, code)
+        self.reports = list(reports or [])

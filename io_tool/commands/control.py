@@ -40,6 +40,8 @@ def openfile(
     copy_on_read: bool = False,
     force_share: bool = False,
     opts: dict[str, Any] | None = None,
+    writethrough: bool = True,
+    no_flush: bool = False,
 ) -> int:
     """qemu-io's ``openfile``: 0, or 1 after the error message."""
     from ..backend import OpenError, open_backend
@@ -55,7 +57,13 @@ def openfile(
         opts["force-share"] = "on"
     try:
         s.blk = open_backend(
-            name, opts, read_only=read_only, snapshot=snapshot, copy_on_read=copy_on_read
+            name,
+            opts,
+            read_only=read_only,
+            snapshot=snapshot,
+            copy_on_read=copy_on_read,
+            writethrough=writethrough,
+            no_flush=no_flush,
         )
     except OpenError as exc:
         if exc.probed_raw:
@@ -112,11 +120,14 @@ def _parse_opts(s: Session, text: str, into: dict[str, Any]) -> bool:
 def open_f(s: Session, argv: list[str]) -> int:
     opts, rest = _parse(argv, "snCro:ki:t:d:U")
     read_only = snapshot = cor = force_share = False
+    writethrough, no_flush = True, False
     options: dict[str, Any] = {}
     for o, v in opts:
         if o == "?":
             return bad_option("open", v)
-        if o == "s":
+        if o == "n":
+            writethrough = False
+        elif o == "s":
             snapshot = True
         elif o == "C":
             cor = True
@@ -124,9 +135,11 @@ def open_f(s: Session, argv: list[str]) -> int:
             read_only = True
         elif o == "U":
             force_share = True
-        elif o == "t" and v not in CACHE_MODES:
-            s.error_report(f"Invalid cache option: {v}")
-            return EINVAL
+        elif o == "t":
+            if v not in CACHE_MODES:
+                s.error_report(f"Invalid cache option: {v}")
+                return EINVAL
+            writethrough, no_flush = _cache_mode(v)
         elif o == "d" and v not in DISCARD_MODES:
             s.error_report(f"Invalid discard option: {v}")
             return EINVAL
@@ -153,15 +166,24 @@ def open_f(s: Session, argv: list[str]) -> int:
         copy_on_read=cor,
         force_share=force_share,
         opts=options,
+        writethrough=writethrough,
+        no_flush=no_flush,
     )
     return EINVAL if ret else 0
+
+
+def _cache_mode(mode: str) -> tuple[bool, bool]:
+    from ..backend import CACHE_MODES as MODES
+
+    return MODES[mode]
 
 
 @command("close", altname="c", oneline="close the current open file")
 def close_f(s: Session, argv: list[str]) -> int:
     s.drain()
     if s.blk is not None:
-        s.blk.close()
+        for line in s.blk.close():
+            s.error_report(line)
     s.blk = None
     return 0
 
@@ -196,6 +218,7 @@ def reopen_f(s: Session, argv: list[str]) -> int:
     opts, rest = _parse(argv, "c:o:rw")
     read_only = blk.read_only
     has_rw = has_cache = False
+    cache = (not blk.write_cache, blk.node.no_flush)
     options: dict[str, Any] = {}
     for o, v in opts:
         if o == "?":
@@ -204,6 +227,7 @@ def reopen_f(s: Session, argv: list[str]) -> int:
             if v not in CACHE_MODES:
                 s.error_report(f"Invalid cache option: {v}")
                 return EINVAL
+            cache = _cache_mode(v)
             has_cache = True
         elif o == "o":
             if not _parse_opts(s, v or "", options):
@@ -248,6 +272,7 @@ def reopen_f(s: Session, argv: list[str]) -> int:
     except QemuError as exc:
         s.error_report(exc.message)
         return EINVAL
+    blk.set_cache(*cache)
     return 0
 
 

@@ -15,6 +15,7 @@ import sys
 from array import array
 from typing import Any
 
+from ...errors import strerror
 from ...options import parse_bool
 from ...sizes import parse_size
 from ..driver import (
@@ -28,7 +29,7 @@ from ..driver import (
     StatusRun,
     read_backing,
 )
-from ..errors import BlockError, ImageCorrupt, InvalidRequest, UnsupportedFeature
+from ..errors import BlockError, CloseError, ImageCorrupt, InvalidRequest, UnsupportedFeature
 from . import compress as _compress
 from .cache import table_to_bytes
 from .cluster import (
@@ -552,16 +553,43 @@ class Qcow2(BlockDriver):
             self._write_metadata(sync=True)
 
     def _close(self) -> None:
+        """qcow2_inactivate: flush the L2 and refcount caches, each reported when it
+        fails (CloseError), and mark the image clean only if both succeeded."""
         with self.lock:
             if not self.read_only and not self._broken:
                 if self.bitmaps is not None:
                     self.bitmaps.store()
-                self._write_metadata(sync=True)
-                self._sync()
+                reports: list[str] = []
+                first: BlockError | None = None
+                for name, flush_cache in (
+                    ("L2 table", self._flush_l2_cache),
+                    ("refcount block", self._flush_refcount_cache),
+                ):
+                    try:
+                        flush_cache()
+                    except BlockError as exc:
+                        first = first or exc
+                        code = exc.errno or errno.EIO
+                        reports.append(f"Failed to flush the {name} cache: {strerror(code)}")
+                if first is not None:
+                    raise CloseError(first.message, first.errno, reports)
                 if self._dirty_on_disk:
                     self.header.incompatible_features &= ~int(Incompat.DIRTY)
                     self._write_incompat()
                     self._dirty_on_disk = False
+
+    def _flush_l2_cache(self) -> None:
+        """qcow2_cache_flush(l2_table_cache): the refcount blocks it depends on, the
+        L2 tables (and L1 entries), then a flush of the file."""
+        if self.refs.write_blocks():
+            self._sync()
+        self.map.cache.write_dirty()
+        self.map.write_l1()
+        self._sync()
+
+    def _flush_refcount_cache(self) -> None:
+        self.refs.write_blocks()
+        self._sync()
 
     def _release(self, entries: list[int], discard: bool = False) -> None:
         """Drop the references held by old L2 entries (or bare host offsets) once the
@@ -831,8 +859,9 @@ class Qcow2(BlockDriver):
             self.file.debug_event("write_aio")
             bufs = [data[p[0] : p[1]] if type(p) is tuple else p for p in parts]
             self.file.write(host, bufs[0] if len(bufs) == 1 else b"".join(bufs))
-        # L2 updates
-        self._mark_dirty()
+        # L2 updates; a cluster rewritten in place leaves its table clean, as in
+        # QEMU (no L2 write at the next flush)
+        changed = False
         freed: list[int] = []
         for k, p in enumerate(plan):
             idx, s, e, ws, we, reuse, full = p
@@ -843,7 +872,7 @@ class Qcow2(BlockDriver):
                 new_entry = news[k] | OFLAG_COPIED
                 if old & L2E_OFFSET_MASK:
                     freed.append(old)
-            table[idx] = new_entry
+            bitmap = 0
             if ext:
                 bitmap = table[idx + 1]
                 if full:
@@ -853,8 +882,16 @@ class Qcow2(BlockDriver):
                     last_sc = (we - 1) >> sb
                     bits = ((1 << (last_sc + 1)) - 1) & ~((1 << first_sc) - 1)
                     bitmap = (bitmap | bits) & ~(bits << 32)
+            if new_entry == old and (not ext or bitmap == table[idx + 1]):
+                continue
+            if not changed:
+                self._mark_dirty()
+                changed = True
+            table[idx] = new_entry
+            if ext:
                 table[idx + 1] = bitmap
-        m.cache.mark_dirty(l2_offset)
+        if changed:
+            m.cache.mark_dirty(l2_offset)
         self._last_compressed = None
         if freed:
             self._release(freed)
