@@ -56,6 +56,7 @@ __all__ = [
     "format_names",
     "get_format",
     "open_image",
+    "reopen_backing",
     "resolve_backing_filename",
 ]
 
@@ -193,6 +194,28 @@ def _open_backing(
         )
     except BlockError as exc:
         raise exc.prefixed("Could not open backing file") from None
+
+
+def reopen_backing(node: BlockDriver, *, read_only: bool) -> BlockDriver:
+    """Reopen ``node.backing`` read-only or read-write (QEMU's bdrv_reopen of a
+    backing child, as the commit job does for its base) and return the new node.
+
+    The backing node is reopened from its own file name and format; it keeps the
+    backing chain below it. A backing node given by options (``backing.*``)
+    is reopened from its file name too.
+    """
+    old = node.backing
+    if old is None:
+        raise InvalidRequest("Image does not have a backing file")
+    if old.read_only == read_only:
+        return old
+    if not read_only:
+        old.flush()
+    new = open_image(old.filename, old.format_name, read_only=read_only, backing=False)
+    new.backing, old.backing = old.backing, None
+    old.close()
+    node.backing = new
+    return new
 
 
 def create_image(

@@ -1257,6 +1257,44 @@ class Qcow2(BlockDriver):
             self.file.truncate(host_end, prealloc="off" if mode == "metadata" else mode)
 
     # ------------------------------------------------------------------
+    # backing file name and emptying (qemu-img rebase / commit)
+
+    def change_backing_file(self, name: str, fmt: str | None) -> None:
+        """Store a new backing file name and format in the header
+        (qcow2_change_backing_file); ``name=""`` removes both."""
+        self._check_writable()
+        if len(name.encode("utf-8", "surrogateescape")) > 1023 or (fmt and not name):
+            raise InvalidRequest("Invalid argument", errno.EINVAL)
+        with self.lock:
+            self._check_usable()
+            hdr = self.header
+            saved = (hdr.backing_file, [type(e)(e.type, e.data) for e in hdr.extensions])
+            hdr.backing_file = name
+            hdr.set_extension(Ext.BACKING_FORMAT, fmt.encode() if fmt else None)
+            try:
+                self._ordered_extensions()
+                hdr.pack()
+            except UnsupportedFeature:
+                hdr.backing_file, hdr.extensions = saved
+                hdr.pack()
+                raise BlockError("No space left in the file header", errno.ENOSPC) from None
+            self._write_metadata(sync=True)
+            self._write_header()
+        self.backing_filename = name
+        self.backing_format = fmt or None
+
+    def make_empty(self) -> None:
+        """Drop every cluster of the active image, so that all of it reads from
+        the backing file again (qcow2_make_empty, its discard-everything path)."""
+        self._check_writable()
+        with self.lock:
+            self._check_usable()
+            if self.total_size:
+                self._set_clusters(0, self.total_size, "full-discard")
+            self._write_metadata(sync=True)
+            self._sync()
+
+    # ------------------------------------------------------------------
     # check
 
     def check(self, fix: int = 0) -> CheckResult:

@@ -1,0 +1,199 @@
+"""``pyqemu-img commit``: merge an overlay into a backing file (qemu-img.c img_commit).
+
+qemu-img runs QEMU's active-commit (mirror) job: every range that the images
+above the base allocate is copied into the base, data as data and zero runs as
+zero writes (unmapping allowed); a base smaller than the overlay is grown
+first. Then, unless ``-d`` or ``-b`` is given (``-b`` implies ``-d``), the
+overlay is emptied (bdrv_make_empty), so it reads everything from its backing
+file again. The overlay keeps its backing file name.
+
+Differences from qemu-img: ``-r`` (rate limit) is accepted and ignored; ``-t``
+is validated but every cache mode behaves as ``writeback``; the progress
+lines of ``-p`` follow the bytes copied, not the job's internal iterations.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .cli import CliError, Progress, UsageError, cvtnum, getopt, open_image_cli, qprint
+
+CACHE_MODES = ("none", "off", "writeback", "writethrough", "directsync", "unsafe")
+#: the largest single copy request (bytes)
+CHUNK = 8 << 20
+
+
+def check_cache_mode(mode: str, what: str = "cache") -> None:
+    """``bdrv_parse_cache_mode``: one of QEMU's cache mode names."""
+    if mode not in CACHE_MODES:
+        raise CliError(f"Invalid {what} option: {mode}")
+
+
+def find_backing_image(top: Any, name: str) -> Any:
+    """The node below ``top`` named ``name`` (bdrv_find_backing_image): a plain
+    path is resolved against each image's folder and compared canonically."""
+    from ..common.block import resolve_backing_filename
+    from ..common.block.registry import protocol_for_filename
+
+    def is_protocol(text: str) -> bool:
+        head, sep, _ = text.partition(":")
+        return text.startswith("json:") or (
+            bool(sep) and "/" not in head and protocol_for_filename(text) != "file"
+        )
+
+    node = top
+    while node.backing is not None:
+        below = node.backing
+        if is_protocol(name) or is_protocol(node.backing_filename):
+            if name in (node.backing_filename, node.full_backing_filename):
+                return below
+        else:
+            wanted = resolve_backing_filename(node.filename, name)
+            if os.path.realpath(wanted) == os.path.realpath(node.full_backing_filename):
+                return below
+        node = below
+    return None
+
+
+def is_allocated_above(top: Any, base: Any, offset: int, length: int) -> tuple[bool, int]:
+    """bdrv_is_allocated_above: is [offset, offset+n) allocated in ``top`` or an
+    image below it and above ``base``? Returns (allocated, n). Past the end of a
+    shorter intermediate image counts as allocated (it reads as zeroes)."""
+    from ..common.block import Status
+    from ..common.block import node_status as _status
+
+    node = top
+    n = length
+    while node is not None and node is not base:
+        size = node.size
+        if offset >= size:
+            return True, n
+        run = _status(node, offset, min(n, size - offset))
+        if run.flags & Status.ALLOCATED:
+            return True, run.length
+        n = run.length
+        node = node.backing
+    return False, n
+
+
+def allocated_runs(top: Any, base: Any, size: int) -> list[tuple[int, int]]:
+    """The ranges of [0, size) that the images above ``base`` allocate, merged."""
+    runs: list[tuple[int, int]] = []
+    pos = 0
+    while pos < size:
+        # bounded queries: a driver may map the whole queried range per call
+        allocated, n = is_allocated_above(top, base, pos, min(CHUNK, size - pos))
+        if allocated:
+            if runs and runs[-1][0] + runs[-1][1] == pos:
+                runs[-1] = (runs[-1][0], runs[-1][1] + n)
+            else:
+                runs.append((pos, n))
+        pos += n
+    return runs
+
+
+def commit_ranges(top: Any, base: Any, runs: list[tuple[int, int]], progress: Progress) -> None:
+    """Copy the allocated ``runs`` of ``top``'s chain into ``base``."""
+    from ..common.block import block_status_above
+
+    total = sum(n for _, n in runs) or 1
+    readinto = getattr(top, "readinto", None)
+    done = 0
+    for start, length in runs:
+        pos = start
+        end = start + length
+        while pos < end:
+            run = block_status_above(top, pos, min(CHUNK, end - pos))
+            n = run.length
+            if run.zero and not run.data:
+                base.write_zeroes(pos, n, may_unmap=True)
+            elif readinto is not None:
+                buf = bytearray(n)
+                readinto(pos, memoryview(buf))
+                base.write(pos, buf)
+            else:
+                base.write(pos, top.read(pos, n))
+            pos += n
+            done += n
+            progress.print(100.0 * done / total, 0)
+
+
+def run(args: list[str]) -> int:
+    opts, operands = getopt(
+        args,
+        "f:ht:b:dpqr:",
+        {"help": 0, "object": 1, "image-opts": 0},
+    )
+    fmt: str | None = None
+    cache = "writeback"
+    base_name: str | None = None
+    drop = progress = quiet = image_opts = False
+    for name, value in opts:
+        if name == "-f":
+            fmt = value
+        elif name == "-t":
+            cache = str(value)
+        elif name == "-b":
+            base_name = value
+            drop = True  # -b implies -d
+        elif name == "-d":
+            drop = True
+        elif name == "-p":
+            progress = True
+        elif name == "-q":
+            quiet = True
+        elif name == "-r":
+            cvtnum("rate limit", str(value))
+        elif name == "--image-opts":
+            image_opts = True
+        elif name == "--object":
+            raise CliError("--object is not supported yet by pyqemu-img")
+    if quiet:
+        progress = False
+    if len(operands) != 1:
+        raise UsageError("Expecting one image file name")
+    filename = operands[0]
+    check_cache_mode(cache)
+
+    from ..common.block import BlockError, reopen_backing
+    from ..common.errors import QemuError
+
+    top = open_image_cli(filename, fmt, image_opts=image_opts, writable=True, quiet=quiet)
+    prog = Progress(progress, 1.0)
+    prog.print(0.0, 100)
+    try:
+        if base_name is not None:
+            base = find_backing_image(top, base_name)
+            if base is None:
+                raise CliError(f"Did not find '{base_name}' in the backing chain of '{filename}'")
+        else:
+            base = top.backing
+            if base is None:
+                raise CliError("Image does not have a backing file")
+        try:
+            parent = top
+            while parent.backing is not base:
+                parent = parent.backing
+            base = reopen_backing(parent, read_only=False)
+            if top.size > base.size:
+                base.truncate(top.size, exact=True)
+            commit_ranges(top, base, allocated_runs(top, base, top.size), prog)
+            base.flush()
+            if not drop:
+                make_empty = getattr(top, "make_empty", None)
+                if make_empty is not None:  # others: -ENOTSUP, ignored as qemu-img does
+                    make_empty()
+            top.flush()
+        except (BlockError, QemuError) as exc:
+            raise CliError(exc.message) from None
+        except OSError as exc:
+            raise CliError(exc.strerror or str(exc)) from None
+        prog.print(100.0, 0)
+    finally:
+        try:
+            top.close()
+        finally:
+            prog.end()
+    qprint(quiet, "Image committed.\n")
+    return 0
