@@ -24,6 +24,7 @@ COPYRIGHT = "Copyright (c) 2003-2022 Fabrice Bellard and the QEMU Project develo
 
 #: subcommand -> module (relative to this package); each has ``run(args) -> int``
 COMMANDS = {
+    "bitmap": "bitmap",
     "check": "check",
     "commit": "commit",
     "compare": "compare",
@@ -37,7 +38,7 @@ COMMANDS = {
     "snapshot": "snapshot",
 }
 #: qemu-img subcommands that pyqemu-img does not implement (yet)
-NOT_IMPLEMENTED = ("amend", "bench", "bitmap", "dd")
+NOT_IMPLEMENTED = ("amend", "bench", "dd")
 
 
 def version_text() -> str:
@@ -54,6 +55,7 @@ QEMU disk image utility
                          specify tracing options
 
 Command syntax:
+  bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F source_fmt]] [-g granularity] [--object objectdef] [--image-opts | -f fmt] filename bitmap
   check [--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename
   commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename
   compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2

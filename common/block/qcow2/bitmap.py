@@ -564,9 +564,12 @@ class BitmapSet:
         self.modified = False
 
 
-def node_name(drv: Qcow2) -> str:
-    """The auto-generated node name qemu-img reports for the image it opened."""
-    return "#block" + ("196" if drv.format_name == "qcow2" else "103")
+def node_name(drv: Any) -> str:
+    """The auto-generated node name qemu-img 7.2's ``bitmap`` reports for the image
+    it opened (its node counter at that point, as measured)."""
+    if drv.format_name == "qcow2":
+        return "#block196" if drv.header.version >= 3 else "#block145"
+    return "#block116"
 
 
 def open_bitmaps(drv: Qcow2) -> BitmapSet:
