@@ -88,6 +88,7 @@ def run(args: list[str]) -> int:
     explicit_min_sparse = False
     coroutines = 8
     cache = "unsafe"
+    bitmap_opts: set[str] = set()
     for name, value in opts:
         val = value or ""
         if name == "-f":
@@ -147,12 +148,15 @@ def run(args: list[str]) -> int:
         elif name == "--object":
             raise CliError("--object is not supported yet by pyqemu-img")
         elif name in ("--bitmaps", "--skip-broken-bitmaps"):
-            raise CliError(f"{name} is not supported yet by pyqemu-img")
+            bitmap_opts.add(name)
         elif name == "--salvage":
             raise CliError("--salvage is not supported yet by pyqemu-img")
         # -T src_cache, -U: accepted
     if out_fmt is None and not tgt_image_opts:
         out_fmt = "raw"
+    from . import bitmap as _bitmaps
+
+    _bitmaps.convert_options(bitmap_opts)
     if compressed and copy_range:
         raise CliError("Cannot enable copy offloading when -c is used")
     if explicit_min_sparse and copy_range:
@@ -193,6 +197,7 @@ def run(args: list[str]) -> int:
     )
     try:
         conv.open_sources(operands[:-1], fmt, image_opts)
+        _bitmaps.convert_sources(bitmap_opts, [src.node for src in conv.sources])
         if snapshot is not None:
             conv.refuse_snapshot()
         conv.prepare_target(
@@ -205,8 +210,10 @@ def run(args: list[str]) -> int:
             tgt_image_opts,
             target_is_zero,
         )
+        _bitmaps.convert_target(bitmap_opts, conv.target, out_fmt)
         conv.copy()
         conv.finish()
+        _bitmaps.convert_copy(bitmap_opts, conv.sources[0].node if bitmap_opts else None, conv.target)
     finally:
         conv.close()
     prog.print(100, 0)

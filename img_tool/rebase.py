@@ -215,7 +215,7 @@ def _copy_differences(top: Any, new_pair: tuple[Any, bool], prefix: Any, prog: P
         else:
             n = min(n, old_size - offset)
             try:
-                buf_old = old.read(offset, n)
+                buf_old = _read(old, offset, n)
             except QemuError:
                 raise CliError("error while reading from old backing file") from None
         if new is None or offset >= new_size:
@@ -223,10 +223,11 @@ def _copy_differences(top: Any, new_pair: tuple[Any, bool], prefix: Any, prog: P
         else:
             n = min(n, new_size - offset)
             try:
-                buf_new = new.read(offset, n)
+                buf_new = _read(new, offset, n)
             except QemuError:
                 raise CliError("error while reading from new backing file") from None
-        buf_old = buf_old[:n]
+        if len(buf_old) != n:
+            buf_old = buf_old[:n]
         for start, length in differing_runs(buf_old, buf_new):
             try:
                 if old_is_zero:
@@ -239,6 +240,16 @@ def _copy_differences(top: Any, new_pair: tuple[Any, bool], prefix: Any, prog: P
                 ) from None
         offset += n
         prog.print(step, 100)
+
+
+def _read(node: Any, offset: int, n: int) -> bytes | bytearray:
+    """Read into a new buffer (``readinto`` where the driver has it: one copy less)."""
+    readinto = getattr(node, "readinto", None)
+    if readinto is None:
+        return node.read(offset, n)
+    buf = bytearray(n)
+    readinto(offset, memoryview(buf))
+    return buf
 
 
 def _change_backing(top: Any, out_base: str | None, out_fmt: str | None) -> str | None:
