@@ -131,3 +131,83 @@ def _run_actions(
                 target.merge(bitmap, source.lookup(arg))
         except QemuError as exc:
             raise CliError(f"Operation {act} on bitmap {bitmap} failed: {exc.message}") from None
+
+
+# ----------------------------------------------------------------------
+# convert --bitmaps / --skip-broken-bitmaps (qemu-img.c convert_check_bitmaps,
+# convert_copy_bitmaps); img_tool/convert.py calls these at its phases
+
+
+def convert_options(opts: set[str]) -> None:
+    """After option parsing."""
+    if "--skip-broken-bitmaps" in opts and "--bitmaps" not in opts:
+        raise CliError("Use of --skip-broken-bitmaps requires --bitmaps")
+
+
+def convert_sources(opts: set[str], nodes: list[Any]) -> None:
+    """After the sources are open: one source, with bitmaps, none broken (unless skipped)."""
+    if "--bitmaps" not in opts:
+        return
+    if len(nodes) > 1:
+        raise CliError("Copying bitmaps only possible with single source")
+    bitmaps = _source_bitmaps(nodes[0])
+    if bitmaps is None:
+        raise CliError("Source lacks bitmap support")
+    if "--skip-broken-bitmaps" in opts:
+        return
+    for bm in bitmaps.bitmaps:
+        if bm.inconsistent:
+            raise CliError(
+                f"Cannot copy inconsistent bitmap '{bm.name}'\n"
+                "Try --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it"
+            )
+
+
+def convert_target(opts: set[str], node: Any, fmt: str | None) -> None:
+    """After the target is created and open: it must store bitmaps."""
+    if "--bitmaps" not in opts:
+        return
+    if getattr(node, "format_name", None) != "qcow2" or node.header.version < 3:
+        raise CliError(f"Format driver '{fmt or node.format_name}' does not support bitmaps")
+
+
+def convert_copy(opts: set[str], src: Any, target: Any) -> None:
+    """After the data is copied: each persistent source bitmap, added to the target
+    with its granularity and enabled state and its bits merged in."""
+    if "--bitmaps" not in opts:
+        return
+    from ..common.errors import QemuError
+    from .cli import warn
+
+    source = _source_bitmaps(src)
+    dest = _bitmap_set(target)
+    assert source is not None and dest is not None
+    for bm in source.bitmaps:
+        if bm.inconsistent:
+            warn(f"Skipping inconsistent bitmap '{bm.name}'")
+            continue
+        try:
+            dest.add(bm.name, bm.granularity, disabled=not bm.enabled)
+        except QemuError as exc:
+            raise CliError(f"Operation add on bitmap {bm.name} failed: {exc.message}") from None
+        try:
+            dest.merge(bm.name, bm)
+        except QemuError as exc:
+            raise CliError(f"Operation merge on bitmap {bm.name} failed: {exc.message}") from None
+
+
+def _source_bitmaps(node: Any) -> Any:
+    while getattr(node, "format_name", None) != "qcow2":
+        inner = getattr(node, "inner", None)
+        if inner is None:
+            return None
+        node = inner
+    from ..common.block.qcow2.bitmap import BitmapSet
+
+    if node.bitmaps is not None:
+        return node.bitmaps
+    cached = getattr(node, "_ro_bitmaps", None)
+    if cached is None:
+        cached = BitmapSet.load(node)
+        node._ro_bitmaps = cached
+    return cached
