@@ -213,7 +213,7 @@ def run(args: list[str]) -> int:
         _bitmaps.convert_target(bitmap_opts, conv.target, out_fmt)
         conv.copy()
         conv.finish()
-        _bitmaps.convert_copy(bitmap_opts, conv.sources[0].node if bitmap_opts else None, conv.target)
+        _bitmaps.convert_copy(bitmap_opts, conv.sources[0].node, conv.target)
     finally:
         conv.close()
     prog.print(100, 0)
