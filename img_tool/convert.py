@@ -81,7 +81,7 @@ def run(args: list[str]) -> int:
     out_baseimg: str | None = None
     backing_fmt: str | None = None
     o_values: list[str] = []
-    snapshot: str | None = None
+    snapshot: tuple[str | None, str | None, bool] | None = None
     compressed = progress = quiet = skip_create = out_of_order = False
     image_opts = tgt_image_opts = target_is_zero = copy_range = False
     min_sparse = 8 * SECTOR
@@ -106,7 +106,9 @@ def run(args: list[str]) -> int:
         elif name == "-o":
             o_values.append(val)
         elif name == "-l":
-            snapshot = val
+            from .snapshot import parse_snapshot_param
+
+            snapshot = parse_snapshot_param(val)
         elif name == "-S":
             sval = cvtnum("buffer size for sparse output", val)
             if sval % SECTOR or sval > MAX_BUF_SIZE:
@@ -199,7 +201,9 @@ def run(args: list[str]) -> int:
         conv.open_sources(operands[:-1], fmt, image_opts)
         _bitmaps.convert_sources(bitmap_opts, [src.node for src in conv.sources])
         if snapshot is not None:
-            conv.refuse_snapshot()
+            from .snapshot import load_snapshot_tmp
+
+            load_snapshot_tmp([src.node for src in conv.sources], snapshot)
         conv.prepare_target(
             out_filename,
             out_fmt,

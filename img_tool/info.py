@@ -113,6 +113,11 @@ def query_image_info(node: Any) -> dict[str, Any]:
         info["full-backing-filename"] = full
         if node.backing_format:
             info["backing-filename-format"] = node.backing_format
+    from .snapshot import snapshot_info_list
+
+    snapshots = snapshot_info_list(node)
+    if snapshots is not None:
+        info["snapshots"] = [qdict(sn) for sn in snapshots]
     specific = node.specific_info()
     if specific is not None:
         if "type" in specific and "data" in specific and len(specific) == 2:
@@ -156,6 +161,10 @@ def dump_human(info: dict[str, Any]) -> str:
             lines.append(f"backing file: {backing}\n")
         if "backing-filename-format" in info:
             lines.append(f"backing file format: {info['backing-filename-format']}\n")
+    if "snapshots" in info:
+        from .snapshot import dump_snapshot_infos
+
+        lines.append(dump_snapshot_infos(info["snapshots"]))
     if "format-specific" in info:
         lines.append("Format specific information:\n")
         lines.append(dump_qobject(info["format-specific"]["data"], 1))

@@ -1311,6 +1311,34 @@ class Qcow2(BlockDriver):
             return result
 
     # ------------------------------------------------------------------
+    # internal snapshots (the work is in snapshot.py)
+
+    def snapshot_list(self) -> list[Any]:
+        from . import snapshot
+
+        return snapshot.snapshot_list(self)
+
+    def snapshot_create(self, name: str, **fields: Any) -> Any:
+        from . import snapshot
+
+        return snapshot.snapshot_create(self, name, **fields)
+
+    def snapshot_goto(self, id_or_name: str) -> None:
+        from . import snapshot
+
+        snapshot.snapshot_goto(self, id_or_name)
+
+    def snapshot_delete(self, id_str: str | None, name: str | None) -> None:
+        from . import snapshot
+
+        snapshot.snapshot_delete(self, id_str, name)
+
+    def snapshot_load_tmp(self, id_str: str | None, name: str | None) -> None:
+        from . import snapshot
+
+        snapshot.snapshot_load_tmp(self, id_str, name)
+
+    # ------------------------------------------------------------------
     # create
 
     @classmethod
