@@ -7,11 +7,10 @@ the caller allows unmapping.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import stat
+import threading
 from typing import Any
 
 from ..errors import strerror
@@ -22,9 +21,7 @@ FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-_libc.fallocate.restype = ctypes.c_int
+_fallocate: Any = None
 
 PREALLOC_MODES = ("off", "falloc", "full")
 ZERO_CHUNK = bytes(1 << 20)
@@ -32,7 +29,16 @@ ZERO_CHUNK = bytes(1 << 20)
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     """Linux ``fallocate(2)``; raises OSError."""
-    if _libc.fallocate(fd, mode, offset, length) != 0:
+    global _fallocate
+    import ctypes  # on first use: ctypes (and finding libc) costs start-up time
+
+    if _fallocate is None:
+        libc = ctypes.CDLL(None, use_errno=True)  # the C library this process runs on
+        func = libc.fallocate
+        func.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        func.restype = ctypes.c_int
+        _fallocate = func
+    if _fallocate(fd, mode, offset, length) != 0:
         code = ctypes.get_errno()
         raise OSError(code, strerror(code))
 
@@ -85,6 +91,8 @@ class FileProtocol(BlockDriver):
         self.is_block_device = stat.S_ISBLK(st.st_mode)
         self.total_size = self._host_size()
         self._seek_hole_ok = True
+        #: writers from several threads (convert) grow total_size under this
+        self._size_lock = threading.Lock()
 
     @staticmethod
     def strip_prefix(filename: str) -> str:
@@ -213,7 +221,9 @@ class FileProtocol(BlockDriver):
         except OSError as exc:
             raise BlockError(f"Could not write: {strerror(exc.errno)}", exc.errno) from None
         if offset > self.total_size:
-            self.total_size = offset
+            with self._size_lock:  # never lower it: another thread may have grown it
+                if offset > self.total_size:
+                    self.total_size = offset
 
     def _pwrite_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
         end = offset + length
@@ -234,7 +244,9 @@ class FileProtocol(BlockDriver):
                 return
         write_zeroes_fd(self.fd, offset, length)
         if end > self.total_size:
-            self.total_size = end
+            with self._size_lock:
+                if end > self.total_size:
+                    self.total_size = end
 
     def _pdiscard(self, offset: int, length: int) -> None:
         try:
@@ -242,7 +254,7 @@ class FileProtocol(BlockDriver):
         except OSError:
             pass
 
-    def _flush_to_disk(self) -> None:
+    def _flush(self) -> None:
         try:
             os.fdatasync(self.fd)
         except OSError as exc:

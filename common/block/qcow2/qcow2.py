@@ -12,10 +12,10 @@ from __future__ import annotations
 import errno
 import struct
 import sys
+import threading
 from array import array
 from typing import Any
 
-from ...errors import strerror
 from ...options import parse_bool
 from ...sizes import parse_size
 from ..driver import (
@@ -29,7 +29,7 @@ from ..driver import (
     StatusRun,
     read_backing,
 )
-from ..errors import BlockError, CloseError, ImageCorrupt, InvalidRequest, UnsupportedFeature
+from ..errors import BlockError, ImageCorrupt, InvalidRequest, UnsupportedFeature
 from . import compress as _compress
 from .cache import table_to_bytes
 from .cluster import (
@@ -172,6 +172,9 @@ class Qcow2(BlockDriver):
         #: cache=unsafe: no write barriers (qemu-img convert -t unsafe)
         self.no_flush = False
         self._last_compressed: tuple[int, bytes] | None = None
+        #: guest ranges [start, end) of reserved writes whose data is in flight
+        self._inflight: list[tuple[int, int]] = []
+        self._inflight_done = threading.Condition(self.lock)
         #: persistent dirty bitmaps (.bitmap.BitmapSet), loaded on a read-write open
         self.bitmaps: Any = None
         l2_tables = max(16, L2_CACHE_BYTES // self.cs)
@@ -553,43 +556,16 @@ class Qcow2(BlockDriver):
             self._write_metadata(sync=True)
 
     def _close(self) -> None:
-        """qcow2_inactivate: flush the L2 and refcount caches, each reported when it
-        fails (CloseError), and mark the image clean only if both succeeded."""
         with self.lock:
             if not self.read_only and not self._broken:
                 if self.bitmaps is not None:
                     self.bitmaps.store()
-                reports: list[str] = []
-                first: BlockError | None = None
-                for name, flush_cache in (
-                    ("L2 table", self._flush_l2_cache),
-                    ("refcount block", self._flush_refcount_cache),
-                ):
-                    try:
-                        flush_cache()
-                    except BlockError as exc:
-                        first = first or exc
-                        code = exc.errno or errno.EIO
-                        reports.append(f"Failed to flush the {name} cache: {strerror(code)}")
-                if first is not None:
-                    raise CloseError(first.message, first.errno, reports)
+                self._write_metadata(sync=True)
+                self._sync()
                 if self._dirty_on_disk:
                     self.header.incompatible_features &= ~int(Incompat.DIRTY)
                     self._write_incompat()
                     self._dirty_on_disk = False
-
-    def _flush_l2_cache(self) -> None:
-        """qcow2_cache_flush(l2_table_cache): the refcount blocks it depends on, the
-        L2 tables (and L1 entries), then a flush of the file."""
-        if self.refs.write_blocks():
-            self._sync()
-        self.map.cache.write_dirty()
-        self.map.write_l1()
-        self._sync()
-
-    def _flush_refcount_cache(self) -> None:
-        self.refs.write_blocks()
-        self._sync()
 
     def _release(self, entries: list[int], discard: bool = False) -> None:
         """Drop the references held by old L2 entries (or bare host offsets) once the
@@ -737,6 +713,8 @@ class Qcow2(BlockDriver):
         shift = self.map.l1_shift
         with self.lock:
             self._check_usable()
+            if self._inflight:
+                self._wait_inflight(offset, length)
             pos = 0
             while pos < length:
                 start = offset + pos
@@ -859,9 +837,8 @@ class Qcow2(BlockDriver):
             self.file.debug_event("write_aio")
             bufs = [data[p[0] : p[1]] if type(p) is tuple else p for p in parts]
             self.file.write(host, bufs[0] if len(bufs) == 1 else b"".join(bufs))
-        # L2 updates; a cluster rewritten in place leaves its table clean, as in
-        # QEMU (no L2 write at the next flush)
-        changed = False
+        # L2 updates
+        self._mark_dirty()
         freed: list[int] = []
         for k, p in enumerate(plan):
             idx, s, e, ws, we, reuse, full = p
@@ -872,7 +849,7 @@ class Qcow2(BlockDriver):
                 new_entry = news[k] | OFLAG_COPIED
                 if old & L2E_OFFSET_MASK:
                     freed.append(old)
-            bitmap = 0
+            table[idx] = new_entry
             if ext:
                 bitmap = table[idx + 1]
                 if full:
@@ -882,19 +859,156 @@ class Qcow2(BlockDriver):
                     last_sc = (we - 1) >> sb
                     bits = ((1 << (last_sc + 1)) - 1) & ~((1 << first_sc) - 1)
                     bitmap = (bitmap | bits) & ~(bits << 32)
-            if new_entry == old and (not ext or bitmap == table[idx + 1]):
-                continue
-            if not changed:
-                self._mark_dirty()
-                changed = True
-            table[idx] = new_entry
-            if ext:
                 table[idx + 1] = bitmap
-        if changed:
-            m.cache.mark_dirty(l2_offset)
+        m.cache.mark_dirty(l2_offset)
         self._last_compressed = None
         if freed:
             self._release(freed)
+
+    # --- concurrent allocating writes ----------------------------------------
+    #
+    # QEMU allocates clusters under its lock and writes the data outside it
+    # (qcow2_co_pwritev_part: qcow2_alloc_host_offset, then the data request,
+    # then qcow2_handle_l2meta). The same split, for callers with many threads
+    # (``convert``): reserve_write() takes fresh host clusters (refcounts in the
+    # cache) under the lock; complete_write() writes the data with no lock held,
+    # then installs the L2 entries under it. Crash safety is unchanged: the L2
+    # entries exist (even in memory) only once the data is written, and refcount
+    # blocks reach the disk before any L2 table that references new clusters.
+
+    def reserve_write(self, offset: int, length: int) -> list[tuple[int, int, int]] | None:
+        """Reserve host clusters for a write of ``length`` bytes at ``offset``.
+
+        Only writes of whole clusters (the last one may end at the image end)
+        over clusters with no host cluster (unallocated or zero, not
+        compressed) qualify; for anything else this returns None and the
+        caller uses :meth:`write`. Returns the extents ``(guest_offset,
+        host_offset, length)`` to pass to :meth:`complete_write` (or
+        :meth:`cancel_write`). Overlapping requests wait for each other.
+        """
+        cs = self.cs
+        end = offset + length
+        if length <= 0 or offset & (cs - 1) or (end & (cs - 1) and end != self.total_size):
+            return None
+        self._check_range(offset, length)
+        self._check_writable()
+        m = self.map
+        shift = m.l1_shift
+        cb = self.cluster_bits
+        words = m.words
+        mask = m.l2_entries - 1
+        busy = L2E_OFFSET_MASK | OFLAG_COMPRESSED
+        with self.lock:
+            self._check_usable()
+            if self._inflight:
+                self._wait_inflight(offset, length)
+            # eligibility first, so that nothing is allocated for a refusal
+            pos = offset
+            while pos < end:
+                tend = min(end, ((pos >> shift) + 1) << shift)
+                table = m.table(pos >> shift)
+                if table is not None:
+                    first = ((pos >> cb) & mask) * words
+                    last = (((tend - 1) >> cb) & mask) * words
+                    for idx in range(first, last + 1, words):
+                        if table[idx] & busy:
+                            return None
+                pos = tend
+            extents: list[tuple[int, int, int]] = []
+            pos = offset
+            try:
+                while pos < end:
+                    tend = min(end, ((pos >> shift) + 1) << shift)
+                    self._l2_for_write(pos >> shift)
+                    n = tend - pos
+                    self._mark_dirty()
+                    host = self.refs.alloc_clusters(n)
+                    extents.append((pos, host, n))
+                    self._overlap_check(host, n)
+                    pos = tend
+            except BaseException:
+                for _, host, n in extents:
+                    self.refs.free(host, n)
+                raise
+            self._inflight.append((offset, end))
+            return extents
+
+    def complete_write(
+        self, extents: list[tuple[int, int, int]], data: bytes | bytearray | memoryview
+    ) -> None:
+        """Write ``data`` to clusters from :meth:`reserve_write` and map them.
+
+        The data is written without the driver lock (call this from any
+        thread); the L2 entries are installed afterwards under it.
+        """
+        mv = memoryview(data).cast("B")
+        offset = extents[0][0]
+        file = self.file
+        assert file is not None
+        try:
+            if len(mv) != extents[-1][0] + extents[-1][2] - offset:
+                raise InvalidRequest("complete_write: data does not match the reservation")
+            for pos, host, n in extents:
+                file.debug_event("write_aio")
+                file.write(host, mv[pos - offset : pos - offset + n])
+        except BaseException:
+            self.cancel_write(extents)
+            raise
+        m = self.map
+        shift = m.l1_shift
+        cb = self.cluster_bits
+        words = m.words
+        mask = m.l2_entries - 1
+        cs = self.cs
+        ext = self.extended
+        with self.lock:
+            try:
+                self._check_usable()
+                self._mark_dirty()
+                for pos, host, n in extents:
+                    table, l2_offset = self._l2_for_write(pos >> shift)
+                    idx = ((pos >> cb) & mask) * words
+                    for h in range(host, host + n, cs):
+                        table[idx] = h | OFLAG_COPIED
+                        if ext:
+                            table[idx + 1] = BITMAP_ALL_ALLOC
+                        idx += words
+                    m.cache.mark_dirty(l2_offset)
+            finally:
+                self._end_inflight(offset)
+
+    def cancel_write(self, extents: list[tuple[int, int, int]]) -> None:
+        """Give back the clusters of a reservation that will not be completed."""
+        with self.lock:
+            try:
+                for _, host, n in extents:
+                    self.refs.free(host, n)
+            finally:
+                self._end_inflight(extents[0][0])
+
+    def write_concurrent(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """:meth:`write` that keeps the data transfer out of the driver lock when
+        it allocates whole clusters, so that writes from several threads overlap."""
+        extents = self.reserve_write(offset, len(data))
+        if extents is None:
+            self.write(offset, data)
+        else:
+            self.complete_write(extents, data)
+
+    def _end_inflight(self, offset: int) -> None:
+        for i, (start, _) in enumerate(self._inflight):
+            if start == offset:
+                del self._inflight[i]
+                break
+        self._inflight_done.notify_all()
+
+    def _wait_inflight(self, offset: int, length: int) -> None:
+        """Wait (lock held) until no reserved write overlaps [offset, offset+length)."""
+        cs = self.cs
+        a = offset & ~(cs - 1)
+        b = offset + length
+        while any(s < b and a < e for s, e in self._inflight):
+            self._inflight_done.wait()
 
     # --- compressed writes -------------------------------------------------
 
@@ -934,6 +1048,8 @@ class Qcow2(BlockDriver):
         m = self.map
         with self.lock:
             self._check_usable()
+            if self._inflight:
+                self._wait_inflight(offset, self.cs)
             table, l2_offset = self._l2_for_write(offset >> m.l1_shift)
             idx = ((offset >> self.cluster_bits) & (m.l2_entries - 1)) * m.words
             if table[idx] & L2E_OFFSET_MASK:
@@ -974,6 +1090,8 @@ class Qcow2(BlockDriver):
         end = offset + length
         with self.lock:
             self._check_usable()
+            if self._inflight:
+                self._wait_inflight(offset, length)
             if self.header.version < 3:
                 if self.backing is None and may_unmap:
                     a = (offset + cs - 1) & ~(cs - 1)
@@ -1038,6 +1156,8 @@ class Qcow2(BlockDriver):
             return
         with self.lock:
             self._check_usable()
+            if self._inflight:
+                self._wait_inflight(a, b - a)
             self._set_clusters(a, b - a, "discard")
 
     def _set_clusters(self, offset: int, length: int, mode: str) -> None:
@@ -1166,6 +1286,8 @@ class Qcow2(BlockDriver):
             raise BlockError("The new size must be a multiple of 512")
         with self.lock:
             self._check_usable()
+            if self._inflight:
+                self._wait_inflight(0, 1 << 63)
             if self.header.nb_snapshots:
                 raise UnsupportedFeature("Can't resize an image which has snapshots")
             old = self.total_size
@@ -1257,44 +1379,6 @@ class Qcow2(BlockDriver):
             self.file.truncate(host_end, prealloc="off" if mode == "metadata" else mode)
 
     # ------------------------------------------------------------------
-    # backing file name and emptying (qemu-img rebase / commit)
-
-    def change_backing_file(self, name: str, fmt: str | None) -> None:
-        """Store a new backing file name and format in the header
-        (qcow2_change_backing_file); ``name=""`` removes both."""
-        self._check_writable()
-        if len(name.encode("utf-8", "surrogateescape")) > 1023 or (fmt and not name):
-            raise InvalidRequest("Invalid argument", errno.EINVAL)
-        with self.lock:
-            self._check_usable()
-            hdr = self.header
-            saved = (hdr.backing_file, [type(e)(e.type, e.data) for e in hdr.extensions])
-            hdr.backing_file = name
-            hdr.set_extension(Ext.BACKING_FORMAT, fmt.encode() if fmt else None)
-            try:
-                self._ordered_extensions()
-                hdr.pack()
-            except UnsupportedFeature:
-                hdr.backing_file, hdr.extensions = saved
-                hdr.pack()
-                raise BlockError("No space left in the file header", errno.ENOSPC) from None
-            self._write_metadata(sync=True)
-            self._write_header()
-        self.backing_filename = name
-        self.backing_format = fmt or None
-
-    def make_empty(self) -> None:
-        """Drop every cluster of the active image, so that all of it reads from
-        the backing file again (qcow2_make_empty, its discard-everything path)."""
-        self._check_writable()
-        with self.lock:
-            self._check_usable()
-            if self.total_size:
-                self._set_clusters(0, self.total_size, "full-discard")
-            self._write_metadata(sync=True)
-            self._sync()
-
-    # ------------------------------------------------------------------
     # check
 
     def check(self, fix: int = 0) -> CheckResult:
@@ -1309,34 +1393,6 @@ class Qcow2(BlockDriver):
             if fix:
                 self._reload()
             return result
-
-    # ------------------------------------------------------------------
-    # internal snapshots (the work is in snapshot.py)
-
-    def snapshot_list(self) -> list[Any]:
-        from . import snapshot
-
-        return snapshot.snapshot_list(self)
-
-    def snapshot_create(self, name: str, **fields: Any) -> Any:
-        from . import snapshot
-
-        return snapshot.snapshot_create(self, name, **fields)
-
-    def snapshot_goto(self, id_or_name: str) -> None:
-        from . import snapshot
-
-        snapshot.snapshot_goto(self, id_or_name)
-
-    def snapshot_delete(self, id_str: str | None, name: str | None) -> None:
-        from . import snapshot
-
-        snapshot.snapshot_delete(self, id_str, name)
-
-    def snapshot_load_tmp(self, id_str: str | None, name: str | None) -> None:
-        from . import snapshot
-
-        snapshot.snapshot_load_tmp(self, id_str, name)
 
     # ------------------------------------------------------------------
     # create
