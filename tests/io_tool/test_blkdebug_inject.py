@@ -12,6 +12,7 @@ from .test_golden import images  # noqa: F401  (fixture)
 RULES = {
     "read-eio": '[inject-error]\nevent = "read_aio"\nerrno = "5"\n',
     "write-enospc": '[inject-error]\nevent = "write_aio"\nerrno = "28"\n',
+    "write-once": '[inject-error]\nevent = "write_aio"\nerrno = "5"\nonce = "on"\n',
     "read-once": '[inject-error]\nevent = "read_aio"\nerrno = "5"\nonce = "on"\n',
     # {sector}: the host sector of guest offset 64k (SECTOR_64K): blkdebug sees
     # the requests the format driver sends to its file
@@ -52,6 +53,22 @@ def test_injected_errors_match_qemu_io(golden, images, tmp_path: Path, rule: str
         # each of these rules fails at least one request in the script
         assert "failed:" in ref.stdout + ref.stderr
         assert ours.stdout.count("failed:") == ref.stdout.count("failed:")
+
+
+@pytest.mark.parametrize("cache", [None, "writeback", "unsafe", "none"])
+def test_flush_rule_and_cache_mode(golden, images, tmp_path: Path, cache: str | None) -> None:  # noqa: F811
+    """flush_to_disk fires only on a flush that follows a write: in writethrough
+    mode (qemu-io's default) the flush after the second write; with a write
+    cache only the explicit flush, and never with cache=unsafe."""
+    cfg = tmp_path / "src" / "blkdebug.cfg"
+    cfg.write_text(RULES["flush"])
+    mode = ["-t", cache] if cache else []
+    script = ["flush", "write 0 512", "write 4k 4k", "flush", "write 8k 4k"]
+    args = [a for line in script for a in ("-c", line)]
+    ref, _ = golden(
+        [images["raw"], cfg], [*mode, "-f", "raw", *args, "blkdebug:blkdebug.cfg:disk.raw"]
+    )
+    assert ref.returncode == (0 if cache == "unsafe" else 1)
 
 
 def test_injection_via_json(golden, images) -> None:  # noqa: F811
