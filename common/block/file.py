@@ -254,7 +254,7 @@ class FileProtocol(BlockDriver):
         except OSError:
             pass
 
-    def _flush(self) -> None:
+    def _flush_to_disk(self) -> None:
         try:
             os.fdatasync(self.fd)
         except OSError as exc:

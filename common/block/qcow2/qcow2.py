@@ -16,6 +16,7 @@ import threading
 from array import array
 from typing import Any
 
+from ...errors import strerror
 from ...options import parse_bool
 from ...sizes import parse_size
 from ..driver import (
@@ -29,7 +30,7 @@ from ..driver import (
     StatusRun,
     read_backing,
 )
-from ..errors import BlockError, ImageCorrupt, InvalidRequest, UnsupportedFeature
+from ..errors import BlockError, CloseError, ImageCorrupt, InvalidRequest, UnsupportedFeature
 from . import compress as _compress
 from .cache import table_to_bytes
 from .cluster import (
@@ -172,11 +173,11 @@ class Qcow2(BlockDriver):
         #: cache=unsafe: no write barriers (qemu-img convert -t unsafe)
         self.no_flush = False
         self._last_compressed: tuple[int, bytes] | None = None
+        #: persistent dirty bitmaps (.bitmap.BitmapSet), loaded on a read-write open
+        self.bitmaps: Any = None
         #: guest ranges [start, end) of reserved writes whose data is in flight
         self._inflight: list[tuple[int, int]] = []
         self._inflight_done = threading.Condition(self.lock)
-        #: persistent dirty bitmaps (.bitmap.BitmapSet), loaded on a read-write open
-        self.bitmaps: Any = None
         l2_tables = max(16, L2_CACHE_BYTES // self.cs)
         self.map = ClusterMap(file, self.cluster_bits, self.extended, self._corrupt, l2_tables)
         self.refs = Refcounts(
@@ -556,16 +557,43 @@ class Qcow2(BlockDriver):
             self._write_metadata(sync=True)
 
     def _close(self) -> None:
+        """qcow2_inactivate: flush the L2 and refcount caches, each reported when it
+        fails (CloseError), and mark the image clean only if both succeeded."""
         with self.lock:
             if not self.read_only and not self._broken:
                 if self.bitmaps is not None:
                     self.bitmaps.store()
-                self._write_metadata(sync=True)
-                self._sync()
+                reports: list[str] = []
+                first: BlockError | None = None
+                for name, flush_cache in (
+                    ("L2 table", self._flush_l2_cache),
+                    ("refcount block", self._flush_refcount_cache),
+                ):
+                    try:
+                        flush_cache()
+                    except BlockError as exc:
+                        first = first or exc
+                        code = exc.errno or errno.EIO
+                        reports.append(f"Failed to flush the {name} cache: {strerror(code)}")
+                if first is not None:
+                    raise CloseError(first.message, first.errno, reports)
                 if self._dirty_on_disk:
                     self.header.incompatible_features &= ~int(Incompat.DIRTY)
                     self._write_incompat()
                     self._dirty_on_disk = False
+
+    def _flush_l2_cache(self) -> None:
+        """qcow2_cache_flush(l2_table_cache): the refcount blocks it depends on, the
+        L2 tables (and L1 entries), then a flush of the file."""
+        if self.refs.write_blocks():
+            self._sync()
+        self.map.cache.write_dirty()
+        self.map.write_l1()
+        self._sync()
+
+    def _flush_refcount_cache(self) -> None:
+        self.refs.write_blocks()
+        self._sync()
 
     def _release(self, entries: list[int], discard: bool = False) -> None:
         """Drop the references held by old L2 entries (or bare host offsets) once the
@@ -837,8 +865,9 @@ class Qcow2(BlockDriver):
             self.file.debug_event("write_aio")
             bufs = [data[p[0] : p[1]] if type(p) is tuple else p for p in parts]
             self.file.write(host, bufs[0] if len(bufs) == 1 else b"".join(bufs))
-        # L2 updates
-        self._mark_dirty()
+        # L2 updates; a cluster rewritten in place leaves its table clean, as in
+        # QEMU (no L2 write at the next flush)
+        changed = False
         freed: list[int] = []
         for k, p in enumerate(plan):
             idx, s, e, ws, we, reuse, full = p
@@ -849,7 +878,7 @@ class Qcow2(BlockDriver):
                 new_entry = news[k] | OFLAG_COPIED
                 if old & L2E_OFFSET_MASK:
                     freed.append(old)
-            table[idx] = new_entry
+            bitmap = 0
             if ext:
                 bitmap = table[idx + 1]
                 if full:
@@ -859,8 +888,16 @@ class Qcow2(BlockDriver):
                     last_sc = (we - 1) >> sb
                     bits = ((1 << (last_sc + 1)) - 1) & ~((1 << first_sc) - 1)
                     bitmap = (bitmap | bits) & ~(bits << 32)
+            if new_entry == old and (not ext or bitmap == table[idx + 1]):
+                continue
+            if not changed:
+                self._mark_dirty()
+                changed = True
+            table[idx] = new_entry
+            if ext:
                 table[idx + 1] = bitmap
-        m.cache.mark_dirty(l2_offset)
+        if changed:
+            m.cache.mark_dirty(l2_offset)
         self._last_compressed = None
         if freed:
             self._release(freed)
@@ -1379,6 +1416,44 @@ class Qcow2(BlockDriver):
             self.file.truncate(host_end, prealloc="off" if mode == "metadata" else mode)
 
     # ------------------------------------------------------------------
+    # backing file name and emptying (qemu-img rebase / commit)
+
+    def change_backing_file(self, name: str, fmt: str | None) -> None:
+        """Store a new backing file name and format in the header
+        (qcow2_change_backing_file); ``name=""`` removes both."""
+        self._check_writable()
+        if len(name.encode("utf-8", "surrogateescape")) > 1023 or (fmt and not name):
+            raise InvalidRequest("Invalid argument", errno.EINVAL)
+        with self.lock:
+            self._check_usable()
+            hdr = self.header
+            saved = (hdr.backing_file, [type(e)(e.type, e.data) for e in hdr.extensions])
+            hdr.backing_file = name
+            hdr.set_extension(Ext.BACKING_FORMAT, fmt.encode() if fmt else None)
+            try:
+                self._ordered_extensions()
+                hdr.pack()
+            except UnsupportedFeature:
+                hdr.backing_file, hdr.extensions = saved
+                hdr.pack()
+                raise BlockError("No space left in the file header", errno.ENOSPC) from None
+            self._write_metadata(sync=True)
+            self._write_header()
+        self.backing_filename = name
+        self.backing_format = fmt or None
+
+    def make_empty(self) -> None:
+        """Drop every cluster of the active image, so that all of it reads from
+        the backing file again (qcow2_make_empty, its discard-everything path)."""
+        self._check_writable()
+        with self.lock:
+            self._check_usable()
+            if self.total_size:
+                self._set_clusters(0, self.total_size, "full-discard")
+            self._write_metadata(sync=True)
+            self._sync()
+
+    # ------------------------------------------------------------------
     # check
 
     def check(self, fix: int = 0) -> CheckResult:
@@ -1393,6 +1468,34 @@ class Qcow2(BlockDriver):
             if fix:
                 self._reload()
             return result
+
+    # ------------------------------------------------------------------
+    # internal snapshots (the work is in snapshot.py)
+
+    def snapshot_list(self) -> list[Any]:
+        from . import snapshot
+
+        return snapshot.snapshot_list(self)
+
+    def snapshot_create(self, name: str, **fields: Any) -> Any:
+        from . import snapshot
+
+        return snapshot.snapshot_create(self, name, **fields)
+
+    def snapshot_goto(self, id_or_name: str) -> None:
+        from . import snapshot
+
+        snapshot.snapshot_goto(self, id_or_name)
+
+    def snapshot_delete(self, id_str: str | None, name: str | None) -> None:
+        from . import snapshot
+
+        snapshot.snapshot_delete(self, id_str, name)
+
+    def snapshot_load_tmp(self, id_str: str | None, name: str | None) -> None:
+        from . import snapshot
+
+        snapshot.snapshot_load_tmp(self, id_str, name)
 
     # ------------------------------------------------------------------
     # create
