@@ -53,34 +53,45 @@ def differing_runs(old: bytes | bytearray, new: bytes | bytearray) -> list[tuple
 
     if mo == mn:
         return runs
+    # one side all zero (flatten, past the end of a backing file): the other
+    # side is the XOR already, scanned in one piece
+    if new.count(0) == n or old.count(0) == n:
+        _scan(old if new.count(0) == n else new, 0, n, add)
+        return runs
     for b in range(0, n, BLOCK):
         be = min(n, b + BLOCK)
         if mo[b:be] == mn[b:be]:
             continue
-        length = be - b
         xor = (int.from_bytes(mo[b:be], "little") ^ int.from_bytes(mn[b:be], "little")).to_bytes(
-            length, "little"
+            be - b, "little"
         )
-        full = length & ~(SECTOR - 1)
-        start = search = 0
-        while search < full:
-            p = xor.find(_ZERO_SECTOR, search, full)
-            if p < 0:
-                break
-            a = (p + SECTOR - 1) & ~(SECTOR - 1)
-            if a + SECTOR > full:
-                break
-            if xor.startswith(_ZERO_SECTOR, a):
-                if a > start:
-                    add(b + start, b + a)
-                start = search = a + SECTOR
-            else:
-                search = a
-        if start < full:
-            add(b + start, b + full)
-        if full < length and xor.count(0, full) != length - full:
-            add(b + full, be)
+        _scan(xor, b, be - b, add)
     return runs
+
+
+def _scan(xor: bytes | bytearray, base: int, length: int, add: Any) -> None:
+    """Report to ``add`` the sector runs of ``xor`` (length ``length``, at
+    ``base``) that are not all zero; all-zero aligned sectors are found with
+    ``find``, a short last sector is checked on its own."""
+    full = length & ~(SECTOR - 1)
+    start = search = 0
+    while search < full:
+        p = xor.find(_ZERO_SECTOR, search, full)
+        if p < 0:
+            break
+        a = (p + SECTOR - 1) & ~(SECTOR - 1)
+        if a + SECTOR > full:
+            break
+        if xor.startswith(_ZERO_SECTOR, a):
+            if a > start:
+                add(base + start, base + a)
+            start = search = a + SECTOR
+        else:
+            search = a
+    if start < full:
+        add(base + start, base + full)
+    if full < length and xor.count(0, full, length) != length - full:
+        add(base + full, base + length)
 
 
 def run(args: list[str]) -> int:
