@@ -23,8 +23,8 @@ from __future__ import annotations
 import bisect
 import collections
 import os
-import queue
 import threading
+from _queue import Empty, SimpleQueue  # the C queue: no import of queue/heapq
 from typing import Any
 
 from .cli import (
@@ -567,7 +567,7 @@ class Converter:
     def _get_buffer(self) -> bytearray:
         try:
             return self._pool.get_nowait()
-        except queue.Empty:
+        except Empty:
             return bytearray(CHUNK)
 
     def _split(self, buf: bytearray, n: int, start: int) -> list[tuple[int, int, bool]]:
@@ -863,7 +863,7 @@ class Converter:
         from ..common.errors import QemuError
 
         self._bases = [s.base for s in self.sources]
-        self._pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._pool: SimpleQueue[bytearray] = SimpleQueue()
         self._zero_g = bytes(self.granularity) if self.granularity else b""
         self._compress = getattr(self.target, "compress_cluster", None) if self.compressed else None
         try:
@@ -977,7 +977,7 @@ class _Workers:
     it imports) costs ~10 ms of start-up, a tenth of a small conversion."""
 
     def __init__(self, count: int) -> None:
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._queue: SimpleQueue[_Job | None] = SimpleQueue()
         self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(count)]
         for thread in self._threads:
             thread.start()
