@@ -24,12 +24,14 @@ COPYRIGHT = "Copyright (c) 2003-2022 Fabrice Bellard and the QEMU Project develo
 
 #: subcommand -> module (relative to this package); each has ``run(args) -> int``
 COMMANDS = {
+    "bench": "bench",
     "bitmap": "bitmap",
     "check": "check",
     "commit": "commit",
     "compare": "compare",
     "convert": "convert",
     "create": "create",
+    "dd": "dd",
     "info": "info",
     "map": "map",
     "measure": "measure",
@@ -38,7 +40,7 @@ COMMANDS = {
     "snapshot": "snapshot",
 }
 #: qemu-img subcommands that pyqemu-img does not implement (yet)
-NOT_IMPLEMENTED = ("amend", "bench", "dd")
+NOT_IMPLEMENTED = ("amend",)
 
 
 def version_text() -> str:
