@@ -49,18 +49,24 @@ def make_source(path: str, size: int, seed: int = 1) -> None:
             offset += length
 
 
-def measure(cmd: list[str]) -> tuple[float, int]:
-    """Time ``cmd`` in a fresh Python wrapper so peak RSS is its own."""
+def measure(cmd: list[str]) -> tuple[float, int, float]:
+    """Time ``cmd`` in a fresh Python wrapper so peak RSS and CPU time are its own.
+
+    Returns (wall seconds, peak RSS KiB, CPU seconds user+system). On a shared
+    host the CPU time is the steadier figure: wall time includes waiting for
+    a CPU that other jobs hold.
+    """
     wrapper = (
         "import resource,subprocess,sys,time;"
         "t=time.perf_counter();r=subprocess.run(sys.argv[1:]);e=time.perf_counter()-t;"
-        "print(e, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss);sys.exit(r.returncode)"
+        "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
+        "print(e, u.ru_maxrss, u.ru_utime+u.ru_stime);sys.exit(r.returncode)"
     )
     proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr}{proc.stdout}")
-    elapsed, rss = proc.stdout.split()[-2:]
-    return float(elapsed), int(rss)
+    elapsed, rss, cpu = proc.stdout.split()[-3:]
+    return float(elapsed), int(rss), float(cpu)
 
 
 def find_pyqemu_img() -> str | None:
@@ -117,17 +123,19 @@ def main() -> None:
             ("qcow2 -> raw", ["-f", "qcow2", "-O", "raw"], ref_qcow2, "raw"),
             ("raw -> qcow2 -c", ["-f", "raw", "-O", "qcow2", "-c"], src, "qcow2"),
         ]
+        print(f"# load average at start: {os.getloadavg()[0]:.2f}", flush=True)
         print(
-            "| case | qemu-img s | pyqemu-img s | ratio | qemu-img peak MB | pyqemu-img peak MB |"
+            "| case | qemu-img s | pyqemu-img s | ratio | qemu-img CPU s | pyqemu-img CPU s "
+            "| qemu-img peak MB | pyqemu-img peak MB |"
         )
-        print("|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         for name, opts, source, out_fmt in cases:
             results = {}
             for tool_name, tool in (("qemu", qemu_img), ("py", pyqemu_img)):
                 best = None
                 for i in range(args.repeat):
                     out = os.path.join(work, f"out-{tool_name}-{i}.{out_fmt}")
-                    wall, rss = measure([tool, "convert", *opts, source, out])
+                    wall, rss, cpu = measure([tool, "convert", *opts, source, out])
                     cmp = subprocess.run(
                         [qemu_img, "compare", "-f", "raw", "-F", out_fmt, src, out],
                         capture_output=True,
@@ -137,13 +145,15 @@ def main() -> None:
                         sys.exit(f"{tool_name} output differs: {cmp.stdout}{cmp.stderr}")
                     os.unlink(out)
                     if best is None or wall < best[0]:
-                        best = (wall, rss)
+                        best = (wall, rss, cpu)
                 results[tool_name] = best
             q, p = results["qemu"], results["py"]
             print(
-                f"| {name} | {q[0]:.2f} | {p[0]:.2f} | {p[0] / q[0]:.2f}x | {q[1] / 1024:.0f} | {p[1] / 1024:.0f} |",
+                f"| {name} | {q[0]:.2f} | {p[0]:.2f} | {p[0] / q[0]:.2f}x | {q[2]:.2f} | {p[2]:.2f} "
+                f"| {q[1] / 1024:.0f} | {p[1] / 1024:.0f} |",
                 flush=True,
             )
+        print(f"# load average at end: {os.getloadavg()[0]:.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
