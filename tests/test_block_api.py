@@ -199,11 +199,14 @@ def test_block_status_matches_qemu_img_map(tmp_path: Path, qemu_img: str) -> Non
     with open_image(str(p)) as img:
         ours = image_map(img)
         first = block_status_above(img, 0, img.size)
+        second = block_status_above(img, 4096, img.size - 4096)
     theirs = qemu_map(qemu_img, p)
     assert project(ours) == project(theirs)
     assert [r["offset"] for r in ours] == [r["offset"] for r in theirs]
     assert all(r["present"] and r["depth"] == 0 for r in ours)
-    assert first.zero and not first.data and first.length == 65536
+    # the first 4 KiB are allocated at creation, as qemu-img create does
+    assert first.data and not first.zero and first.length == 4096
+    assert second.zero and not second.data and second.length == 65536 - 4096
     assert any(r["data"] for r in theirs)
 
 

@@ -67,6 +67,18 @@ def preallocate_fd(fd: int, offset: int, length: int, mode: str) -> None:
     write_zeroes_fd(fd, offset, length)
 
 
+def _allocate_first_block(fd: int, size: int) -> None:
+    """Allocate the first 4 KiB of a new image, as QEMU's file-posix does (so
+    that later alignment probing finds data, and ``disk size`` reads alike)."""
+    length = min(size, 4096)
+    if length <= 0:
+        return
+    try:
+        os.posix_fallocate(fd, 0, length)
+    except OSError:
+        write_zeroes_fd(fd, 0, length)
+
+
 class FileProtocol(BlockDriver):
     """A host file (or block device) as a block node."""
 
@@ -147,6 +159,7 @@ class FileProtocol(BlockDriver):
             os.ftruncate(fd, 0)
             if prealloc == "off":
                 os.ftruncate(fd, size)
+                _allocate_first_block(fd, size)
             else:
                 preallocate_fd(fd, 0, size, prealloc)
                 os.ftruncate(fd, size)
