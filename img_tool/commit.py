@@ -15,6 +15,9 @@ lines of ``-p`` follow the bytes copied, not the job's internal iterations.
 from __future__ import annotations
 
 import os
+import threading
+from _queue import SimpleQueue  # the C queue: no import of queue/heapq
+from collections import deque
 from typing import Any
 
 from .cli import CliError, Progress, UsageError, cvtnum, getopt, open_image_cli, qprint
@@ -22,6 +25,66 @@ from .cli import CliError, Progress, UsageError, cvtnum, getopt, open_image_cli,
 CACHE_MODES = ("none", "off", "writeback", "writethrough", "directsync", "unsafe")
 #: the largest single copy request (bytes)
 CHUNK = 8 << 20
+#: reader threads, and data pieces in flight (read ahead of the writes)
+WORKERS = 2
+DEPTH = 4
+
+
+class Job:
+    """A task for :class:`Workers`: ``result()`` waits for it."""
+
+    __slots__ = ("fn", "args", "done", "value", "error")
+
+    def __init__(self, fn: Any, args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def result(self) -> Any:
+        with self.done:
+            pass
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    def wait(self) -> None:
+        with self.done:
+            pass
+
+
+class Workers:
+    """A minimal FIFO thread pool (``concurrent.futures`` costs start-up time)."""
+
+    def __init__(self, count: int) -> None:
+        self._queue: SimpleQueue[Job | None] = SimpleQueue()
+        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(count)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Any, *args: Any) -> Job:
+        job = Job(fn, args)
+        self._queue.put(job)
+        return job
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            try:
+                job.value = job.fn(*job.args)
+            except BaseException as exc:
+                job.error = exc
+            job.done.release()
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
 
 
 def check_cache_mode(mode: str, what: str = "cache") -> None:
@@ -94,12 +157,68 @@ def allocated_runs(top: Any, base: Any, size: int) -> list[tuple[int, int]]:
 
 
 def commit_ranges(top: Any, base: Any, runs: list[tuple[int, int]], progress: Progress) -> None:
-    """Copy the allocated ``runs`` of ``top``'s chain into ``base``."""
-    from ..common.block import block_status_above
+    """Copy the allocated ``runs`` of ``top``'s chain into ``base``: zero ranges as
+    zero writes (unmapping allowed), data read by worker threads into reused
+    buffers while the main thread writes earlier pieces, in order.
 
+    The zero ranges go first: a zero write that frees clusters of ``base``
+    makes its driver write metadata and flush (and punch holes), which is
+    cheap while little data waits in the host cache. The ranges are disjoint,
+    so the order does not change what ``base`` shows.
+    """
     total = sum(n for _, n in runs) or 1
     readinto = getattr(top, "readinto", None)
+    planned = list(_commit_pieces(top, runs))
+    pieces = iter([p for p in planned if p[2]] + [p for p in planned if not p[2]])
+    pending: deque[tuple[Job | None, int, int, bytearray | None]] = deque()
+    buffers: list[bytearray | None] = [None] * DEPTH
+    workers = Workers(WORKERS) if readinto is not None else None
+    count = 0
     done = 0
+    try:
+        while True:
+            while len(pending) < DEPTH:
+                piece = next(pieces, None)
+                if piece is None:
+                    break
+                pos, n, zero = piece
+                if zero:
+                    pending.append((None, pos, n, None))
+                elif workers is None:
+                    pending.append((None, pos, n, bytearray(top.read(pos, n))))
+                else:
+                    buf = buffers[count % DEPTH]
+                    if buf is None:
+                        buf = buffers[count % DEPTH] = bytearray(CHUNK)
+                    count += 1
+                    view = memoryview(buf)[:n]
+                    pending.append((workers.submit(readinto, pos, view), pos, n, buf))
+            if not pending:
+                break
+            job, pos, n, buf = pending[0]
+            if buf is None:
+                base.write_zeroes(pos, n, may_unmap=True)
+            else:
+                if job is not None:
+                    job.result()
+                base.write(pos, memoryview(buf)[:n])
+            pending.popleft()
+            done += n
+            progress.print(100.0 * done / total, 0)
+    finally:
+        for job, _, _, _ in pending:  # nothing may still read when the images close
+            if job is not None:
+                job.wait()
+        if workers is not None:
+            workers.shutdown()
+
+
+def _commit_pieces(top: Any, runs: list[tuple[int, int]]) -> Any:
+    """Yield (offset, length, zero) over ``runs`` by the chain's block status:
+    adjacent zero ranges joined, data in pieces of at most CHUNK bytes."""
+    from ..common.block import block_status_above
+
+    zero_start = zero_end = -1
     for start, length in runs:
         pos = start
         end = start + length
@@ -107,16 +226,19 @@ def commit_ranges(top: Any, base: Any, runs: list[tuple[int, int]], progress: Pr
             run = block_status_above(top, pos, min(CHUNK, end - pos))
             n = run.length
             if run.zero and not run.data:
-                base.write_zeroes(pos, n, may_unmap=True)
-            elif readinto is not None:
-                buf = bytearray(n)
-                readinto(pos, memoryview(buf))
-                base.write(pos, buf)
+                if zero_end != pos:
+                    if zero_end > zero_start:
+                        yield zero_start, zero_end - zero_start, True
+                    zero_start = pos
+                zero_end = pos + n
             else:
-                base.write(pos, top.read(pos, n))
+                if zero_end > zero_start:
+                    yield zero_start, zero_end - zero_start, True
+                    zero_start = zero_end = -1
+                yield pos, n, False
             pos += n
-            done += n
-            progress.print(100.0 * done / total, 0)
+    if zero_end > zero_start:
+        yield zero_start, zero_end - zero_start, True
 
 
 def run(args: list[str]) -> int:

@@ -16,82 +16,79 @@ specified"). ``-t``/``-T`` are validated; every cache mode acts as writeback.
 from __future__ import annotations
 
 import errno
+import re
+from collections import deque
 from typing import Any
 
 from .cli import CliError, Progress, UsageError, getopt, open_image_cli
-from .commit import check_cache_mode, find_backing_image, is_allocated_above
+from .commit import Workers, check_cache_mode, find_backing_image, is_allocated_above
 
 #: qemu-img's IO_BUF_SIZE: the step of the safe-mode loop
 IO_BUF_SIZE = 2 << 20
 SECTOR = 512
-#: block size of the first comparison pass (sectors are compared only inside
-#: blocks that differ)
-BLOCK = 64 << 10
+#: the most bytes one worker reads and compares at once (whole steps)
+CHUNK = 4 << 20
+#: reader threads, and chunks in flight (read ahead of the writes)
+WORKERS = 2
+DEPTH = 4
+
+_ZEROS = bytes(CHUNK)
+_ZEROS_VIEW = memoryview(_ZEROS)
+_EQUAL_RUNS = re.compile(b"\\x00+")
 
 
-_ZERO_SECTOR = bytes(SECTOR)
+def differing_runs(
+    old: bytes | bytearray, new: bytes | bytearray, n: int | None = None
+) -> list[tuple[int, int]]:
+    """Runs (start, length) of the 512-byte sectors where the first ``n`` bytes
+    (default: all) of ``old`` and ``new`` differ (qemu-img's compare_buffers);
+    a short last sector counts as one.
 
-
-def differing_runs(old: bytes | bytearray, new: bytes | bytearray) -> list[tuple[int, int]]:
-    """Runs (start, length) of the 512-byte sectors where ``old`` and ``new``
-    differ (qemu-img's compare_buffers); a short last sector counts as one.
-
-    Equal 64 KiB blocks are skipped by one comparison; in a block that differs
-    the XOR of both is searched for all-zero aligned sectors with ``bytes.find``,
-    so no Python loop runs per sector unless the data alternates sector by sector.
+    Coarse to fine, every comparison a ``memcmp``: the whole range first; then
+    the first and the last byte of every sector are sampled (strided copies,
+    XORed as integers): a sector whose samples differ differs. Only runs of
+    sectors whose samples agree are compared, as a whole, then by halves down
+    to single sectors where they differ.
     """
-    n = len(old)
-    runs: list[tuple[int, int]] = []
-    mo = memoryview(old)
+    if n is None:
+        n = len(old)
     mn = memoryview(new)
-
-    def add(start: int, end: int) -> None:
-        if runs and runs[-1][0] + runs[-1][1] == start:
-            runs[-1] = (runs[-1][0], end - runs[-1][0])
-        else:
-            runs.append((start, end - start))
-
-    if mo == mn:
-        return runs
-    # one side all zero (flatten, past the end of a backing file): the other
-    # side is the XOR already, scanned in one piece
-    if new.count(0) == n or old.count(0) == n:
-        _scan(old if new.count(0) == n else new, 0, n, add)
-        return runs
-    for b in range(0, n, BLOCK):
-        be = min(n, b + BLOCK)
-        if mo[b:be] == mn[b:be]:
-            continue
-        xor = (int.from_bytes(mo[b:be], "little") ^ int.from_bytes(mn[b:be], "little")).to_bytes(
-            be - b, "little"
+    if old.startswith(mn[:n]):
+        return []
+    mo = memoryview(old)
+    full = n - n % SECTOR
+    runs: list[tuple[int, int]] = []
+    if full:
+        nsec = full // SECTOR
+        first = int.from_bytes(mo[0:full:SECTOR].tobytes(), "big") ^ int.from_bytes(
+            mn[0:full:SECTOR].tobytes(), "big"
         )
-        _scan(xor, b, be - b, add)
-    return runs
-
-
-def _scan(xor: bytes | bytearray, base: int, length: int, add: Any) -> None:
-    """Report to ``add`` the sector runs of ``xor`` (length ``length``, at
-    ``base``) that are not all zero; all-zero aligned sectors are found with
-    ``find``, a short last sector is checked on its own."""
-    full = length & ~(SECTOR - 1)
-    start = search = 0
-    while search < full:
-        p = xor.find(_ZERO_SECTOR, search, full)
-        if p < 0:
-            break
-        a = (p + SECTOR - 1) & ~(SECTOR - 1)
-        if a + SECTOR > full:
-            break
-        if xor.startswith(_ZERO_SECTOR, a):
-            if a > start:
-                add(base + start, base + a)
-            start = search = a + SECTOR
+        last = int.from_bytes(mo[SECTOR - 1 : full : SECTOR].tobytes(), "big") ^ int.from_bytes(
+            mn[SECTOR - 1 : full : SECTOR].tobytes(), "big"
+        )
+        samples = (first | last).to_bytes(nsec, "big")
+        pos = 0  # sectors before ``pos`` are settled
+        startswith = old.startswith
+        for match in _EQUAL_RUNS.finditer(samples):
+            stack = [match.span()]
+            while stack:
+                a, b = stack.pop()
+                if startswith(mn[a * SECTOR : b * SECTOR], a * SECTOR):
+                    if a > pos:
+                        runs.append((pos * SECTOR, (a - pos) * SECTOR))
+                    pos = b
+                elif b - a > 1:
+                    mid = (a + b) >> 1
+                    stack.append((mid, b))
+                    stack.append((a, mid))
+        if pos < nsec:
+            runs.append((pos * SECTOR, full - pos * SECTOR))
+    if full < n and not old.startswith(mn[full:n], full):
+        if runs and runs[-1][0] + runs[-1][1] == full:
+            runs[-1] = (runs[-1][0], n - runs[-1][0])
         else:
-            search = a
-    if start < full:
-        add(base + start, base + full)
-    if full < length and xor.count(0, full, length) != length - full:
-        add(base + full, base + length)
+            runs.append((full, n - full))
+    return runs
 
 
 def run(args: list[str]) -> int:
@@ -192,74 +189,184 @@ def _open_new_backing(top: Any, out_base: str, out_fmt: str | None) -> tuple[tup
 
 def _copy_differences(top: Any, new_pair: tuple[Any, bool], prefix: Any, prog: Progress) -> None:
     """Safe mode: write into ``top`` what the old chain shows and the new backing
-    file would not, where ``top`` does not allocate it."""
+    file would not, where ``top`` does not allocate it.
+
+    The steps are qemu-img's (2 MiB, cut where the image's allocation or a
+    backing file's end is); consecutive steps of the same kind form a chunk
+    that a worker thread reads (old and new side, into reused buffers) and
+    compares while the main thread writes the sectors of earlier chunks that
+    differ, in order, as few large writes.
+    """
+    from ..common.errors import QemuError, strerror
+
+    old = top.backing
+    new = new_pair[0]
+    pairs: list[tuple[bytearray, bytearray] | None] = [None] * DEPTH
+    pending: deque[tuple[Any, tuple[int, int, bool, int]]] = deque()
+    workers = Workers(WORKERS)
+    plan_error: CliError | None = None
+    plan = _plan_chunks(top, old, new, prefix)
+    count = 0
+    try:
+        while True:
+            while plan_error is None and len(pending) < DEPTH:
+                try:
+                    chunk = next(plan, None)
+                except CliError as exc:  # reported once the chunks before it are written
+                    plan_error = exc
+                    break
+                if chunk is None:
+                    break
+                pair = pairs[count % DEPTH]
+                if pair is None:
+                    pair = pairs[count % DEPTH] = (bytearray(CHUNK), bytearray(CHUNK))
+                buf_old, buf_new = pair
+                count += 1
+                job = workers.submit(_compare_chunk, old, new, chunk, buf_old, buf_new)
+                pending.append((job, chunk))
+            if not pending:
+                break
+            job, (offset, n, old_is_zero, steps) = pending[0]
+            buf_old, runs = job.result()
+            pending.popleft()
+            for start, length in runs:
+                try:
+                    if old_is_zero:
+                        top.write_zeroes(offset + start, length)
+                    else:
+                        top.write(offset + start, memoryview(buf_old)[start : start + length])
+                except QemuError as exc:
+                    raise CliError(
+                        f"Error while writing to COW image: {strerror(exc.errno or errno.EIO)}"
+                    ) from None
+            for step in steps:
+                prog.print(step, 100)
+        if plan_error is not None:
+            raise plan_error
+    finally:
+        for job, _ in pending:  # nothing may still read when the images close
+            job.wait()
+        workers.shutdown()
+
+
+def _plan_chunks(top: Any, old: Any, new: Any, prefix: Any) -> Any:
+    """Yield the chunks to compare, as (offset, length, old side past its end,
+    progress deltas of the qemu-img steps in it), in qemu-img's step order.
+
+    A chunk joins consecutive steps that are contiguous and of one kind, up to
+    CHUNK bytes; a step that is not whole sectors ends its chunk (sectors are
+    counted from each step's start, as qemu-img does). Steps past the old
+    backing file's end (zero writes) stay alone, as qemu-img issues them.
+    """
     from ..common.block import Status, node_status
     from ..common.errors import QemuError, strerror
 
-    new = new_pair[0]
-    old = top.backing
     size = top.size
     old_size = old.size if old is not None else 0
     new_size = new.size if new is not None else 0
-    step = (100.0 / (size // min(size, IO_BUF_SIZE))) if size else 0.0
+    delta = (100.0 / (size // min(size, IO_BUF_SIZE))) if size else 0.0
+    chunk: list[Any] | None = None  # [offset, length, old_is_zero, new_is_zero, steps]
     offset = 0
     while offset < size:
-        n = min(IO_BUF_SIZE, size - offset)
+        # qemu-img's step: the status of (at most) IO_BUF_SIZE bytes from here
         try:
-            run = node_status(top, offset, n)
+            run = node_status(top, offset, min(size - offset, IO_BUF_SIZE))
         except QemuError as exc:
+            if chunk is not None:
+                yield tuple(chunk[:3]) + (chunk[4],)
+                chunk = None
             raise CliError(
                 f"error while reading image metadata: {strerror(exc.errno or errno.EIO)}"
             ) from None
-        if run.flags & Status.ALLOCATED:
-            offset += run.length
-            continue
         n = run.length
+        if run.flags & Status.ALLOCATED:
+            offset += n
+            continue
         if prefix is not None:
             allocated, n = is_allocated_above(old, prefix, offset, n)
             if not allocated:
                 offset += n
                 continue
         old_is_zero = offset >= old_size
-        if old_is_zero:
-            buf_old = bytes(n)
-        else:
+        if not old_is_zero:
             n = min(n, old_size - offset)
-            try:
-                buf_old = _read(old, offset, n)
-            except QemuError:
-                raise CliError("error while reading from old backing file") from None
-        if new is None or offset >= new_size:
-            buf_new = bytes(n)
-        else:
+        new_is_zero = new is None or offset >= new_size
+        if not new_is_zero:
             n = min(n, new_size - offset)
-            try:
-                buf_new = _read(new, offset, n)
-            except QemuError:
-                raise CliError("error while reading from new backing file") from None
-        if len(buf_old) != n:
-            buf_old = buf_old[:n]
-        for start, length in differing_runs(buf_old, buf_new):
-            try:
-                if old_is_zero:
-                    top.write_zeroes(offset + start, length)
-                else:
-                    top.write(offset + start, memoryview(buf_old)[start : start + length])
-            except QemuError as exc:
-                raise CliError(
-                    f"Error while writing to COW image: {strerror(exc.errno or errno.EIO)}"
-                ) from None
+        if (
+            chunk is not None
+            and chunk[0] + chunk[1] == offset
+            and chunk[1] % SECTOR == 0
+            and chunk[2] == old_is_zero
+            and chunk[3] == new_is_zero
+            and not old_is_zero
+            and chunk[1] + n <= CHUNK
+        ):
+            chunk[1] += n
+            chunk[4].append(delta)
+        else:
+            if chunk is not None:
+                yield tuple(chunk[:3]) + (chunk[4],)
+            chunk = [offset, n, old_is_zero, new_is_zero, [delta]]
         offset += n
-        prog.print(step, 100)
+    if chunk is not None:
+        yield tuple(chunk[:3]) + (chunk[4],)
 
 
-def _read(node: Any, offset: int, n: int) -> bytes | bytearray:
-    """Read into a new buffer (``readinto`` where the driver has it: one copy less)."""
+def _compare_chunk(
+    old: Any,
+    new: Any,
+    chunk: tuple[int, int, bool, list[float]],
+    buf_old: bytearray,
+    buf_new: bytearray,
+) -> tuple[bytes | bytearray, list[tuple[int, int]]]:
+    """Worker: read both sides of a chunk and find the sectors that differ.
+    Returns (the old side's buffer, differing runs)."""
+    from ..common.errors import QemuError
+
+    offset, n, old_is_zero, _ = chunk
+    old_side: bytes | bytearray = _ZEROS
+    new_side: bytes | bytearray = _ZEROS
+    if not old_is_zero:
+        try:
+            old_side = _read(old, offset, n, buf_old)
+        except QemuError:
+            raise CliError("error while reading from old backing file") from None
+    if new is not None and offset < new.size:
+        try:
+            new_side = _read(new, offset, n, buf_new)
+        except QemuError:
+            raise CliError("error while reading from new backing file") from None
+    return old_side, differing_runs(old_side, new_side, n)
+
+
+def _read(node: Any, offset: int, n: int, buf: bytearray) -> bytes | bytearray:
+    """``n`` bytes of ``node`` (and its chain) at ``offset``, in ``buf`` where the
+    driver can read into it. Ranges the chain's block status reports as zero
+    are filled here, not read (or, all zero, give the shared zero buffer)."""
+    from ..common.block import block_status_above
+
     readinto = getattr(node, "readinto", None)
     if readinto is None:
         return node.read(offset, n)
-    buf = bytearray(n)
-    readinto(offset, memoryview(buf))
+    runs: list[tuple[int, int, bool]] = []
+    pos = 0
+    while pos < n:
+        run = block_status_above(node, offset + pos, n - pos)
+        zero = run.zero
+        if runs and runs[-1][2] == zero:
+            runs[-1] = (runs[-1][0], pos + run.length, zero)
+        else:
+            runs.append((pos, pos + run.length, zero))
+        pos += run.length
+    if len(runs) == 1 and runs[0][2]:
+        return _ZEROS
+    view = memoryview(buf)
+    for start, end, zero in runs:
+        if zero:
+            view[start:end] = _ZEROS_VIEW[: end - start]
+        else:
+            readinto(offset + start, view[start:end])
     return buf
 
 
