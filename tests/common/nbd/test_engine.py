@@ -169,8 +169,9 @@ def test_requests_and_simple_replies() -> None:
         CmdFlag.FUA,
     )
     assert bytes(ev.data) == b"abc"
-    assert s.send(SimpleReply(7)) == struct.pack(">IIQ", 0x67446698, 0, 7)
-    c.receive_data(s.send(SimpleReply(7)))
+    wire = s.send(SimpleReply(7))
+    assert wire == struct.pack(">IIQ", 0x67446698, 0, 7)
+    c.receive_data(wire)
     assert c.next_event() == SimpleReply(7)
     # a READ reply's length comes from the in-flight request, even split in pieces
     one(s, c.send(Request(Cmd.READ, 8, 0, 5)))
