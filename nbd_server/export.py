@@ -1,0 +1,442 @@
+"""One export: qemu-nbd's answers to options and commands, over a block node.
+
+No sockets here: :class:`Session` takes the engine's messages and returns the
+messages to send back; the transport moves bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno as _errno
+from typing import Any
+
+from ..common.block import BlockError, MapRun, block_status_above
+from ..common.nbd import (
+    BASE_ALLOCATION,
+    MAX_PAYLOAD,
+    QEMU_ALLOCATION_DEPTH,
+    QEMU_DIRTY_BITMAP,
+    Chunk,
+    Cmd,
+    CmdFlag,
+    Errno,
+    ExportNameOpt,
+    ExportNameReply,
+    Extent,
+    Info,
+    InfoOpt,
+    InvalidMessage,
+    MetaContextOpt,
+    Opt,
+    Option,
+    OptionReply,
+    Rep,
+    RepInfo,
+    ReplyFlag,
+    RepMetaContext,
+    RepServer,
+    Request,
+    SimpleReply,
+    StateFlag,
+    StructuredChunk,
+    TransmissionFlag,
+)
+
+#: qemu-nbd's block sizes: any byte, 4 KiB preferred, 32 MiB at most
+MIN_BLOCK, PREFERRED_BLOCK, MAX_BLOCK = 1, 4096, MAX_PAYLOAD
+#: the most extents one BLOCK_STATUS reply carries (bounded work per request)
+MAX_EXTENTS = 1 << 16
+
+Reply = OptionReply | ExportNameReply | SimpleReply | StructuredChunk
+
+
+@dataclasses.dataclass
+class Export:
+    """What qemu-nbd exports: a node, its name, flags and meta contexts."""
+
+    node: Any
+    name: str = ""
+    description: str = ""
+    read_only: bool = False
+    offset: int = 0
+    shared: int = 1
+    allocation_depth: bool = False
+    bitmap: Any = None  # a DirtyBitmap for -B
+    discard: bool = False  # --discard=unmap
+    detect_zeroes: str = "off"
+
+    def __post_init__(self) -> None:
+        size = max(0, self.node.size - self.offset)
+        #: the export size: rounded up to 512 bytes, the tail reads as zeroes
+        self.size = (size + 511) & ~511
+        self.backed = size
+
+    def flags(self, structured: bool) -> TransmissionFlag:
+        f = (
+            TransmissionFlag.HAS_FLAGS
+            | TransmissionFlag.SEND_FLUSH
+            | TransmissionFlag.SEND_FUA
+            | TransmissionFlag.SEND_CACHE
+        )
+        if self.read_only:
+            f |= TransmissionFlag.READ_ONLY
+        else:
+            f |= (
+                TransmissionFlag.SEND_TRIM
+                | TransmissionFlag.SEND_WRITE_ZEROES
+                | TransmissionFlag.SEND_FAST_ZERO
+            )
+        if structured:
+            f |= TransmissionFlag.SEND_DF
+        if self.shared != 1:
+            f |= TransmissionFlag.CAN_MULTI_CONN
+        return f
+
+    def contexts(self) -> list[str]:
+        names = [BASE_ALLOCATION]
+        if self.allocation_depth:
+            names.append(QEMU_ALLOCATION_DEPTH)
+        if self.bitmap is not None:
+            names.append(QEMU_DIRTY_BITMAP + self.bitmap.name)
+        return names
+
+    def match_contexts(self, queries: tuple[str, ...], listing: bool) -> list[tuple[int, str]]:
+        """(id, name) of the contexts the queries select (ids as qemu numbers them)."""
+        ours = list(enumerate(self.contexts()))
+        if not queries:
+            return ours if listing else []
+        out: list[tuple[int, str]] = []
+        for q in queries:
+            for cid, name in ours:
+                if (cid, name) in out:
+                    continue
+                if name == q:
+                    out.append((cid, name))
+                elif listing and q in ("base:", "qemu:") and name.startswith(q):
+                    out.append((cid, name))
+                elif listing and q == QEMU_DIRTY_BITMAP and name.startswith(q):
+                    out.append((cid, name))
+        return sorted(out)
+
+
+def nbd_errno(exc: BaseException) -> Errno:
+    """The wire error for a block layer failure (system_errno_to_nbd_errno)."""
+    code = getattr(exc, "errno", None) or _errno.EIO
+    return {
+        _errno.EPERM: Errno.EPERM,
+        _errno.EROFS: Errno.EPERM,
+        _errno.EACCES: Errno.EPERM,
+        _errno.EIO: Errno.EIO,
+        _errno.ENOMEM: Errno.ENOMEM,
+        _errno.ENOSPC: Errno.ENOSPC,
+        _errno.EFBIG: Errno.ENOSPC,
+        _errno.EDQUOT: Errno.ENOSPC,
+        _errno.EOVERFLOW: Errno.EOVERFLOW,
+        _errno.ENOTSUP: Errno.ENOTSUP,
+        _errno.ESHUTDOWN: Errno.ESHUTDOWN,
+    }.get(code, Errno.EINVAL)
+
+
+_ALLOWED_FLAGS = {
+    Cmd.READ: CmdFlag.DF,
+    Cmd.WRITE: CmdFlag.FUA,
+    Cmd.WRITE_ZEROES: CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.FAST_ZERO,
+    Cmd.TRIM: CmdFlag.FUA,
+    Cmd.FLUSH: CmdFlag.NONE,
+    Cmd.CACHE: CmdFlag.NONE,
+    Cmd.BLOCK_STATUS: CmdFlag.REQ_ONE,
+    Cmd.DISC: CmdFlag.NONE,
+}
+
+
+class Session:
+    """The server side of one connection: option and command answers."""
+
+    def __init__(self, export: Export, tls: bool = False) -> None:
+        self.export = export
+        self.structured = False
+        #: context id -> name, chosen with NBD_OPT_SET_META_CONTEXT
+        self.meta: dict[int, str] = {}
+        #: True once NBD_OPT_GO / EXPORT_NAME succeeded
+        self.negotiated = False
+        #: the connection must be closed after the replies (EXPORT_NAME failure)
+        self.close = False
+
+    # --- options ---------------------------------------------------------
+
+    def option(self, opt: Option) -> list[Reply]:
+        exp = self.export
+        code = opt.opt
+
+        def err(rep: Rep, text: str) -> list[Reply]:
+            return [OptionReply(code, rep, text)]
+
+        try:
+            parsed = opt.parsed()
+        except InvalidMessage as exc:
+            if code == Opt.EXPORT_NAME:
+                self.close = True
+                return []
+            if isinstance(code, Opt):
+                return err(Rep.ERR_INVALID, f"{code.name} option: {exc}")
+            return err(Rep.ERR_UNSUP, f"Unsupported option {int(code)} (unknown)")
+        if code == Opt.EXPORT_NAME:
+            assert isinstance(parsed, ExportNameOpt)
+            if parsed.name != exp.name:
+                self.close = True
+                return []
+            self.negotiated = True
+            return [ExportNameReply(exp.size, exp.flags(self.structured))]
+        if code == Opt.ABORT:
+            return [OptionReply(code, Rep.ACK)]
+        if code == Opt.LIST:
+            return [
+                OptionReply(code, Rep.SERVER, RepServer(exp.name, exp.description)),
+                OptionReply(code, Rep.ACK),
+            ]
+        if code == Opt.STARTTLS:
+            return err(Rep.ERR_POLICY, "TLS not configured")
+        if code == Opt.STRUCTURED_REPLY:
+            if self.structured:
+                return err(Rep.ERR_INVALID, "structured reply already negotiated")
+            self.structured = True
+            return [OptionReply(code, Rep.ACK)]
+        if code in (Opt.INFO, Opt.GO):
+            assert isinstance(parsed, InfoOpt)
+            if parsed.name != exp.name:
+                return err(Rep.ERR_UNKNOWN, f"export '{parsed.name}' not present")
+            out: list[Reply] = []
+            reqs = set(parsed.requests)
+            if Info.NAME in reqs:
+                out.append(OptionReply(code, Rep.INFO, RepInfo(Info.NAME, name=exp.name)))
+            if Info.DESCRIPTION in reqs and exp.description:
+                out.append(
+                    OptionReply(
+                        code, Rep.INFO, RepInfo(Info.DESCRIPTION, description=exp.description)
+                    )
+                )
+            out.append(
+                OptionReply(
+                    code,
+                    Rep.INFO,
+                    RepInfo(
+                        Info.BLOCK_SIZE,
+                        minimum=MIN_BLOCK,
+                        preferred=PREFERRED_BLOCK,
+                        maximum=MAX_BLOCK,
+                    ),
+                )
+            )
+            out.append(
+                OptionReply(
+                    code,
+                    Rep.INFO,
+                    RepInfo(Info.EXPORT, size=exp.size, flags=exp.flags(self.structured)),
+                )
+            )
+            out.append(OptionReply(code, Rep.ACK))
+            if code == Opt.GO:
+                self.negotiated = True
+            return out
+        if code in (Opt.LIST_META_CONTEXT, Opt.SET_META_CONTEXT):
+            assert isinstance(parsed, MetaContextOpt)
+            if not self.structured:
+                return err(Rep.ERR_INVALID, "request not valid before NBD_OPT_STRUCTURED_REPLY")
+            if parsed.name != exp.name:
+                return err(Rep.ERR_UNKNOWN, f"export '{parsed.name}' not present")
+            listing = code == Opt.LIST_META_CONTEXT
+            chosen = exp.match_contexts(parsed.queries, listing)
+            if not listing:
+                self.meta = dict(chosen)
+            out = [OptionReply(code, Rep.META_CONTEXT, RepMetaContext(i, n)) for i, n in chosen]
+            out.append(OptionReply(code, Rep.ACK))
+            return out
+        name = code.name if isinstance(code, Opt) else "unknown"
+        return err(Rep.ERR_UNSUP, f"Unsupported option {int(code)} ({name})")
+
+    # --- commands --------------------------------------------------------
+
+    def error(self, req: Request, code: Errno, message: str = "") -> list[Reply]:
+        if self.structured:
+            return [
+                StructuredChunk(
+                    req.cookie, Chunk.ERROR, ReplyFlag.DONE, error=code, message=message
+                )
+            ]
+        return [SimpleReply(req.cookie, code)]
+
+    def ok(self, req: Request) -> list[Reply]:
+        if self.structured:
+            return [StructuredChunk(req.cookie, Chunk.NONE, ReplyFlag.DONE)]
+        return [SimpleReply(req.cookie)]
+
+    def request(self, req: Request) -> list[Reply]:
+        """Carry out one command; returns its replies (none for DISC)."""
+        exp = self.export
+        cmd = req.cmd
+        if cmd == Cmd.DISC:
+            return []
+        allowed = _ALLOWED_FLAGS.get(cmd)  # type: ignore[call-overload]
+        if allowed is None:
+            return self.error(req, Errno.EINVAL, f"unsupported command {int(cmd)}")
+        if req.flags & ~allowed:
+            return self.error(req, Errno.EINVAL, f"unsupported flags (got 0x{int(req.flags):x})")
+        if req.flags & CmdFlag.DF and not self.structured:
+            return self.error(req, Errno.EINVAL, "DF flag needs structured replies")
+        if cmd in (Cmd.WRITE, Cmd.WRITE_ZEROES, Cmd.TRIM) and exp.read_only:
+            return self.error(req, Errno.EINVAL, "export is read-only")
+        if cmd in (Cmd.READ, Cmd.WRITE) and req.length > MAX_BLOCK:
+            return self.error(req, Errno.EINVAL, f"len ({req.length}) is larger than max len")
+        end = req.offset + req.length
+        if cmd != Cmd.FLUSH and end > exp.size:
+            return self.error(req, Errno.EINVAL, "operation past EOF")
+        try:
+            if cmd == Cmd.READ:
+                return self._read(req)
+            if cmd == Cmd.WRITE:
+                assert req.data is not None
+                self._write(req.offset, req.data, bool(req.flags & CmdFlag.FUA))
+            elif cmd == Cmd.WRITE_ZEROES:
+                unmap = exp.discard and not req.flags & CmdFlag.NO_HOLE
+                self._zero(req.offset, req.length, unmap, bool(req.flags & CmdFlag.FUA))
+            elif cmd == Cmd.TRIM:
+                if exp.discard:
+                    lo, hi = self._clip(req.offset, req.length)
+                    if hi > lo:
+                        exp.node.discard(lo, hi - lo)
+                if req.flags & CmdFlag.FUA:
+                    exp.node.flush()
+            elif cmd == Cmd.FLUSH:
+                exp.node.flush()
+            elif cmd == Cmd.CACHE:
+                pass  # nothing to prefetch into: the host page cache does it
+            elif cmd == Cmd.BLOCK_STATUS:
+                return self._block_status(req)
+        except BlockError as exc:
+            return self.error(req, nbd_errno(exc), exc.message)
+        except OSError as exc:
+            return self.error(req, nbd_errno(exc), exc.strerror or str(exc))
+        return self.ok(req)
+
+    def _clip(self, offset: int, length: int) -> tuple[int, int]:
+        """The part of [offset, offset + length) backed by the node, in node offsets."""
+        exp = self.export
+        lo = min(offset, exp.backed)
+        hi = min(offset + length, exp.backed)
+        return lo + exp.offset, hi + exp.offset
+
+    def _read(self, req: Request) -> list[Reply]:
+        exp = self.export
+        lo, hi = self._clip(req.offset, req.length)
+        data: bytes | bytearray = exp.node.read(lo, hi - lo) if hi > lo else b""
+        if len(data) < req.length:
+            data = bytearray(data) + bytes(req.length - len(data))
+        if not self.structured:
+            return [SimpleReply(req.cookie, 0, data)]
+        if not req.length:
+            return self.ok(req)
+        return [
+            StructuredChunk(
+                req.cookie, Chunk.OFFSET_DATA, ReplyFlag.DONE, offset=req.offset, data=data
+            )
+        ]
+
+    def _write(self, offset: int, data: Any, fua: bool) -> None:
+        exp = self.export
+        lo, hi = self._clip(offset, len(data))
+        if hi <= lo:
+            return
+        view = memoryview(data)[: hi - lo]
+        if exp.detect_zeroes != "off" and not any(view):
+            exp.node.write_zeroes(lo, hi - lo, may_unmap=exp.detect_zeroes == "unmap", fua=fua)
+            return
+        exp.node.write(lo, view, fua=fua)
+
+    def _zero(self, offset: int, length: int, unmap: bool, fua: bool) -> None:
+        lo, hi = self._clip(offset, length)
+        if hi > lo:
+            self.export.node.write_zeroes(lo, hi - lo, may_unmap=unmap, fua=fua)
+
+    def _block_status(self, req: Request) -> list[Reply]:
+        if not self.structured or not self.meta:
+            return self.error(req, Errno.EINVAL, "CMD_BLOCK_STATUS not negotiated")
+        if not req.length:
+            return self.error(req, Errno.EINVAL, "zero length")
+        one = bool(req.flags & CmdFlag.REQ_ONE)
+        chunks: list[Reply] = []
+        items = sorted(self.meta.items())
+        for n, (cid, name) in enumerate(items):
+            ext = self._extents(name, req.offset, req.length, one)
+            done = ReplyFlag.DONE if n == len(items) - 1 else ReplyFlag.NONE
+            chunks.append(
+                StructuredChunk(req.cookie, Chunk.BLOCK_STATUS, done, context_id=cid, extents=ext)
+            )
+        return chunks
+
+    def _extents(self, name: str, offset: int, length: int, one: bool) -> tuple[Extent, ...]:
+        exp = self.export
+        end = offset + length
+        out: list[list[int]] = []
+
+        def add(n: int, flags: int) -> bool:
+            if out and out[-1][1] == flags:
+                out[-1][0] += n
+            else:
+                out.append([n, flags])
+            return len(out) > MAX_EXTENTS or (one and len(out) > 1)
+
+        if name.startswith(QEMU_DIRTY_BITMAP):
+            bm = exp.bitmap
+            pos = offset
+            for start, stop in bm.runs():
+                start, stop = start - exp.offset, stop - exp.offset
+                if stop <= pos:
+                    continue
+                if start >= end:
+                    break
+                if start > pos and add(start - pos, 0):
+                    break
+                s = max(start, pos)
+                e = min(stop, end)
+                if add(e - s, 1):
+                    break
+                pos = e
+            if pos < end:
+                add(end - pos, 0)
+        else:
+            depth_ctx = name == QEMU_ALLOCATION_DEPTH
+            pos = offset
+            for _ in range(MAX_EXTENTS * 4):
+                if pos >= end:
+                    break
+                if pos >= exp.backed:
+                    flags = 0 if depth_ctx else int(StateFlag.HOLE | StateFlag.ZERO)
+                    if add(end - pos, flags):
+                        break
+                    break
+                hi = min(end, exp.backed)
+                run: MapRun = block_status_above(exp.node, pos + exp.offset, hi - pos)
+                n = max(1, min(run.length, hi - pos))
+                if depth_ctx:
+                    flags = run.depth + 1 if run.present else 0
+                else:
+                    flags = (0 if run.data else int(StateFlag.HOLE)) | (
+                        int(StateFlag.ZERO) if run.zero else 0
+                    )
+                if add(n, flags):
+                    break
+                pos += n
+        if one or len(out) > MAX_EXTENTS:
+            out = out[:1] if one else out[:MAX_EXTENTS]
+        if one:
+            out[0][0] = min(out[0][0], length)
+        # the reply must not extend past the request
+        total = 0
+        res = []
+        for n, f in out:
+            n = min(n, length - total)
+            if n <= 0:
+                break
+            res.append(Extent(n, f))
+            total += n
+        return tuple(res)
