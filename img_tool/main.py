@@ -24,6 +24,7 @@ COPYRIGHT = "Copyright (c) 2003-2022 Fabrice Bellard and the QEMU Project develo
 
 #: subcommand -> module (relative to this package); each has ``run(args) -> int``
 COMMANDS = {
+    "amend": "amend",
     "bench": "bench",
     "bitmap": "bitmap",
     "check": "check",
@@ -40,7 +41,7 @@ COMMANDS = {
     "snapshot": "snapshot",
 }
 #: qemu-img subcommands that pyqemu-img does not implement (yet)
-NOT_IMPLEMENTED = ("amend",)
+NOT_IMPLEMENTED: tuple[str, ...] = ()
 
 
 def version_text() -> str:

@@ -114,3 +114,144 @@ def test_measure_errors(twins: Twins, args: list[str]) -> None:
     twins.setup(_inputs)
     out = twins.same("measure", *args)
     assert out.returncode == 1
+
+
+# ---------------------------------------------------------------- amend
+
+AMEND_SETUPS = {
+    "v3": [
+        ["qemu-img", "create", "-f", "qcow2", "am.qcow2", "10M"],
+        [
+            "qemu-io",
+            "-c",
+            "write -P 1 0 1M",
+            "-c",
+            "write -z 2M 1M",
+            "-c",
+            "write -P 3 4M 64k",
+            "-c",
+            "write -z -u 4M 64k",
+            "am.qcow2",
+        ],
+    ],
+    "v2": [
+        ["qemu-img", "create", "-f", "qcow2", "-o", "compat=0.10", "am.qcow2", "10M"],
+        ["qemu-io", "-c", "write -P 1 0 1M", "am.qcow2"],
+    ],
+    "backed": [
+        ["qemu-img", "create", "-f", "qcow2", "base.qcow2", "10M"],
+        ["qemu-io", "-c", "write -P 5 0 10M", "base.qcow2"],
+        ["qemu-img", "create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "am.qcow2"],
+        ["qemu-io", "-c", "write -z 1M 1M", "-c", "write -P 1 3M 100k", "am.qcow2"],
+    ],
+    "lazy8": [
+        [
+            "qemu-img",
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "lazy_refcounts=on,refcount_bits=8",
+            "am.qcow2",
+            "10M",
+        ],
+        ["qemu-io", "-c", "write -P 1 0 1M", "am.qcow2"],
+    ],
+    "small2": [
+        [
+            "qemu-img",
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=512,refcount_bits=2",
+            "am.qcow2",
+            "30M",
+        ],
+        ["qemu-io", "-c", "write -P 1 0 20M", "am.qcow2"],
+    ],
+    "zstd": [
+        ["qemu-img", "create", "-f", "qcow2", "-o", "compression_type=zstd", "am.qcow2", "10M"],
+        ["qemu-io", "-c", "write -c -P 1 0 64k", "am.qcow2"],
+    ],
+    "extl2": [["qemu-img", "create", "-f", "qcow2", "-o", "extended_l2=on", "am.qcow2", "10M"]],
+}
+AMENDS = [
+    "compat=0.10",
+    "compat=1.1",
+    "refcount_bits=1",
+    "refcount_bits=16",
+    "refcount_bits=64",
+    "lazy_refcounts=on",
+    "lazy_refcounts=off",
+    "size=20M",
+    "refcount_bits=8,lazy_refcounts=on",
+    "compat=0.10,refcount_bits=8",
+    "compat=1.1,refcount_bits=4,lazy_refcounts=on",
+    "compat=0.10,lazy_refcounts=on",
+    "cluster_size=4k",
+    "foo=1",
+    "backing_file=x",
+    "data_file=x",
+    "data_file_raw=on",
+    "compat=9",
+    "refcount_bits=3",
+    "lazy_refcounts=x",
+]
+
+
+def _info(tool: str, folder) -> str:  # type: ignore[no-untyped-def]
+    import json
+    import subprocess
+
+    out = subprocess.run(
+        [tool, "info", "--output=json", "am.qcow2"], cwd=folder, capture_output=True, check=True
+    )
+    data = json.loads(out.stdout)
+    data.pop("actual-size", None)
+    return json.dumps(data, sort_keys=True)
+
+
+@pytest.mark.parametrize("setup", sorted(AMEND_SETUPS))
+def test_amend_matrix(twins: Twins, setup: str) -> None:
+    import subprocess
+
+    for option in AMENDS:
+        for folder in (twins.ours_dir, twins.ref_dir):
+            for f in folder.iterdir():
+                f.unlink()
+        twins.shell(*AMEND_SETUPS[setup])
+        orig = twins.ref_dir / "orig.qcow2"
+        orig.write_bytes((twins.ref_dir / "am.qcow2").read_bytes())
+        twins.same("amend", "-o", option, "am.qcow2")
+        assert _info(twins.ref, twins.ours_dir) == _info(twins.ref, twins.ref_dir), option
+        check = subprocess.run(
+            [twins.ref, "check", "am.qcow2"], cwd=twins.ours_dir, capture_output=True
+        )
+        assert check.returncode == 0, (option, check.stdout)
+        if not option.startswith("size"):
+            cmp = subprocess.run(
+                [twins.ref, "compare", str(orig), str(twins.ours_dir / "am.qcow2")],
+                capture_output=True,
+            )
+            assert cmp.returncode == 0, (option, cmp.stdout)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-f", "qcow2", "-o", "help"],
+        ["-o", "help", "am.qcow2"],
+        ["am.qcow2"],
+        ["-f", "raw", "-o", "compat=1.1", "am.qcow2"],
+        ["-o", "compat=1.1", "-q", "-t", "none", "am.qcow2"],
+        ["-o", "compat=1.1", "a", "am.qcow2"],
+        ["-o", "compat=1.1"],
+        ["-o", "compat=1.1", "nonexistent"],
+    ],
+)
+def test_amend_cli(twins: Twins, args: list[str]) -> None:
+    twins.shell(*AMEND_SETUPS["v2"])
+    out = twins.same("amend", *args)
+    assert out.returncode in (0, 1)
+    assert out.returncode == 1 or b"Traceback" not in out.stderr
