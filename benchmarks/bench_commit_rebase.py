@@ -12,7 +12,8 @@ fresh copies of the same images:
   new backing content wherever the overlay does not allocate)
 * ``rebase -b "" top.qcow2`` (flatten)
 
-and reports the best wall time of N runs and the ratio pyqemu/qemu. Every
+and reports the best wall time of N runs (the tools alternate; each run's
+images are copied and synced to disk first) and the ratio pyqemu/qemu. Every
 result is checked with ``qemu-img compare`` (what the chain showed before must
 be what it shows after), so a fast wrong answer can't win.
 
@@ -103,12 +104,16 @@ def precompile() -> None:
 
 
 def fresh_copy(templates: str, run_dir: str) -> None:
+    """Copy the images, then write the copies back to disk: otherwise the timed
+    command's final flush would write back the copy too, by however much the
+    kernel has not yet done on its own."""
     shutil.rmtree(run_dir, ignore_errors=True)
     os.mkdir(run_dir)
     for name in os.listdir(templates):
         subprocess.run(
             ["cp", "--sparse=always", os.path.join(templates, name), run_dir], check=True
         )
+    os.sync()
 
 
 def main() -> None:
@@ -147,6 +152,7 @@ def main() -> None:
         img("convert", "-O", "raw", "top.qcow2", top_raw)
         os.unlink(base_raw)
         os.unlink(other_raw)
+        os.sync()
         print(
             f"# {args.size} qcow2 chain: base (mixed data/zero/holes) <- top (about half "
             "rewritten: data and zero clusters); best of "
@@ -166,8 +172,9 @@ def main() -> None:
         print("|---|---|---|---|")
         for name, cmd, result in cases:
             best: dict[str, float] = {}
-            for tool_name, tool in (("qemu", qemu_img), ("py", pyqemu_img)):
-                for _ in range(args.repeat):
+            # the tools alternate, so that a change of the host's load hits both
+            for _ in range(args.repeat):
+                for tool_name, tool in (("qemu", qemu_img), ("py", pyqemu_img)):
                     run_dir = os.path.join(work, "run")
                     fresh_copy(tpl, run_dir)
                     wall = timed([tool, *cmd], run_dir)
