@@ -279,7 +279,7 @@ class Session:
         allowed = _ALLOWED_FLAGS.get(cmd)  # type: ignore[call-overload]
         if allowed is None:
             return self.error(req, Errno.EINVAL, f"unsupported command {int(cmd)}")
-        if req.flags & ~allowed:
+        if int(req.flags) & ~int(allowed):
             return self.error(req, Errno.EINVAL, f"unsupported flags (got 0x{int(req.flags):x})")
         if req.flags & CmdFlag.DF and not self.structured:
             return self.error(req, Errno.EINVAL, "DF flag needs structured replies")

@@ -428,7 +428,7 @@ def serve(o: dict[str, Any]) -> int:
         os.write(ready_w, b"1")
         os.close(ready_w)
         devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1):
+        for fd in (0, 1, 2):
             os.dup2(devnull, fd)
     while not server.done.wait(0.5):
         pass

@@ -16,7 +16,11 @@ set -euo pipefail
 
 # Reference peers, one Debian package per line: add new ones here.
 APT_PACKAGES=(
-    qemu-utils # qemu-img, qemu-io
+    qemu-utils # qemu-img, qemu-io, qemu-nbd
+    libnbd-bin # nbdinfo, nbdcopy, nbdsh: NBD clients for the pyqemu-nbd tests
+    python3-libnbd # libnbd for /usr/bin/python3: concurrent-writer tests
+    nbdkit # NBD reference server
+    fio # fio's nbd engine for benchmarks/bench_nbd.py
 )
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
