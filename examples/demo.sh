@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # pyqemu's main job, end to end: create a qcow2 image, write into it through
-# the Python library, convert it to raw and back with pyqemu-img, show its
-# info and check it. Needs pyqemu installed (python3 -m pip install .).
+# the Python library and with pyqemu-io, take an internal snapshot, convert it
+# to raw and back with pyqemu-img, show its info and check it. Needs pyqemu
+# installed (python3 -m pip install .).
 set -euo pipefail
 
 # pyqemu-img from PATH, else the one installed beside python3
@@ -22,6 +23,10 @@ say() { printf '\n$ %s\n' "$*"; }
 pyqemu_img() {
     say pyqemu-img "$@"
     "$img" "$@"
+}
+pyqemu_io() {
+    say pyqemu-io "$@"
+    "$(dirname "$img")/pyqemu-io" "$@"
 }
 
 pyqemu_img create -f qcow2 disk.qcow2 64M
@@ -45,6 +50,10 @@ with open_image(path) as img:
     print(f"wrote and read back through {type(img).__name__}: {img.size} bytes virtual")
 PY
 
+pyqemu_io -c "write -P 0x5a 4M 128k" -c "read -P 0x5a 4M 128k" -c "map" disk.qcow2
+pyqemu_img snapshot -c before-zero disk.qcow2
+pyqemu_io -c "write -z 4M 64k" disk.qcow2
+pyqemu_img snapshot -l disk.qcow2
 pyqemu_img convert -O raw disk.qcow2 disk.raw
 pyqemu_img convert -f raw -O qcow2 disk.raw copy.qcow2
 pyqemu_img info copy.qcow2
