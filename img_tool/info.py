@@ -92,12 +92,20 @@ def collect_image_info_list(
     return infos
 
 
+def _get_info_supported(node: Any) -> bool:
+    """Whether QEMU's bdrv_get_info succeeds (raw asks its file; nbd has none)."""
+    while node.format_name == "raw" and node.file is not None:
+        node = node.file
+    return getattr(node, "get_info_supported", True)
+
+
 def query_image_info(node: Any) -> dict[str, Any]:
     """``bdrv_query_image_info`` as an ordered dict (QEMU's QDict order)."""
     from .qobject import qdict, qdict_deep
 
     info: dict[str, Any] = {"filename": node.filename, "format": node.format_name}
-    info["dirty-flag"] = bool(node.dirty)
+    if _get_info_supported(node):
+        info["dirty-flag"] = bool(node.dirty)
     actual = node.allocated_file_size()
     if actual is not None and actual >= 0:
         info["actual-size"] = actual

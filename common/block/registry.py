@@ -20,6 +20,7 @@ _FORMATS: dict[str, str] = {
 _PROTOCOLS: dict[str, str] = {
     "file": "file:FileProtocol",
     "blkdebug": "blkdebug:Blkdebug",
+    "nbd": "nbd:NBDProtocol",
 }
 _loaded: dict[str, type[BlockDriver]] = {}
 
