@@ -161,6 +161,12 @@ class Session:
         self.negotiated = False
         #: the connection must be closed after the replies (EXPORT_NAME failure)
         self.close = False
+        #: --tls-creds given: options other than STARTTLS are refused until TLS
+        self.tls = tls
+        #: TLS is running on this connection
+        self.tls_active = False
+        #: set with the STARTTLS ACK: the transport must start TLS after sending it
+        self.starttls = False
 
     # --- options ---------------------------------------------------------
 
@@ -171,6 +177,8 @@ class Session:
         def err(rep: Rep, text: str) -> list[Reply]:
             return [OptionReply(code, rep, text)]
 
+        if self.tls and not self.tls_active:
+            return self._before_tls(opt)
         try:
             parsed = opt.parsed()
         except InvalidMessage as exc:
@@ -195,6 +203,8 @@ class Session:
                 OptionReply(code, Rep.ACK),
             ]
         if code == Opt.STARTTLS:
+            if self.tls_active:
+                return err(Rep.ERR_INVALID, "TLS already enabled")
             return err(Rep.ERR_POLICY, "TLS not configured")
         if code == Opt.STRUCTURED_REPLY:
             if self.structured:
@@ -253,6 +263,26 @@ class Session:
             return out
         name = code.name if isinstance(code, Opt) else "unknown"
         return err(Rep.ERR_UNSUP, f"Unsupported option {int(code)} ({name})")
+
+    def _before_tls(self, opt: Option) -> list[Reply]:
+        """qemu-nbd's answers while TLS is required and not started yet."""
+        code = opt.opt
+        if code == Opt.EXPORT_NAME:
+            self.close = True  # no way to send an error: disconnect
+            return []
+        if code == Opt.STARTTLS:
+            if opt.data:
+                self.close = True
+                return [
+                    OptionReply(code, Rep.ERR_INVALID, "option 'STARTTLS' has unexpected length")
+                ]
+            self.starttls = True
+            return [OptionReply(code, Rep.ACK)]
+        if code == Opt.ABORT:
+            self.close = True  # the client asked to quit: answer, then close
+        return [
+            OptionReply(code, Rep.ERR_TLS_REQD, f"Option 0x{int(code):x} not permitted before TLS")
+        ]
 
     # --- commands --------------------------------------------------------
 

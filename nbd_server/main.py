@@ -247,8 +247,12 @@ def parse(argv: list[str]) -> dict[str, Any]:
             pass  # pyqemu has no trace events
         elif key in ("c", "d"):
             raise Fail("the kernel NBD client (-c/-d) is not supported by pyqemu-nbd")
-        elif key in ("object", "tls-creds", "tls-authz"):
-            raise Fail(f"--{key} is not supported yet by pyqemu-nbd (no TLS yet)")
+        elif key == "object":
+            _add_object(o, value or "")
+        elif key == "tls-creds":
+            o["tls_creds"] = value
+        elif key == "tls-authz":
+            o["tls_authz"] = value
         elif key == "selinux-label":
             raise Fail("SELinux support not enabled in this binary")
     if o["list"]:
@@ -265,7 +269,56 @@ def parse(argv: list[str]) -> dict[str, Any]:
     if o["persistent"] and o["shared"] == 1 and False:
         pass
     o["file"] = operands[0] if operands else None
+    o["tls"] = _server_tls(o)
     return o
+
+
+def _add_object(o: dict[str, Any], text: str) -> None:
+    """--object: TLS credentials and authz here, secrets in common.objects."""
+    from ..common.options import parse_opts
+    from .tls import Objects, TLSError
+
+    objects = o.setdefault("objects", Objects())
+    kind = parse_opts(text, implied_key="qom-type").get("qom-type")
+    if kind == "help":
+        sys.stdout.write(objects.help_text())
+        raise SystemExit(0)
+    if kind == "secret":
+        try:
+            from ..common import objects as common_objects
+        except ImportError:
+            raise Fail("object type 'secret' is not supported by pyqemu-nbd") from None
+        try:
+            common_objects.add_object(text)
+        except common_objects.ObjectError as exc:
+            raise Fail(exc.message) from None
+        return
+    try:
+        objects.add(text)
+    except TLSError as exc:
+        raise Fail(exc.message) from None
+
+
+def _server_tls(o: dict[str, Any]) -> Any:
+    """--tls-creds/--tls-authz: a ServerTLS, or None (qemu-nbd's checks)."""
+    creds_id, authz_id = o.get("tls_creds"), o.get("tls_authz")
+    if creds_id is None:
+        if authz_id is not None:
+            raise Fail("--tls-authz is not permitted without --tls-creds")
+        return None
+    if o["list"]:
+        raise Fail("TLS with --list is not supported by pyqemu-nbd")
+    from .tls import Objects, ServerTLS, TLSError
+
+    objects = o.setdefault("objects", Objects())
+    try:
+        creds = objects.tls_creds(creds_id)
+    except TLSError as exc:
+        raise Fail(f"Failed to get TLS creds: {exc.message}") from None
+    try:
+        return ServerTLS(creds, objects, authz_id)
+    except TLSError as exc:
+        raise Fail(exc.message) from None
 
 
 def open_export(o: dict[str, Any]) -> Any:
@@ -414,7 +467,12 @@ def serve(o: dict[str, Any]) -> int:
         except OSError as exc:
             raise Fail(f"Failed to write pid file: {exc.strerror}") from None
     server = Server(
-        listener, export, shared=o["shared"], persistent=o["persistent"], verbose=o["verbose"]
+        listener,
+        export,
+        shared=o["shared"],
+        persistent=o["persistent"],
+        verbose=o["verbose"],
+        tls=o["tls"],
     )
 
     def stop(signum: int, frame: Any) -> None:

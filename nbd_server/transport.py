@@ -1,10 +1,22 @@
-"""Sockets and threads around the engine: a thread per connection.
+"""Sockets and threads around the engine.
 
-The block layer is synchronous and thread-safe and file I/O releases the GIL,
-so each connection's thread reads a request, carries it out and writes the
-reply. Large WRITE payloads are read with ``recv_into`` straight into one
-buffer of the right size; READ data goes out with ``sendmsg`` next to its
-header, without joining.
+One thread per connection reads and parses; a small pool of workers per
+connection carries out the requests, so a client's in-flight requests overlap
+(the block layer is synchronous and thread-safe; file I/O releases the GIL).
+
+* Reading: large WRITE payloads are read with ``recv_into`` straight into one
+  buffer of the right size, then handed to a worker with the request.
+* Replies: each request's replies (all its structured chunks) are encoded and
+  written under one lock, so two requests' chunks never interleave. The engine
+  has its own short lock: the reader parses and the workers encode under it.
+* NBD_CMD_FLUSH waits for every request received before it to finish, then
+  flushes (stronger than NBD asks: it covers the writes completed *and* those
+  still in flight when the flush came). NBD_CMD_DISC waits for all of them.
+* At most :data:`MAX_IN_FLIGHT` requests per connection are read ahead (qemu's
+  NBD_MAX_REQUESTS), which bounds the memory one client can pin.
+* TLS (``--tls-creds``): after the session acknowledges NBD_OPT_STARTTLS the
+  raw socket is handed to :mod:`.tls` and the same loop goes on over the
+  decrypted stream.
 """
 
 from __future__ import annotations
@@ -13,11 +25,13 @@ import os
 import socket
 import sys
 import threading
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
 
 from ..common.nbd import (
     NEED_DATA,
     Closed,
+    Cmd,
     Greeting,
     NBDError,
     Option,
@@ -30,6 +44,10 @@ from .export import Export, Session
 RECV_SIZE = 256 * 1024
 #: payloads at least this large are read into a buffer of their own
 BIG = 64 * 1024
+#: requests read ahead per connection (qemu's NBD_MAX_REQUESTS)
+MAX_IN_FLIGHT = 16
+#: worker threads per connection
+WORKERS = 8
 
 
 def sendmsg_all(sock: socket.socket, parts: list[Any]) -> None:
@@ -47,6 +65,37 @@ def sendmsg_all(sock: socket.socket, parts: list[Any]) -> None:
                 sent = 0
 
 
+class Stream(Protocol):
+    def recv(self, n: int) -> bytes: ...
+
+    def recv_into(self, view: memoryview, n: int) -> int: ...
+
+    def send_parts(self, parts: list[Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class PlainStream:
+    """A plain socket as a :class:`Stream`; writes are atomic under a lock."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+
+    def recv(self, n: int) -> bytes:
+        return self.sock.recv(n)
+
+    def recv_into(self, view: memoryview, n: int) -> int:
+        return self.sock.recv_into(view, n)
+
+    def send_parts(self, parts: list[Any]) -> None:
+        with self.lock:
+            sendmsg_all(self.sock, parts)
+
+    def close(self) -> None:
+        pass
+
+
 class Server:
     """Accepts clients on ``listener`` and serves ``export`` to each."""
 
@@ -58,8 +107,11 @@ class Server:
         shared: int,
         persistent: bool,
         verbose: bool,
+        tls: Any = None,
     ) -> None:
         self.listener = listener
+        #: a :class:`.tls.ServerTLS` for --tls-creds, else None
+        self.tls = tls
         self.export = export
         self.persistent = persistent
         self.verbose = verbose
@@ -92,9 +144,9 @@ class Server:
             threading.Thread(target=self._client, args=(sock,), daemon=True).start()
 
     def _client(self, sock: socket.socket) -> None:
-        session = Session(self.export)
+        session = Session(self.export, tls=self.tls is not None)
         try:
-            serve_connection(sock, session)
+            serve_connection(sock, session, self.tls)
         except Exception as exc:  # one client's failure never stops the others
             if self.verbose:
                 sys.stderr.write(f"pyqemu-nbd: client error: {type(exc).__name__}: {exc}\n")
@@ -129,7 +181,7 @@ class Server:
                 pass
 
 
-def _recv(sock: socket.socket, conn: ServerConnection) -> bool:
+def _recv(stream: Stream, conn: ServerConnection, lock: threading.Lock) -> bool:
     """Read what the engine needs next; False at EOF (already fed)."""
     want = conn.bytes_wanted
     if want >= BIG:
@@ -137,58 +189,140 @@ def _recv(sock: socket.socket, conn: ServerConnection) -> bool:
         view = memoryview(buf)
         got = 0
         while got < want:
-            n = sock.recv_into(view[got:], want - got)
+            n = stream.recv_into(view[got:], want - got)
             if n == 0:
-                conn.receive_data(view[:got])
-                conn.receive_data(b"")
+                with lock:
+                    conn.receive_data(view[:got])
+                    conn.receive_data(b"")
                 return False
             got += n
-        conn.receive_data(buf)
+        with lock:
+            conn.receive_data(buf)
         return True
-    data = sock.recv(RECV_SIZE)
-    conn.receive_data(data)
+    data = stream.recv(RECV_SIZE)
+    with lock:
+        conn.receive_data(data)
     return bool(data)
 
 
-def serve_connection(sock: socket.socket, session: Session) -> None:
-    """Serve one client until it leaves or breaks the protocol."""
+class _Requests:
+    """The transmission phase of one connection: a pool of workers, replies
+    written one request at a time, a bound on requests read ahead."""
+
+    def __init__(self, stream: Stream, conn: ServerConnection, session: Session,
+                 lock: threading.Lock) -> None:  # fmt: skip
+        self.stream = stream
+        self.conn = conn
+        self.session = session
+        self.lock = lock  # the engine's
+        self.slots = threading.BoundedSemaphore(MAX_IN_FLIGHT)
+        self.idle = threading.Condition()
+        self.busy = 0
+        self.failed = False
+        self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="nbd-worker")
+
+    def submit(self, req: Request) -> None:
+        self.slots.acquire()
+        with self.idle:
+            self.busy += 1
+        self.pool.submit(self._run, req)
+
+    def _run(self, req: Request) -> None:
+        try:
+            replies = self.session.request(req)
+            with self.lock:
+                parts: list[Any] = []
+                for r in replies:
+                    parts += self.conn.send_parts(r)
+            if not self.failed:
+                self.stream.send_parts(parts)
+        except (OSError, NBDError):
+            self.failed = True  # the reader sees the socket fail too and stops
+        finally:
+            with self.idle:
+                self.busy -= 1
+                self.idle.notify_all()
+            self.slots.release()
+
+    def drain(self) -> None:
+        """Wait until every submitted request has been answered."""
+        with self.idle:
+            for _ in iter(int, 1):  # until the workers are idle
+                if self.busy == 0:
+                    return
+                self.idle.wait()
+
+    def close(self) -> None:
+        self.drain()
+        self.pool.shutdown(wait=True)
+
+
+def serve_connection(sock: socket.socket, session: Session, tls: Any = None) -> None:
+    """Serve one client until it leaves or breaks the protocol.
+
+    ``tls`` is a :class:`.tls.ServerTLS` when ``--tls-creds`` is given (the
+    TLS stream keeps using ``sock``, so shutting ``sock`` down still cuts it).
+    """
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
         pass
+    stream: Stream = PlainStream(sock)
     conn = ServerConnection()
-    sock.sendall(conn.send(Greeting()))
-    for _ in iter(int, 1):  # until the client leaves
-        try:
-            ev = conn.next_event()
-        except NBDError:
-            return  # protocol error: drop this client only
-        if ev is NEED_DATA:
-            if not _recv(sock, conn):
-                continue  # EOF fed: next_event gives Closed or an error
-            continue
-        if isinstance(ev, Closed):
-            return
-        if isinstance(ev, Option):
-            replies = session.option(ev)
-            parts: list[Any] = []
-            for r in replies:
-                parts += conn.send_parts(r)
-            if parts:
-                sendmsg_all(sock, parts)
-            if session.close or conn.state is State.CLOSED:
+    lock = threading.Lock()
+    stream.send_parts([conn.send(Greeting())])
+    requests: _Requests | None = None
+    try:
+        for _ in iter(int, 1):  # until the client leaves
+            try:
+                with lock:
+                    ev = conn.next_event()
+            except NBDError:
+                return  # protocol error: drop this client only
+            if ev is NEED_DATA:
+                if requests is not None and requests.failed:
+                    return
+                _recv(stream, conn, lock)
+                continue  # at EOF next_event gives Closed or an error
+            if isinstance(ev, Closed):
                 return
-            continue
-        if isinstance(ev, Request):
-            replies = session.request(ev)
-            if not replies:
-                return  # NBD_CMD_DISC
-            parts = []
-            for r in replies:
-                parts += conn.send_parts(r)
-            sendmsg_all(sock, parts)
-            continue
-        # ClientFlags: nothing to answer
+            if isinstance(ev, Option):
+                replies = session.option(ev)
+                parts: list[Any] = []
+                for r in replies:
+                    parts += conn.send_parts(r)
+                if parts:
+                    stream.send_parts(parts)
+                if session.close or conn.state is State.CLOSED:
+                    return
+                if session.starttls:
+                    session.starttls = False
+                    if conn.buffered:
+                        return  # bytes sent ahead of the TLS handshake: refuse
+                    from .tls import TLSError
+
+                    try:
+                        stream = tls.handshake(sock)
+                    except TLSError as exc:
+                        prog = os.path.basename(sys.argv[0]) or "pyqemu-nbd"
+                        sys.stderr.write(f"{prog}: option negotiation failed: {exc.message}\n")
+                        return
+                    session.tls_active = True
+                continue
+            if isinstance(ev, Request):
+                if requests is None:
+                    requests = _Requests(stream, conn, session, lock)
+                if ev.cmd == Cmd.DISC:
+                    return  # the finally clause answers what is in flight first
+                if ev.cmd == Cmd.FLUSH:
+                    requests.drain()
+                requests.submit(ev)
+                continue
+            # ClientFlags: nothing to answer
+    finally:
+        if requests is not None:
+            requests.close()
+        stream.close()
 
 
 def unix_listener(path: str) -> socket.socket:

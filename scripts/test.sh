@@ -21,6 +21,8 @@ APT_PACKAGES=(
     python3-libnbd # libnbd for /usr/bin/python3: concurrent-writer tests
     nbdkit # NBD reference server
     fio # fio's nbd engine for benchmarks/bench_nbd.py
+    openssl # test certificates for pyqemu-nbd's TLS tests
+    libssl-dev # headers to build sslpsk3 (PSK TLS for pyqemu-nbd) from its sdist
 )
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

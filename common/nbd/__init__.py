@@ -27,10 +27,10 @@ API common to both ends (:class:`ServerConnection`, :class:`ClientConnection`)
     The bytes to write for ``msg``; ``send_parts`` leaves READ/WRITE payloads
     uncopied (for ``socket.sendmsg``). Raises :class:`LocalProtocolError` if
     ``msg`` is not allowed in the current state (the engine is then terminal).
-``conn.state``, ``conn.structured``, ``conn.no_zeroes``, ``conn.in_flight``
+``conn.state``, ``conn.structured``, ``conn.no_zeroes``, ``conn.in_flight``, ``conn.buffered``
     The :class:`State`; whether structured replies were negotiated; whether
     NBD_OPT_EXPORT_NAME's reply drops its 124 zero bytes; requests not yet fully
-    answered, by cookie.
+    answered, by cookie; bytes received and not parsed yet.
 
 The client side, step by step
 -----------------------------

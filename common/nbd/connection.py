@@ -335,6 +335,12 @@ class Connection:
         for reading a large WRITE/READ payload straight into one buffer."""
         return max(1, self._want - len(self._buf))
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not parsed yet (a server checks this is 0 after
+        acknowledging NBD_OPT_STARTTLS: nothing may be sent ahead of TLS)."""
+        return len(self._buf)
+
     def next_event(self) -> Event | _NeedData:
         """The next message from the peer, :class:`Closed` at EOF, or NEED_DATA."""
         if self.state is State.ERROR:

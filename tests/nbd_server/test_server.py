@@ -312,7 +312,7 @@ def test_fork_and_pid_file(tmp_path) -> None:
     [
         ([], "Invalid number of arguments"),
         (["-Z", "x"], "invalid option -- 'Z'"),
-        (["--tls-creds=x", "f"], "not supported yet"),
+        (["--tls-creds=x", "f"], "Failed to get TLS creds: No TLS credentials with id 'x'"),
         (["/nonexistent/x"], "Failed to blk_new_open '/nonexistent/x': Could not open"),
     ],
 )
