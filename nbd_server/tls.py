@@ -425,6 +425,7 @@ class TLSStream:
         return 0  # not reached
 
     def recv(self, n: int) -> bytes:
+        n = min(n, 64 * 1024)  # one TLS record holds at most 16 KiB anyway
         buf = bytearray(n)
         got = self.recv_into(memoryview(buf), n)
         del buf[got:]

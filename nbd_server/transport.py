@@ -22,16 +22,17 @@ connection carries out the requests, so a client's in-flight requests overlap
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from ..common.nbd import (
     NEED_DATA,
     Closed,
     Cmd,
+    CmdFlag,
     Greeting,
     NBDError,
     Option,
@@ -206,8 +207,8 @@ def _recv(stream: Stream, conn: ServerConnection, lock: threading.Lock) -> bool:
 
 
 class _Requests:
-    """The transmission phase of one connection: a pool of workers, replies
-    written one request at a time, a bound on requests read ahead."""
+    """The transmission phase of one connection: workers started as needed,
+    replies written one request at a time, a bound on requests read ahead."""
 
     def __init__(self, stream: Stream, conn: ServerConnection, session: Session,
                  lock: threading.Lock) -> None:  # fmt: skip
@@ -219,13 +220,35 @@ class _Requests:
         self.idle = threading.Condition()
         self.busy = 0
         self.failed = False
-        self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="nbd-worker")
+        self.queue: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
+        self.workers: list[threading.Thread] = []
 
     def submit(self, req: Request) -> None:
+        """Run ``req`` inline when it is small (a page-cache hit costs less
+        than a hand-off between threads) or nothing else is queued or running;
+        else on a worker, so large and durable I/O overlaps the reading."""
         self.slots.acquire()
         with self.idle:
             self.busy += 1
-        self.pool.submit(self._run, req)
+            alone = self.busy == 1
+        with self.lock:
+            more = self.conn.buffered > 0
+        heavy = req.length >= BIG or req.cmd == Cmd.FLUSH or bool(req.flags & CmdFlag.FUA)
+        if not heavy or (alone and not more):
+            self._run(req)
+            return
+        if len(self.workers) < WORKERS and self.busy > len(self.workers):
+            t = threading.Thread(target=self._work, name="nbd-worker", daemon=True)
+            self.workers.append(t)
+            t.start()
+        self.queue.put(req)
+
+    def _work(self) -> None:
+        for _ in iter(int, 1):  # until close() sends None
+            req = self.queue.get()
+            if req is None:
+                return
+            self._run(req)
 
     def _run(self, req: Request) -> None:
         try:
@@ -254,7 +277,10 @@ class _Requests:
 
     def close(self) -> None:
         self.drain()
-        self.pool.shutdown(wait=True)
+        for _ in self.workers:
+            self.queue.put(None)
+        for t in self.workers:
+            t.join()
 
 
 def serve_connection(sock: socket.socket, session: Session, tls: Any = None) -> None:
