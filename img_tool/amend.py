@@ -49,7 +49,9 @@ def run(args: list[str]) -> int:
         elif name == "--image-opts":
             image_opts = True
         elif name == "--object":
-            raise CliError("--object is not supported yet by pyqemu-img")
+            from .cli import add_object_cli
+
+            add_object_cli(value or "")
         # --force: only matters for LUKS keyslot changes, which we refuse
     if not o_values:
         raise UsageError("Must specify options (-o)")

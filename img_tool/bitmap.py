@@ -61,7 +61,9 @@ def run(args: list[str]) -> int:
         elif name == "--image-opts":
             image_opts = True
         elif name == "--object":
-            raise CliError("--object is not supported yet by pyqemu-img")
+            from .cli import add_object_cli
+
+            add_object_cli(value or "")
     kinds = {a for a, _ in actions}
     if not actions:
         raise CliError(

@@ -55,7 +55,9 @@ def run(args: list[str]) -> int:
         elif name == "--image-opts":
             image_opts = True
         elif name == "--object":
-            raise CliError("--object is not supported yet by pyqemu-img")
+            from .cli import add_object_cli
+
+            add_object_cli(value or "")
         # -T src_cache: accepted, pyqemu has one cache mode
     if len(operands) != 1:
         raise UsageError("Expecting one image file name")

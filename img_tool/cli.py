@@ -180,6 +180,22 @@ def parse_image_opts(text: str) -> dict[str, Any]:
     return dict(parse_opts(text, implied_key="file"))
 
 
+def add_object_cli(value: str) -> None:
+    """``--object``: define a user-creatable object (a ``secret``), or print
+    ``--object help`` / ``--object secret,help`` and exit."""
+    from ..common.errors import QemuError
+    from ..common.objects import add_object, help_text
+
+    try:
+        text = help_text(value)
+        if text is not None:
+            sys.stdout.write(text)
+            raise SystemExit(0)
+        add_object(value)
+    except QemuError as exc:
+        raise CliError(exc.message) from None
+
+
 def open_image_cli(
     filename: str,
     fmt: str | None = None,
@@ -188,6 +204,7 @@ def open_image_cli(
     writable: bool = False,
     backing: bool = True,
     quiet: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> Any:
     """Open an image as qemu-img's ``img_open`` does, wrapping errors as
     ``Could not open 'x': <inner>`` (a :class:`CliError`)."""
@@ -201,7 +218,9 @@ def open_image_cli(
             opts = parse_image_opts(filename)
             node = open_image(None, None, options=opts, read_only=not writable, backing=backing)
         else:
-            node = open_image(filename, fmt, read_only=not writable, backing=backing)
+            node = open_image(
+                filename, fmt, options=options, read_only=not writable, backing=backing
+            )
     except BlockError as exc:
         raise CliError(f"Could not open '{filename}': {exc.message}") from None
     except QemuError as exc:

@@ -36,7 +36,9 @@ def run(args: list[str]) -> int:
         elif name == "--image-opts":
             image_opts = True
         elif name == "--object":
-            raise CliError("--object is not supported yet by pyqemu-img")
+            from .cli import add_object_cli
+
+            add_object_cli(value or "")
         # -T src_cache and -U: accepted
     if quiet:
         progress = False

@@ -148,7 +148,9 @@ def run(args: list[str]) -> int:
         elif name == "--target-is-zero":
             target_is_zero = True
         elif name == "--object":
-            raise CliError("--object is not supported yet by pyqemu-img")
+            from .cli import add_object_cli
+
+            add_object_cli(value or "")
         elif name in ("--bitmaps", "--skip-broken-bitmaps"):
             bitmap_opts.add(name)
         elif name == "--salvage":
@@ -340,6 +342,8 @@ class Converter:
         if self.compressed and cls is not None:
             if not hasattr(cls, "write_compressed"):
                 raise CliError("Compression not supported for this file format")
+            if opts.get("encrypt.format") or opts.get("encryption") in ("on", "yes", "true"):
+                raise CliError("Compression and encryption not supported at the same time")
             if opts.get("preallocation", "off") != "off":
                 raise CliError("Compression and preallocation not supported at the same time")
         if not skip_create:
@@ -348,7 +352,15 @@ class Converter:
                 cls.create(filename, self.total, opts)
             except QemuError as exc:
                 raise CliError(f"{filename}: error while converting {fmt}: {exc.message}") from None
-        target = open_image_cli(filename, fmt, image_opts=tgt_image_opts, writable=True)
+        # a new image gets the key secrets of its -o options (img_add_key_secrets)
+        secrets = {k: v for k, v in opts.items() if k.endswith("key-secret")}
+        target = open_image_cli(
+            filename,
+            fmt,
+            image_opts=tgt_image_opts,
+            writable=True,
+            options=secrets if secrets and not skip_create else None,
+        )
         self.target = target
         if self.cache == "unsafe":
             _ignore_flushes(target)

@@ -38,7 +38,9 @@ def run(args: list[str]) -> int:
         elif name == "-u":
             unsafe = True
         elif name == "--object":
-            raise CliError("--object is not supported yet by pyqemu-img")
+            from .cli import add_object_cli
+
+            add_object_cli(value or "")
     filename = operands[0] if operands else None
     options = parse_o_options(o_values)
     if is_help_option(options):

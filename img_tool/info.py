@@ -51,7 +51,9 @@ def run(args: list[str]) -> int:
         elif name == "--image-opts":
             image_opts = True
         elif name == "--object":
-            raise CliError("--object is not supported yet by pyqemu-img")
+            from .cli import add_object_cli
+
+            add_object_cli(value or "")
     if len(operands) != 1:
         raise UsageError("Expecting one image file name")
     output = parse_output_format(output)
@@ -78,7 +80,10 @@ def collect_image_info_list(
         if current in seen:
             raise CliError(f"Backing file '{current}' creates an infinite loop.")
         seen.add(current)
-        node = open_image_cli(current, fmt, image_opts=image_opts, backing=False)
+        from ..common.block.crypto import metadata_only
+
+        with metadata_only():  # BDRV_O_NO_IO: an encrypted image opens without its key
+            node = open_image_cli(current, fmt, image_opts=image_opts, backing=False)
         try:
             info = query_image_info(node)
         finally:

@@ -58,7 +58,9 @@ def run(args: list[str]) -> int:
         elif name == "--size":
             size = cvtnum("image size", value or "")
         elif name == "--object":
-            raise CliError("--object is not supported yet by pyqemu-img")
+            from .cli import add_object_cli
+
+            add_object_cli(value or "")
         # -U / --force-share: we take no locks, so sharing is always allowed
     if len(operands) > 1:
         raise CliError("At most one filename argument is allowed.")

@@ -46,7 +46,9 @@ def run(args: list[str]) -> int:
         elif name == "--shrink":
             shrink = True
         elif name == "--object":
-            raise CliError("--object is not supported yet by pyqemu-img")
+            from .cli import add_object_cli
+
+            add_object_cli(value or "")
     if len(operands) != 1:
         raise UsageError("Expecting image file name")
     filename = operands[0]

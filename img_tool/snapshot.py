@@ -38,7 +38,9 @@ def run(args: list[str]) -> int:
         elif opt == "--image-opts":
             image_opts = True
         elif opt == "--object":
-            raise CliError("--object is not supported yet by pyqemu-img")
+            from .cli import add_object_cli
+
+            add_object_cli(value or "")
     if len(operands) != 1:
         raise UsageError("Expecting one image file name")
     filename = operands[0]

@@ -138,6 +138,18 @@ def run(argv: list[str]) -> int:
             if v not in CACHE_MODES:
                 return _fail(f"Invalid cache option: {v}")
             writethrough, no_flush = CACHE_MODES[v]
+        elif o == "object":
+            from ..common.errors import QemuError
+            from ..common.objects import add_object, help_text
+
+            try:
+                text = help_text(v or "")
+                if text is not None:
+                    sys.stdout.write(text)
+                    return 0
+                add_object(v or "")
+            except QemuError as exc:
+                return _fail(exc.message)
         elif o == "V":
             sys.stdout.write(
                 f"{name} version {QEMU_VERSION} (pyqemu {PYQEMU_VERSION})\n{COPYRIGHT}\n"
@@ -146,7 +158,7 @@ def run(argv: list[str]) -> int:
         elif o == "h":
             sys.stdout.write(USAGE.format(prog=name))
             return 0
-        # -m -k -T --object: accepted; they change nothing observable here
+        # -m -k -T: accepted; they change nothing observable here
     if len(operands) > 1:
         sys.stdout.write(USAGE.format(prog=name))
         return 1

@@ -191,6 +191,8 @@ class Qcow2(BlockDriver):
         self.map.cache.before_write = self._before_l2_write
         self.backing_filename = header.backing_file
         self.backing_format = header.backing_format
+        #: encryption (..crypto.qcow2_luks.Crypto) when the header sets crypt_method
+        self.crypto: Any = None
 
     # ------------------------------------------------------------------
     # probe / open
@@ -208,6 +210,10 @@ class Qcow2(BlockDriver):
             drv.no_flush = True
             drv.refs.sync = lambda: None
         drv._validate_and_load()
+        if hdr.crypt_method:
+            from ..crypto.qcow2_luks import open_crypto
+
+            drv.crypto = open_crypto(drv, options, read_only)
         if not read_only:
             drv._open_rw_fixups()
             from .bitmap import open_bitmaps
@@ -413,8 +419,10 @@ class Qcow2(BlockDriver):
     def _check_usable(self) -> None:
         if self._broken:
             raise ImageCorrupt("Image is corrupt")
-        if self.header.crypt_method:
-            raise UnsupportedFeature("qcow2 encryption is not supported yet")
+        if self.header.crypt_method and (self.crypto is None or self.crypto.missing):
+            raise UnsupportedFeature(
+                self.crypto.missing if self.crypto else "qcow2 encryption is not set up"
+            )
 
     def _metadata_sets(self) -> tuple[set[int], set[int]]:
         """Host offsets of the L2 tables and refcount blocks, kept up to date cheaply."""
@@ -465,11 +473,20 @@ class Qcow2(BlockDriver):
     def lazy_refcounts(self) -> bool:
         return bool(self.header.compatible_features & Compat.LAZY_REFCOUNTS)
 
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.header.crypt_method)
+
     def specific_info(self) -> dict[str, Any]:
         hdr = self.header
         ctype = "zstd" if hdr.compression_type == CompressionType.ZSTD else "zlib"
         if hdr.version < 3:
-            return {"compat": "0.10", "compression-type": ctype, "refcount-bits": hdr.refcount_bits}
+            v2 = {"compat": "0.10", "compression-type": ctype, "refcount-bits": hdr.refcount_bits}
+            if self.crypto is not None:
+                from ..crypto.qcow2_luks import info as crypto_info
+
+                v2["encrypt"] = crypto_info(self.crypto)
+            return v2
         info: dict[str, Any] = {
             "compat": "1.1",
             "compression-type": ctype,
@@ -482,6 +499,10 @@ class Qcow2(BlockDriver):
         if hdr.data_file is not None:
             info["data-file"] = hdr.data_file
             info["data-file-raw"] = bool(hdr.autoclear_features & Autoclear.DATA_FILE_RAW)
+        if self.crypto is not None:
+            from ..crypto.qcow2_luks import info as crypto_info
+
+            info["encrypt"] = crypto_info(self.crypto)
         info["corrupt"] = bool(hdr.incompatible_features & Incompat.CORRUPT)
         info["extended-l2"] = self.extended
         return info
@@ -650,9 +671,17 @@ class Qcow2(BlockDriver):
         self._check_range(offset, len(buf))
         self._read_into(offset, buf)
 
-    def _read_into(self, offset: int, out: memoryview) -> None:
+    def _read_into(self, offset: int, out: memoryview, aligned: bool = False) -> None:
         """Guest read of ``len(out)`` bytes at ``offset``; ``out`` must start zeroed
         or be fully overwritten (unallocated and zero runs are filled here)."""
+        if self.crypto is not None and not aligned and (offset | len(out)) & 511:
+            # encrypted data is read in whole 512-byte sectors
+            a = offset & ~511
+            b = min((offset + len(out) + 511) & ~511, max(self.total_size, offset + len(out)))
+            whole = bytearray(b - a)
+            self._read_into(a, memoryview(whole), True)
+            out[:] = whole[offset - a : offset - a + len(out)]
+            return
         length = len(out)
         pos = 0
         file = self.file
@@ -671,6 +700,8 @@ class Qcow2(BlockDriver):
                         readinto(run.host, view)
                     else:
                         view[:] = file.read(run.host, run.length)
+                    if self.crypto is not None:
+                        view[:] = self.crypto.decrypt(run.host, view)
                 elif kind in (UNALLOC, UNALLOC_ALLOC):
                     if self.backing is None:
                         view[:] = _zeros(run.length)
@@ -743,6 +774,16 @@ class Qcow2(BlockDriver):
             self._check_usable()
             if self._inflight:
                 self._wait_inflight(offset, length)
+            if self.crypto is not None and (offset | length) & 511:
+                # read-modify-write of the partial 512-byte sectors
+                a = offset & ~511
+                b = min((offset + length + 511) & ~511, max(self.total_size, offset + length))
+                mv = memoryview(
+                    self._read_guest(a, offset - a)
+                    + bytes(mv)
+                    + self._read_guest(offset + length, b - offset - length)
+                )
+                offset, length = a, b - a
             pos = 0
             while pos < length:
                 start = offset + pos
@@ -864,7 +905,10 @@ class Qcow2(BlockDriver):
         for host, parts in segments:
             self.file.debug_event("write_aio")
             bufs = [data[p[0] : p[1]] if type(p) is tuple else p for p in parts]
-            self.file.write(host, bufs[0] if len(bufs) == 1 else b"".join(bufs))
+            buf = bufs[0] if len(bufs) == 1 else b"".join(bufs)
+            if self.crypto is not None:
+                buf = self.crypto.encrypt(host, buf)
+            self.file.write(host, buf)
         # L2 updates; a cluster rewritten in place leaves its table clean, as in
         # QEMU (no L2 write at the next flush)
         changed = False
@@ -987,7 +1031,10 @@ class Qcow2(BlockDriver):
                 raise InvalidRequest("complete_write: data does not match the reservation")
             for pos, host, n in extents:
                 file.debug_event("write_aio")
-                file.write(host, mv[pos - offset : pos - offset + n])
+                chunk = mv[pos - offset : pos - offset + n]
+                if self.crypto is not None:
+                    chunk = memoryview(self.crypto.encrypt(host, chunk))
+                file.write(host, chunk)
         except BaseException:
             self.cancel_write(extents)
             raise
@@ -1070,6 +1117,8 @@ class Qcow2(BlockDriver):
         self._check_writable()
         if offset & (self.cs - 1):
             raise InvalidRequest("Compressed writes must be cluster aligned")
+        if self.crypto is not None:  # QEMU has no encrypted compressed clusters
+            raise BlockError("Input/output error", errno.EIO)
         if length != self.cs and offset + length != self.total_size:
             raise InvalidRequest("Compressed writes must cover a whole cluster")
 
@@ -1080,6 +1129,8 @@ class Qcow2(BlockDriver):
         self._check_writable()
         if offset & (self.cs - 1):
             raise InvalidRequest("Compressed writes must be cluster aligned")
+        if self.crypto is not None:
+            raise BlockError("Input/output error", errno.EIO)
         if self.bitmaps is not None:
             self.bitmaps.mark(offset, min(self.cs, self.total_size - offset))
         m = self.map
@@ -1269,6 +1320,10 @@ class Qcow2(BlockDriver):
             run: Run = self.map.map(offset, length)[0]
         kind = run.kind
         n = run.length
+        if self.crypto is not None and kind in (NORMAL, ZERO_ALLOC, UNALLOC_ALLOC):
+            # encrypted data has no usable host offset (qcow2_co_block_status)
+            flags = {NORMAL: Status.DATA, ZERO_ALLOC: Status.ZERO}.get(kind, Status.NONE)
+            return StatusRun(n, flags)
         if kind == NORMAL:
             return StatusRun(n, Status.DATA | Status.OFFSET_VALID, run.host, self.file)
         if kind == ZERO_ALLOC:
@@ -1512,8 +1567,17 @@ class Qcow2(BlockDriver):
                 pairs.append((name, str(value)))
 
         opt("encryption")
-        for key in sorted(k for k in options if k.startswith("encrypt.")):
-            pairs.append((key, str(options[key])))
+        for name in (
+            "format",
+            "key-secret",
+            "cipher-alg",
+            "cipher-mode",
+            "ivgen-alg",
+            "ivgen-hash-alg",
+            "hash-alg",
+            "iter-time",
+        ):
+            opt("encrypt." + name)
         try:
             cluster = _size_opt(options, "cluster_size")
         except BlockError:
@@ -1593,6 +1657,10 @@ class Qcow2(BlockDriver):
                 if p["backing_fmt"]:
                     drv.header.set_extension(Ext.BACKING_FORMAT, p["backing_fmt"].encode())
                 drv._write_header()
+            if p["encrypt"] is not None:
+                from ..crypto.qcow2_luks import set_up_encryption
+
+                set_up_encryption(drv, p["encrypt"])
         finally:
             drv.close()
 
@@ -1605,12 +1673,9 @@ def _zeros(n: int) -> bytes | memoryview:
 
 def _parse_create_options(size: int, options: dict[str, Any]) -> dict[str, Any]:
     """Validate qemu-img's -o options for qcow2 with QEMU's messages."""
-    if options.get("encryption") not in (None, "") and parse_bool(
-        options["encryption"], "encryption"
-    ):
-        raise UnsupportedFeature("qcow2 encryption is not supported yet")
-    if any(k.startswith("encrypt.") for k in options):
-        raise UnsupportedFeature("qcow2 encryption is not supported yet")
+    from ..crypto.qcow2_luks import parse_create_options as parse_encrypt
+
+    encrypt = parse_encrypt(options)
     if options.get("data_file") or (
         options.get("data_file_raw") not in (None, "")
         and parse_bool(options["data_file_raw"], "data_file_raw")
@@ -1688,4 +1753,5 @@ def _parse_create_options(size: int, options: dict[str, Any]) -> dict[str, Any]:
         "preallocation": prealloc,
         "backing_file": backing_file,
         "backing_fmt": backing_fmt,
+        "encrypt": encrypt,
     }

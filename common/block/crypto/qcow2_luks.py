@@ -1,0 +1,183 @@
+"""qcow2's full disk encryption (QEMU's block/qcow2.c: qcow2_update_options_prepare,
+qcow2_set_up_encryption, the crypto header read/init/write functions).
+
+A qcow2 image with ``crypt_method = 2`` keeps a LUKS header in clusters named
+by the "full disk encryption header" extension (offset and length, spec
+section "Full disk encryption header pointer"). Guest data clusters hold the
+LUKS payload: each 512-byte sector is encrypted with the IV of its *host*
+sector number (QEMU's ``crypt_physical_offset``).
+
+The qcow2 driver calls in here through small hooks: :func:`open_crypto` on
+open, :func:`parse_create_options` and :func:`set_up_encryption` on create,
+:func:`info` for ``qemu-img info``.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from typing import Any
+
+from ..errors import BlockError, UnsupportedFeature
+
+#: the "full disk encryption header pointer" extension: offset, length
+CRYPTO_EXT = struct.Struct(">QQ")
+#: an internal open option: open for metadata only (qemu-img info's BDRV_O_NO_IO)
+NO_IO_OPTION = "x-pyqemu-no-io"
+CRYPT_AES = 1
+CRYPT_LUKS = 2
+_FORMAT_NAMES = {CRYPT_AES: "aes", CRYPT_LUKS: "luks"}
+
+
+class Crypto:
+    """The encryption state of an open qcow2 image."""
+
+    def __init__(self, method: int, volume: Any, missing: str | None) -> None:
+        self.method = method
+        self.volume = volume
+        #: why I/O is impossible (no key given: opened for metadata only)
+        self.missing = missing
+
+    @property
+    def cipher(self) -> Any:
+        if self.volume is None or self.volume.cipher is None:
+            raise BlockError(self.missing or "Image is encrypted", errno.EACCES)
+        return self.volume.cipher
+
+    def encrypt(self, host_offset: int, data: Any) -> bytes:
+        return self.cipher.encrypt(host_offset, data)
+
+    def decrypt(self, host_offset: int, data: Any) -> bytes:
+        return self.cipher.decrypt(host_offset, data)
+
+
+def _read_ext_region(file: Any, ext_data: bytes) -> tuple[int, int]:
+    if len(ext_data) < CRYPTO_EXT.size:
+        raise BlockError("Invalid encryption header extension", errno.EINVAL)
+    return CRYPTO_EXT.unpack_from(ext_data)
+
+
+def open_crypto(drv: Any, options: dict[str, Any], read_only: bool) -> Crypto:
+    """Open the encryption layer of qcow2 node ``drv`` (its header says crypt_method)."""
+    from ...objects import secret_utf8
+
+    method = drv.header.crypt_method
+    fmt = options.get("encrypt.format")
+    if fmt not in (None, "") and fmt != _FORMAT_NAMES.get(method):
+        if fmt not in ("aes", "luks"):
+            raise BlockError(f"Parameter 'encrypt.format' does not accept value '{fmt}'")
+        raise BlockError(
+            f"Header reported '{_FORMAT_NAMES.get(method)}' encryption format but "
+            f"options specify '{fmt}'"
+        )
+    from . import METADATA_ONLY
+
+    no_io = str(options.get(NO_IO_OPTION, "off")) == "on" or METADATA_ONLY.get()
+    if method == CRYPT_AES:
+        if no_io:
+            return Crypto(method, None, "qcow2 legacy AES encryption is not supported by pyqemu")
+        raise UnsupportedFeature(
+            "qcow2 legacy AES encryption (crypt_method 1) is not supported by pyqemu"
+        )
+    from ..qcow2.layout import Ext
+    from . import luks
+
+    ext = drv.header.extension(Ext.CRYPTO)
+    if ext is None:
+        raise BlockError("Could not find LUKS header extension", errno.EINVAL)
+    offset, length = _read_ext_region(drv.file, ext.data)
+
+    def read(pos: int, n: int) -> bytes:
+        if pos + n > length:
+            raise BlockError("Request for data outside of extension header", errno.EINVAL)
+        return drv.file.read(offset + pos, n)
+
+    secret_id = options.get("encrypt.key-secret")
+    if secret_id in (None, ""):
+        missing = "Parameter 'encrypt.key-secret' is required for cipher"
+        if not no_io:
+            raise BlockError(missing, errno.EINVAL)
+        return Crypto(method, luks.Volume.open(read, None), missing)
+    password = secret_utf8(str(secret_id))
+    return Crypto(method, luks.Volume.open(read, password), None)
+
+
+def parse_create_options(options: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``encrypt.*`` / ``encryption`` create options, checked: None for an
+    unencrypted image, else ``{"params": Params, "password": bytes, "iter_time": ms}``."""
+    from ...objects import secret_utf8
+    from ...options import parse_bool
+
+    enc = {k[len("encrypt.") :]: v for k, v in options.items() if k.startswith("encrypt.")}
+    legacy = options.get("encryption") not in (None, "") and parse_bool(
+        options["encryption"], "encryption"
+    )
+    fmt = enc.pop("format", None)
+    if legacy:
+        if fmt not in (None, "", "aes"):
+            raise BlockError("Options " + "'encryption' and 'encrypt.format' are incompatible")
+        fmt = "aes"
+    if fmt in (None, ""):
+        if enc:
+            raise BlockError("Parameter 'encrypt.format' is missing")
+        return None
+    if fmt not in ("aes", "luks"):
+        raise BlockError(f"Parameter 'format' does not accept value '{fmt}'")
+    if fmt == "aes":
+        raise UnsupportedFeature(
+            "qcow2 legacy AES encryption is not supported by pyqemu (use encrypt.format=luks)"
+        )
+    for key in enc:
+        if key not in (
+            "key-secret",
+            "cipher-alg",
+            "cipher-mode",
+            "ivgen-alg",
+            "ivgen-hash-alg",
+            "hash-alg",
+            "iter-time",
+        ):
+            raise BlockError(f"Parameter 'encrypt.{key}' is unexpected")
+    iter_time = 2000
+    if enc.get("iter-time") not in (None, ""):
+        try:
+            iter_time = int(str(enc["iter-time"]), 0)
+        except ValueError:
+            raise BlockError("Parameter 'encrypt.iter-time' expects a number") from None
+        if iter_time <= 0:
+            raise BlockError("Parameter 'encrypt.iter-time' must be positive")
+    from . import luks
+
+    params = luks.params_from_options(enc)
+    secret_id = enc.get("key-secret")
+    if secret_id in (None, ""):
+        raise BlockError("Parameter 'encrypt.key-secret' is required for cipher")
+    password = secret_utf8(str(secret_id))
+    return {"params": params, "password": password, "iter_time": iter_time}
+
+
+def set_up_encryption(drv: Any, spec: dict[str, Any]) -> None:
+    """Write a new LUKS header into freshly allocated clusters of ``drv`` and
+    point the header at it (qcow2_set_up_encryption); the image is unlocked."""
+    from ..qcow2.layout import Ext
+    from . import luks
+
+    volume, area = luks.Volume.create(spec["params"], spec["password"], spec["iter_time"])
+    cs = drv.cs
+    length = len(area)
+    clusters = -(-length // cs) * cs
+    offset = drv.refs.alloc_clusters(clusters)
+    drv._write_metadata(sync=True)
+    drv.file.write(offset, area + bytes(clusters - length))
+    drv.header.crypt_method = CRYPT_LUKS
+    drv.header.set_extension(Ext.CRYPTO, CRYPTO_EXT.pack(offset, length))
+    drv._write_header()
+    drv.crypto = Crypto(CRYPT_LUKS, volume, None)
+
+
+def info(crypto: Crypto) -> dict[str, Any]:
+    """``encrypt`` of ImageInfoSpecificQCow2 (QAPI order: format first)."""
+    out: dict[str, Any] = {"format": _FORMAT_NAMES.get(crypto.method, "aes")}
+    if crypto.method == CRYPT_LUKS and crypto.volume is not None:
+        out.update(crypto.volume.info())
+    return out
