@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import errno
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..getopt import getopt
 from ..report import (
@@ -16,6 +17,7 @@ from ..report import (
     out,
     parse_pattern,
     print_report,
+    report_text,
 )
 from . import command, find_command
 
@@ -66,6 +68,136 @@ def bad_option(name: str, message: str | None) -> int:
     """getopt's message on stderr, then the command's usage line."""
     err(f"{message}\n")
     return _usage(name)
+
+
+class _Stop(Exception):
+    """Ends a command early with ``code`` (any message already printed)."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def _stops(func):  # type: ignore[no-untyped-def]
+    """Let a handler end with :class:`_Stop` (its code is the return value)."""
+
+    def handler(s: Session, argv: list[str]) -> int:
+        try:
+            return func(s, argv)
+        except _Stop as stop:
+            return stop.code
+
+    return handler
+
+
+def _options(
+    name: str,
+    argv: list[str],
+    shortopts: str,
+    values: dict[str, Callable[[str], Any]] | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """A command's options, in order: {letter: True, or its converted argument}.
+
+    ``values`` maps a letter to the converter of its argument; a bad number
+    stops the command with its errno, any other ValueError with -EINVAL, and a
+    bad option with getopt's message and the usage line.
+    """
+    opts, rest = _parse(argv, shortopts)
+    found: dict[str, Any] = {}
+    for o, v in opts:
+        if o == "?":
+            raise _Stop(bad_option(name, v))
+        convert = values.get(o) if values else None
+        if convert is None:
+            found[o] = True
+            continue
+        try:
+            found[o] = convert(v or "")
+        except NumberError as exc:
+            raise _Stop(-exc.errno) from None
+        except ValueError:
+            raise _Stop(EINVAL) from None
+    return found, rest
+
+
+def _invalid_request(kind: str) -> Callable[[str], Any]:
+    """The ``-i`` of the aio commands: say so and end the command with 0."""
+
+    def inject(_value: str) -> Any:
+        out("injecting invalid %s request\n" % kind)
+        raise _Stop(0)
+
+    return inject
+
+
+def _offset_count(rest: list[str]) -> tuple[int, int]:
+    """``off len``."""
+    try:
+        return cvtnum(rest[0]), cvtnum(rest[1])
+    except NumberError as exc:
+        raise _Stop(-exc.errno) from None
+
+
+def _offset_vector(rest: list[str]) -> tuple[int, int]:
+    """``off len [len..]``: the offset and the total length."""
+    try:
+        offset = cvtnum(rest[0])
+    except NumberError as exc:
+        raise _Stop(-exc.errno) from None
+    sizes = create_iovec(rest[1:])
+    if sizes is None:
+        raise _Stop(EINVAL)
+    return offset, sum(sizes)
+
+
+def _check_sectors(offset: int, count: int) -> None:
+    """VM state and compressed requests: both must be sector-aligned."""
+    if offset % 512:
+        out("%d is not a sector-aligned value for 'offset'\n" % offset)
+        raise _Stop(EINVAL)
+    if count % 512:
+        out("%d is not a sector-aligned value for 'count'\n" % count)
+        raise _Stop(EINVAL)
+
+
+def _pread(blk: Any, offset: int, count: int) -> tuple[int, bytearray]:
+    """(0, data) or (positive errno, empty)."""
+    try:
+        return 0, blk.pread(offset, count)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes an errno
+        return error_code(exc), bytearray()
+
+
+def _read_text(
+    buf: bytearray,
+    offset: int,
+    count: int,
+    seconds: float,
+    f: dict[str, Any],
+    check: tuple[int, int] | None = None,
+) -> tuple[str, int]:
+    """What a read prints after its data came back, and its return value.
+
+    With ``-P`` (``f["P"]``, the pattern) the ``check`` range (start, length
+    in ``buf``; default all of it) is verified; ``-q``, ``-v``, ``-C`` as read.
+    """
+    text = []
+    ret = 0
+    if "P" in f:
+        start, length = check or (0, count)
+        if start or length != len(buf):
+            checked: bytes | bytearray = buf[start : start + length]
+        else:
+            checked = buf
+        if not matches_pattern(checked, f["P"]):
+            text.append(
+                "Pattern verification failed at offset %d, %d bytes\n" % (offset + start, length)
+            )
+            ret = EINVAL
+    if "q" not in f:
+        if "v" in f:
+            text.append(dump_buffer(buf, offset))
+        text.append(report_text("read", seconds, offset, count, count, 1, "C" in f))
+    return "".join(text), ret
 
 
 def pattern_buffer(pattern: int, length: int) -> bytes:
@@ -119,85 +251,36 @@ READ_HELP = """
     oneline="reads a number of bytes at a specified offset",
     help=READ_HELP,
 )
+@_stops
 def read_f(s: Session, argv: list[str]) -> int:
-    opts, rest = _parse(argv, "bCl:pP:qs:v")
-    flag = {"b": False, "C": False, "q": False, "v": False, "P": False, "s": False, "l": False}
-    pattern = pattern_offset = pattern_count = 0
-    try:
-        for o, v in opts:
-            if o == "?":
-                return bad_option("read", v)
-            if o == "l":
-                flag["l"] = True
-                pattern_count = cvtnum(v or "")
-            elif o == "P":
-                flag["P"] = True
-                pattern = parse_pattern(v or "")
-            elif o == "s":
-                flag["s"] = True
-                pattern_offset = cvtnum(v or "")
-            elif o in flag:
-                flag[o] = True
-    except NumberError as exc:
-        return -exc.errno
-    except ValueError:
-        return EINVAL
+    f, rest = _options("read", argv, "bCl:pP:qs:v", {"l": cvtnum, "P": parse_pattern, "s": cvtnum})
     if len(rest) != 2:
         return _usage("read")
-    try:
-        offset = cvtnum(rest[0])
-        count = cvtnum(rest[1])
-    except NumberError as exc:
-        return -exc.errno
+    offset, count = _offset_count(rest)
     if count > REQUEST_MAX_BYTES:
         out("length cannot exceed %d, given %s\n" % (REQUEST_MAX_BYTES, rest[1]))
         return EINVAL
-    if not flag["P"] and (flag["l"] or flag["s"]):
+    if "P" not in f and ("l" in f or "s" in f):
         return _usage("read")
-    if not flag["l"]:
-        pattern_count = count - pattern_offset
+    pattern_offset = f.get("s", 0)
+    pattern_count = f.get("l", count - pattern_offset)
     if pattern_count < 0 or pattern_count + pattern_offset > count:
         out("pattern verification range exceeds end of read data\n")
         return EINVAL
-    if flag["b"]:
-        if offset % 512:
-            out("%d is not a sector-aligned value for 'offset'\n" % offset)
-            return EINVAL
-        if count % 512:
-            out("%d is not a sector-aligned value for 'count'\n" % count)
-            return EINVAL
+    if "b" in f:
+        _check_sectors(offset, count)
     assert s.blk is not None
     t1 = time.monotonic()
-    buf = bytearray()
-    if flag["b"]:
-        code = errno.ENOTSUP  # no driver of ours stores VM state
+    if "b" in f:
+        code, buf = errno.ENOTSUP, bytearray()  # no driver of ours stores VM state
     else:
-        try:
-            buf = s.blk.pread(offset, count)
-            code = 0
-        except Exception as exc:  # noqa: BLE001 - every failure becomes an errno
-            code = error_code(exc)
+        code, buf = _pread(s.blk, offset, count)
     t2 = time.monotonic()
     if code:
         out("read failed: %s\n" % strerror(code))
         return -code
-    ret = 0
-    if flag["P"]:
-        if pattern_offset or pattern_count != len(buf):
-            checked: bytes | bytearray = buf[pattern_offset : pattern_offset + pattern_count]
-        else:
-            checked = buf
-        if not matches_pattern(checked, pattern):
-            out(
-                "Pattern verification failed at offset %d, %d bytes\n"
-                % (offset + pattern_offset, pattern_count)
-            )
-            ret = EINVAL
-    if flag["q"]:
-        return ret
-    if flag["v"]:
-        out(dump_buffer(buf, offset))
-    print_report("read", t2 - t1, offset, count, count, 1, flag["C"])
+    text, ret = _read_text(buf, offset, count, t2 - t1, f, (pattern_offset, pattern_count))
+    out(text)
     return ret
 
 
@@ -250,55 +333,21 @@ READV_HELP = """
     oneline="reads a number of bytes at a specified offset",
     help=READV_HELP,
 )
+@_stops
 def readv_f(s: Session, argv: list[str]) -> int:
-    opts, rest = _parse(argv, "CP:qv")
-    cflag = qflag = vflag = pflag = False
-    pattern = 0
-    for o, v in opts:
-        if o == "?":
-            return bad_option("readv", v)
-        if o == "C":
-            cflag = True
-        elif o == "P":
-            pflag = True
-            try:
-                pattern = parse_pattern(v or "")
-            except ValueError:
-                return EINVAL
-        elif o == "q":
-            qflag = True
-        elif o == "v":
-            vflag = True
+    f, rest = _options("readv", argv, "CP:qv", {"P": parse_pattern})
     if len(rest) < 2:
         return _usage("readv")
-    try:
-        offset = cvtnum(rest[0])
-    except NumberError as exc:
-        return -exc.errno
-    sizes = create_iovec(rest[1:])
-    if sizes is None:
-        return EINVAL
-    count = sum(sizes)
+    offset, count = _offset_vector(rest)
     assert s.blk is not None
     t1 = time.monotonic()
-    try:
-        buf = s.blk.pread(offset, count)
-        code = 0
-    except Exception as exc:  # noqa: BLE001
-        code, buf = error_code(exc), bytearray()
+    code, buf = _pread(s.blk, offset, count)
     t2 = time.monotonic()
     if code:
         out("readv failed: %s\n" % strerror(code))
         return -code
-    ret = 0
-    if pflag and not matches_pattern(buf, pattern):
-        out("Pattern verification failed at offset %d, %d bytes\n" % (offset, count))
-        ret = EINVAL
-    if qflag:
-        return ret
-    if vflag:
-        out(dump_buffer(buf, offset))
-    print_report("read", t2 - t1, offset, count, count, 1, cflag)
+    text, ret = _read_text(buf, offset, count, t2 - t1, f)
+    out(text)
     return ret
 
 
@@ -353,86 +402,58 @@ def _buffer_from_file(name: str, length: int) -> bytes | None:
     help=WRITE_HELP,
     write=True,
 )
+@_stops
 def write_f(s: Session, argv: list[str]) -> int:
-    opts, rest = _parse(argv, "bcCfnpP:qs:uz")
-    f = dict.fromkeys("bcCfnPqsuz", False)
-    pattern = 0xCD
-    source = ""
-    for o, v in opts:
-        if o == "?":
-            return bad_option("write", v)
-        if o == "P":
-            f["P"] = True
-            try:
-                pattern = parse_pattern(v or "")
-            except ValueError:
-                return EINVAL
-        elif o == "s":
-            f["s"] = True
-            source = v or ""
-        elif o in f:
-            f[o] = True
+    f, rest = _options("write", argv, "bcCfnpP:qs:uz", {"P": parse_pattern, "s": str})
     if len(rest) != 2:
         return _usage("write")
-    if f["b"] and f["z"]:
+    if "b" in f and "z" in f:
         out("-b and -z cannot be specified at the same time\n")
         return EINVAL
-    if f["f"] and (f["b"] or f["c"]):
+    if "f" in f and ("b" in f or "c" in f):
         out("-f and -b or -c cannot be specified at the same time\n")
         return EINVAL
-    if f["n"] and not f["z"]:
+    if "n" in f and "z" not in f:
         out("-n requires -z to be specified\n")
         return EINVAL
-    if f["u"] and not f["z"]:
+    if "u" in f and "z" not in f:
         out("-u requires -z to be specified\n")
         return EINVAL
-    if f["z"] + f["P"] + f["s"] > 1:
+    if ("z" in f) + ("P" in f) + ("s" in f) > 1:
         out("Only one of -z, -P, and -s can be specified at the same time\n")
         return EINVAL
-    try:
-        offset = cvtnum(rest[0])
-        count = cvtnum(rest[1])
-    except NumberError as exc:
-        return -exc.errno
-    if count > REQUEST_MAX_BYTES and not f["n"]:
+    offset, count = _offset_count(rest)
+    if count > REQUEST_MAX_BYTES and "n" not in f:
         out("length cannot exceed %d without -n, given %s\n" % (REQUEST_MAX_BYTES, rest[1]))
         return EINVAL
-    if f["b"] or f["c"]:
-        if offset % 512:
-            out("%d is not a sector-aligned value for 'offset'\n" % offset)
-            return EINVAL
-        if count % 512:
-            out("%d is not a sector-aligned value for 'count'\n" % count)
-            return EINVAL
+    if "b" in f or "c" in f:
+        _check_sectors(offset, count)
+    pattern = f.get("P", 0xCD)
+    fua = "f" in f
     buf: bytes | None = None
-    if f["s"]:
-        buf = _buffer_from_file(source, count)
+    if "s" in f:
+        buf = _buffer_from_file(f["s"], count)
         if buf is None:
             return EINVAL
-    elif f["c"]:
+    elif "c" in f:
         buf = pattern_buffer(pattern, count)
     blk = s.blk
     assert blk is not None
     t1 = time.monotonic()
-    if f["b"]:
+    if "b" in f:
         code = errno.ENOTSUP  # no driver of ours stores VM state
-    elif f["z"]:
-        code = _run(blk.pwrite_zeroes, offset, count, may_unmap=f["u"], fua=f["f"])
-    elif f["c"]:
+    elif "z" in f:
+        code = _run(blk.pwrite_zeroes, offset, count, may_unmap="u" in f, fua=fua)
+    elif "c" in f:
         assert buf is not None
         code = _run(blk.pwrite_compressed, offset, buf)
-    elif f["s"]:
+    elif "s" in f:
         assert buf is not None
-        code = _run(blk.pwrite, offset, buf, f["f"])
+        code = _run(blk.pwrite, offset, buf, fua)
     else:
-        code = _run(blk.pwrite_pattern, offset, pattern, count, f["f"])
+        code = _run(blk.pwrite_pattern, offset, pattern, count, fua)
     t2 = time.monotonic()
-    if code:
-        out("write failed: %s\n" % strerror(code))
-        return -code
-    if not f["q"]:
-        print_report("wrote", t2 - t1, offset, count, count, 1, f["C"])
-    return 0
+    return _write_done("write", code, t2 - t1, offset, count, f)
 
 
 WRITEV_HELP = """
@@ -460,43 +481,28 @@ WRITEV_HELP = """
     help=WRITEV_HELP,
     write=True,
 )
+@_stops
 def writev_f(s: Session, argv: list[str]) -> int:
-    opts, rest = _parse(argv, "CfqP:")
-    cflag = qflag = fua = False
-    pattern = 0xCD
-    for o, v in opts:
-        if o == "?":
-            return bad_option("writev", v)
-        if o == "C":
-            cflag = True
-        elif o == "f":
-            fua = True
-        elif o == "q":
-            qflag = True
-        elif o == "P":
-            try:
-                pattern = parse_pattern(v or "")
-            except ValueError:
-                return EINVAL
+    f, rest = _options("writev", argv, "CfqP:", {"P": parse_pattern})
     if len(rest) < 2:
         return _usage("writev")
-    try:
-        offset = cvtnum(rest[0])
-    except NumberError as exc:
-        return -exc.errno
-    sizes = create_iovec(rest[1:])
-    if sizes is None:
-        return EINVAL
-    count = sum(sizes)
+    offset, count = _offset_vector(rest)
     assert s.blk is not None
     t1 = time.monotonic()
-    code = _run(s.blk.pwrite, offset, pattern_buffer(pattern, count), fua)
+    code = _run(s.blk.pwrite, offset, pattern_buffer(f.get("P", 0xCD), count), "f" in f)
     t2 = time.monotonic()
+    return _write_done("writev", code, t2 - t1, offset, count, f)
+
+
+def _write_done(
+    name: str, code: int, seconds: float, offset: int, count: int, f: dict[str, Any]
+) -> int:
+    """Print a finished write's failure or report (unless ``-q``)."""
     if code:
-        out("writev failed: %s\n" % strerror(code))
+        out("%s failed: %s\n" % (name, strerror(code)))
         return -code
-    if not qflag:
-        print_report("wrote", t2 - t1, offset, count, count, 1, cflag)
+    if "q" not in f:
+        print_report("wrote", seconds, offset, count, count, 1, "C" in f)
     return 0
 
 
@@ -539,61 +545,23 @@ AIO_READ_HELP = """
     oneline="asynchronously reads a number of bytes",
     help=AIO_READ_HELP,
 )
+@_stops
 def aio_read_f(s: Session, argv: list[str]) -> int:
-    opts, rest = _parse(argv, "CiP:qv")
-    cflag = qflag = vflag = pflag = False
-    pattern = 0
-    for o, v in opts:
-        if o == "?":
-            return bad_option("aio_read", v)
-        if o == "C":
-            cflag = True
-        elif o == "P":
-            pflag = True
-            try:
-                pattern = parse_pattern(v or "")
-            except ValueError:
-                return EINVAL
-        elif o == "i":
-            out("injecting invalid read request\n")
-            return 0
-        elif o == "q":
-            qflag = True
-        elif o == "v":
-            vflag = True
+    values = {"P": parse_pattern, "i": _invalid_request("read")}
+    f, rest = _options("aio_read", argv, "CiP:qv", values)
     if len(rest) < 2:
         return _usage("aio_read")
-    try:
-        offset = cvtnum(rest[0])
-    except NumberError as exc:
-        return -exc.errno
-    sizes = create_iovec(rest[1:])
-    if sizes is None:
-        return EINVAL
-    count = sum(sizes)
+    offset, count = _offset_vector(rest)
     blk = s.blk
     assert blk is not None
     t1 = time.monotonic()
 
     def work() -> str:
-        try:
-            buf = blk.pread(offset, count)
-            code = 0
-        except Exception as exc:  # noqa: BLE001
-            code, buf = error_code(exc), bytearray()
+        code, buf = _pread(blk, offset, count)
         t2 = time.monotonic()
         if code:
             return "readv failed: %s\n" % strerror(code)
-        text = []
-        if pflag and not matches_pattern(buf, pattern):
-            text.append("Pattern verification failed at offset %d, %d bytes\n" % (offset, count))
-        if not qflag:
-            if vflag:
-                text.append(dump_buffer(buf, offset))
-            from ..report import report_text
-
-            text.append(report_text("read", t2 - t1, offset, count, count, 1, cflag))
-        return "".join(text)
+        return _read_text(buf, offset, count, t2 - t1, f)[0]
 
     _start_aio(s, work)
     return 0
@@ -633,77 +601,45 @@ AIO_WRITE_HELP = """
     help=AIO_WRITE_HELP,
     write=True,
 )
+@_stops
 def aio_write_f(s: Session, argv: list[str]) -> int:
-    opts, rest = _parse(argv, "CfiqP:uz")
-    cflag = qflag = fua = unmap = zflag = False
-    pattern = 0xCD
-    for o, v in opts:
-        if o == "?":
-            return bad_option("aio_write", v)
-        if o == "C":
-            cflag = True
-        elif o == "f":
-            fua = True
-        elif o == "q":
-            qflag = True
-        elif o == "u":
-            unmap = True
-        elif o == "P":
-            try:
-                pattern = parse_pattern(v or "")
-            except ValueError:
-                return EINVAL
-        elif o == "i":
-            out("injecting invalid write request\n")
-            return 0
-        elif o == "z":
-            zflag = True
+    values = {"P": parse_pattern, "i": _invalid_request("write")}
+    f, rest = _options("aio_write", argv, "CfiqP:uz", values)
     if len(rest) < 2:
         return _usage("aio_write")
+    zflag, fua = "z" in f, "f" in f
     if zflag and len(rest) != 2:
         out("-z supports only a single length parameter\n")
         return EINVAL
-    if unmap and not zflag:
+    if "u" in f and not zflag:
         out("-u requires -z to be specified\n")
         return EINVAL
     # (qemu-io 7.2 never sets Pflag here, so "-z and -P" is not checked)
-    try:
-        offset = cvtnum(rest[0])
-    except NumberError as exc:
-        return -exc.errno
     blk = s.blk
     assert blk is not None
     if zflag:
-        try:
-            count = cvtnum(rest[1])
-        except NumberError as exc:
-            return -exc.errno
+        offset, count = _offset_count(rest)
         t1 = 0.0  # qemu-io 7.2 starts no clock for -z: the time is since boot
 
         def request() -> int:
-            return _run(blk.pwrite_zeroes, offset, count, may_unmap=unmap, fua=fua)
+            return _run(blk.pwrite_zeroes, offset, count, may_unmap="u" in f, fua=fua)
 
     else:
-        sizes = create_iovec(rest[1:])
-        if sizes is None:
-            return EINVAL
-        count = sum(sizes)
-        buf = pattern_buffer(pattern, count)
+        offset, count = _offset_vector(rest)
+        buf = pattern_buffer(f.get("P", 0xCD), count)
         t1 = time.monotonic()
 
         def request() -> int:
             return _run(blk.pwrite, offset, buf, fua)
 
     def work() -> str:
-        from ..report import report_text
-
         code = request()
         t2 = time.monotonic()
         if code:
             return "aio_write failed: %s\n" % strerror(code)
-        if qflag:
+        if "q" in f:
             return ""
-        return report_text("wrote", t2 - t1, offset, count, count, 1, cflag)
+        return report_text("wrote", t2 - t1, offset, count, count, 1, "C" in f)
 
     _start_aio(s, work)
     return 0
