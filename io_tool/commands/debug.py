@@ -38,18 +38,21 @@ def debug_node(s: Session) -> Any | None:
     return None
 
 
-def _call(s: Session, method: str, *args: str) -> str | None:
-    """Call a breakpoint method; the error text to print, or None on success."""
+def _call(s: Session, failure: str, method: str, *args: str) -> int:
+    """Call a breakpoint method: 0, or -EINVAL after ``failure: <error>``."""
     from ...common.errors import QemuError
 
     node = debug_node(s)
     if node is None:
-        return strerror(errno.ENOTSUP)
-    try:
-        getattr(node, method)(*args)
-    except QemuError as exc:
-        return strerror(exc.errno) if exc.errno else exc.message
-    return None
+        error = strerror(errno.ENOTSUP)
+    else:
+        try:
+            getattr(node, method)(*args)
+            return 0
+        except QemuError as exc:
+            error = strerror(exc.errno) if exc.errno else exc.message
+    out(f"{failure}: {error}\n")
+    return -errno.EINVAL
 
 
 @command(
@@ -60,29 +63,17 @@ def _call(s: Session, method: str, *args: str) -> str | None:
     oneline="sets a breakpoint on event and tags the stopped request as tag",
 )
 def break_f(s: Session, argv: list[str]) -> int:
-    error = _call(s, "debug_breakpoint", argv[1], argv[2])
-    if error is not None:
-        out(f"Could not set breakpoint: {error}\n")
-        return -errno.EINVAL
-    return 0
+    return _call(s, "Could not set breakpoint", "debug_breakpoint", argv[1], argv[2])
 
 
 @command("remove_break", argmin=1, argmax=1, args="tag", oneline="remove a breakpoint by tag")
 def remove_break_f(s: Session, argv: list[str]) -> int:
-    error = _call(s, "debug_remove_breakpoint", argv[1])
-    if error is not None:
-        out(f"Could not remove breakpoint {argv[1]}: {error}\n")
-        return -errno.EINVAL
-    return 0
+    return _call(s, f"Could not remove breakpoint {argv[1]}", "debug_remove_breakpoint", argv[1])
 
 
 @command("resume", argmin=1, argmax=1, args="tag", oneline="resumes the request tagged as tag")
 def resume_f(s: Session, argv: list[str]) -> int:
-    error = _call(s, "debug_resume", argv[1])
-    if error is not None:
-        out(f"Could not resume request: {error}\n")
-        return -errno.EINVAL
-    return 0
+    return _call(s, "Could not resume request", "debug_resume", argv[1])
 
 
 @command(
