@@ -58,14 +58,18 @@ QEMU disk image utility
                          specify tracing options
 
 Command syntax:
+  amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename
+  bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename
   bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F source_fmt]] [-g granularity] [--object objectdef] [--image-opts | -f fmt] filename bitmap
   check [--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename
   commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename
   compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2
   convert [--object objectdef] [--image-opts] [--target-image-opts] [--target-is-zero] [--bitmaps] [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] filename [filename2 [...]] output_filename
   create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]
+  dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output
   info [--object objectdef] [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
   map [--object objectdef] [--image-opts] [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename
+  measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [--object objectdef] [--image-opts] [-f fmt] [-l snapshot_param] filename]
   snapshot [--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename
   rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename
   resize [--object objectdef] [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size
@@ -95,19 +99,30 @@ Command parameters:
     is 'snapshot.id=[ID],snapshot.name=[NAME]', or
     '[ID_OR_NAME]'
   '-c' indicates that target image must be compressed (qcow format only)
-  '-u' allows unsafe backing chains. For image creation, allow creating
-       without attempting to open the backing file.
+  '-u' allows unsafe backing chains. For rebasing, it is assumed that old and
+       new backing file match exactly. The image doesn't need a working
+       backing file before rebasing in this case (useful for renaming the
+       backing file). For image creation, allow creating without attempting
+       to open the backing file.
   '-h' with or without a command shows this help and lists the supported formats
   '-p' show progress of command (only certain commands)
   '-q' use Quiet mode - do not print any output (except errors)
   '-S' indicates the consecutive number of bytes (defaults to 4k) that must
-       contain only zeros for qemu-img to create a sparse image during
+       contain only zeros for {prog} to create a sparse image during
        conversion. If the number of bytes is 0, the source will not be scanned for
        unallocated or zero sectors, and the destination image will always be
        fully allocated
   '--output' takes the format in which the output must be done (human or json)
   '-n' skips the target volume creation (useful if the volume is created
-       prior to running qemu-img)
+       prior to running {prog})
+
+Parameters to bitmap subcommand:
+  'bitmap' is the name of the bitmap to manipulate, through one or more
+       actions from '--add', '--remove', '--clear', '--enable', '--disable',
+       or '--merge source'
+  '-g granularity' sets the granularity for '--add' actions
+  '-b source' and '-F src_fmt' tell '--merge' actions to find the source
+       bitmaps from an alternative file
 
 Parameters to check subcommand:
   '-r' tries to repair any inconsistencies that are found during the check.
@@ -116,14 +131,29 @@ Parameters to check subcommand:
        hiding corruption that has already occurred.
 
 Parameters to convert subcommand:
+  '--bitmaps' copies all top-level persistent bitmaps to destination
   '-m' specifies how many coroutines work in parallel during the convert
        process (defaults to 8)
   '-W' allow to write to the target out of order rather than sequential
+
+Parameters to snapshot subcommand:
+  'snapshot' is the name of the snapshot to create, apply or delete
+  '-a' applies a snapshot (revert disk to saved state)
+  '-c' creates a snapshot
+  '-d' deletes a snapshot
+  '-l' lists all snapshots in the given image
 
 Parameters to compare subcommand:
   '-f' first image format
   '-F' second image format
   '-s' run in Strict mode - fail on different image size or sector allocation
+
+Parameters to dd subcommand:
+  'bs=BYTES' read and write up to BYTES bytes at a time (default: 512)
+  'count=N' copy only N input blocks
+  'if=FILE' read from FILE
+  'of=FILE' write to FILE
+  'skip=N' skip N bs-sized blocks at the start of input
 
 Supported formats: {formats}
 
