@@ -189,6 +189,12 @@ class Qcow2(BlockDriver):
         )
         self.refs.on_table_moved = self._reftable_moved  # type: ignore[method-assign]
         self.map.cache.before_write = self._before_l2_write
+        #: dropped references wait in the refcount cache: the L2/L1 tables that
+        #: dropped them must reach the disk first (set by _release)
+        self._l2_before_refs = False
+        #: host ranges freed by a discard, punched once the L2 tables are on disk
+        self._pending_discards: list[tuple[int, int]] = []
+        self._wire_refs()
         self.backing_filename = header.backing_file
         self.backing_format = header.backing_format
         #: encryption (..crypto.qcow2_luks.Crypto) when the header sets crypt_method
@@ -388,6 +394,8 @@ class Qcow2(BlockDriver):
         self.map.load_l1(hdr.l1_table_offset, hdr.l1_size)
         self._meta_sets = None
         self._last_compressed = None
+        self._l2_before_refs = False
+        self._pending_discards = []
 
     # ------------------------------------------------------------------
     # corruption
@@ -543,9 +551,35 @@ class Qcow2(BlockDriver):
     # cache flushing and ordering
 
     def _before_l2_write(self) -> None:
-        if not self.lazy_refcounts:
+        if not self.lazy_refcounts and not self._l2_before_refs:
             if self.refs.write_blocks():
                 self._sync()
+
+    def _wire_refs(self) -> None:
+        """Hook the refcount layer into the cache ordering (again after amend
+        gave the image a new one)."""
+        refs = self.refs
+        if refs.before_increase != self._flush_l2_dependency:
+            refs.before_increase = self._flush_l2_dependency  # type: ignore[method-assign]
+            refs.cache.before_write = self._flush_l2_dependency
+
+    def _flush_l2_dependency(self) -> None:
+        """Before refcount blocks holding dropped references are written, or before
+        any refcount grows again (a freed cluster may be reused): write the L2
+        tables and L1 entries that dropped the references, with a barrier
+        (QEMU's qcow2_cache_flush_dependency). Then punch the queued holes."""
+        if not self._l2_before_refs:
+            return
+        # the flag stays set while the L2 tables go out, so that their own
+        # dependency hook does not write the refcount blocks first
+        self.map.cache.write_dirty()
+        self._sync()
+        if self.map.write_l1():
+            self._sync()
+        self._l2_before_refs = False
+        pending, self._pending_discards = self._pending_discards, []
+        for start, end in pending:
+            self._discard_free(start, end)
 
     def _sync(self) -> None:
         """Write barrier between metadata groups (skipped with cache.no-flush)."""
@@ -560,22 +594,27 @@ class Qcow2(BlockDriver):
             self._write_incompat()
             self._dirty_on_disk = True
 
-    def _write_metadata(self, sync: bool) -> None:
-        """Write dirty metadata: refcount blocks, then L2 tables, then L1 entries."""
+    def _write_metadata(self, sync: bool, trailing: bool = True) -> None:
+        """Write dirty metadata: refcount blocks, then L2 tables, then L1 entries,
+        with barriers in between when ``sync``; ``trailing=False`` leaves out the
+        barrier after the last group written (the caller flushes the file next)."""
         assert self.file is not None
+        m = self.map
         wrote = self.refs.write_blocks()
-        if wrote and sync:
+        if wrote and sync and (trailing or m.cache.dirty or m.l1_dirty):
             self._sync()
-        wrote = self.map.cache.write_dirty()
-        if wrote and sync:
+        wrote = m.cache.write_dirty()
+        if wrote and sync and (trailing or m.l1_dirty):
             self._sync()
-        self.map.write_l1()
+        m.write_l1()
 
     def _flush(self) -> None:
+        # qcow2_co_flush_to_os: write the caches; the flush of the file that
+        # makes them durable follows in BlockDriver.flush
         with self.lock:
             if self.closed or self._broken:
                 return
-            self._write_metadata(sync=True)
+            self._write_metadata(sync=True, trailing=False)
 
     def _close(self) -> None:
         """qcow2_inactivate: flush the L2 and refcount caches, each reported when it
@@ -617,14 +656,22 @@ class Qcow2(BlockDriver):
         self._sync()
 
     def _release(self, entries: list[int], discard: bool = False) -> None:
-        """Drop the references held by old L2 entries (or bare host offsets) once the
-        tables that held them are on disk."""
+        """Drop the references held by old L2 entries (or bare host offsets) in the
+        refcount cache; the tables that dropped them are written before the
+        refcount blocks (see _flush_l2_dependency), so a crash leaks at most."""
         if not entries:
             return
         assert self.file is not None
-        if not self.lazy_refcounts:
-            self._write_metadata(sync=True)
-            self._sync()
+        # QEMU's update_refcount with a decrease: the refcount cache comes to depend
+        # on the L2 cache; increases the L2 tables depend on go out first
+        # (qcow2_cache_set_dependency flushes the opposite dependency)
+        deferred = not self.lazy_refcounts
+        if deferred:
+            self._wire_refs()
+            if not self._l2_before_refs:
+                if self.refs.write_blocks():
+                    self._sync()
+                self._l2_before_refs = True
         cs = self.cs
         ranges: list[list[int]] = []
         for entry in entries:
@@ -642,7 +689,10 @@ class Qcow2(BlockDriver):
         for start, end in ranges:
             self.refs.free(start, end - start)
             if discard:
-                self._discard_free(start, end)
+                if deferred:
+                    self._pending_discards.append((start, end))
+                else:
+                    self._discard_free(start, end)
         self._last_compressed = None
 
     def _discard_free(self, start: int, end: int) -> None:

@@ -155,6 +155,9 @@ class Refcounts:
         self.sync: Callable[[], None] = file.flush
         #: called before metadata that the refcount table depends on is changed
         self.flush_l2: Callable[[], None] = lambda: None
+        #: called before any refcount is increased: the owner writes out L2 tables
+        #: whose dropped references wait in the cache (QEMU's cache dependency)
+        self.before_increase: Callable[[], None] = lambda: None
 
     # --- table ------------------------------------------------------------
 
@@ -312,6 +315,8 @@ class Refcounts:
         """Add ``addend`` to the refcount of every cluster overlapping the range."""
         if length <= 0:
             return
+        if addend > 0:
+            self.before_increase()
         first = offset >> self.cluster_bits
         last = (offset + length - 1) >> self.cluster_bits
         done: list[tuple[int, int]] = []
