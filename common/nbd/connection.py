@@ -174,6 +174,8 @@ class _Buffer:
 
     def take(self, n: int) -> memoryview:
         """Remove and return the first ``n`` bytes (n <= len)."""
+        if n == 0:  # an empty payload (a NONE chunk) may meet an empty buffer
+            return memoryview(b"")
         first = self._chunks[0]
         self._len -= n
         if len(first) >= n:
