@@ -38,7 +38,7 @@ def run(args: list[str]) -> int:
     fmt: str | None = None
     out_fmt = "raw"
     o_values: list[str] = []
-    snapshot: str | None = None
+    snapshot: tuple[str | None, str | None, bool] | None = None
     image_opts = False
     output = "human"
     size: int | None = None
@@ -50,7 +50,9 @@ def run(args: list[str]) -> int:
         elif name == "-o":
             o_values.append(value or "")
         elif name == "-l":
-            snapshot = value
+            from .snapshot import parse_snapshot_param
+
+            snapshot = parse_snapshot_param(value or "")
         elif name == "--image-opts":
             image_opts = True
         elif name == "--output":
@@ -77,7 +79,9 @@ def run(args: list[str]) -> int:
         node = open_image_cli(filename, fmt, image_opts=image_opts)
     try:
         if node is not None and snapshot is not None:
-            _refuse_snapshot(node, snapshot)
+            from .snapshot import load_snapshot_tmp
+
+            load_snapshot_tmp([node], snapshot)
         if node is not None:
             size = node.size
         info = measure(out_fmt, o_values, node, size)
@@ -96,15 +100,6 @@ def run(args: list[str]) -> int:
             text += f"bitmaps size: {info['bitmaps']}\n"
         sys.stdout.write(text)
     return 0
-
-
-def _refuse_snapshot(node: Any, snapshot: str) -> None:
-    """``-l``: loading an internal snapshot is not implemented; a missing one
-    fails as qemu-img does."""
-    nb = getattr(getattr(node, "header", None), "nb_snapshots", 0)
-    if not nb:
-        raise CliError("Failed to load snapshot: Can't find snapshot")
-    raise CliError("-l (internal snapshots) is not supported yet by pyqemu-img measure")
 
 
 def measure(out_fmt: str, o_values: list[str], node: Any, size: int | None) -> dict[str, int]:
