@@ -1549,14 +1549,107 @@ class Qcow2(BlockDriver):
 
     def make_empty(self) -> None:
         """Drop every cluster of the active image, so that all of it reads from
-        the backing file again (qcow2_make_empty, its discard-everything path)."""
+        the backing file again (qcow2_make_empty): a v3 image with nothing but
+        guest data gets a fresh empty layout (make_completely_empty); any other
+        image has every cluster discarded."""
         self._check_writable()
         with self.lock:
             self._check_usable()
+            if self._can_reset_layout():
+                self._make_completely_empty()
+                return
             if self.total_size:
                 self._set_clusters(0, self.total_size, "full-discard")
             self._write_metadata(sync=True)
             self._sync()
+
+    def _can_reset_layout(self) -> bool:
+        hdr = self.header
+        l1_clusters = -(-len(self.map.l1) * 8 // self.cs)
+        bitmaps = hdr.extension(Ext.BITMAPS)
+        has_bitmaps = bool(
+            bitmaps is not None
+            and hdr.autoclear_features & Autoclear.BITMAPS
+            and len(bitmaps.data) >= 4
+            and struct.unpack_from(">I", bitmaps.data)[0]
+        )
+        return (
+            hdr.version >= 3
+            and not hdr.nb_snapshots
+            and not has_bitmaps
+            and 3 + l1_clusters <= self.refs.block_size
+            and not hdr.crypt_method
+            and hdr.data_file is None
+        )
+
+    def _make_completely_empty(self) -> None:
+        """Reset the file to header, refcount table (cluster 1), refcount block
+        (cluster 2) and a zeroed L1 table (cluster 3 on), then truncate it.
+
+        Crash safety as in QEMU: the caches are written out, then the dirty bit
+        goes to disk before anything is overwritten; every later step may leave
+        refcounts that describe nothing, which the dirty bit makes the next
+        read-write open (or ``qemu-img check -r``) rebuild. The bit is cleared
+        only once the new refcounts are on disk. If a step fails, the node is
+        unusable (nothing more is written to it) and the image stays dirty."""
+        file = self.file
+        assert file is not None
+        cs = self.cs
+        m = self.map
+        refs = self.refs
+        l1_size = len(m.l1)
+        l1_clusters = -(-l1_size * 8 // cs)
+        # qcow2_cache_empty: write out, then drop both caches
+        self._write_metadata(sync=True)
+        m.cache.clear()
+        refs.cache.clear()
+        self._l2_before_refs = False
+        self._pending_discards = []
+        self._last_compressed = None
+        if self.header.version >= 3 and not self.header.incompatible_features & Incompat.DIRTY:
+            self.header.incompatible_features |= Incompat.DIRTY
+            self._write_incompat()
+        self._dirty_on_disk = True
+        try:
+            file.debug_event("l1_update")
+            if l1_clusters:
+                file.write_zeroes(m.l1_offset, l1_clusters * cs)
+            m.l1 = array("Q", bytes(l1_size * 8))
+            m.l1_dirty.clear()
+            file.debug_event("empty_image_prepare")
+            file.write_zeroes(cs, (2 + l1_clusters) * cs)
+            file.debug_event("l1_update")
+            file.debug_event("reftable_update")
+            # l1_table_offset, refcount_table_offset, refcount_table_clusters
+            file.write(OFF_L1 + 4, struct.pack(">QQI", 3 * cs, cs, 1))
+            self._sync()
+            m.l1_offset = 3 * cs
+            self.header.l1_table_offset = 3 * cs
+            refs.table = array("Q", bytes(cs))
+            refs.table_offset = cs
+            refs.version += 1
+            refs.max_table_index = 0
+            self._reftable_moved(cs, 1)
+            file.debug_event("refblock_alloc")
+            file.write(cs, struct.pack(">Q", 2 * cs))
+            self._sync()
+            refs.table[0] = 2 * cs
+            refs.version += 1
+            refs.free_cluster_index = 0
+            refs.free_byte_offset = 0
+            if refs.alloc_clusters(3 * cs + l1_size * 8) != 0:
+                raise ImageCorrupt("First cluster in emptied image is in use")
+            # qcow2_mark_clean: caches, then the header without the dirty bit
+            self.header.incompatible_features &= ~int(Incompat.DIRTY)
+            self._write_metadata(sync=True)
+            self._write_header()
+            self._dirty_on_disk = False
+            file.truncate((3 + l1_clusters) * cs)
+        except BaseException:
+            # QEMU ejects the node (bs->drv = NULL): nothing more may be written
+            self._broken = True
+            raise
+        self._meta_sets = None
 
     # ------------------------------------------------------------------
     # check
