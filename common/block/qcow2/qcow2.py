@@ -1430,8 +1430,10 @@ class Qcow2(BlockDriver):
             self._check_usable()
             if self._inflight:
                 self._wait_inflight(0, 1 << 63)
-            if self.header.nb_snapshots:
-                raise UnsupportedFeature("Can't resize an image which has snapshots")
+            # qemu 7.2: v3 snapshot entries record their own disk size (snapshot
+            # apply resizes back to it); v2 ones may not
+            if self.header.nb_snapshots and self.header.version < 3:
+                raise UnsupportedFeature("Can't resize a v2 image which has snapshots")
             old = self.total_size
             if size < old:
                 if prealloc != "off":

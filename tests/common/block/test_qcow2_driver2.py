@@ -281,3 +281,62 @@ def test_make_empty_failing_midway_leaves_a_repairable_dirty_image(
         info = qcheck(qemu_img, top)
         assert info["_rc"] == 0 and not info.get("corruptions"), info["_out"]
         assert not struct.unpack_from(">Q", top.read_bytes(), 72)[0] & 1
+
+
+# --- 3. resize with internal snapshots -------------------------------------------
+
+
+def _snap_image(qemu_img: str, qemu_io: str, path: Path, compat: str = "1.1") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run([qemu_img, "create", "-q", "-f", "qcow2", "-o", f"compat={compat}", str(path), "4M"])
+    qio(qemu_io, path, "write -P 1 0 4M")
+    run([qemu_img, "snapshot", "-c", "s1", str(path)], check=True)
+    qio(qemu_io, path, "write -P 2 1M 1M")
+    return path
+
+
+def test_resize_v3_with_snapshots_like_qemu(qemu_img, qemu_io, pyqemu_img, tmp_path: Path) -> None:
+    for args in (["8M"], ["--shrink", "2M"], ["--shrink", "3M"]):
+        folder = tmp_path / "_".join(args)
+        ours = _snap_image(qemu_img, qemu_io, folder / "ours" / "s.qcow2")
+        ref = _snap_image(qemu_img, qemu_io, folder / "ref" / "s.qcow2")
+        a = run([*pyqemu_img, "resize", str(ours), *args])
+        b = run([qemu_img, "resize", str(ref), *args])
+        assert (a.returncode, a.stdout) == (b.returncode, b.stdout) == (0, "Image resized.\n")
+        assert qmap(qemu_img, ours) == qmap(qemu_img, ref)
+        assert ours.stat().st_size == ref.stat().st_size
+        info = qcheck(qemu_img, ours)
+        assert info["_rc"] == 0 and not info.get("leaks") and not info.get("corruptions")
+        # the snapshot keeps its size and data: applying it resizes back
+        r = run([*pyqemu_img, "snapshot", "-a", "s1", str(ours)])
+        assert r.returncode == 0, r.stderr
+        info = json.loads(run([qemu_img, "info", "--output=json", str(ours)]).stdout)
+        assert info["virtual-size"] == 4 * MiB
+        qio(qemu_io, ours, "read -P 1 0 4M")
+        info = qcheck(qemu_img, ours)
+        assert info["_rc"] == 0 and not info.get("leaks") and not info.get("corruptions")
+
+
+def test_resize_v2_with_snapshots_refused_like_qemu(
+    qemu_img, qemu_io, pyqemu_img, tmp_path: Path
+) -> None:
+    ours = _snap_image(qemu_img, qemu_io, tmp_path / "ours" / "s.qcow2", "0.10")
+    ref = _snap_image(qemu_img, qemu_io, tmp_path / "ref" / "s.qcow2", "0.10")
+    before = ours.read_bytes()
+    a = run([*pyqemu_img, "resize", str(ours), "8M"])
+    b = run([qemu_img, "resize", str(ref), "8M"])
+    assert b.stderr == "qemu-img: Can't resize a v2 image which has snapshots\n"
+    assert a.stderr == "pyqemu-img" + b.stderr[len("qemu-img") :]
+    assert a.returncode == b.returncode == 1
+    assert ours.read_bytes() == before
+
+
+def test_amend_size_with_snapshots(qemu_img, qemu_io, pyqemu_img, tmp_path: Path) -> None:
+    ours = _snap_image(qemu_img, qemu_io, tmp_path / "ours" / "s.qcow2")
+    ref = _snap_image(qemu_img, qemu_io, tmp_path / "ref" / "s.qcow2")
+    a = run([*pyqemu_img, "amend", "-o", "size=16M", str(ours)])
+    b = run([qemu_img, "amend", "-o", "size=16M", str(ref)])
+    assert (a.returncode, a.stdout, a.stderr) == (b.returncode, b.stdout, "")
+    assert qmap(qemu_img, ours) == qmap(qemu_img, ref)
+    info = qcheck(qemu_img, ours)
+    assert info["_rc"] == 0 and not info.get("leaks") and not info.get("corruptions")
