@@ -1098,6 +1098,10 @@ class Qcow2(BlockDriver):
         with self.lock:
             try:
                 self._check_usable()
+                # bdrv_set_dirty at the end of the request (under the lock: the
+                # bitmaps' read-modify-write of bytes is not atomic)
+                if self.bitmaps is not None:
+                    self.bitmaps.mark(offset, len(mv))
                 self._mark_dirty()
                 for pos, host, n in extents:
                     table, l2_offset = self._l2_for_write(pos >> shift)

@@ -340,3 +340,32 @@ def test_amend_size_with_snapshots(qemu_img, qemu_io, pyqemu_img, tmp_path: Path
     assert qmap(qemu_img, ours) == qmap(qemu_img, ref)
     info = qcheck(qemu_img, ours)
     assert info["_rc"] == 0 and not info.get("leaks") and not info.get("corruptions")
+
+
+# --- 4. persistent bitmaps on the concurrent write path --------------------------
+
+
+def test_write_concurrent_marks_bitmaps(qemu_img, tmp_path: Path) -> None:
+    img = tmp_path / "b.qcow2"
+    run([qemu_img, "create", "-q", "-f", "qcow2", str(img), "8M"], check=True)
+    run([qemu_img, "bitmap", "--add", "-g", "64k", str(img), "b0"], check=True)
+    drv = open_image(str(img), fmt="qcow2", read_only=False)
+    try:
+        extents = drv.reserve_write(1 * MiB, 256 * KiB)
+        assert extents is not None  # the concurrent path, not the fallback
+        drv.complete_write(extents, b"\x05" * (256 * KiB))
+        drv.write_concurrent(4 * MiB, b"\x06" * (128 * KiB))
+        (bm,) = drv.bitmaps.bitmaps
+        assert list(bm.runs()) == [(1 * MiB, 1 * MiB + 256 * KiB), (4 * MiB, 4 * MiB + 128 * KiB)]
+    finally:
+        drv.close()
+    info = qcheck(qemu_img, img)
+    assert info["_rc"] == 0 and not info.get("leaks") and not info.get("corruptions")
+    drv = open_image(str(img), fmt="qcow2", read_only=True)
+    try:
+        from pyqemu.common.block.qcow2.bitmap import BitmapSet
+
+        (bm,) = BitmapSet.load(drv).bitmaps
+        assert list(bm.runs()) == [(1 * MiB, 1 * MiB + 256 * KiB), (4 * MiB, 4 * MiB + 128 * KiB)]
+    finally:
+        drv.close()
