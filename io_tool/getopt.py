@@ -10,15 +10,25 @@ the good options before it, so that the caller acts on those first.
 
 from __future__ import annotations
 
+from ..common.getopt import GetoptError, scan
+
 __all__ = ["getopt"]
 
 
-class _Bad(Exception):
-    pass
-
-
-def _error(text: str) -> _Bad:
-    return _Bad(text)
+def glibc_message(name: str, exc: GetoptError) -> str:
+    """glibc's wording of a getopt error, after ``name:``."""
+    if exc.kind == "invalid":
+        return f"{name}: invalid option -- '{exc.option}'"
+    if exc.kind == "unrecognized":
+        return f"{name}: unrecognized option '{exc.arg}'"
+    if exc.kind == "ambiguous":
+        choices = " ".join(f"'--{m}'" for m in exc.choices)
+        return f"{name}: option '{exc.arg}' is ambiguous; possibilities: {choices}"
+    if exc.kind == "needless":
+        return f"{name}: option '--{exc.option}' doesn't allow an argument"
+    if exc.long:
+        return f"{name}: option '--{exc.option}' requires an argument"
+    return f"{name}: option requires an argument -- '{exc.option}'"
 
 
 def getopt(
@@ -32,70 +42,12 @@ def getopt(
     ``longopts`` maps a long name to (has_arg, short letter or key); the
     option is reported under that letter/key. ``name`` is argv[0] for messages.
     """
-    longopts = longopts or {}
-    opts: list[tuple[str, str | None]] = []
-    operands: list[str] = []
-    try:
-        _scan(name, args, shortopts, longopts, opts, operands)
-    except _Bad as exc:
-        opts.append(("?", str(exc)))
+    longs = {key: bool(has_arg) for key, (has_arg, _) in longopts.items()} if longopts else None
+    found, operands, error = scan(args, shortopts, longs)
+    opts: list[tuple[str, str | None]] = [
+        (key[1:] if len(key) == 2 else longopts[key[2:]][1], value)  # type: ignore[index]
+        for key, value in found
+    ]
+    if error is not None:
+        opts.append(("?", glibc_message(name, error)))
     return opts, operands
-
-
-def _scan(
-    name: str,
-    args: list[str],
-    shortopts: str,
-    longopts: dict[str, tuple[int, str]],
-    opts: list[tuple[str, str | None]],
-    operands: list[str],
-) -> None:
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--":
-            operands.extend(args[i + 1 :])
-            break
-        if arg.startswith("--") and longopts:
-            key, eq, value = arg[2:].partition("=")
-            matches = [key] if key in longopts else [n for n in longopts if n.startswith(key)]
-            if len(matches) > 1:
-                choices = " ".join(f"'--{m}'" for m in matches)
-                raise _error(f"{name}: option '{arg}' is ambiguous; possibilities: {choices}")
-            if not matches:
-                raise _error(f"{name}: unrecognized option '{arg}'")
-            full = matches[0]
-            has_arg, short = longopts[full]
-            if not has_arg:
-                if eq:
-                    raise _error(f"{name}: option '--{full}' doesn't allow an argument")
-                opts.append((short, None))
-            else:
-                if not eq:
-                    if i + 1 >= len(args):
-                        raise _error(f"{name}: option '--{full}' requires an argument")
-                    i += 1
-                    value = args[i]
-                opts.append((short, value))
-        elif arg.startswith("-") and arg != "-":
-            j = 1
-            while j < len(arg):
-                ch = arg[j]
-                idx = shortopts.find(ch)
-                if ch == ":" or idx < 0:
-                    raise _error(f"{name}: invalid option -- '{ch}'")
-                if shortopts[idx + 1 : idx + 2] == ":":
-                    if j + 1 < len(arg):
-                        value = arg[j + 1 :]
-                    elif i + 1 < len(args):
-                        i += 1
-                        value = args[i]
-                    else:
-                        raise _error(f"{name}: option requires an argument -- '{ch}'")
-                    opts.append((ch, value))
-                    break
-                opts.append((ch, None))
-                j += 1
-        else:
-            operands.append(arg)
-        i += 1
