@@ -89,6 +89,8 @@ def run(args: list[str]) -> int:
     coroutines = 8
     cache = "unsafe"
     bitmap_opts: set[str] = set()
+    salvage = False
+    rate_limit = 0
     for name, value in opts:
         val = value or ""
         if name == "-f":
@@ -140,7 +142,7 @@ def run(args: list[str]) -> int:
         elif name == "-W":
             out_of_order = True
         elif name == "-r":
-            cvtnum("rate limit", val)  # accepted, not enforced
+            rate_limit = cvtnum("rate limit", val)
         elif name == "--image-opts":
             image_opts = True
         elif name == "--target-image-opts":
@@ -154,7 +156,7 @@ def run(args: list[str]) -> int:
         elif name in ("--bitmaps", "--skip-broken-bitmaps"):
             bitmap_opts.add(name)
         elif name == "--salvage":
-            raise CliError("--salvage is not supported yet by pyqemu-img")
+            salvage = True
         # -T src_cache, -U: accepted
     if out_fmt is None and not tgt_image_opts:
         out_fmt = "raw"
@@ -199,6 +201,12 @@ def run(args: list[str]) -> int:
         cache=cache,
         progress=prog,
     )
+    conv.salvage = salvage
+    conv.quiet = quiet
+    if rate_limit:
+        from ..common.ratelimit import LeakyBucket
+
+        conv.limit = LeakyBucket(rate_limit)
     try:
         conv.open_sources(operands[:-1], fmt, image_opts)
         _bitmaps.convert_sources(bitmap_opts, [src.node for src in conv.sources])
@@ -260,6 +268,11 @@ class Converter:
         #: data runs of host files are read through a memory mapping
         self.use_mmap = False
         self._maps: dict[int, Any] = {}
+        #: --salvage: unreadable sectors become zeroes and warnings
+        self.salvage = False
+        self.quiet = False
+        #: -r: bytes written per second (common.ratelimit.LeakyBucket)
+        self.limit: Any = None
         self._page = 4096
         self._dontneed = 0
 
@@ -401,7 +414,12 @@ class Converter:
             and self.has_zero_init
             and hasattr(target, "reserve_write")
         )
-        self.use_mmap = (self.worker_writes or self.reserve_writes) and not self.compressed
+        self.use_mmap = (
+            (self.worker_writes or self.reserve_writes)
+            and not self.compressed
+            and not self.salvage
+            and not any(_has_blkdebug(src.node) for src in self.sources)
+        )
 
     # ------------------------------------------------------------------
     # planning
@@ -715,6 +733,8 @@ class Converter:
         """Worker: read, detect zeroes, compress; write too if allowed."""
         from ..common.errors import QemuError
 
+        if self.limit is not None:
+            self.limit.throttle(length)
         g = self.granularity
         if host is not None and (not g or not (-start) % g & 7):
             return self._work_mapped(start, length, seq, host[0], host[1])
@@ -723,7 +743,11 @@ class Converter:
         try:
             self.read_virtual(start, buf)
         except QemuError as exc:
-            raise CliError(f"error while reading at byte {start}: {exc.message}") from None
+            if not self.salvage:
+                raise CliError(f"error while reading at byte {start}: {exc.message}") from None
+            from .salvage import salvage_read
+
+            salvage_read(self.sources, start, buf, self.quiet)
         if self.compressed:
             cs = self.cluster_size
             items: list[tuple[int, Any]] = []
@@ -834,6 +858,8 @@ class Converter:
     def _write_zero_run(self, start: int, length: int) -> None:
         if self.has_zero_init:
             return
+        if self.limit is not None:
+            self.limit.throttle(length)
         if self.min_sparse:
             self.target.write_zeroes(start, length, may_unmap=True)
             return
@@ -1028,6 +1054,19 @@ def _is_raw_file(node: Any) -> bool:
         and not getattr(node, "offset", 0)
         and not getattr(node, "has_size", False)
     )
+
+
+def _has_blkdebug(node: Any) -> bool:
+    """Whether reads of ``node`` pass a blkdebug node (which must see them)."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n is None:
+            continue
+        if n.format_name == "blkdebug":
+            return True
+        stack.extend((getattr(n, "file", None), getattr(n, "backing", None)))
+    return False
 
 
 def _ignore_flushes(node: Any) -> None:

@@ -70,3 +70,130 @@ def test_measure_snapshot(twins: Twins) -> None:
     twins.same("measure", "-l", "s1", "r.raw")
     twins.same("measure", "-l", "s1", "-O", "qcow2", "r.raw")
     twins.same("measure", "-l", "s1", "--size", "1M")
+
+
+# ---------------------------------------------------------------- --salvage
+
+BAD_SECTORS = """\
+[inject-error]
+event = "read_aio"
+errno = "5"
+sector = "130"
+
+[inject-error]
+event = "read_aio"
+errno = "28"
+sector = "5000"
+"""
+
+
+def _salvage_images(folder: Path) -> None:
+    def sh(*cmd: str) -> None:
+        subprocess.run(cmd, cwd=folder, check=True, capture_output=True)
+
+    (folder / "bad.cfg").write_text(BAD_SECTORS)
+    sh("qemu-img", "create", "-q", "-f", "raw", "r.raw", "3M")
+    sh("qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 3M", "r.raw")
+    sh("qemu-img", "create", "-q", "-f", "qcow2", "q.qcow2", "8M")
+    sh("qemu-io", "-c", "write -P 7 0 6M", "q.qcow2")
+
+
+def _raw_digest(qemu_img: str, path: Path) -> bytes:
+    raw = path.with_suffix(".flat")
+    subprocess.run([qemu_img, "convert", "-O", "raw", str(path), str(raw)], check=True)
+    data = raw.read_bytes()
+    raw.unlink()
+    return data
+
+
+def test_convert_salvage(twins: Twins, qemu_img: str) -> None:
+    twins.setup(_salvage_images)
+    cases = (
+        ["--salvage", "-O", "qcow2", "blkdebug:bad.cfg:r.raw"],
+        ["--salvage", "-O", "raw", "blkdebug:bad.cfg:r.raw"],
+        ["--salvage", "-q", "-O", "raw", "blkdebug:bad.cfg:r.raw"],
+        ["--salvage", "-O", "qcow2", "-f", "qcow2", "blkdebug:bad.cfg:q.qcow2"],
+        ["--salvage", "-O", "raw", "-f", "qcow2", "blkdebug:bad.cfg:q.qcow2"],
+        ["--salvage", "-O", "qcow2", "r.raw", "blkdebug:bad.cfg:r.raw"],
+        ["--salvage", "-c", "-O", "qcow2", "blkdebug:bad.cfg:r.raw"],
+        ["--salvage", "-W", "-O", "qcow2", "-S", "0", "blkdebug:bad.cfg:r.raw"],
+        # without --salvage: the failed chunk stops the conversion (qemu-img
+        # also reports failures of chunks in flight at that time: not compared)
+        ["-O", "qcow2", "-f", "qcow2", "blkdebug:bad.cfg:q.qcow2"],
+    )
+    for args in cases:
+        out = twins.same("convert", *args, "out.img")
+        salvaged = "--salvage" in args
+        assert out.returncode == (0 if salvaged else 1)
+        if salvaged:
+            ours = _raw_digest(qemu_img, twins.ours_dir / "out.img")
+            assert ours == _raw_digest(qemu_img, twins.ref_dir / "out.img")
+            assert bytes(512) in ours  # the bad sector reads as zeroes
+        if salvaged and "-q" not in args:
+            assert b"warning: error while reading offset " in out.stderr
+        check = subprocess.run([qemu_img, "check", "out.img"], cwd=twins.ours_dir)
+        assert check.returncode in (0, 63)  # 63: raw has no checks
+
+
+# ---------------------------------------------------------------- -r rate_limit
+
+
+def test_rate_limit_slices() -> None:
+    from pyqemu.common.ratelimit import RateLimit
+
+    ms = 1_000_000
+    limit = RateLimit(1 << 20)  # 1 MiB/s: 104857 bytes per 100 ms slice
+    assert limit.slice_quota == 104857
+    assert limit.delay_ns(50_000, now_ns=0) == 0
+    assert limit.delay_ns(50_000, now_ns=10 * ms) == 0
+    # 110000 of 104857: the slice stretches in proportion to the excess
+    assert limit.delay_ns(10_000, now_ns=20 * ms) == int(110_000 / 104857 * 100 * ms) - 20 * ms
+    # a new slice starts once the stretched one is over
+    assert limit.delay_ns(1000, now_ns=200 * ms) == 0
+    assert limit.slice_start == 200 * ms and limit.dispatched == 1000
+    # 2 MiB at once: two seconds
+    big = RateLimit(1 << 20)
+    assert big.delay_ns(2 << 20, now_ns=5 * ms) == int((2 << 20) / 104857 * 100 * ms)
+    assert RateLimit(0).delay_ns(1 << 30, now_ns=0) == 0
+    assert RateLimit(1).slice_quota == 1  # at least one byte per slice
+
+
+def test_rate_limit_leaky_bucket() -> None:
+    from pyqemu.common.ratelimit import LeakyBucket
+
+    ms = 1_000_000
+    bucket = LeakyBucket(1 << 20)
+    assert bucket.wait_ns(0) == 0
+    bucket.account(2 << 20, 0)  # the first request goes at once
+    # it must leak down to a tenth of a second's worth: 1.9 s
+    assert bucket.wait_ns(0) == int(((2 << 20) - (1 << 20) / 10) * 1e9 / (1 << 20))
+    assert bucket.wait_ns(1000 * ms) == int(((1 << 20) - (1 << 20) / 10) * 1e9 / (1 << 20))
+    assert bucket.wait_ns(1900 * ms) == 0
+    bucket.account(100, 1900 * ms)
+    assert bucket.level > (1 << 20) / 10
+    assert LeakyBucket(0).wait_ns(0) == 0
+
+
+def test_rate_limit_option(twins: Twins) -> None:
+    def images(folder: Path) -> None:
+        def sh(*cmd: str) -> None:
+            subprocess.run(cmd, cwd=folder, check=True, capture_output=True)
+
+        sh("qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", "4M")
+        sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "t.qcow2")
+        sh("qemu-io", "-c", "write -P 9 64k 1M", "-c", "write -z 2M 64k", "t.qcow2")
+
+    twins.setup(images)
+    for rate in ("-1", "abc", "1Q", "", "1.5x", "9E", "17E", "-0"):
+        for cmd in (["convert", "-O", "raw", "t.qcow2", "o.raw"], ["commit", "t.qcow2"]):
+            out = twins.same(cmd[0], "-r", rate, *cmd[1:])
+            assert out.returncode == 1
+    # accepted rates: the result is the same as qemu-img's
+    out = twins.same("convert", "-r", "1G", "-O", "qcow2", "t.qcow2", "o.qcow2")
+    assert out.returncode == 0
+    twins.same("compare", "o.qcow2", "t.qcow2")
+    assert twins.same("convert", "-r", "0", "-O", "raw", "t.qcow2", "o.raw").returncode == 0
+    out = twins.same("commit", "-r", "100M", "t.qcow2")
+    assert out.returncode == 0 and out.stdout == b"Image committed.\n"
+    twins.same("compare", "base.qcow2", "t.qcow2")
+    assert (twins.ours_dir / "base.qcow2").read_bytes() != b""
