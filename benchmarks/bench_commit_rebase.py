@@ -29,32 +29,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
-
-def parse_size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    if text[-1].upper() in units:
-        return int(float(text[:-1]) * units[text[-1].upper()])
-    return int(text)
-
-
-def make_raw(path: str, size: int, seed: int) -> None:
-    """Mixed content in 64 KiB..4 MiB pieces: random data, zeroes, holes."""
-    rng = random.Random(seed)
-    with open(path, "wb") as f:
-        f.truncate(size)
-        offset = 0
-        while offset < size:
-            length = min(size - offset, rng.choice([64, 256, 1024, 4096]) * 1024)
-            kind = rng.random()
-            if kind < 0.5:
-                f.seek(offset)
-                f.write(rng.randbytes(length))
-            elif kind < 0.7:
-                f.seek(offset)
-                f.write(bytes(length))
-            offset += length
+from _common import find_tool, make_mixed_raw, parse_size, precompile, timed
 
 
 def overlay_changes(size: int, seed: int) -> list[str]:
@@ -73,34 +49,6 @@ def overlay_changes(size: int, seed: int) -> list[str]:
             cmds.append(f"write -z {start} {offset + length - start}")
         offset += length
     return cmds
-
-
-def timed(cmd: list[str], cwd: str) -> float:
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    elapsed = time.perf_counter() - t
-    if proc.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr}{proc.stdout}")
-    return elapsed
-
-
-def find_pyqemu_img() -> str | None:
-    """The ``pyqemu-img`` next to this interpreter (not a version manager's shim)."""
-    here = os.path.join(os.path.dirname(sys.executable), "pyqemu-img")
-    if os.access(here, os.X_OK):
-        return here
-    return shutil.which("pyqemu-img")
-
-
-def precompile() -> None:
-    """Write the package's ``.pyc`` files, as an install does."""
-    import compileall
-
-    import pyqemu.common
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(pyqemu.common.__file__)))
-    for sub in ("common", "img_tool"):
-        compileall.compile_dir(os.path.join(root, sub), quiet=1)
 
 
 def fresh_copy(templates: str, run_dir: str) -> None:
@@ -124,10 +72,10 @@ def main() -> None:
     args = ap.parse_args()
     size = parse_size(args.size)
     qemu_img = shutil.which("qemu-img")
-    pyqemu_img = find_pyqemu_img()
+    pyqemu_img = find_tool("pyqemu-img")
     if not qemu_img or not pyqemu_img:
         sys.exit("need both qemu-img and pyqemu-img on PATH")
-    precompile()
+    precompile("common", "img_tool")
     work = tempfile.mkdtemp(prefix="pyqemu-bench-", dir=args.dir)
     try:
         tpl = os.path.join(work, "tpl")
@@ -135,8 +83,8 @@ def main() -> None:
         base_raw = os.path.join(work, "base.raw")
         other_raw = os.path.join(work, "other.raw")
         top_raw = os.path.join(work, "top.raw")
-        make_raw(base_raw, size, 1)
-        make_raw(other_raw, size, 3)
+        make_mixed_raw(base_raw, size, 1)
+        make_mixed_raw(other_raw, size, 3)
 
         def img(*a: str) -> None:
             subprocess.run([qemu_img, *a], cwd=tpl, check=True, capture_output=True)

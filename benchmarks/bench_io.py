@@ -18,38 +18,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
-
-def parse_size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    if text[-1].upper() in units:
-        return int(float(text[:-1]) * units[text[-1].upper()])
-    return int(text)
+from _common import find_tool, parse_size, timed
 
 
 def tool(name: str) -> str:
-    found = shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
+    found = find_tool(name)
     if found is None:
         sys.exit(f"{name} not found")
     return found
 
 
-def timed(cmd: list[str]) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0 or "verification failed" in proc.stdout:
-        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
-    return elapsed
-
-
 def best(cmd: list[str], repeat: int) -> float:
-    return min(timed(cmd) for _ in range(repeat))
+    return min(timed(cmd, bad_output="verification failed") for _ in range(repeat))
 
 
 def main() -> None:
