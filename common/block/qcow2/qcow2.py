@@ -1261,6 +1261,9 @@ class Qcow2(BlockDriver):
     def _zero_partial(self, offset: int, length: int) -> None:
         if length <= 0:
             return
+        if self.extended:
+            self._zero_partial_extended(offset, length)
+            return
         cstart = offset & ~(self.cs - 1)
         cend = min(cstart + self.cs, self.total_size)
         if self._reads_as_zero(offset, length):
@@ -1273,6 +1276,53 @@ class Qcow2(BlockDriver):
             self._set_clusters(cstart, cend - cstart, "zero")
             return
         self._write_zeros_explicit(offset, length)
+
+    def _zero_partial_extended(self, offset: int, length: int) -> None:
+        """Zeroes inside one cluster of an extended-L2 image, as QEMU aligns them
+        (pwrite_zeroes_alignment = subcluster size): whole subclusters get the
+        zero bit (qcow2_subcluster_zeroize); a partial subcluster does too if the
+        rest of it reads as zero and it holds no data, else gets written zeroes."""
+        ss = self.map.subcluster_size
+        end = offset + length
+        a = min(end, (offset + ss - 1) & ~(ss - 1))
+        b = end if end == self.total_size else max(a, end & ~(ss - 1))
+        for s, e in ((offset, a), (b, end)):
+            if e <= s:
+                continue
+            sub = s & ~(ss - 1)
+            sub_end = min(sub + ss, self.total_size)
+            run = self.map.map(sub, 1)[0]
+            if (
+                run.kind in (UNALLOC, UNALLOC_ALLOC, ZERO_PLAIN, ZERO_ALLOC)
+                and self._reads_as_zero(sub, s - sub)
+                and self._reads_as_zero(e, sub_end - e)
+            ):
+                self._zero_subclusters(sub, sub_end)
+            else:
+                self._write_zeros_explicit(s, e - s)
+        if b > a:
+            self._zero_subclusters(a, b)
+
+    def _zero_subclusters(self, start: int, end: int) -> None:
+        """Set the zero bits of the subclusters of [start, end) (one cluster;
+        zero_l2_subclusters); a compressed cluster gets written zeroes instead."""
+        m = self.map
+        cb = self.cluster_bits
+        table, l2_offset = self._l2_for_write(start >> m.l1_shift)
+        idx = ((start >> cb) & (m.l2_entries - 1)) * 2
+        if table[idx] & OFLAG_COMPRESSED:
+            self._write_zeros_explicit(start, end - start)
+            return
+        cstart = start & ~(self.cs - 1)
+        sb = m.subcluster_bits
+        first = (start - cstart) >> sb
+        last = (end - 1 - cstart) >> sb
+        bits = ((1 << (last + 1)) - 1) & ~((1 << first) - 1)
+        bitmap = (table[idx + 1] | (bits << 32)) & ~bits
+        if bitmap != table[idx + 1]:
+            self._mark_dirty()
+            table[idx + 1] = bitmap
+            m.cache.mark_dirty(l2_offset)
 
     def _write_zeros_explicit(self, offset: int, length: int) -> None:
         pos = 0

@@ -369,3 +369,44 @@ def test_write_concurrent_marks_bitmaps(qemu_img, tmp_path: Path) -> None:
         assert list(bm.runs()) == [(1 * MiB, 1 * MiB + 256 * KiB), (4 * MiB, 4 * MiB + 128 * KiB)]
     finally:
         drv.close()
+
+
+# --- 5. extended L2: zero subclusters ------------------------------------------
+
+EXTL2_SCRIPTS = [
+    # zeroes over data: whole subclusters get the zero bit, partial ones data
+    ["write -P 1 0 128k", "write -z 4k 8k", "write -z 66k 1k", "write -z 96k 31k"],
+    # zeroes over unallocated clusters and past a whole cluster
+    ["write -z 200k 8k", "write -z 256k 68k", "write -z 330k 3k", "write -z -u 400k 100k"],
+    # compressed clusters get written zeroes; zero clusters stay as they are
+    ["write -c -P 3 0 64k", "write -z 8k 8k", "write -z 64k 64k", "write -z 72k 4k"],
+]
+
+
+def test_extended_l2_zero_subclusters_like_qemu_io(
+    qemu_img, qemu_io, pyqemu_img, tmp_path: Path
+) -> None:
+    pyqemu_io = str(Path(pyqemu_img[0]).with_name("pyqemu-io"))
+    for n, script in enumerate(EXTL2_SCRIPTS):
+        for backing in (False, True):
+            maps = []
+            for tool in (qemu_io, pyqemu_io):
+                folder = tmp_path / f"{n}-{backing}-{Path(tool).name}"
+                folder.mkdir()
+                img = folder / "e.qcow2"
+                opts = ["-o", "extended_l2=on"]
+                if backing:
+                    base = folder / "b.qcow2"
+                    run([qemu_img, "create", "-q", "-f", "qcow2", str(base), "1M"], check=True)
+                    qio(qemu_io, base, "write -P 9 0 1M")
+                    opts += ["-b", "b.qcow2", "-F", "qcow2"]
+                run([qemu_img, "create", "-q", "-f", "qcow2", *opts, str(img), "1M"], check=True)
+                args = [tool, "-f", "qcow2"]
+                for c in script:
+                    args += ["-c", c]
+                r = run([*args, str(img)])
+                assert r.returncode == 0 and "failed" not in r.stdout, r.stdout + r.stderr
+                info = qcheck(qemu_img, img)
+                assert info["_rc"] == 0 and not info.get("leaks") and not info.get("corruptions")
+                maps.append(qmap(qemu_img, img))
+            assert maps[0] == maps[1], (script, backing)
