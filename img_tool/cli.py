@@ -100,60 +100,13 @@ def getopt(
     :class:`UsageError` with qemu-img's wording. ``stop_at_operand`` is
     getopt's leading ``+``: the first operand ends the options.
     """
-    longopts = longopts or {}
-    opts: list[tuple[str, str | None]] = []
-    operands: list[str] = []
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--":
-            operands.extend(args[i + 1 :])
-            break
-        if arg.startswith("--"):
-            name, eq, value = arg[2:].partition("=")
-            if name in longopts:
-                matches = [name]
-            else:
-                matches = [n for n in longopts if n.startswith(name)] if name else []
-            if len(matches) != 1:
-                raise UsageError(f"unrecognized option '{arg}'")
-            full = matches[0]
-            if longopts[full] == 0:
-                if eq:
-                    raise UsageError(f"unrecognized option '{arg}'")
-                opts.append(("--" + full, None))
-            else:
-                if not eq:
-                    if i + 1 >= len(args):
-                        raise UsageError(f"missing argument for option '{arg}'")
-                    i += 1
-                    value = args[i]
-                opts.append(("--" + full, value))
-        elif arg.startswith("-") and arg != "-":
-            j = 1
-            while j < len(arg):
-                ch = arg[j]
-                idx = shortopts.find(ch)
-                if ch == ":" or idx < 0:
-                    raise UsageError(f"unrecognized option '{arg}'")
-                if shortopts[idx + 1 : idx + 2] == ":":
-                    if j + 1 < len(arg):
-                        value = arg[j + 1 :]
-                    elif i + 1 < len(args):
-                        i += 1
-                        value = args[i]
-                    else:
-                        raise UsageError(f"missing argument for option '{arg}'")
-                    opts.append(("-" + ch, value))
-                    break
-                opts.append(("-" + ch, None))
-                j += 1
-        else:
-            if stop_at_operand:
-                operands.extend(args[i:])
-                break
-            operands.append(arg)
-        i += 1
+    from ..common.getopt import scan
+
+    longs = {name: bool(has_arg) for name, has_arg in (longopts or {}).items()}
+    opts, operands, error = scan(args, shortopts, longs, stop_at_operand=stop_at_operand)
+    if error is not None:
+        what = "missing argument for" if error.kind == "missing" else "unrecognized"
+        raise UsageError(f"{what} option '{error.arg}'")
     return opts, operands
 
 
