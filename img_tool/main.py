@@ -13,7 +13,6 @@ library ``QemuError`` becomes ``prog: message`` and qemu-img's exit code.
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 from .cli import CliError, UsageError, getopt, prog
@@ -218,12 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         code = _report_exit(exc)
     except BrokenPipeError:
-        # the reader went away (``| head``): stop quietly as a C tool would
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except OSError:
-            pass
+        from ..common.cli_support import silence_stdout
+
+        silence_stdout()
         code = 1
     except KeyboardInterrupt:
         sys.stderr.write("\n")

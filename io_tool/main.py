@@ -270,11 +270,9 @@ def main(argv: list[str] | None = None) -> None:
         code = run(argv)
         sys.stdout.flush()
     except BrokenPipeError:
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except OSError:
-            pass
+        from ..common.cli_support import silence_stdout
+
+        silence_stdout()
         code = 1
     except KeyboardInterrupt:
         code = 130
