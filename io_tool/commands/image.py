@@ -6,9 +6,20 @@ import errno
 import time
 from typing import TYPE_CHECKING
 
-from ..report import REQUEST_MAX_BYTES, NumberError, cvtnum, cvtstr, out, print_report
+from ..report import REQUEST_MAX_BYTES, NumberError, cvtnum, cvtstr, out
 from . import command
-from .io import _parse, _run, _usage, bad_option, error_code, strerror
+from .io import (
+    _offset_count,
+    _options,
+    _parse,
+    _request_done,
+    _run,
+    _stops,
+    _usage,
+    bad_option,
+    error_code,
+    strerror,
+)
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -111,21 +122,12 @@ DISCARD_HELP = """
     help=DISCARD_HELP,
     write=True,
 )
+@_stops
 def discard_f(s: Session, argv: list[str]) -> int:
-    opts, rest = _parse(argv, "Cq")
-    cflag = qflag = False
-    for o, v in opts:
-        if o == "?":
-            return bad_option("discard", v)
-        cflag = cflag or o == "C"
-        qflag = qflag or o == "q"
+    f, rest = _options("discard", argv, "Cq")
     if len(rest) != 2:
         return _usage("discard")
-    try:
-        offset = cvtnum(rest[0])
-        length = cvtnum(rest[1])
-    except NumberError as exc:
-        return -exc.errno
+    offset, length = _offset_count(rest)
     if length > REQUEST_MAX_BYTES:
         out("length cannot exceed %d, given %s\n" % (REQUEST_MAX_BYTES, rest[1]))
         return EINVAL
@@ -133,12 +135,7 @@ def discard_f(s: Session, argv: list[str]) -> int:
     t1 = time.monotonic()
     code = _run(s.blk.pdiscard, offset, length)
     t2 = time.monotonic()
-    if code:
-        out("discard failed: %s\n" % strerror(code))
-        return -code
-    if not qflag:
-        print_report("discard", t2 - t1, offset, length, length, 1, cflag)
-    return 0
+    return _request_done("discard", code, t2 - t1, offset, length, f, "discard")
 
 
 @command(

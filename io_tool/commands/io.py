@@ -453,7 +453,7 @@ def write_f(s: Session, argv: list[str]) -> int:
     else:
         code = _run(blk.pwrite_pattern, offset, pattern, count, fua)
     t2 = time.monotonic()
-    return _write_done("write", code, t2 - t1, offset, count, f)
+    return _request_done("write", code, t2 - t1, offset, count, f)
 
 
 WRITEV_HELP = """
@@ -491,18 +491,24 @@ def writev_f(s: Session, argv: list[str]) -> int:
     t1 = time.monotonic()
     code = _run(s.blk.pwrite, offset, pattern_buffer(f.get("P", 0xCD), count), "f" in f)
     t2 = time.monotonic()
-    return _write_done("writev", code, t2 - t1, offset, count, f)
+    return _request_done("writev", code, t2 - t1, offset, count, f)
 
 
-def _write_done(
-    name: str, code: int, seconds: float, offset: int, count: int, f: dict[str, Any]
+def _request_done(
+    name: str,
+    code: int,
+    seconds: float,
+    offset: int,
+    count: int,
+    f: dict[str, Any],
+    op: str = "wrote",
 ) -> int:
-    """Print a finished write's failure or report (unless ``-q``)."""
+    """Print a finished request's failure, or its report unless ``-q``."""
     if code:
         out("%s failed: %s\n" % (name, strerror(code)))
         return -code
     if "q" not in f:
-        print_report("wrote", seconds, offset, count, count, 1, "C" in f)
+        print_report(op, seconds, offset, count, count, 1, "C" in f)
     return 0
 
 
