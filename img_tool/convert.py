@@ -202,6 +202,8 @@ def run(args: list[str]) -> int:
         progress=prog,
     )
     conv.salvage = salvage
+    if salvage:
+        conv.workers = 1  # one reader: the warnings come in the image's order
     conv.quiet = quiet
     if rate_limit:
         from ..common.ratelimit import LeakyBucket

@@ -8,7 +8,9 @@ version downgrade last. Each step leaves an image that checks clean:
   are written past the end of the file, then the header is switched to them
   in one write; the old structure's clusters become free;
 * downgrade v3 -> v2: refused when a v3-only feature is in use (QEMU's
-  words); zero clusters are expanded into clusters holding zeros (QEMU
+  words), or a snapshot's size differs from the image's (QEMU's words);
+  refused when a snapshot's L2 tables hold zero clusters (not done yet);
+  zero clusters are expanded into clusters holding zeros (QEMU
   deallocates those of an image without backing file instead: same data);
 * lazy refcounts: the compatible bit (the image was made clean on open).
 """
@@ -142,11 +144,9 @@ def downgrade(node: Any, progress: ProgressCb = None) -> None:
         raise BlockError("compat=0.10 requires refcount_bits=16")
     if hdr.data_file is not None:
         raise BlockError("Cannot downgrade an image with a data file")
-    if hdr.nb_snapshots:
-        raise UnsupportedFeature(
-            "pyqemu-img amend: downgrading an image with internal snapshots is not supported yet"
-        )
     node.flush()
+    if hdr.nb_snapshots:
+        _check_snapshots_for_v2(node)
     incompat = hdr.incompatible_features & ~int(Incompat.DIRTY)
     if incompat & Incompat.COMPRESSION:
         if _has_compressed(node):
@@ -166,6 +166,33 @@ def downgrade(node: Any, progress: ProgressCb = None) -> None:
     hdr.incompatible_features = 0
     hdr.version = 2
     node._write_header()
+
+
+def _check_snapshots_for_v2(node: Any) -> None:
+    """qcow2_downgrade's rule: every snapshot must have the image's size and a
+    VM state that fits 32 bits. Zero clusters inside snapshots would have to be
+    expanded in their (possibly shared) L2 tables: refused, not done yet."""
+    from .cache import table_from_bytes
+    from .layout import L1E_OFFSET_MASK, OFLAG_ZERO
+    from .snapshot import _read_l1, read_table
+
+    snaps, _ = read_table(node)
+    for sn in snaps:
+        if sn.vm_state_size > 0xFFFFFFFF or sn.disk_size != node.size:
+            raise UnsupportedFeature("Internal snapshots prevent downgrade of image")
+    seen: set[int] = set()
+    for sn in snaps:
+        for l1e in _read_l1(node, sn.l1_table_offset, sn.l1_size):
+            l2_offset = l1e & L1E_OFFSET_MASK
+            if not l2_offset or l2_offset in seen:
+                continue
+            seen.add(l2_offset)
+            l2 = table_from_bytes(node.file.read(l2_offset, node.cs))
+            if any(e & OFLAG_ZERO for e in l2):
+                raise UnsupportedFeature(
+                    "pyqemu-img amend: downgrading an image whose internal snapshots "
+                    "hold zero clusters is not supported yet"
+                )
 
 
 def _has_compressed(node: Any) -> bool:
