@@ -19,12 +19,11 @@ lines of ``-p`` follow the bytes copied, not the job's internal iterations.
 from __future__ import annotations
 
 import os
-import threading
-from _queue import SimpleQueue  # the C queue: no import of queue/heapq
 from collections import deque
 from typing import Any
 
 from ..common.ratelimit import RateLimit
+from ..common.workers import Job, Workers
 from .cli import CliError, Progress, UsageError, cvtnum, getopt, open_image_cli, qprint
 
 CACHE_MODES = ("none", "off", "writeback", "writethrough", "directsync", "unsafe")
@@ -33,63 +32,6 @@ CHUNK = 8 << 20
 #: reader threads, and data pieces in flight (read ahead of the writes)
 WORKERS = 2
 DEPTH = 4
-
-
-class Job:
-    """A task for :class:`Workers`: ``result()`` waits for it."""
-
-    __slots__ = ("fn", "args", "done", "value", "error")
-
-    def __init__(self, fn: Any, args: tuple[Any, ...]) -> None:
-        self.fn = fn
-        self.args = args
-        self.done = threading.Lock()
-        self.done.acquire()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-    def result(self) -> Any:
-        with self.done:
-            pass
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-    def wait(self) -> None:
-        with self.done:
-            pass
-
-
-class Workers:
-    """A minimal FIFO thread pool (``concurrent.futures`` costs start-up time)."""
-
-    def __init__(self, count: int) -> None:
-        self._queue: SimpleQueue[Job | None] = SimpleQueue()
-        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(count)]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, fn: Any, *args: Any) -> Job:
-        job = Job(fn, args)
-        self._queue.put(job)
-        return job
-
-    def _loop(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            try:
-                job.value = job.fn(*job.args)
-            except BaseException as exc:
-                job.error = exc
-            job.done.release()
-
-    def shutdown(self) -> None:
-        for _ in self._threads:
-            self._queue.put(None)
-        for thread in self._threads:
-            thread.join()
 
 
 def check_cache_mode(mode: str, what: str = "cache") -> None:

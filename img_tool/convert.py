@@ -27,6 +27,7 @@ import threading
 from _queue import Empty, SimpleQueue  # the C queue: no import of queue/heapq
 from typing import Any
 
+from ..common.workers import Job, Workers
 from .cli import (
     CliError,
     Progress,
@@ -929,7 +930,7 @@ class Converter:
         # measured slower on a 2-CPU host
         cpus = os.cpu_count() or 1
         nworkers = min(self.workers, cpus + 1)
-        pool = _Workers(max(1, nworkers))
+        pool = Workers(max(1, nworkers))
         try:
             for kind, start, length, host in runs:
                 if kind == BACKING:
@@ -946,7 +947,7 @@ class Converter:
                     n = min(end, (pos // step + 1) * step) - pos
                     h = None if host is None else (host[0], host[1] + pos - start)
                     if self.reserve_writes:
-                        fut: _Job = pool.submit(self._work, pos, n, seq, h)
+                        fut: Job = pool.submit(self._work, pos, n, seq, h)
                         seq += 1
                     else:
                         fut = pool.submit(self._work, pos, n, -1, h)
@@ -986,65 +987,6 @@ class Converter:
         for src in self.sources:
             src.node.close()
         self.sources = []
-
-
-class _Job:
-    """One task of :class:`_Workers` (the part of a ``Future`` convert uses)."""
-
-    __slots__ = ("fn", "args", "done", "value", "error")
-
-    def __init__(self, fn: Any, args: tuple[Any, ...]) -> None:
-        self.fn = fn
-        self.args = args
-        self.done = threading.Lock()
-        self.done.acquire()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-    def result(self) -> Any:
-        with self.done:
-            pass
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-    def cancel(self) -> None:
-        self.fn = None  # skipped if no worker has taken it yet
-
-
-class _Workers:
-    """A minimal FIFO thread pool: ``concurrent.futures`` (and the ``logging``
-    it imports) costs ~10 ms of start-up, a tenth of a small conversion."""
-
-    def __init__(self, count: int) -> None:
-        self._queue: SimpleQueue[_Job | None] = SimpleQueue()
-        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(count)]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, fn: Any, *args: Any) -> _Job:
-        job = _Job(fn, args)
-        self._queue.put(job)
-        return job
-
-    def _loop(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            fn = job.fn
-            if fn is not None:
-                try:
-                    job.value = fn(*job.args)
-                except BaseException as exc:
-                    job.error = exc
-            job.done.release()
-
-    def shutdown(self) -> None:
-        for _ in self._threads:
-            self._queue.put(None)
-        for thread in self._threads:
-            thread.join()
 
 
 def _is_raw_file(node: Any) -> bool:

@@ -20,8 +20,9 @@ import re
 from collections import deque
 from typing import Any
 
+from ..common.workers import Workers
 from .cli import CliError, Progress, UsageError, getopt, open_image_cli
-from .commit import Workers, check_cache_mode, find_backing_image, is_allocated_above
+from .commit import check_cache_mode, find_backing_image, is_allocated_above
 
 #: qemu-img's IO_BUF_SIZE: the step of the safe-mode loop
 IO_BUF_SIZE = 2 << 20
