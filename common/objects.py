@@ -6,8 +6,11 @@ Objects live in a per-process registry: the binaries call :func:`add_object`
 for each ``--object`` option, and the block layer looks secrets up by id
 (``encrypt.key-secret=ID``) with :func:`secret_bytes` / :func:`secret_utf8`.
 
+``tls-creds-x509`` and ``tls-creds-psk`` objects (:mod:`.tls_creds`) are
+registered too: the NBD client finds them by ``tls-creds=ID``.
+
 Not supported: encrypted secrets (``keyid=``/``iv=``), which need an AES key
-secret to decrypt them, and every object type other than ``secret``.
+secret to decrypt them, and every other object type.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import threading
 
 from .errors import QemuError
 from .options import parse_opts
+from .tls_creds import TLS_TYPES, Creds, make_creds
 
 
 class ObjectError(QemuError):
@@ -54,7 +58,7 @@ class Secret:
     data: bytes
 
 
-_registry: dict[str, Secret] = {}
+_registry: dict[str, Secret | Creds] = {}
 _lock = threading.Lock()
 
 
@@ -76,13 +80,14 @@ def help_text(text: str) -> str | None:
     return None
 
 
-def parse_object(text: str) -> Secret:
-    """Parse one ``--object`` definition into a :class:`Secret` (not registered)."""
+def parse_object(text: str) -> Secret | Creds:
+    """Parse one ``--object`` definition into a :class:`Secret` or TLS
+    credentials (not registered)."""
     opts = parse_opts(text, implied_key="qom-type")
     qom_type = opts.pop("qom-type", None)
     if qom_type is None:
         raise ObjectError("Parameter 'qom-type' is missing")
-    if qom_type != "secret":
+    if qom_type != "secret" and qom_type not in TLS_TYPES:
         if qom_type in OBJECT_TYPES:
             raise ObjectError(f"Object type '{qom_type}' is not supported yet by pyqemu")
         raise ObjectError(f"Parameter 'qom-type' does not accept value '{qom_type}'")
@@ -94,6 +99,8 @@ def parse_object(text: str) -> Secret:
             "Parameter 'id' expects an identifier\n"
             "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter."
         )
+    if qom_type in TLS_TYPES:
+        return make_creds(qom_type, obj_id, opts)
     for key in opts:
         if key not in _SECRET_PROPS:
             raise ObjectError(f"Parameter '{key}' is unexpected")
@@ -138,7 +145,7 @@ def _b64decode(raw: bytes) -> bytes:
         raise ObjectError("Base64 data contains invalid characters") from None
 
 
-def add_object(text: str) -> Secret:
+def add_object(text: str) -> Secret | Creds:
     """Parse ``text`` (a ``--object`` value) and register the object."""
     secret = parse_object(text)
     with _lock:
@@ -150,9 +157,19 @@ def add_object(text: str) -> Secret:
     return secret
 
 
-def lookup(obj_id: str) -> Secret | None:
+def lookup(obj_id: str) -> Secret | Creds | None:
     with _lock:
         return _registry.get(obj_id)
+
+
+def tls_creds(obj_id: str) -> Creds:
+    """The ``tls-creds-*`` object ``obj_id`` (nbd_get_tls_creds's lookup)."""
+    obj = lookup(obj_id)
+    if obj is None:
+        raise ObjectError(f"No TLS credentials with id '{obj_id}'")
+    if isinstance(obj, Secret):
+        raise ObjectError(f"Object with id '{obj_id}' is not TLS credentials")
+    return obj
 
 
 def remove_all() -> None:
@@ -164,7 +181,7 @@ def remove_all() -> None:
 def secret_bytes(obj_id: str) -> bytes:
     """The raw data of secret ``obj_id`` (qcrypto_secret_lookup)."""
     secret = lookup(obj_id)
-    if secret is None:
+    if not isinstance(secret, Secret):
         raise ObjectError(f"No secret with id '{obj_id}'")
     return secret.data
 

@@ -21,8 +21,8 @@ without holding it.
   ``identity``. Like qemu 7.2, authz is checked only for x509 with
   ``verify-peer=on``.
 
-There is no common ``--object`` parser yet (``common/objects.py`` does not
-exist): :class:`Objects` parses the three types pyqemu-nbd uses.
+The credentials objects themselves are :mod:`pyqemu.common.tls_creds` (shared with
+the NBD client); :class:`Objects` is pyqemu-nbd's ``--object`` registry.
 
 Not supported: ``passwordid`` (encrypted server keys), ``dh-params.pem`` (the
 file is accepted and ignored; OpenSSL picks its own groups), ``priority``
@@ -32,14 +32,22 @@ strings (accepted, ignored), ``tls-creds-anon``, ``authz-list``/``-pam``.
 from __future__ import annotations
 
 import dataclasses
-import os
 import socket
 import ssl
 import threading
 from typing import Any
 
-from ..common.errors import QemuError
-from ..common.options import OptionError, parse_bool, parse_opts
+from ..common.options import OptionError, parse_opts
+from ..common.tls_creds import (
+    Creds,
+    TLSError,
+    X509Creds,
+    _take,
+    make_creds,
+)
+from ..common.tls_creds import (
+    reason as _reason,
+)
 
 RECV_SIZE = 256 * 1024
 #: plaintext encrypted per socket write when sending large payloads
@@ -73,94 +81,10 @@ _DN_NAMES = {
 }
 
 
-class TLSError(QemuError):
-    """A TLS configuration or handshake failure, with qemu's message."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-@dataclasses.dataclass(frozen=True)
-class X509Creds:
-    id: str
-    dir: str
-    endpoint: str
-    verify_peer: bool
-
-    def files(self) -> tuple[str, str, str, str | None]:
-        """(ca-cert, server-cert, server-key, ca-crl or None), checked as qemu does."""
-        ca = _cred_path(self.dir, "ca-cert.pem", True)
-        if self.endpoint == "client":
-            return ca or "", "", "", None
-        crl = _cred_path(self.dir, "ca-crl.pem", False)
-        cert = _cred_path(self.dir, "server-cert.pem", True)
-        key = _cred_path(self.dir, "server-key.pem", True)
-        return ca or "", cert or "", key or "", crl
-
-
-@dataclasses.dataclass(frozen=True)
-class PSKCreds:
-    id: str
-    dir: str
-    endpoint: str
-    username: str
-
-    @property
-    def keys_file(self) -> str:
-        return os.path.join(self.dir, "keys.psk")
-
-    def key_for(self, identity: str) -> bytes | None:
-        """The key of ``identity`` from keys.psk (read at each handshake)."""
-        try:
-            with open(self.keys_file, encoding="utf-8", errors="replace") as fh:
-                lines = fh.read().splitlines()
-        except OSError:
-            return None
-        for line in lines[:100000]:
-            name, sep, hexkey = line.strip().partition(":")
-            if sep and name == identity:
-                try:
-                    return bytes.fromhex(hexkey.strip())
-                except ValueError:
-                    return None
-        return None
-
-
 @dataclasses.dataclass(frozen=True)
 class AuthzSimple:
     id: str
     identity: str
-
-
-Creds = X509Creds | PSKCreds
-
-
-def _cred_path(directory: str, name: str, required: bool) -> str | None:
-    """qcrypto_tls_creds_get_path: the file's path, None if optional and absent."""
-    path = os.path.join(directory, name)
-    try:
-        os.stat(path)
-    except OSError as exc:
-        if required or exc.errno not in (2,):
-            raise TLSError(f"Unable to access credentials {path}: {exc.strerror or exc}") from None
-        return None
-    if not os.access(path, os.R_OK):
-        raise TLSError(f"Unable to access credentials {path}: Permission denied")
-    return path
-
-
-def _take(props: dict[str, str], allowed: tuple[str, ...]) -> None:
-    for key in props:
-        if key not in allowed:
-            raise TLSError(f"Parameter '{key}' is unexpected")
-
-
-def _endpoint(props: dict[str, str]) -> str:
-    value = props.get("endpoint", "client")
-    if value not in ("client", "server"):
-        raise TLSError(f"Parameter 'endpoint' does not accept value '{value}'")
-    return value
 
 
 class Objects:
@@ -206,29 +130,7 @@ class Objects:
             if "identity" not in props:
                 raise TLSError("Parameter 'identity' is missing")
             return AuthzSimple(oid, props["identity"])
-        if kind == "tls-creds-x509":
-            _take(
-                props,
-                ("dir", "endpoint", "verify-peer", "priority", "sanity-check", "loaded",
-                 "passwordid"),
-            )  # fmt: skip
-            endpoint = _endpoint(props)
-            verify = parse_bool(props.get("verify-peer", "on"), "verify-peer")
-            parse_bool(props.get("sanity-check", "on"), "sanity-check")
-            if "passwordid" in props:
-                raise TLSError("passwordid (encrypted keys) is not supported by pyqemu-nbd")
-            if "dir" not in props:
-                raise TLSError("Missing 'dir' property value")
-            x509 = X509Creds(oid, props["dir"], endpoint, verify)
-            x509.files()
-            return x509
-        _take(props, ("dir", "endpoint", "username", "priority", "loaded", "verify-peer"))
-        endpoint = _endpoint(props)
-        if "dir" not in props:
-            raise TLSError("Missing 'dir' property value")
-        psk = PSKCreds(oid, props["dir"], endpoint, props.get("username", "qemu"))
-        _cred_path(psk.dir, "keys.psk", True)
-        return psk
+        return make_creds(kind, oid, props, "pyqemu-nbd")
 
     def tls_creds(self, oid: str) -> Creds:
         """The credentials ``--tls-creds`` names (qemu-nbd's nbd_get_tls_creds)."""
@@ -364,14 +266,6 @@ class ServerTLS:
             raise TLSError(f"Authorization object '{self.authz}' not found")
         if authz.identity != dn:
             raise TLSError(f"TLS x509 authz check for {dn} is denied")
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError):
-        return str(getattr(exc, "reason", None) or exc.args[-1] if exc.args else exc)
-    if isinstance(exc, OSError):
-        return exc.strerror or str(exc)
-    return str(exc)
 
 
 class TLSStream:

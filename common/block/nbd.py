@@ -24,7 +24,14 @@ longer than the maximum block size are split.
 Thread safety: one lock serialises each request with its replies, so the block
 layer may call from several threads (convert's workers).
 
-Not supported: TLS (``tls-creds``), reconnection (``reconnect-delay`` and
+TLS: ``tls-creds=ID`` names a ``tls-creds-x509`` or ``tls-creds-psk`` object
+(``--object``, :mod:`pyqemu.common.objects`); the client sends NBD_OPT_STARTTLS
+first, then runs TLS over the socket (:func:`pyqemu.common.tls_creds.client_handshake`)
+and negotiates the rest inside it. x509 checks the server's certificate against
+``tls-hostname``, else the inet host; a unix socket needs ``tls-hostname``
+(QEMU's "No hostname for certificate validation").
+
+Not supported: reconnection (``reconnect-delay`` and
 ``open-timeout`` are accepted and ignored), the oldstyle handshake, abstract
 unix sockets, ``qemu:allocation-depth``.
 """
@@ -37,7 +44,8 @@ import threading
 import urllib.parse
 from typing import Any
 
-from ..errors import strerror
+from .. import objects
+from ..errors import QemuError, strerror
 from ..nbd import (
     BASE_ALLOCATION,
     MAX_PAYLOAD,
@@ -66,6 +74,7 @@ from ..nbd import (
     StructuredChunk,
     TransmissionFlag,
 )
+from ..tls_creds import Creds, TLSError, client_handshake
 from .driver import BlockDriver, Status, StatusRun
 from .errors import BlockError, InvalidRequest, UnsupportedFeature
 
@@ -129,6 +138,8 @@ _KNOWN_OPTIONS = frozenset(
         "detect-zeroes",
         "cache.direct",
         "cache.no-flush",
+        "tls-creds",
+        "tls-hostname",
     )
 )
 
@@ -259,8 +270,6 @@ def resolve_options(options: dict[str, Any]) -> dict[str, str]:
     for key in opts:
         if key.startswith("server.") or key in _KNOWN_OPTIONS:
             continue
-        if key in ("tls-creds", "tls-hostname"):
-            raise UnsupportedFeature("TLS is not supported by this NBD client")
         raise BlockError(f"Block protocol 'nbd' doesn't support the option '{key}'", errno.EINVAL)
     kind = opts.get("server.type")
     if kind is None:
@@ -341,6 +350,17 @@ def _connect(opts: dict[str, str]) -> socket.socket:
     raise NBDConnectError(f"Failed to connect to '{host}:{port}': {strerror(last)}", last)
 
 
+def _tls_creds(oid: str) -> Creds:
+    """The client credentials ``tls-creds`` names (nbd_get_tls_creds)."""
+    try:
+        creds = objects.tls_creds(oid)
+    except QemuError as exc:
+        raise BlockError(exc.message, errno.EINVAL) from None
+    if creds.endpoint != "client":
+        raise BlockError("Expected TLS credentials for a client endpoint", errno.EINVAL)
+    return creds
+
+
 def _io_error(detail: str = "") -> BlockError:
     return BlockError(strerror(errno.EIO), errno.EIO)
 
@@ -349,7 +369,7 @@ class NBDClient:
     """One negotiated NBD connection; :meth:`request` is thread-safe."""
 
     def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+        self.sock: socket.socket = sock
         self.conn = ClientConnection()
         self.lock = threading.Lock()
         self.size = 0
@@ -441,15 +461,24 @@ class NBDClient:
             message += f"\nserver reported: {reply.data}"
         return NBDConnectError(message, errno.EINVAL)
 
-    def negotiate(self, export: str, bitmap: str | None) -> None:
-        """The fixed newstyle handshake up to transmission (nbd_receive_negotiate)."""
+    def negotiate(
+        self,
+        export: str,
+        bitmap: str | None,
+        tls: Creds | None = None,
+        hostname: str | None = None,
+    ) -> None:
+        """The fixed newstyle handshake up to transmission (nbd_receive_negotiate);
+        with ``tls``, NBD_OPT_STARTTLS and TLS first."""
         try:
-            self._negotiate(export, bitmap)
+            self._negotiate(export, bitmap, tls, hostname)
         except NBDError as exc:
             self.dead = True
             raise BlockError(exc.message, errno.EINVAL) from None
 
-    def _negotiate(self, export: str, bitmap: str | None) -> None:
+    def _negotiate(
+        self, export: str, bitmap: str | None, tls: Creds | None, hostname: str | None
+    ) -> None:
         greeting = self._event()
         if isinstance(greeting, Closed):
             raise BlockError("Failed to read initial magic: Unexpected end-of-file", errno.EIO)
@@ -461,15 +490,32 @@ class NBDClient:
         if greeting.flags & HandshakeFlag.NO_ZEROES:
             flags |= ClientFlag.NO_ZEROES
         self._send(ClientFlags(flags))
+        if tls is not None:
+            if not fixed:
+                raise NBDConnectError("Server does not support STARTTLS", errno.EINVAL)
+            self._starttls(tls, hostname)
         if fixed:
-            reply = self._option(Option(Opt.STRUCTURED_REPLY))[-1]
-            if reply.is_error and reply.reply != Rep.ERR_UNSUP:
-                raise self._reply_error(reply)
+            # not strict, as QEMU asks: any error (even TLS required) only means
+            # no structured replies; NBD_OPT_GO then reports the real problem
+            self._option(Option(Opt.STRUCTURED_REPLY))
             if self.conn.structured:
                 self._set_meta_context(export, bitmap or BASE_ALLOCATION, bitmap is not None)
             if self._go(export):
                 return
         self._export_name(export)
+
+    def _starttls(self, tls: Creds, hostname: str | None) -> None:
+        """NBD_OPT_STARTTLS, then the TLS handshake (nbd_receive_starttls)."""
+        final = self._option(Option(Opt.STARTTLS))[-1]
+        if final.is_error:
+            raise self._reply_error(final)
+        if self.conn.buffered:
+            raise NBDConnectError("Unexpected data after STARTTLS reply", errno.EINVAL)
+        try:
+            self.sock = client_handshake(self.sock, tls, hostname)
+        except TLSError as exc:
+            self.dead = True
+            raise NBDConnectError(exc.message, errno.EINVAL) from None
 
     def _set_meta_context(self, export: str, query: str, required: bool) -> None:
         replies = self._option(Option.meta_context(Opt.SET_META_CONTEXT, export, (query,)))
@@ -638,10 +684,16 @@ class NBDProtocol(BlockDriver):
         opts = resolve_options(options)
         if "read-only" in opts:
             read_only = opts["read-only"] in ("on", "true", "yes", "1")
+        creds = None
+        hostname = opts.get("tls-hostname")
+        if "tls-creds" in opts:
+            creds = _tls_creds(opts["tls-creds"])
+            if hostname is None and opts["server.type"] == "inet":
+                hostname = opts["server.host"]
         sock = _connect(opts)
         client = NBDClient(sock)
         try:
-            client.negotiate(opts.get("export", ""), opts.get("x-dirty-bitmap"))
+            client.negotiate(opts.get("export", ""), opts.get("x-dirty-bitmap"), creds, hostname)
             if not read_only and client.flags & TransmissionFlag.READ_ONLY:
                 raise BlockError("Could not open image: Permission denied", errno.EACCES)
         except BaseException:
