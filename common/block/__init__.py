@@ -167,12 +167,27 @@ def _realpath(filename: str) -> str:
     return os.path.realpath(filename)
 
 
+def _dirname_source(node: BlockDriver) -> str:
+    """The filename whose folder relative backing names resolve against.
+
+    Filters such as blkdebug pass this down to their image, as QEMU's
+    ``bdrv_dirname`` does: ``blkdebug::sub/top.qcow2`` resolves ``base.qcow2``
+    to ``sub/base.qcow2``.
+    """
+    current = node
+    while current.file is not None and current.format_name != "file":
+        current = current.file
+    return current.filename if current.format_name == "file" else node.filename
+
+
 def _open_backing(
     node: BlockDriver, opts: dict[str, Any], backing: bool, read_only: bool, chain: tuple[str, ...]
 ) -> None:
     if not node.supports_backing:
         return
-    node.full_backing_filename = resolve_backing_filename(node.filename, node.backing_filename)
+    node.full_backing_filename = resolve_backing_filename(
+        _dirname_source(node), node.backing_filename
+    )
     if not backing or not node.backing_filename:
         return
     if "backing" in opts and opts["backing"] in (None, ""):

@@ -279,3 +279,42 @@ def test_truncate_beyond_int64_is_block_error(tmp_path) -> None:
         with pytest.raises(InvalidRequest):
             img.truncate(1 << 64)
         assert img.size == 512
+
+
+def test_backing_name_resolves_through_blkdebug(tmp_path, qemu_img) -> None:
+    """A relative backing name resolves against the image's folder, not the
+    ``blkdebug:`` filename (QEMU's bdrv_dirname goes through filters)."""
+    import os
+    import subprocess
+
+    from pyqemu.common.block import open_image
+
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    subprocess.run(
+        [qemu_img, "create", "-q", "-f", "qcow2", str(sub / "base.qcow2"), "1M"], check=True
+    )
+    subprocess.run(
+        [
+            qemu_img,
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            str(sub / "top.qcow2"),
+        ],
+        check=True,
+    )
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with open_image("blkdebug::sub/top.qcow2") as img:
+            assert img.full_backing_filename == os.path.join("sub", "base.qcow2")
+            assert img.backing is not None and img.backing.size == 1 << 20
+            assert img.read(0, 512) == bytes(512)
+    finally:
+        os.chdir(cwd)
