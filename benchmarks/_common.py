@@ -46,6 +46,17 @@ def precompile(*subs: str) -> None:
         compileall.compile_dir(os.path.join(root, sub), quiet=1)
 
 
+def img_tools() -> tuple[str, str]:
+    """Paths of qemu-img and pyqemu-img (exits if either is missing), with
+    pyqemu's modules precompiled as a wheel install would have them."""
+    qemu_img = shutil.which("qemu-img")
+    pyqemu_img = find_tool("pyqemu-img")
+    if not qemu_img or not pyqemu_img:
+        sys.exit("need both qemu-img and pyqemu-img on PATH")
+    precompile("common", "img_tool")
+    return qemu_img, pyqemu_img
+
+
 def make_mixed_raw(path: str, size: int, seed: int) -> None:
     """Random data runs, written zero runs and holes, in 64 KiB..4 MiB pieces."""
     rng = random.Random(seed)

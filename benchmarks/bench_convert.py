@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 
-from _common import find_tool, make_mixed_raw, measure, parse_size, precompile
+from _common import img_tools, make_mixed_raw, measure, parse_size
 
 
 def main() -> None:
@@ -32,11 +32,7 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="scratch folder (default: a temp dir)")
     args = ap.parse_args()
     size = parse_size(args.size)
-    qemu_img = shutil.which("qemu-img")
-    pyqemu_img = find_tool("pyqemu-img")
-    if not qemu_img or not pyqemu_img:
-        sys.exit("need both qemu-img and pyqemu-img on PATH")
-    precompile("common", "img_tool")
+    qemu_img, pyqemu_img = img_tools()
     work = tempfile.mkdtemp(prefix="pyqemu-bench-", dir=args.dir)
     try:
         src = os.path.join(work, "src.raw")
