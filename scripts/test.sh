@@ -23,6 +23,13 @@ APT_PACKAGES=(
     fio # fio's nbd engine for benchmarks/bench_nbd.py
     openssl # test certificates for pyqemu-nbd's TLS tests
     libssl-dev # headers to build sslpsk3 (PSK TLS for pyqemu-nbd) from its sdist
+    qemu-user # qemu-arm, qemu-aarch64: the peers of pyqemu-arm/pyqemu-aarch64
+    gcc-arm-linux-gnueabihf # builds the ARMv7 guest programs of tests/guests/
+    gcc-aarch64-linux-gnu # builds the AArch64 guest programs of tests/guests/
+    libc6-dev-armhf-cross # ARMv7 glibc headers, static libs and the -L sysroot
+    libc6-dev-arm64-cross # AArch64 glibc headers, static libs and the -L sysroot
+    golang-go # builds the Go guest programs (GOARCH=arm, arm64)
+    gdb-multiarch # gdb for ARM/AArch64 guests: the gdbstub's peer
 )
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
