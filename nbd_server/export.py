@@ -137,16 +137,18 @@ def nbd_errno(exc: BaseException) -> Errno:
     }.get(code, Errno.EINVAL)
 
 
-_ALLOWED_FLAGS = {
-    Cmd.READ: CmdFlag.DF,
-    Cmd.WRITE: CmdFlag.FUA,
-    Cmd.WRITE_ZEROES: CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.FAST_ZERO,
-    Cmd.TRIM: CmdFlag.FUA,
-    Cmd.FLUSH: CmdFlag.NONE,
-    Cmd.CACHE: CmdFlag.NONE,
-    Cmd.BLOCK_STATUS: CmdFlag.REQ_ONE,
-    Cmd.DISC: CmdFlag.NONE,
+#: the flags each command accepts, as plain ints
+_ALLOWED_FLAGS: dict[int, int] = {
+    Cmd.READ: int(CmdFlag.DF),
+    Cmd.WRITE: int(CmdFlag.FUA),
+    Cmd.WRITE_ZEROES: int(CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.FAST_ZERO),
+    Cmd.TRIM: int(CmdFlag.FUA),
+    Cmd.FLUSH: 0,
+    Cmd.CACHE: 0,
+    Cmd.BLOCK_STATUS: int(CmdFlag.REQ_ONE),
+    Cmd.DISC: 0,
 }
+_DF, _FUA, _NO_HOLE = int(CmdFlag.DF), int(CmdFlag.FUA), int(CmdFlag.NO_HOLE)
 
 
 class Session:
@@ -306,35 +308,37 @@ class Session:
         cmd = req.cmd
         if cmd == Cmd.DISC:
             return []
+        flags = int(req.flags)  # plain int tests: IntFlag operators cost more per request
         allowed = _ALLOWED_FLAGS.get(cmd)  # type: ignore[call-overload]
         if allowed is None:
             return self.error(req, Errno.EINVAL, f"unsupported command {int(cmd)}")
-        if int(req.flags) & ~int(allowed):
-            return self.error(req, Errno.EINVAL, f"unsupported flags (got 0x{int(req.flags):x})")
-        if req.flags & CmdFlag.DF and not self.structured:
+        if flags & ~allowed:
+            return self.error(req, Errno.EINVAL, f"unsupported flags (got 0x{flags:x})")
+        if flags & _DF and not self.structured:
             return self.error(req, Errno.EINVAL, "DF flag needs structured replies")
-        if cmd in (Cmd.WRITE, Cmd.WRITE_ZEROES, Cmd.TRIM) and exp.read_only:
+        if exp.read_only and cmd in (Cmd.WRITE, Cmd.WRITE_ZEROES, Cmd.TRIM):
             return self.error(req, Errno.EINVAL, "export is read-only")
-        if cmd in (Cmd.READ, Cmd.WRITE) and req.length > MAX_BLOCK:
+        if req.length > MAX_BLOCK and cmd in (Cmd.READ, Cmd.WRITE):
             return self.error(req, Errno.EINVAL, f"len ({req.length}) is larger than max len")
         end = req.offset + req.length
-        if cmd != Cmd.FLUSH and end > exp.size:
+        if end > exp.size and cmd != Cmd.FLUSH:
             return self.error(req, Errno.EINVAL, "operation past EOF")
+        fua = bool(flags & _FUA)
         try:
             if cmd == Cmd.READ:
                 return self._read(req)
             if cmd == Cmd.WRITE:
                 assert req.data is not None
-                self._write(req.offset, req.data, bool(req.flags & CmdFlag.FUA))
+                self._write(req.offset, req.data, fua)
             elif cmd == Cmd.WRITE_ZEROES:
-                unmap = exp.discard and not req.flags & CmdFlag.NO_HOLE
-                self._zero(req.offset, req.length, unmap, bool(req.flags & CmdFlag.FUA))
+                unmap = exp.discard and not flags & _NO_HOLE
+                self._zero(req.offset, req.length, unmap, fua)
             elif cmd == Cmd.TRIM:
                 if exp.discard:
                     lo, hi = self._clip(req.offset, req.length)
                     if hi > lo:
                         exp.node.discard(lo, hi - lo)
-                if req.flags & CmdFlag.FUA:
+                if fua:
                     exp.node.flush()
             elif cmd == Cmd.FLUSH:
                 exp.node.flush()

@@ -49,6 +49,7 @@ BIG = 64 * 1024
 MAX_IN_FLIGHT = 16
 #: worker threads per connection
 WORKERS = 8
+_FUA = int(CmdFlag.FUA)
 
 
 def sendmsg_all(sock: socket.socket, parts: list[Any]) -> None:
@@ -207,8 +208,9 @@ def _recv(stream: Stream, conn: ServerConnection, lock: threading.Lock) -> bool:
 
 
 class _Requests:
-    """The transmission phase of one connection: workers started as needed,
-    replies written one request at a time, a bound on requests read ahead."""
+    """The transmission phase of one connection: small requests run inline in
+    the reader with their replies batched; heavy ones go to workers started as
+    needed; a bound on requests read ahead."""
 
     def __init__(self, stream: Stream, conn: ServerConnection, session: Session,
                  lock: threading.Lock) -> None:  # fmt: skip
@@ -218,30 +220,56 @@ class _Requests:
         self.lock = lock  # the engine's
         self.slots = threading.BoundedSemaphore(MAX_IN_FLIGHT)
         self.idle = threading.Condition()
+        #: requests handed to workers and not answered yet
         self.busy = 0
         self.failed = False
         self.queue: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self.workers: list[threading.Thread] = []
+        #: reply buffers of inline requests not written yet: the reader sends
+        #: them in one sendmsg before it would wait for more bytes
+        self.pending: list[Any] = []
 
     def submit(self, req: Request) -> None:
         """Run ``req`` inline when it is small (a page-cache hit costs less
         than a hand-off between threads) or nothing else is queued or running;
         else on a worker, so large and durable I/O overlaps the reading."""
+        heavy = req.length >= BIG or req.cmd == Cmd.FLUSH or bool(int(req.flags) & _FUA)
+        if not heavy:
+            self._inline(req)
+            return
+        with self.idle:
+            alone = self.busy == 0
+        if alone and not self.conn.buffered:
+            self._inline(req)
+            return
         self.slots.acquire()
         with self.idle:
             self.busy += 1
-            alone = self.busy == 1
-        with self.lock:
-            more = self.conn.buffered > 0
-        heavy = req.length >= BIG or req.cmd == Cmd.FLUSH or bool(req.flags & CmdFlag.FUA)
-        if not heavy or (alone and not more):
-            self._run(req)
-            return
         if len(self.workers) < WORKERS and self.busy > len(self.workers):
             t = threading.Thread(target=self._work, name="nbd-worker", daemon=True)
             self.workers.append(t)
             t.start()
         self.queue.put(req)
+
+    def _inline(self, req: Request) -> None:
+        replies = self.session.request(req)
+        with self.lock:
+            for r in replies:
+                self.pending += self.conn.send_parts(r)
+        if len(self.pending) >= 64 or (self.pending and len(self.pending[-1]) >= BIG):
+            self.flush()  # enough for one sendmsg, or a large READ payload
+
+    def flush(self) -> None:
+        """Write the replies of inline requests (one sendmsg for the batch)."""
+        if not self.pending:
+            return
+        parts, self.pending = self.pending, []
+        if self.failed:
+            return
+        try:
+            self.stream.send_parts(parts)
+        except OSError:
+            self.failed = True  # the reader sees the socket fail too and stops
 
     def _work(self) -> None:
         for _ in iter(int, 1):  # until close() sends None
@@ -269,6 +297,7 @@ class _Requests:
 
     def drain(self) -> None:
         """Wait until every submitted request has been answered."""
+        self.flush()
         with self.idle:
             for _ in iter(int, 1):  # until the workers are idle
                 if self.busy == 0:
@@ -306,12 +335,23 @@ def serve_connection(sock: socket.socket, session: Session, tls: Any = None) -> 
             except NBDError:
                 return  # protocol error: drop this client only
             if ev is NEED_DATA:
-                if requests is not None and requests.failed:
-                    return
+                if requests is not None:
+                    requests.flush()  # answer what was read before waiting for more
+                    if requests.failed:
+                        return
                 _recv(stream, conn, lock)
                 continue  # at EOF next_event gives Closed or an error
             if isinstance(ev, Closed):
                 return
+            if isinstance(ev, Request):
+                if requests is None:
+                    requests = _Requests(stream, conn, session, lock)
+                if ev.cmd == Cmd.DISC:
+                    return  # the finally clause answers what is in flight first
+                if ev.cmd == Cmd.FLUSH:
+                    requests.drain()
+                requests.submit(ev)
+                continue
             if isinstance(ev, Option):
                 replies = session.option(ev)
                 parts: list[Any] = []
@@ -334,15 +374,6 @@ def serve_connection(sock: socket.socket, session: Session, tls: Any = None) -> 
                         sys.stderr.write(f"{prog}: option negotiation failed: {exc.message}\n")
                         return
                     session.tls_active = True
-                continue
-            if isinstance(ev, Request):
-                if requests is None:
-                    requests = _Requests(stream, conn, session, lock)
-                if ev.cmd == Cmd.DISC:
-                    return  # the finally clause answers what is in flight first
-                if ev.cmd == Cmd.FLUSH:
-                    requests.drain()
-                requests.submit(ev)
                 continue
             # ClientFlags: nothing to answer
     finally:

@@ -79,6 +79,9 @@ from .layout import (
     U32,
 )
 
+#: chunk types as plain ints (IntEnum operators cost more)
+_OFFSET_DATA, _NONE = int(Chunk.OFFSET_DATA), int(Chunk.NONE)
+
 
 class Role(enum.Enum):
     SERVER = "server"
@@ -225,6 +228,11 @@ class Connection:
     # --- the state table ---------------------------------------------------
 
     def _kind(self, msg: Event) -> str:
+        cls = type(msg)  # the per-request messages first, by exact type
+        if cls is Request:
+            return "request-disc" if msg.cmd == Cmd.DISC else "request"  # type: ignore[union-attr]
+        if cls is StructuredChunk or cls is SimpleReply:
+            return "reply"
         if isinstance(msg, Greeting):
             return "greeting"
         if isinstance(msg, ClientFlags):
@@ -272,7 +280,10 @@ class Connection:
         self.state = nxt
 
     def _track(self, msg: Event, error: type[Exception]) -> None:
-        if isinstance(msg, Greeting):
+        cls = type(msg)
+        if cls is Request or cls is StructuredChunk:  # the per-request path, first
+            self._track_transmission(msg, error)  # type: ignore[arg-type]
+        elif isinstance(msg, Greeting):
             self.handshake_flags = HandshakeFlag(msg.flags)
         elif isinstance(msg, ClientFlags):
             self.client_flags = ClientFlag(msg.flags)
@@ -293,30 +304,36 @@ class Connection:
                 self.current_option = None
         elif isinstance(msg, ExportNameReply):
             self.current_option = None
-        elif isinstance(msg, Request):
+        elif isinstance(msg, Request | StructuredChunk):
+            self._track_transmission(msg, error)
+        elif isinstance(msg, SimpleReply):
+            req = self.in_flight.get(msg.cookie)
+            if req is None:
+                self.state = State.ERROR
+                raise error(f"reply to unknown cookie {msg.cookie:#x}")
+            if msg.data is not None and (req.cmd != Cmd.READ or len(msg.data) != req.length):
+                self.state = State.ERROR
+                raise error("simple reply data does not match its READ")
+            if req.cmd == Cmd.READ and not msg.error and msg.data is None:
+                self.state = State.ERROR
+                raise error("a successful READ reply needs its data")
+            del self.in_flight[msg.cookie]
+
+    def _track_transmission(self, msg: Request | StructuredChunk, error: type[Exception]) -> None:
+        if isinstance(msg, Request):
             if msg.cmd != Cmd.DISC:
                 if msg.cookie in self.in_flight:
                     self.state = State.ERROR
                     raise error(f"cookie {msg.cookie:#x} is already in flight")
                 self.in_flight[msg.cookie] = msg
-        elif isinstance(msg, SimpleReply | StructuredChunk):
-            req = self.in_flight.get(msg.cookie)
-            if req is None:
+        else:
+            if msg.cookie not in self.in_flight:
                 self.state = State.ERROR
                 raise error(f"reply to unknown cookie {msg.cookie:#x}")
-            if isinstance(msg, StructuredChunk):
-                if not self.structured:
-                    self.state = State.ERROR
-                    raise error("structured reply without NBD_OPT_STRUCTURED_REPLY")
-                if msg.done:
-                    del self.in_flight[msg.cookie]
-            else:
-                if msg.data is not None and (req.cmd != Cmd.READ or len(msg.data) != req.length):
-                    self.state = State.ERROR
-                    raise error("simple reply data does not match its READ")
-                if req.cmd == Cmd.READ and not msg.error and msg.data is None:
-                    self.state = State.ERROR
-                    raise error("a successful READ reply needs its data")
+            if not self.structured:
+                self.state = State.ERROR
+                raise error("structured reply without NBD_OPT_STRUCTURED_REPLY")
+            if msg.done:
                 del self.in_flight[msg.cookie]
 
     # --- receiving -----------------------------------------------------------
@@ -428,6 +445,21 @@ def _rep_payload(msg: OptionReply) -> bytes:
 
 
 def _encode(msg: Event, conn: Connection) -> list[Buffer]:
+    # the per-request replies first: this runs once per request
+    if isinstance(msg, StructuredChunk):
+        t = int(msg.type)
+        if t == _OFFSET_DATA:  # a READ reply: header and offset in one buffer
+            assert msg.data is not None
+            size = OFFSET_DATA.size + len(msg.data)
+            head = STRUCTURED_REPLY.pack(
+                STRUCTURED_REPLY_MAGIC, int(msg.flags), t, msg.cookie, size
+            )
+            return [head + OFFSET_DATA.pack(msg.offset), msg.data]
+        if t == _NONE:
+            return [STRUCTURED_REPLY.pack(STRUCTURED_REPLY_MAGIC, int(msg.flags), t, msg.cookie, 0)]
+    elif isinstance(msg, SimpleReply):
+        head = SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, int(msg.error), msg.cookie)
+        return [head, msg.data] if msg.data is not None and len(msg.data) else [head]
     if isinstance(msg, Greeting):
         return [GREETING.pack(NBDMAGIC, IHAVEOPT, int(msg.flags))]
     if isinstance(msg, ClientFlags):
@@ -446,9 +478,6 @@ def _encode(msg: Event, conn: Connection) -> list[Buffer]:
         head = REQUEST.pack(
             REQUEST_MAGIC, int(msg.flags), int(msg.cmd), msg.cookie, msg.offset, msg.length
         )
-        return [head, msg.data] if msg.data is not None and len(msg.data) else [head]
-    if isinstance(msg, SimpleReply):
-        head = SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, int(msg.error), msg.cookie)
         return [head, msg.data] if msg.data is not None and len(msg.data) else [head]
     if isinstance(msg, StructuredChunk):
         t = msg.type

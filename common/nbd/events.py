@@ -16,6 +16,7 @@ Transmission: :class:`Request` (client -> server), :class:`SimpleReply` and
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from .constants import (
     MAX_OPTION_LENGTH,
@@ -41,6 +42,11 @@ U16_MAX = 0xFFFF
 U32_MAX = 0xFFFFFFFF
 U64_MAX = 0xFFFFFFFFFFFFFFFF
 
+# chunk types and the DONE flag as plain ints (IntEnum/IntFlag operators are slow)
+_NONE, _OFFSET_DATA, _OFFSET_HOLE = int(Chunk.NONE), int(Chunk.OFFSET_DATA), int(Chunk.OFFSET_HOLE)
+_BLOCK_STATUS, _ERROR = int(Chunk.BLOCK_STATUS), int(Chunk.ERROR)
+_ERROR_OFFSET, _DONE = int(Chunk.ERROR_OFFSET), int(ReplyFlag.DONE)
+
 
 def _check_int(name: str, value: int, maximum: int) -> None:
     if not isinstance(value, int) or value < 0 or value > maximum:
@@ -55,11 +61,28 @@ def _check_str(name: str, value: str) -> None:
 
 
 def _enum(kind: type, value: int) -> int:
-    """``kind(value)`` when it is a known member, else the plain int."""
-    try:
-        return kind(value)
-    except ValueError:
+    """``kind(value)`` when it is a known member, else the plain int (a dict
+    lookup: this runs for every request and reply)."""
+    member = kind._value2member_map_.get(value)  # type: ignore[attr-defined]
+    return value if member is None else member
+
+
+def _flags(kind: type, value: int) -> Any:
+    """``kind(value)`` for an IntFlag, from the enum's own cache when it can."""
+    if value.__class__ is kind:
         return value
+    member = kind._value2member_map_.get(value)  # type: ignore[attr-defined]
+    return kind(value) if member is None else member
+
+
+def _all_in_range(*pairs: int) -> bool:
+    """True when each (value, maximum) pair holds a plain int in [0, maximum]:
+    the fast check of the per-request messages (the slow path names the field)."""
+    for i in range(0, len(pairs), 2):
+        v = pairs[i]
+        if v.__class__ is not int or v < 0 or v > pairs[i + 1]:
+            return False
+    return True
 
 
 # ----------------------------------------------------------------------
@@ -359,13 +382,14 @@ class Request:
     data: Buffer | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if not _all_in_range(self.cookie, U64_MAX, self.offset, U64_MAX, self.length, U32_MAX):
+            _check_int("cookie", self.cookie, U64_MAX)
+            _check_int("offset", self.offset, U64_MAX)
+            _check_int("length", self.length, U32_MAX)
         _check_int("command", int(self.cmd), U16_MAX)
         _check_int("command flags", int(self.flags), U16_MAX)
-        _check_int("cookie", self.cookie, U64_MAX)
-        _check_int("offset", self.offset, U64_MAX)
-        _check_int("length", self.length, U32_MAX)
         object.__setattr__(self, "cmd", _enum(Cmd, self.cmd))
-        object.__setattr__(self, "flags", CmdFlag(self.flags))
+        object.__setattr__(self, "flags", _flags(CmdFlag, self.flags))
         if self.cmd == Cmd.WRITE:
             if self.data is None or len(self.data) != self.length:
                 raise InvalidMessage("WRITE needs data of exactly `length` bytes")
@@ -382,8 +406,9 @@ class SimpleReply:
     data: Buffer | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        _check_int("cookie", self.cookie, U64_MAX)
-        _check_int("error", self.error, U32_MAX)
+        if not _all_in_range(self.cookie, U64_MAX, self.error, U32_MAX):
+            _check_int("cookie", self.cookie, U64_MAX)
+            _check_int("error", self.error, U32_MAX)
         object.__setattr__(self, "error", _enum(Errno, self.error))
         if self.error and self.data is not None:
             raise InvalidMessage("an error reply carries no data")
@@ -426,27 +451,33 @@ class StructuredChunk:
     raw: bytes = b""
 
     def __post_init__(self) -> None:
-        _check_int("cookie", self.cookie, U64_MAX)
+        if not _all_in_range(
+            self.cookie, U64_MAX, self.offset, U64_MAX, self.length, U32_MAX,
+            self.context_id, U32_MAX, self.error, U32_MAX,
+        ):  # fmt: skip
+            _check_int("cookie", self.cookie, U64_MAX)
+            _check_int("offset", self.offset, U64_MAX)
+            _check_int("length", self.length, U32_MAX)
+            _check_int("context id", self.context_id, U32_MAX)
+            _check_int("error", self.error, U32_MAX)
         _check_int("chunk type", int(self.type), U16_MAX)
         _check_int("chunk flags", int(self.flags), U16_MAX)
-        _check_int("offset", self.offset, U64_MAX)
-        _check_int("length", self.length, U32_MAX)
-        _check_int("context id", self.context_id, U32_MAX)
-        _check_int("error", self.error, U32_MAX)
         object.__setattr__(self, "type", _enum(Chunk, self.type))
-        object.__setattr__(self, "flags", ReplyFlag(self.flags))
-        t = self.type
-        if t == Chunk.NONE and not self.flags & ReplyFlag.DONE:
-            raise InvalidMessage("NBD_REPLY_TYPE_NONE needs the DONE flag")
-        if t == Chunk.OFFSET_DATA and (self.data is None or len(self.data) == 0):
-            raise InvalidMessage("OFFSET_DATA needs data")
-        if t != Chunk.OFFSET_DATA and self.data is not None:
+        object.__setattr__(self, "flags", _flags(ReplyFlag, self.flags))
+        t = int(self.type)  # plain int compares: this runs for every reply
+        if t == _OFFSET_DATA:
+            if self.data is None or len(self.data) == 0:
+                raise InvalidMessage("OFFSET_DATA needs data")
+            return
+        if self.data is not None:
             raise InvalidMessage("only OFFSET_DATA carries data")
-        if t == Chunk.OFFSET_HOLE and self.length == 0:
+        if t == _NONE and not int(self.flags) & _DONE:
+            raise InvalidMessage("NBD_REPLY_TYPE_NONE needs the DONE flag")
+        if t == _OFFSET_HOLE and self.length == 0:
             raise InvalidMessage("OFFSET_HOLE length must not be 0")
-        if t == Chunk.BLOCK_STATUS and not self.extents:
+        if t == _BLOCK_STATUS and not self.extents:
             raise InvalidMessage("BLOCK_STATUS needs at least one extent")
-        if t in (Chunk.ERROR, Chunk.ERROR_OFFSET):
+        if t in (_ERROR, _ERROR_OFFSET):
             if self.error == 0:
                 raise InvalidMessage("an error chunk needs a non-zero error")
             if len(self.message.encode()) > U16_MAX:
@@ -454,7 +485,7 @@ class StructuredChunk:
 
     @property
     def done(self) -> bool:
-        return bool(self.flags & ReplyFlag.DONE)
+        return bool(int(self.flags) & _DONE)
 
 
 @dataclasses.dataclass(frozen=True)
