@@ -308,8 +308,42 @@ def af_merge(hash_alg: str, material: bytes, key_len: int, stripes: int) -> byte
     return _xor(d, material[(stripes - 1) * n : stripes * n])
 
 
+def _load_numpy() -> Any:
+    """numpy, for the bulk sector paths; None when it is missing (the per-sector
+    path, one cipher object per sector, then does the work, ~50x slower)."""
+    try:
+        import numpy
+    except ImportError:
+        return None
+    return numpy
+
+
+#: 16-byte blocks per sector
+_BLOCKS = SECTOR_SIZE // 16
+#: bytes per bulk step
+_CHUNK = 64 * 1024
+
+
 class SectorCipher:
-    """A key and cipher suite, encrypting 512-byte sectors with per-sector IVs."""
+    """A key and cipher suite, encrypting 512-byte sectors with per-sector IVs.
+
+    Requests of whole sectors go through bulk paths (numpy over little-endian
+    64-bit words, one AES-ECB call over all IV blocks and a few over all data):
+
+    * IVs: plain / plain64 are the sector numbers; ESSIV is one ECB pass of
+      those under the hashed key.
+    * XTS (IEEE 1619, 512-byte data units, so no ciphertext stealing): the
+      first tweak of every sector is one ECB pass over the IVs under the second
+      key half; the other 31 are it times alpha^j in GF(2^128), expanded for all
+      sectors at once in five steps (alpha^1, ^2, ^4, ^8, ^16); then
+      ``E(P ^ T) ^ T`` with one ECB call.
+    * CBC: decryption is one ECB pass XORed with the ciphertext shifted by a
+      block (the IV in front of each sector); encryption is serial inside a
+      sector, so it runs block column by column: 32 ECB calls, each over the
+      j-th block of every sector.
+    * CTR: the counter blocks (IV + j as a 128-bit big-endian number) of all
+      sectors, one ECB pass, XORed with the data.
+    """
 
     def __init__(self, params: Params, key: bytes) -> None:
         if CIPHER_ALGS[params.cipher_alg][0] != "aes":
@@ -325,15 +359,28 @@ class SectorCipher:
         self._modes = modes
         self.params = params
         self.key = key
+        self._np = np = _load_numpy()
+        if np is not None:
+            shift = np.arange(_BLOCKS, dtype=np.uint64).reshape(1, _BLOCKS)
+            self._shifts = (shift, np.uint64(63) - shift, np.uint64(1))
+        ecb = modes.ECB()
         self._essiv: Any = None
         if params.ivgen_alg == "essiv":
             assert params.ivgen_hash_alg is not None
             salt = hashlib.new(params.ivgen_hash_alg, key).digest()
             # QEMU's ESSIV cipher takes a key the size of the hash digest
-            self._essiv = cipher_cls(algorithms.AES(salt), modes.ECB()).encryptor()
-        if params.cipher_mode == "ecb":
-            # no IV: one context serves every sector
-            self._ecb_enc = cipher_cls(algorithms.AES(key), modes.ECB())
+            # (qcrypto_block_luks_essiv_cipher)
+            if len(salt) not in (16, 24, 32):
+                raise LuksError(f"No AES cipher with key size {len(salt)} available")
+            self._essiv = cipher_cls(algorithms.AES(salt), ecb)
+        if params.cipher_mode == "xts":
+            half = len(key) // 2
+            self._ecb = cipher_cls(algorithms.AES(key[:half]), ecb)
+            self._tweak_ecb = cipher_cls(algorithms.AES(key[half:]), ecb)
+        else:
+            self._ecb = cipher_cls(algorithms.AES(key), ecb)
+
+    # --- the per-sector path (partial sectors, or no numpy) ---------------------
 
     def _iv(self, sector: int) -> bytes:
         alg = self.params.ivgen_alg
@@ -341,7 +388,8 @@ class SectorCipher:
             return struct.pack("<I", sector & 0xFFFFFFFF) + bytes(12)
         if alg == "plain64":
             return struct.pack("<Q", sector & 0xFFFFFFFFFFFFFFFF) + bytes(8)
-        return self._essiv.update(struct.pack("<Q", sector & 0xFFFFFFFFFFFFFFFF) + bytes(8))
+        block = struct.pack("<Q", sector & 0xFFFFFFFFFFFFFFFF) + bytes(8)
+        return self._essiv.encryptor().update(block)
 
     def _mode(self, iv: bytes) -> Any:
         mode = self.params.cipher_mode
@@ -351,15 +399,8 @@ class SectorCipher:
             return self._modes.CBC(iv)
         return self._modes.CTR(iv)
 
-    def _run(self, offset: int, data: bytes | bytearray | memoryview, encrypt: bool) -> bytes:
-        mv = memoryview(data).cast("B")
-        if offset % SECTOR_SIZE:
-            raise BlockError("Encrypted I/O must be sector aligned", errno.EINVAL)
-        if self.params.cipher_mode == "ecb":
-            ctx = self._ecb_enc.encryptor() if encrypt else self._ecb_enc.decryptor()
-            return ctx.update(mv) + ctx.finalize()
+    def _run_per_sector(self, sector: int, mv: memoryview, encrypt: bool) -> bytes:
         out = bytearray(len(mv))
-        sector = offset // SECTOR_SIZE
         aes = self._aes(self.key)
         cls = self._cipher_cls
         for pos in range(0, len(mv), SECTOR_SIZE):
@@ -369,11 +410,122 @@ class SectorCipher:
             sector += 1
         return bytes(out)
 
-    def encrypt(self, offset: int, data: bytes | bytearray | memoryview) -> bytes:
+    # --- the bulk path ----------------------------------------------------------
+
+    def _ivs(self, sector: int, n: int) -> Any:
+        """The IVs of sectors ``sector .. sector+n-1`` as n x 2 little-endian u64."""
+        np = self._np
+        u64 = np.dtype("<u8")
+        ivs = np.zeros((n, 2), u64)
+        alg = self.params.ivgen_alg
+        mask = 0xFFFFFFFF if alg == "plain" else 0xFFFFFFFFFFFFFFFF
+        if alg == "plain" and (sector & mask) + n > mask + 1:
+            ivs[:, 0] = [(sector + i) & mask for i in range(n)]  # wraps: rare, small
+        else:
+            ivs[:, 0] = np.arange(n, dtype=u64) + np.uint64(sector & mask)
+        if alg == "essiv":
+            enc = self._essiv.encryptor().update(ivs.tobytes())
+            ivs = np.frombuffer(enc, u64).reshape(n, 2)
+        return ivs
+
+    def _xts_tweaks(self, ivs: Any) -> Any:
+        """Every block's XTS tweak: n x 32 x 2 little-endian u64 (lo, hi).
+
+        Block j's tweak is the first times x^j modulo x^128 + x^7 + x^2 + x + 1:
+        the 128-bit value shifted left by j, and the j bits pushed out at the
+        top (h) folded back in as h * (x^7 + x^2 + x + 1), all j at once."""
+        np = self._np
+        u64 = np.dtype("<u8")
+        n = len(ivs)
+        first = np.frombuffer(self._tweak_ecb.encryptor().update(ivs.tobytes()), u64)
+        first = first.reshape(n, 2)
+        lo = first[:, 0:1]
+        hi = first[:, 1:2]
+        shift, rshift, one = self._shifts
+        # (x >> 1) >> (63 - j): x >> (64 - j) without a shift by 64 at j = 0
+        carry = (hi >> one) >> rshift
+        fold = carry << np.uint64(7)
+        fold ^= carry
+        fold ^= carry << one
+        fold ^= carry << np.uint64(2)
+        t = np.empty((n, _BLOCKS, 2), u64)
+        t_lo = t[:, :, 0]
+        t_hi = t[:, :, 1]
+        np.left_shift(lo, shift, out=t_lo)
+        t_lo ^= fold
+        np.left_shift(hi, shift, out=t_hi)
+        t_hi |= (lo >> one) >> rshift
+        return t
+
+    def _run_bulk(self, sector: int, mv: memoryview, encrypt: bool, out: Any) -> None:
+        """Whole sectors ``mv`` from ``sector`` on into ``out`` (u64 array)."""
+        np = self._np
+        u64 = np.dtype("<u8")
+        n = len(mv) // SECTOR_SIZE
+        mode = self.params.cipher_mode
+        data = np.frombuffer(mv, u64)
+        if mode == "xts":
+            t = self._xts_tweaks(self._ivs(sector, n)).reshape(-1)
+            x = data ^ t
+            ctx = self._ecb.encryptor() if encrypt else self._ecb.decryptor()
+            np.bitwise_xor(np.frombuffer(ctx.update(x.view(np.uint8)), u64), t, out=out)
+            return
+        out = out.reshape(n, _BLOCKS, 2)
+        if mode == "cbc":
+            ivs = self._ivs(sector, n)
+            blocks = data.reshape(n, _BLOCKS, 2)
+            if not encrypt:
+                plain = np.frombuffer(self._ecb.decryptor().update(mv), u64)
+                plain = plain.reshape(n, _BLOCKS, 2)
+                np.bitwise_xor(plain[:, 0], ivs, out=out[:, 0])
+                np.bitwise_xor(plain[:, 1:], blocks[:, :-1], out=out[:, 1:])
+                return
+            ctx = self._ecb.encryptor()
+            prev = ivs
+            for j in range(_BLOCKS):
+                col = np.ascontiguousarray(blocks[:, j]) ^ prev
+                prev = np.frombuffer(ctx.update(col.view(np.uint8)), u64).reshape(n, 2)
+                out[:, j] = prev
+            return
+        # ctr: counters are the IV as a big-endian 128-bit number, plus j
+        be = np.dtype(">u8")
+        ivs = np.frombuffer(self._ivs(sector, n).tobytes(), be).reshape(n, 1, 2)
+        j = np.arange(_BLOCKS, dtype=be).reshape(1, _BLOCKS)
+        counters = np.empty((n, _BLOCKS, 2), be)
+        low = ivs[:, :, 1] + j
+        counters[:, :, 1] = low
+        counters[:, :, 0] = ivs[:, :, 0] + (low < ivs[:, :, 1])
+        stream = np.frombuffer(self._ecb.encryptor().update(counters.tobytes()), u64)
+        np.bitwise_xor(stream.reshape(n, _BLOCKS, 2), data.reshape(n, _BLOCKS, 2), out=out)
+
+    def _run(
+        self, offset: int, data: bytes | bytearray | memoryview, encrypt: bool
+    ) -> bytes | bytearray:
+        mv = memoryview(data).cast("B")
+        if offset % SECTOR_SIZE:
+            raise BlockError("Encrypted I/O must be sector aligned", errno.EINVAL)
+        if self.params.cipher_mode == "ecb":
+            ctx = self._ecb.encryptor() if encrypt else self._ecb.decryptor()
+            return ctx.update(mv) + ctx.finalize()
+        sector = offset // SECTOR_SIZE
+        np = self._np
+        if np is None or len(mv) % SECTOR_SIZE or not mv:
+            return self._run_per_sector(sector, mv, encrypt)
+        result = bytearray(len(mv))
+        out = np.frombuffer(result, np.dtype("<u8"))
+        # in pieces that stay in the CPU caches (about 2x faster than MiBs at once)
+        for pos in range(0, len(mv), _CHUNK):
+            end = min(pos + _CHUNK, len(mv))
+            self._run_bulk(
+                sector + pos // SECTOR_SIZE, mv[pos:end], encrypt, out[pos // 8 : end // 8]
+            )
+        return result
+
+    def encrypt(self, offset: int, data: bytes | bytearray | memoryview) -> bytes | bytearray:
         """Encrypt whole sectors; ``offset`` (bytes) gives the first sector number."""
         return self._run(offset, data, True)
 
-    def decrypt(self, offset: int, data: bytes | bytearray | memoryview) -> bytes:
+    def decrypt(self, offset: int, data: bytes | bytearray | memoryview) -> bytes | bytearray:
         return self._run(offset, data, False)
 
 
