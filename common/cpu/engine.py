@@ -33,26 +33,38 @@ def new_engine(arch: ArchInfo) -> Any:
     return uc
 
 
+_RAW: list[ctypes.CDLL] = []
+
+
+def _raw_lib() -> ctypes.CDLL:
+    """The unicorn library the binding loaded, opened again without prototypes."""
+    if not _RAW:
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        _RAW.append(ctypes.CDLL(uclib._name))
+    return _RAW[0]
+
+
 class FastRegs:
     """Raw register access for one engine: a batch read of a fixed register list and
     single reads/writes, all through the library's C API."""
 
     def __init__(self, uc: Any, batch: tuple[int, ...]) -> None:
-        from unicorn.unicorn_py3.unicorn import uclib
-
-        self._lib = uclib
-        self._uch = uc._uch
+        lib = _raw_lib()
+        self._uch = ctypes.c_void_p(uc._uch.value)
         n = len(batch)
         self._vals = (ctypes.c_uint64 * n)()
         self._ids = (ctypes.c_int * n)(*batch)
         self._ptrs = (ctypes.c_void_p * n)(
             *(ctypes.addressof(self._vals) + 8 * i for i in range(n)))
-        self._n = n
+        self._n = ctypes.c_int(n)
         self._one = ctypes.c_uint64()
         self._one_ref = ctypes.byref(self._one)
-        self._read_batch = uclib.uc_reg_read_batch
-        self._read = uclib.uc_reg_read
-        self._write = uclib.uc_reg_write
+        # functions without argtypes: arguments already are ctypes objects, which halves
+        # the cost of a call (0.9 against 1.7 us for the batch read, measured)
+        self._read_batch = lib.uc_reg_read_batch
+        self._read = lib.uc_reg_read
+        self._write = lib.uc_reg_write
 
     def read_batch(self) -> list[int]:
         """Values of the batch registers, in order."""

@@ -1,0 +1,144 @@
+"""pyqemu-arm / pyqemu-aarch64: run a Linux program of another architecture.
+
+The command line is qemu-user 7.2's (:mod:`.cli`). Start-up matters (qemu-user is
+about 10 ms), so unicorn and the syscall families are imported only once the options
+are parsed. Exit status is the guest's; a guest killed by a fatal signal gets qemu's
+"qemu: uncaught target signal N (...) - core dumped" line and this process then dies of
+the same host signal, so a shell sees what it would see for the real program.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from .cli import UserOptions
+    from .process import ExitInfo
+
+# signals for which qemu's dump_core_and_abort reports "core dumped" (core_dump_signal)
+_CORE_SIGNALS = {4, 5, 6, 7, 8, 11, 24, 25, 3, 31}
+GUARD = 4096
+
+
+def _prog() -> str:
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "pyqemu-user"
+
+
+def _guest_random(seed: int | None) -> bytes:
+    if seed is None:
+        return os.urandom(16)
+    import random
+
+    return random.Random(seed).randbytes(16)
+
+
+def start(opts: UserOptions) -> ExitInfo:
+    """Load and run the program of ``opts``; returns how it ended (or raises
+    :class:`~.loop.GuestFault`)."""
+    from ..common.cpu import get_arch
+    from ..common.loader.elf import load_program
+    from ..common.loader.stack import build_initial_stack
+    from ..common.memory import PROT_NONE, PROT_READ, PROT_WRITE, GuestMemory
+    from .loop import run_thread
+    from .process import GuestProcess, map_kuser_page
+
+    arch = get_arch(opts.arch)
+    mem = GuestMemory(arch)
+    if arch.name == "arm":
+        map_kuser_page(mem)
+    info = load_program(mem, opts.program, arch, ld_prefix=opts.ld_prefix)
+    size = opts.stack_size
+    base = mem.mmap(0, size + GUARD, PROT_READ | PROT_WRITE, name="[stack]")
+    mem.mprotect(base, GUARD, PROT_NONE)
+    argv = [os.fsencode(a) for a in opts.argv]
+    sp = build_initial_stack(
+        mem, arch, base + GUARD + size, argv, [os.fsencode(e) for e in opts.env], info,
+        hwcap=arch.hwcap, hwcap2=arch.hwcap2, platform=arch.platform,
+        random16=_guest_random(opts.seed), execfn=os.fsencode(opts.program),
+        uid=os.getuid(), euid=os.geteuid(), gid=os.getgid(), egid=os.getegid())
+    log = sys.stderr
+    if opts.log_file:
+        log = open(opts.log_file, "a")  # noqa: SIM115 - lives as long as the process
+    proc = GuestProcess(
+        arch, mem, exec_path=os.path.abspath(info.exec_path), argv0=opts.program,
+        brk_start=info.brk, brk=info.brk, uname_release=opts.uname_release,
+        ld_prefix=opts.ld_prefix, log_items=set(opts.log_items), log=log,
+        strace=opts.strace)
+    t = proc.new_thread()
+    t.set_reg(arch.reg_sp, sp)
+    t.set_reg(arch.reg_args[0], 0)
+    t.set_reg(arch.reg_pc, info.entry)
+    return run_thread(t)
+
+
+def die_of_signal(signo: int) -> NoReturn:
+    """Report an uncaught guest signal as qemu does and die of it."""
+    import resource
+    import signal
+
+    if signo in _CORE_SIGNALS:
+        try:
+            soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+            resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+        except (OSError, ValueError):
+            pass
+        sys.stderr.write(f"qemu: uncaught target signal {signo} "
+                         f"({signal.strsignal(signo)}) - core dumped\n")
+    sys.stderr.flush()
+    signal.signal(signo, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signo])
+    os.kill(os.getpid(), signo)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    os.abort()
+
+
+def run(arch: str, argv: list[str] | None = None) -> NoReturn:
+    """Entry point for ``pyqemu-<arch>``: never returns."""
+    from .cli import parse_command_line
+
+    args = sys.argv[1:] if argv is None else argv
+    opts = parse_command_line(arch, args, os.environ)
+    try:
+        from ..common.loader.elf import ElfError
+        from .loop import GuestFault
+
+        try:
+            result = start(opts)
+        except GuestFault as fault:
+            die_of_signal(fault.signo)
+        except ElfError as e:
+            code = getattr(e, "errno", None)
+            if code:
+                # qemu-user printf()s this to stdout and _exit()s: it shows only on a tty
+                if sys.stdout.isatty():
+                    sys.stdout.write(f"Error while loading {opts.program}: "
+                                     f"{os.strerror(code)}\n")
+                    sys.stdout.flush()
+                os._exit(1)
+            sys.stderr.write(f"{_prog()}: {e}\n")
+            sys.stderr.flush()
+            os._exit(255)
+        except OSError as e:
+            if sys.stdout.isatty():
+                sys.stdout.write(f"Error while loading {opts.program}: "
+                                 f"{os.strerror(e.errno or 2)}\n")
+                sys.stdout.flush()
+            os._exit(1)
+    except KeyboardInterrupt:
+        die_of_signal(2)
+    if result.signal is not None:
+        die_of_signal(result.signal)
+    sys.stderr.flush()
+    os._exit(result.status or 0)
+
+
+def main_arm() -> NoReturn:
+    """``pyqemu-arm``."""
+    run("arm")
+
+
+def main_aarch64() -> NoReturn:
+    """``pyqemu-aarch64``."""
+    run("aarch64")

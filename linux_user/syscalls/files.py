@@ -1,0 +1,383 @@
+"""File and directory syscalls: guest fds are host fds, as in qemu-user.
+
+Paths go through :func:`host_path` (``-L`` prefix, ``/proc/self/exe``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl as _fcntl
+import os
+import platform
+import struct
+from typing import TYPE_CHECKING
+
+from ...common.memory import PROT_READ, PROT_WRITE
+from . import syscall
+from .structs import (
+    AT_EACCESS,
+    AT_EMPTY_PATH,
+    AT_REMOVEDIR,
+    AT_SYMLINK_NOFOLLOW,
+    dirfd,
+    open_flags_to_guest,
+    open_flags_to_host,
+    pack_stat,
+    read_words,
+    s32,
+    s64,
+    sword,
+)
+
+if TYPE_CHECKING:
+    from ..process import GuestThread
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_SYS_GETDENTS64 = {"x86_64": 217, "aarch64": 61}.get(platform.machine(), 217)
+_SYS_STATX = {"x86_64": 332, "aarch64": 291}.get(platform.machine(), 332)
+_SELF_EXE = (b"/proc/self/exe", b"/proc/%d/exe" % os.getpid())
+
+
+def guest_path(t: GuestThread, addr: int) -> bytes:
+    """The path string at ``addr``, with the ``-L`` prefix applied (qemu's ``path()``)."""
+    return host_path(t, t.mem.read_cstring(addr))
+
+
+def host_path(t: GuestThread, path: bytes) -> bytes:
+    """``path`` as the host should open it."""
+    if path in _SELF_EXE:
+        return t.process.exec_path.encode()
+    prefix = t.process.ld_prefix
+    if prefix and path.startswith(b"/"):
+        candidate = prefix.encode() + path
+        if os.path.lexists(candidate):
+            return candidate
+    return path
+
+
+def _iovecs(t: GuestThread, iov: int, count: int, need: int) -> list[memoryview]:
+    if count > 1024:
+        raise OSError(errno.EINVAL, "iovcnt")
+    words = read_words(t, iov, 2 * count) if count else ()
+    bufs: list[memoryview] = []
+    for i in range(count):
+        base, length = words[2 * i], words[2 * i + 1]
+        if length:
+            bufs.extend(t.mem.views(base, length, need))
+    return bufs
+
+
+# ---- read / write -----------------------------------------------------------------------
+@syscall("read")
+def sys_read(t: GuestThread, fd: int, buf: int, count: int) -> int:
+    if not count:
+        return os.read(s32(fd), 0) and 0
+    return os.readv(s32(fd), t.mem.views(buf, count, PROT_WRITE))
+
+
+@syscall("write")
+def sys_write(t: GuestThread, fd: int, buf: int, count: int) -> int:
+    if not count:
+        return os.write(s32(fd), b"")
+    return os.writev(s32(fd), t.mem.views(buf, count, PROT_READ))
+
+
+@syscall("readv")
+def sys_readv(t: GuestThread, fd: int, iov: int, iovcnt: int) -> int:
+    return os.readv(s32(fd), _iovecs(t, iov, iovcnt, PROT_WRITE))
+
+
+@syscall("writev")
+def sys_writev(t: GuestThread, fd: int, iov: int, iovcnt: int) -> int:
+    return os.writev(s32(fd), _iovecs(t, iov, iovcnt, PROT_READ))
+
+
+@syscall("pread64", arch="arm")
+def sys_pread64_arm(t: GuestThread, fd: int, buf: int, count: int, _pad: int, lo: int,
+                    hi: int) -> int:
+    return os.preadv(s32(fd), t.mem.views(buf, count, PROT_WRITE), s64(lo | hi << 32))
+
+
+@syscall("pwrite64", arch="arm")
+def sys_pwrite64_arm(t: GuestThread, fd: int, buf: int, count: int, _pad: int, lo: int,
+                     hi: int) -> int:
+    return os.pwritev(s32(fd), t.mem.views(buf, count, PROT_READ), s64(lo | hi << 32))
+
+
+@syscall("pread64")
+def sys_pread64(t: GuestThread, fd: int, buf: int, count: int, off: int) -> int:
+    return os.preadv(s32(fd), t.mem.views(buf, count, PROT_WRITE), s64(off))
+
+
+@syscall("pwrite64")
+def sys_pwrite64(t: GuestThread, fd: int, buf: int, count: int, off: int) -> int:
+    return os.pwritev(s32(fd), t.mem.views(buf, count, PROT_READ), s64(off))
+
+
+@syscall("lseek")
+def sys_lseek(t: GuestThread, fd: int, off: int, whence: int) -> int:
+    return os.lseek(s32(fd), sword(t, off), whence)
+
+
+@syscall("_llseek")
+def sys_llseek(t: GuestThread, fd: int, hi: int, lo: int, result: int, whence: int) -> int:
+    pos = os.lseek(s32(fd), s64(hi << 32 | lo), whence)
+    t.mem.write(result, struct.pack("<q", pos))
+    return 0
+
+
+# ---- open / close / dup --------------------------------------------------------------------
+@syscall("openat")
+def sys_openat(t: GuestThread, dfd: int, path: int, flags: int, mode: int) -> int:
+    return os.open(guest_path(t, path), open_flags_to_host(flags), mode & 0o7777,
+                   dir_fd=dirfd(t, dfd))
+
+
+@syscall("open")
+def sys_open(t: GuestThread, path: int, flags: int, mode: int) -> int:
+    return os.open(guest_path(t, path), open_flags_to_host(flags), mode & 0o7777)
+
+
+@syscall("close")
+def sys_close(t: GuestThread, fd: int) -> int:
+    os.close(s32(fd))
+    return 0
+
+
+@syscall("dup")
+def sys_dup(t: GuestThread, fd: int) -> int:
+    return os.dup(s32(fd))
+
+
+@syscall("dup2")
+def sys_dup2(t: GuestThread, fd: int, fd2: int) -> int:
+    if s32(fd) == s32(fd2):
+        os.fstat(s32(fd))
+        return s32(fd2)
+    return os.dup2(s32(fd), s32(fd2))
+
+
+@syscall("dup3")
+def sys_dup3(t: GuestThread, fd: int, fd2: int, flags: int) -> int:
+    if flags & ~os.O_CLOEXEC or s32(fd) == s32(fd2):
+        return -errno.EINVAL
+    return os.dup2(s32(fd), s32(fd2), inheritable=not flags & os.O_CLOEXEC)
+
+
+@syscall("pipe2")
+def sys_pipe2(t: GuestThread, fds: int, flags: int) -> int:
+    r, w = os.pipe2(open_flags_to_host(flags))
+    t.mem.write(fds, struct.pack("<ii", r, w))
+    return 0
+
+
+@syscall("pipe")
+def sys_pipe(t: GuestThread, fds: int) -> int:
+    return sys_pipe2(t, fds, 0)
+
+
+F_DUPFD, F_GETFD, F_SETFD, F_GETFL, F_SETFL = 0, 1, 2, 3, 4
+F_DUPFD_CLOEXEC = 1030
+
+
+@syscall("fcntl", "fcntl64")
+def sys_fcntl(t: GuestThread, fd: int, cmd: int, arg: int) -> int:
+    fd = s32(fd)
+    if cmd == F_GETFL:
+        return open_flags_to_guest(_fcntl.fcntl(fd, cmd))
+    if cmd == F_SETFL:
+        return _fcntl.fcntl(fd, cmd, open_flags_to_host(arg))
+    if cmd in (F_DUPFD, F_GETFD, F_SETFD, F_DUPFD_CLOEXEC):
+        return _fcntl.fcntl(fd, cmd, arg)
+    return -errno.EINVAL
+
+
+# ---- ioctl ---------------------------------------------------------------------------------
+TCGETS, TCSETS, TCSETSW, TCSETSF, TIOCGWINSZ, TIOCSWINSZ = (
+    0x5401, 0x5402, 0x5403, 0x5404, 0x5413, 0x5414)
+FIONREAD = 0x541B
+_TERMIOS_SIZE = 36          # the kernel's struct termios, equal on arm, arm64 and x86
+
+
+@syscall("ioctl")
+def sys_ioctl(t: GuestThread, fd: int, cmd: int, arg: int) -> int:
+    fd = s32(fd)
+    if cmd == TCGETS:
+        t.mem.write(arg, _fcntl.ioctl(fd, cmd, bytes(_TERMIOS_SIZE)))
+        return 0
+    if cmd in (TCSETS, TCSETSW, TCSETSF):
+        _fcntl.ioctl(fd, cmd, t.mem.read(arg, _TERMIOS_SIZE))
+        return 0
+    if cmd == TIOCGWINSZ:
+        t.mem.write(arg, _fcntl.ioctl(fd, cmd, bytes(8)))
+        return 0
+    if cmd == TIOCSWINSZ:
+        _fcntl.ioctl(fd, cmd, t.mem.read(arg, 8))
+        return 0
+    if cmd == FIONREAD:
+        t.mem.write(arg, _fcntl.ioctl(fd, cmd, bytes(4)))
+        return 0
+    proc = t.process
+    if "unimp" in proc.log_items:
+        proc.log.write(f"Unsupported ioctl: cmd=0x{cmd:04x}\n")
+    return -errno.ENOTTY
+
+
+# ---- stat ---------------------------------------------------------------------------------
+def _stat_at(t: GuestThread, dfd: int, path: int, flags: int) -> os.stat_result:
+    name = t.mem.read_cstring(path)
+    if not name and flags & AT_EMPTY_PATH:
+        return os.stat(s32(dfd))
+    return os.stat(host_path(t, name), dir_fd=dirfd(t, dfd),
+                   follow_symlinks=not flags & AT_SYMLINK_NOFOLLOW)
+
+
+@syscall("fstat64", arch="arm")
+@syscall("fstat", arch="aarch64")
+def sys_fstat(t: GuestThread, fd: int, buf: int) -> int:
+    t.mem.write(buf, pack_stat(t, os.fstat(s32(fd))))
+    return 0
+
+
+@syscall("fstatat64", arch="arm")
+@syscall("newfstatat", arch="aarch64")
+def sys_fstatat(t: GuestThread, dfd: int, path: int, buf: int, flags: int) -> int:
+    t.mem.write(buf, pack_stat(t, _stat_at(t, dfd, path, flags)))
+    return 0
+
+
+@syscall("stat64", arch="arm")
+def sys_stat64(t: GuestThread, path: int, buf: int) -> int:
+    t.mem.write(buf, pack_stat(t, os.stat(guest_path(t, path))))
+    return 0
+
+
+@syscall("lstat64", arch="arm")
+def sys_lstat64(t: GuestThread, path: int, buf: int) -> int:
+    t.mem.write(buf, pack_stat(t, os.lstat(guest_path(t, path))))
+    return 0
+
+
+@syscall("statx")
+def sys_statx(t: GuestThread, dfd: int, path: int, flags: int, mask: int, buf: int) -> int:
+    name = t.mem.read_cstring(path)
+    if name:
+        name = host_path(t, name)
+    out = ctypes.create_string_buffer(256)
+    ret = _libc.syscall(_SYS_STATX, ctypes.c_int(s32(dfd)), ctypes.c_char_p(name),
+                        ctypes.c_int(flags), ctypes.c_uint(mask), out)
+    if ret < 0:
+        return -ctypes.get_errno()
+    t.mem.write(buf, out.raw)
+    return 0
+
+
+# ---- paths and directories ----------------------------------------------------------------
+@syscall("readlinkat")
+def sys_readlinkat(t: GuestThread, dfd: int, path: int, buf: int, size: int) -> int:
+    name = t.mem.read_cstring(path)
+    if name in _SELF_EXE:
+        target = os.path.abspath(t.process.exec_path).encode()
+    else:
+        target = os.readlink(host_path(t, name), dir_fd=dirfd(t, dfd))
+    if s32(size) <= 0:
+        return -errno.EINVAL
+    target = target[:size]
+    t.mem.write(buf, target)
+    return len(target)
+
+
+@syscall("readlink")
+def sys_readlink(t: GuestThread, path: int, buf: int, size: int) -> int:
+    return sys_readlinkat(t, 0xFFFFFF9C, path, buf, size)
+
+
+@syscall("faccessat")
+def sys_faccessat(t: GuestThread, dfd: int, path: int, mode: int) -> int:
+    return sys_faccessat2(t, dfd, path, mode, 0)
+
+
+@syscall("faccessat2")
+def sys_faccessat2(t: GuestThread, dfd: int, path: int, mode: int, flags: int) -> int:
+    ok = os.access(guest_path(t, path), mode, dir_fd=dirfd(t, dfd),
+                   effective_ids=bool(flags & AT_EACCESS),
+                   follow_symlinks=not flags & AT_SYMLINK_NOFOLLOW)
+    if ok:
+        return 0
+    # os.access hides the reason: ask again for the errno
+    try:
+        os.stat(guest_path(t, path), dir_fd=dirfd(t, dfd))
+    except OSError as e:
+        return -(e.errno or errno.EACCES)
+    return -errno.EACCES
+
+
+@syscall("access")
+def sys_access(t: GuestThread, path: int, mode: int) -> int:
+    return sys_faccessat2(t, 0xFFFFFF9C, path, mode, 0)
+
+
+@syscall("getcwd")
+def sys_getcwd(t: GuestThread, buf: int, size: int) -> int:
+    cwd = os.getcwdb() + b"\0"
+    if len(cwd) > size:
+        return -errno.ERANGE
+    t.mem.write(buf, cwd)
+    return len(cwd)
+
+
+@syscall("chdir")
+def sys_chdir(t: GuestThread, path: int) -> int:
+    os.chdir(guest_path(t, path))
+    return 0
+
+
+@syscall("fchdir")
+def sys_fchdir(t: GuestThread, fd: int) -> int:
+    os.fchdir(s32(fd))
+    return 0
+
+
+@syscall("unlinkat")
+def sys_unlinkat(t: GuestThread, dfd: int, path: int, flags: int) -> int:
+    if flags & ~AT_REMOVEDIR:
+        return -errno.EINVAL
+    name = guest_path(t, path)
+    if flags & AT_REMOVEDIR:
+        os.rmdir(name, dir_fd=dirfd(t, dfd))
+    else:
+        os.unlink(name, dir_fd=dirfd(t, dfd))
+    return 0
+
+
+@syscall("unlink")
+def sys_unlink(t: GuestThread, path: int) -> int:
+    os.unlink(guest_path(t, path))
+    return 0
+
+
+@syscall("mkdirat")
+def sys_mkdirat(t: GuestThread, dfd: int, path: int, mode: int) -> int:
+    os.mkdir(guest_path(t, path), mode & 0o7777, dir_fd=dirfd(t, dfd))
+    return 0
+
+
+@syscall("mkdir")
+def sys_mkdir(t: GuestThread, path: int, mode: int) -> int:
+    os.mkdir(guest_path(t, path), mode & 0o7777)
+    return 0
+
+
+@syscall("getdents64")
+def sys_getdents64(t: GuestThread, fd: int, dirp: int, count: int) -> int:
+    # struct linux_dirent64 has one layout everywhere: copy the host's records
+    size = min(count, 1 << 20)
+    out = ctypes.create_string_buffer(size)
+    n = _libc.syscall(_SYS_GETDENTS64, ctypes.c_int(s32(fd)), out, ctypes.c_uint(size))
+    if n < 0:
+        return -ctypes.get_errno()
+    if n:
+        t.mem.write(dirp, out.raw[:n])
+    return n
+

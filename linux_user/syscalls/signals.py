@@ -1,0 +1,57 @@
+"""Signal syscalls, phase 1: dispositions and masks are recorded, not yet delivered."""
+
+from __future__ import annotations
+
+import errno
+import struct
+from typing import TYPE_CHECKING
+
+from . import syscall
+
+if TYPE_CHECKING:
+    from ..process import GuestThread
+
+SIG_BLOCK, SIG_UNBLOCK, SIG_SETMASK = 0, 1, 2
+_NSIG = 64
+_UNBLOCKABLE = (1 << (9 - 1)) | (1 << (19 - 1))     # SIGKILL, SIGSTOP
+
+
+def sigaction_size(t: GuestThread) -> int:
+    """The kernel's struct sigaction: handler, flags, restorer (words) and a 64-bit mask."""
+    return 3 * t.arch.word_size + 8
+
+
+@syscall("rt_sigaction")
+def sys_rt_sigaction(t: GuestThread, sig: int, act: int, oact: int, setsize: int) -> int:
+    if setsize != 8 or not 1 <= sig <= _NSIG:
+        return -errno.EINVAL
+    size = sigaction_size(t)
+    new = t.mem.read(act, size) if act else None
+    if new is not None and sig in (9, 19):
+        return -errno.EINVAL
+    if oact:
+        t.mem.write(oact, t.process.sigactions.get(sig, bytes(size)))
+    if new is not None:
+        t.process.sigactions[sig] = new
+    return 0
+
+
+@syscall("rt_sigprocmask")
+def sys_rt_sigprocmask(t: GuestThread, how: int, nset: int, oset: int, setsize: int) -> int:
+    if setsize != 8:
+        return -errno.EINVAL
+    old = t.sigmask
+    if nset:
+        (mask,) = struct.unpack("<Q", t.mem.read(nset, 8))
+        if how == SIG_BLOCK:
+            t.sigmask |= mask
+        elif how == SIG_UNBLOCK:
+            t.sigmask &= ~mask
+        elif how == SIG_SETMASK:
+            t.sigmask = mask
+        else:
+            return -errno.EINVAL
+        t.sigmask &= ~_UNBLOCKABLE
+    if oset:
+        t.mem.write(oset, struct.pack("<Q", old))
+    return 0
