@@ -381,3 +381,166 @@ def sys_getdents64(t: GuestThread, fd: int, dirp: int, count: int) -> int:
         t.mem.write(dirp, out.raw[:n])
     return n
 
+
+
+# ---- more file operations --------------------------------------------------------------
+@syscall("ftruncate")
+def sys_ftruncate(t: GuestThread, fd: int, length: int) -> int:
+    os.ftruncate(s32(fd), sword(t, length))
+    return 0
+
+
+@syscall("ftruncate64", arch="arm")
+def sys_ftruncate64_arm(t: GuestThread, fd: int, _pad: int, lo: int, hi: int) -> int:
+    os.ftruncate(s32(fd), s64(hi << 32 | lo))
+    return 0
+
+
+@syscall("truncate")
+def sys_truncate(t: GuestThread, path: int, length: int) -> int:
+    os.truncate(guest_path(t, path), sword(t, length))
+    return 0
+
+
+@syscall("truncate64", arch="arm")
+def sys_truncate64_arm(t: GuestThread, path: int, _pad: int, lo: int, hi: int) -> int:
+    os.truncate(guest_path(t, path), s64(hi << 32 | lo))
+    return 0
+
+
+@syscall("fsync")
+def sys_fsync(t: GuestThread, fd: int) -> int:
+    os.fsync(s32(fd))
+    return 0
+
+
+@syscall("fdatasync")
+def sys_fdatasync(t: GuestThread, fd: int) -> int:
+    os.fdatasync(s32(fd))
+    return 0
+
+
+@syscall("symlinkat")
+def sys_symlinkat(t: GuestThread, target: int, dfd: int, path: int) -> int:
+    os.symlink(t.mem.read_cstring(target), guest_path(t, path), dir_fd=dirfd(t, dfd))
+    return 0
+
+
+@syscall("symlink")
+def sys_symlink(t: GuestThread, target: int, path: int) -> int:
+    os.symlink(t.mem.read_cstring(target), guest_path(t, path))
+    return 0
+
+
+AT_SYMLINK_FOLLOW = 0x400
+
+
+@syscall("linkat")
+def sys_linkat(t: GuestThread, odfd: int, old: int, ndfd: int, new: int, flags: int) -> int:
+    os.link(guest_path(t, old), guest_path(t, new), src_dir_fd=dirfd(t, odfd),
+            dst_dir_fd=dirfd(t, ndfd), follow_symlinks=bool(flags & AT_SYMLINK_FOLLOW))
+    return 0
+
+
+@syscall("link")
+def sys_link(t: GuestThread, old: int, new: int) -> int:
+    os.link(guest_path(t, old), guest_path(t, new), follow_symlinks=False)
+    return 0
+
+
+@syscall("renameat2")
+def sys_renameat2(t: GuestThread, odfd: int, old: int, ndfd: int, new: int,
+                  flags: int) -> int:
+    if flags:
+        return -errno.EINVAL
+    os.rename(guest_path(t, old), guest_path(t, new), src_dir_fd=dirfd(t, odfd),
+              dst_dir_fd=dirfd(t, ndfd))
+    return 0
+
+
+@syscall("renameat")
+def sys_renameat(t: GuestThread, odfd: int, old: int, ndfd: int, new: int) -> int:
+    return sys_renameat2(t, odfd, old, ndfd, new, 0)
+
+
+@syscall("rename")
+def sys_rename(t: GuestThread, old: int, new: int) -> int:
+    os.rename(guest_path(t, old), guest_path(t, new))
+    return 0
+
+
+@syscall("rmdir")
+def sys_rmdir(t: GuestThread, path: int) -> int:
+    os.rmdir(guest_path(t, path))
+    return 0
+
+
+@syscall("fchmodat")
+def sys_fchmodat(t: GuestThread, dfd: int, path: int, mode: int) -> int:
+    os.chmod(guest_path(t, path), mode & 0o7777, dir_fd=dirfd(t, dfd))
+    return 0
+
+
+@syscall("chmod")
+def sys_chmod(t: GuestThread, path: int, mode: int) -> int:
+    os.chmod(guest_path(t, path), mode & 0o7777)
+    return 0
+
+
+@syscall("fchmod")
+def sys_fchmod(t: GuestThread, fd: int, mode: int) -> int:
+    os.fchmod(s32(fd), mode & 0o7777)
+    return 0
+
+
+@syscall("fchownat")
+def sys_fchownat(t: GuestThread, dfd: int, path: int, uid: int, gid: int, flags: int) -> int:
+    os.chown(guest_path(t, path), s32(uid), s32(gid), dir_fd=dirfd(t, dfd),
+             follow_symlinks=not flags & AT_SYMLINK_NOFOLLOW)
+    return 0
+
+
+@syscall("fchown", "fchown32")
+def sys_fchown(t: GuestThread, fd: int, uid: int, gid: int) -> int:
+    os.fchown(s32(fd), s32(uid), s32(gid))
+    return 0
+
+
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+
+
+def _utimensat(t: GuestThread, dfd: int, path: int, times: int, flags: int,
+               time64: bool) -> int:
+    from .structs import timespec_struct
+
+    st = timespec_struct(t, time64)
+    tspec = None
+    if times:
+        raw = t.mem.read(times, 2 * st.size)
+        tspec = [st.unpack_from(raw, i * st.size) for i in range(2)]
+    name = t.mem.read_cstring(path) if path else b""
+    target: bytes | int = host_path(t, name) if name else s32(dfd)
+    cur = os.stat(target, dir_fd=dirfd(t, dfd) if name else None,
+                  follow_symlinks=not flags & AT_SYMLINK_NOFOLLOW)
+    now = __import__("time").time_ns()
+    ns = []
+    for i, old in enumerate((cur.st_atime_ns, cur.st_mtime_ns)):
+        if tspec is None or tspec[i][1] == UTIME_NOW:
+            ns.append(now)
+        elif tspec[i][1] == UTIME_OMIT:
+            ns.append(old)
+        else:
+            ns.append(tspec[i][0] * 1_000_000_000 + tspec[i][1])
+    os.utime(target, ns=(ns[0], ns[1]), dir_fd=dirfd(t, dfd) if name else None,
+             follow_symlinks=not flags & AT_SYMLINK_NOFOLLOW)
+    return 0
+
+
+@syscall("utimensat")
+def sys_utimensat(t: GuestThread, dfd: int, path: int, times: int, flags: int) -> int:
+    return _utimensat(t, dfd, path, times, flags, False)
+
+
+@syscall("utimensat_time64")
+def sys_utimensat64(t: GuestThread, dfd: int, path: int, times: int, flags: int) -> int:
+    return _utimensat(t, dfd, path, times, flags, True)

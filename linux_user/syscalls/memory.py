@@ -109,3 +109,11 @@ def sys_madvise(t: GuestThread, addr: int, length: int, advice: int) -> int:
                 lo, hi = max(addr, vma.start), min(end, vma.end)
                 mem.fill(lo, hi - lo)
     return 0
+
+
+@syscall("msync")
+def sys_msync(t: GuestThread, addr: int, length: int, flags: int) -> int:
+    # shared file mappings are host MAP_SHARED mappings: the host kernel writes them back
+    if addr % PAGE:
+        return -errno.EINVAL
+    return 0

@@ -4,6 +4,8 @@ clock_nanosleep(64)."""
 from __future__ import annotations
 
 import errno
+import os
+import struct
 import time
 from typing import TYPE_CHECKING
 
@@ -90,3 +92,13 @@ def sys_clock_nanosleep(t: GuestThread, clk: int, flags: int, req: int, rem: int
 @syscall("clock_nanosleep_time64")
 def sys_clock_nanosleep64(t: GuestThread, clk: int, flags: int, req: int, rem: int) -> int:
     return _sleep(t, s32(clk), flags, req, True)
+
+
+@syscall("times")
+def sys_times(t: GuestThread, buf: int) -> int:
+    tm = os.times()
+    hz = 100                                    # USER_HZ, what AT_CLKTCK says
+    if buf:
+        fmt = "<4i" if t.arch.word_size == 4 else "<4q"
+        t.mem.write(buf, struct.pack(fmt, *(int(v * hz) for v in tm[:4])))
+    return int(tm.elapsed * hz) & t.arch.mask
