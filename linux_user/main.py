@@ -43,6 +43,7 @@ def start(opts: UserOptions) -> ExitInfo:
     from ..common.memory import PROT_NONE, PROT_READ, PROT_WRITE, GuestMemory
     from .loop import run_thread
     from .process import GuestProcess, map_kuser_page
+    from .syscalls.signals import reset_host_signals
 
     arch = get_arch(opts.arch)
     mem = GuestMemory(arch)
@@ -67,6 +68,7 @@ def start(opts: UserOptions) -> ExitInfo:
         ld_prefix=opts.ld_prefix, log_items=set(opts.log_items), log=log,
         strace=opts.strace)
     t = proc.new_thread()
+    reset_host_signals()
     t.set_reg(arch.reg_sp, sp)
     t.set_reg(arch.reg_args[0], 0)
     t.set_reg(arch.reg_pc, info.entry)

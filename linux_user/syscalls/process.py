@@ -1,4 +1,8 @@
-"""Process and identity syscalls: exit, ids, uname, limits, TLS, getrandom."""
+"""Process and identity syscalls: exit, ids, uname, limits, TLS, getrandom.
+
+rseq is deliberately not registered: -ENOSYS with the "Unsupported syscall" line under
+-d unimp, exactly as qemu-user 7.2 (glibc then goes on without it).
+"""
 
 from __future__ import annotations
 
@@ -148,11 +152,6 @@ def sys_getrandom(t: GuestThread, buf: int, count: int, flags: int) -> int:
     data = os.getrandom(min(count, 1 << 25), flags & 0x3)
     t.mem.write(buf, data)
     return len(data)
-
-
-@syscall("rseq")
-def sys_rseq(t: GuestThread, *_: int) -> int:
-    return -errno.ENOSYS
 
 
 @syscall("sched_yield")

@@ -1,8 +1,15 @@
-"""Signal syscalls, phase 1: dispositions and masks are recorded, not yet delivered."""
+"""Signal syscalls, phase 1: dispositions and masks are recorded, not yet delivered.
+
+Until guest handlers are delivered (phase 2), the asynchronous signals whose default
+action ends the process follow the guest's SIG_DFL / SIG_IGN choice on the host itself:
+a guest killed by SIGINT or SIGPIPE then dies of it as the real program would, and
+one that ignores SIGPIPE gets EPIPE.
+"""
 
 from __future__ import annotations
 
 import errno
+import signal
 import struct
 from typing import TYPE_CHECKING
 
@@ -14,6 +21,17 @@ if TYPE_CHECKING:
 SIG_BLOCK, SIG_UNBLOCK, SIG_SETMASK = 0, 1, 2
 _NSIG = 64
 _UNBLOCKABLE = (1 << (9 - 1)) | (1 << (19 - 1))     # SIGKILL, SIGSTOP
+#: host signals whose disposition mirrors the guest's SIG_DFL/SIG_IGN (same numbers on
+#: arm, arm64 and x86)
+MIRRORED = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGPIPE, signal.SIGALRM,
+            signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def reset_host_signals() -> None:
+    """Start as a fresh process does: every mirrored signal at SIG_DFL (Python
+    catches SIGINT and ignores SIGPIPE)."""
+    for sig in MIRRORED:
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def sigaction_size(t: GuestThread) -> int:
@@ -33,6 +51,10 @@ def sys_rt_sigaction(t: GuestThread, sig: int, act: int, oact: int, setsize: int
         t.mem.write(oact, t.process.sigactions.get(sig, bytes(size)))
     if new is not None:
         t.process.sigactions[sig] = new
+        if sig in MIRRORED:
+            handler = int.from_bytes(new[:t.arch.word_size], "little")
+            if handler in (0, 1):                      # SIG_DFL, SIG_IGN
+                signal.signal(sig, signal.SIG_IGN if handler else signal.SIG_DFL)
     return 0
 
 
