@@ -6,6 +6,7 @@ rseq is deliberately not registered: -ENOSYS with the "Unsupported syscall" line
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import resource
@@ -162,3 +163,75 @@ def sys_sched_yield(t: GuestThread) -> int:
 @syscall("umask")
 def sys_umask(t: GuestThread, mask: int) -> int:
     return os.umask(mask & 0o777)
+
+
+@syscall("getpgid")
+def sys_getpgid(t: GuestThread, pid: int) -> int:
+    return os.getpgid(s32(pid))
+
+
+@syscall("getpgrp")
+def sys_getpgrp(t: GuestThread) -> int:
+    return os.getpgrp()
+
+
+@syscall("getsid")
+def sys_getsid(t: GuestThread, pid: int) -> int:
+    return os.getsid(s32(pid))
+
+
+@syscall("setpgid")
+def sys_setpgid(t: GuestThread, pid: int, pgid: int) -> int:
+    os.setpgid(s32(pid), s32(pgid))
+    return 0
+
+
+@syscall("setsid")
+def sys_setsid(t: GuestThread) -> int:
+    return os.setsid()
+
+
+class _HostSysinfo(ctypes.Structure):
+    _fields_ = [("uptime", ctypes.c_long), ("loads", ctypes.c_ulong * 3),
+                ("totalram", ctypes.c_ulong), ("freeram", ctypes.c_ulong),
+                ("sharedram", ctypes.c_ulong), ("bufferram", ctypes.c_ulong),
+                ("totalswap", ctypes.c_ulong), ("freeswap", ctypes.c_ulong),
+                ("procs", ctypes.c_ushort), ("pad", ctypes.c_ushort),
+                ("totalhigh", ctypes.c_ulong), ("freehigh", ctypes.c_ulong),
+                ("mem_unit", ctypes.c_uint), ("_f", ctypes.c_char * 8)]
+
+
+@syscall("sysinfo")
+def sys_sysinfo(t: GuestThread, buf: int) -> int:
+    info = _HostSysinfo()
+    if ctypes.CDLL(None, use_errno=True).sysinfo(ctypes.byref(info)) != 0:
+        return -ctypes.get_errno()
+    sizes = [info.totalram, info.freeram, info.sharedram, info.bufferram, info.totalswap,
+             info.freeswap, info.totalhigh, info.freehigh]
+    unit = info.mem_unit
+    if t.arch.word_size == 4:
+        # as the kernel's compat sysinfo: a bigger mem_unit until the sizes fit 32 bits
+        shift = 0
+        while max(sizes) >> shift > 0xFFFFFFFF:
+            shift += 1
+        sizes = [v >> shift for v in sizes]
+        unit <<= shift
+        data = struct.pack("<iIIIIIIIIIHHIII8x", info.uptime, *info.loads, *sizes[:6],
+                           info.procs, 0, sizes[6], sizes[7], unit)
+    else:
+        data = struct.pack("<qQQQQQQQQQHH4xQQI4x", info.uptime, *info.loads, *sizes[:6],
+                           info.procs, 0, sizes[6], sizes[7], unit)
+    t.mem.write(buf, data)
+    return 0
+
+
+@syscall("sched_getaffinity")
+def sys_sched_getaffinity(t: GuestThread, pid: int, size: int, mask: int) -> int:
+    cpus = os.sched_getaffinity(s32(pid))
+    word = t.arch.word_size
+    nbytes = max(word, -(-(max(cpus) + 1) // (8 * word)) * word)
+    if size < nbytes or size % word:
+        return -errno.EINVAL
+    bits = sum(1 << c for c in cpus)
+    t.mem.write(mask, bits.to_bytes(nbytes, "little"))
+    return nbytes
