@@ -1,19 +1,26 @@
 """Sockets and threads around the engine.
 
-One thread per connection reads and parses; a small pool of workers per
-connection carries out the requests, so a client's in-flight requests overlap
-(the block layer is synchronous and thread-safe; file I/O releases the GIL).
+One thread per connection reads and parses; workers per connection carry out
+the requests, so a client's in-flight requests overlap with the reading (the
+block layer is synchronous and thread-safe; file I/O releases the GIL).
 
-* Reading: large WRITE payloads are read with ``recv_into`` straight into one
-  buffer of the right size, then handed to a worker with the request.
-* Replies: each request's replies (all its structured chunks) are encoded and
-  written under one lock, so two requests' chunks never interleave. The engine
-  has its own short lock: the reader parses and the workers encode under it.
+* Reading: into one reusable buffer (``sock.recv(256 KiB)`` would allocate
+  256 KiB per call); large WRITE payloads are read with ``recv_into``
+  straight into a buffer of their own.
+* Batches: the reader parses every request it holds, then hands the small ones
+  (under 64 KiB, no FUA) to one worker as a batch, whose replies go out in one
+  ``sendmsg`` per 64 buffers: one thread hand-off and a few syscalls per batch,
+  not per request. A lone request with nothing else running is served inline
+  by the reader (queue depth 1: no hand-off at all). Large requests, FUA
+  writes and FLUSH get a worker each, at most :data:`MAX_IN_FLIGHT` of them
+  read ahead (qemu's NBD_MAX_REQUESTS), and at most :data:`MAX_BATCHED` small
+  requests are queued: the memory one client can pin is bounded.
+* Replies: each request's replies (all its structured chunks) are encoded
+  under the engine's lock and written as one unit under the stream's lock, so
+  two requests' chunks never interleave.
 * NBD_CMD_FLUSH waits for every request received before it to finish, then
   flushes (stronger than NBD asks: it covers the writes completed *and* those
   still in flight when the flush came). NBD_CMD_DISC waits for all of them.
-* At most :data:`MAX_IN_FLIGHT` requests per connection are read ahead (qemu's
-  NBD_MAX_REQUESTS), which bounds the memory one client can pin.
 * TLS (``--tls-creds``): after the session acknowledges NBD_OPT_STARTTLS the
   raw socket is handed to :mod:`.tls` and the same loop goes on over the
   decrypted stream.
@@ -47,9 +54,18 @@ RECV_SIZE = 256 * 1024
 BIG = 64 * 1024
 #: requests read ahead per connection (qemu's NBD_MAX_REQUESTS)
 MAX_IN_FLIGHT = 16
+#: reply buffers of inline requests gathered before one sendmsg
+FLUSH_PARTS = 64
 #: worker threads per connection
 WORKERS = 8
 _FUA = int(CmdFlag.FUA)
+#: small requests queued to workers per connection before the reader waits
+MAX_BATCHED = 256
+
+
+def _heavy(req: Request) -> bool:
+    """Large, durable or flushing: such a request gets a worker of its own."""
+    return req.length >= BIG or req.cmd == Cmd.FLUSH or bool(int(req.flags) & _FUA)
 
 
 def sendmsg_all(sock: socket.socket, parts: list[Any]) -> None:
@@ -83,9 +99,13 @@ class PlainStream:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.lock = threading.Lock()
+        # sock.recv(256 KiB) allocates (and maps) 256 KiB per call, ~14 us even
+        # for a 28-byte request: receive into one buffer and copy what came
+        self._view = memoryview(bytearray(RECV_SIZE))
 
     def recv(self, n: int) -> bytes:
-        return self.sock.recv(n)
+        got = self.sock.recv_into(self._view, min(n, RECV_SIZE))
+        return bytes(self._view[:got])
 
     def recv_into(self, view: memoryview, n: int) -> int:
         return self.sock.recv_into(view, n)
@@ -220,43 +240,73 @@ class _Requests:
         self.lock = lock  # the engine's
         self.slots = threading.BoundedSemaphore(MAX_IN_FLIGHT)
         self.idle = threading.Condition()
-        #: requests handed to workers and not answered yet
+        #: batches handed to workers and not answered yet
         self.busy = 0
+        #: requests in those batches
+        self.queued = 0
         self.failed = False
-        self.queue: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[list[Request] | None] = queue.SimpleQueue()
         self.workers: list[threading.Thread] = []
         #: reply buffers of inline requests not written yet: the reader sends
         #: them in one sendmsg before it would wait for more bytes
         self.pending: list[Any] = []
+        #: small requests parsed and not yet run (see dispatch)
+        self.batch: list[Request] = []
 
     def submit(self, req: Request) -> None:
-        """Run ``req`` inline when it is small (a page-cache hit costs less
-        than a hand-off between threads) or nothing else is queued or running;
-        else on a worker, so large and durable I/O overlaps the reading."""
-        heavy = req.length >= BIG or req.cmd == Cmd.FLUSH or bool(int(req.flags) & _FUA)
-        if not heavy:
-            self._inline(req)
+        """Take one request from the reader. Small ones join the batch that
+        :meth:`dispatch` runs when the reader has parsed all it holds; large
+        ones, FUA writes and FLUSH go to a worker of their own, unless nothing
+        else is queued or running."""
+        if not _heavy(req):
+            self.batch.append(req)
             return
         with self.idle:
             alone = self.busy == 0
-        if alone and not self.conn.buffered:
+        if alone and not self.batch and not self.conn.buffered:
             self._inline(req)
             return
         self.slots.acquire()
+        self._queue([req])
+
+    def dispatch(self) -> None:
+        """The reader is about to wait for bytes: run the batch of small
+        requests. Inline (no thread hand-off) when it is one request and no
+        worker is busy (queue depth 1: latency); else one worker takes the whole
+        batch, so the reader goes on receiving and parsing while the batch's
+        I/O runs (measured: +15-25% IOPS at queue depth 32 over running the
+        batch inline, though each batch pays one hand-off)."""
+        batch = self.batch
+        if batch:
+            self.batch = []
+            with self.idle:
+                alone = self.busy == 0
+            if alone and len(batch) == 1:
+                for req in batch:
+                    self._inline(req)
+            else:
+                with self.idle:
+                    while self.queued >= MAX_BATCHED:  # bound what one client can queue
+                        self.idle.wait()
+                self._queue(batch)
+        self.flush()
+
+    def _queue(self, batch: list[Request]) -> None:
         with self.idle:
             self.busy += 1
+            self.queued += len(batch)
         if len(self.workers) < WORKERS and self.busy > len(self.workers):
             t = threading.Thread(target=self._work, name="nbd-worker", daemon=True)
             self.workers.append(t)
             t.start()
-        self.queue.put(req)
+        self.queue.put(batch)
 
     def _inline(self, req: Request) -> None:
         replies = self.session.request(req)
         with self.lock:
             for r in replies:
                 self.pending += self.conn.send_parts(r)
-        if len(self.pending) >= 64 or (self.pending and len(self.pending[-1]) >= BIG):
+        if len(self.pending) >= FLUSH_PARTS or (self.pending and len(self.pending[-1]) >= BIG):
             self.flush()  # enough for one sendmsg, or a large READ payload
 
     def flush(self) -> None:
@@ -273,31 +323,39 @@ class _Requests:
 
     def _work(self) -> None:
         for _ in iter(int, 1):  # until close() sends None
-            req = self.queue.get()
-            if req is None:
+            batch = self.queue.get()
+            if batch is None:
                 return
-            self._run(req)
+            self._run(batch)
 
-    def _run(self, req: Request) -> None:
+    def _run(self, batch: list[Request]) -> None:
+        """Answer a batch: replies gathered, written every FLUSH_PARTS buffers."""
+        parts: list[Any] = []
         try:
-            replies = self.session.request(req)
-            with self.lock:
-                parts: list[Any] = []
-                for r in replies:
-                    parts += self.conn.send_parts(r)
-            if not self.failed:
+            for req in batch:
+                replies = self.session.request(req)
+                with self.lock:
+                    for r in replies:
+                        parts += self.conn.send_parts(r)
+                if len(parts) >= FLUSH_PARTS or (parts and len(parts[-1]) >= BIG):
+                    if not self.failed:
+                        self.stream.send_parts(parts)
+                    parts = []
+            if parts and not self.failed:
                 self.stream.send_parts(parts)
         except (OSError, NBDError):
             self.failed = True  # the reader sees the socket fail too and stops
         finally:
             with self.idle:
                 self.busy -= 1
+                self.queued -= len(batch)
                 self.idle.notify_all()
-            self.slots.release()
+            if len(batch) == 1 and _heavy(batch[0]):
+                self.slots.release()
 
     def drain(self) -> None:
         """Wait until every submitted request has been answered."""
-        self.flush()
+        self.dispatch()
         with self.idle:
             for _ in iter(int, 1):  # until the workers are idle
                 if self.busy == 0:
@@ -336,7 +394,7 @@ def serve_connection(sock: socket.socket, session: Session, tls: Any = None) -> 
                 return  # protocol error: drop this client only
             if ev is NEED_DATA:
                 if requests is not None:
-                    requests.flush()  # answer what was read before waiting for more
+                    requests.dispatch()  # answer what was read before waiting for more
                     if requests.failed:
                         return
                 _recv(stream, conn, lock)
