@@ -608,6 +608,15 @@ class GuestMemory:
             addr += len(chunk)
         raise GuestMemoryError("string too long", errno.ENAMETOOLONG)
 
+    def discard(self, addr: int, length: int) -> None:
+        """madvise(MADV_DONTNEED): private pages read as zero (or as the file) again."""
+        with self.lock:
+            end = addr + page_align(length)
+            for vma in self._overlapping(addr, end):
+                lo, hi = max(addr, vma.start), min(end, vma.end)
+                _libc.madvise(ctypes.c_void_p(self.host + vma.pa + lo - vma.start),
+                              ctypes.c_size_t(hi - lo), 4)
+
     def fill(self, addr: int, size: int, byte: int = 0) -> None:
         """Set ``size`` bytes at ``addr`` to ``byte``."""
         for pa, n in self._pieces(addr, size):

@@ -98,16 +98,11 @@ def sys_mremap(t: GuestThread, old: int, old_len: int, new_len: int, flags: int,
 
 @syscall("madvise")
 def sys_madvise(t: GuestThread, addr: int, length: int, advice: int) -> int:
+    if addr % PAGE:
+        return -errno.EINVAL
     if advice == MADV_DONTNEED and length:
-        # private anonymous memory reads as zero afterwards
-        mem = t.mem
-        with mem.lock:
-            end = addr + page_align(length)
-            for vma in mem._overlapping(addr, end):
-                if vma.inode or vma.shared:
-                    continue
-                lo, hi = max(addr, vma.start), min(end, vma.end)
-                mem.fill(lo, hi - lo)
+        # the host pages behind the guest's get the same advice: same semantics
+        t.mem.discard(addr, length)
     return 0
 
 

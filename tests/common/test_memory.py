@@ -169,3 +169,18 @@ def test_arch_constants_match_the_libraries() -> None:
     assert (cpu.CS_ARCH_ARM, cpu.CS_ARCH_ARM64) == (capstone.CS_ARCH_ARM, capstone.CS_ARCH_ARM64)
     assert (cpu.CS_MODE_ARM, cpu.CS_MODE_THUMB) == (capstone.CS_MODE_ARM, capstone.CS_MODE_THUMB)
     assert get_arch("arm").elf_machine == 40 and get_arch("aarch64").elf_machine == 183
+
+
+def test_discard_reads_zero_for_anonymous_and_file_for_private_file(tmp_path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"F" * 8192)
+    mem = GuestMemory(get_arch("aarch64"))
+    anon = mem.mmap(0, 8192, PROT_READ | PROT_WRITE)
+    with open(path, "rb") as f:
+        filed = mem.mmap(0, 8192, PROT_READ | PROT_WRITE, fd=f.fileno())
+    mem.write(anon, b"x" * 8192)
+    mem.write(filed, b"y" * 8192)
+    mem.discard(anon, 4096)
+    mem.discard(filed + 4096, 4096)
+    assert mem.read(anon, 8192) == bytes(4096) + b"x" * 4096
+    assert mem.read(filed, 8192) == b"y" * 4096 + b"F" * 4096
