@@ -260,18 +260,36 @@ class MapRun:
     file: BlockDriver | None
 
 
+# the flags as plain ints: IntFlag arithmetic runs Python code per operation,
+# and these two functions run once per extent of every bulk copy
+_DATA = int(Status.DATA)
+_ZERO = int(Status.ZERO)
+_DATA_OR_ZERO = _DATA | _ZERO
+_OFFSET_VALID = int(Status.OFFSET_VALID)
+_ALLOCATED = int(Status.ALLOCATED)
+_FLAGS: dict[int, Status] = {}
+
+
+def _status_flags(value: int) -> Status:
+    """``Status(value)``, looked up once per value."""
+    flags = _FLAGS.get(value)
+    if flags is None:
+        flags = _FLAGS[value] = Status(value)
+    return flags
+
+
 def node_status(node: BlockDriver, offset: int, length: int) -> StatusRun:
     """One node's status with QEMU's generic rules applied (ALLOCATED, zero past backing)."""
     run = node.block_status(offset, length)
-    flags = run.flags
-    if flags & (Status.DATA | Status.ZERO):
-        flags |= Status.ALLOCATED
+    flags = int(run.flags)
+    if flags & _DATA_OR_ZERO:
+        flags |= _ALLOCATED
     elif node.supports_backing:
-        if node.backing is None:
-            flags |= Status.ZERO
-        elif offset >= node.backing.size:
-            flags |= Status.ZERO
-    return StatusRun(run.length, flags, run.offset, run.file)
+        if node.backing is None or offset >= node.backing.size:
+            flags |= _ZERO
+    else:
+        return run
+    return StatusRun(run.length, _status_flags(flags), run.offset, run.file)
 
 
 def block_status_above(node: BlockDriver, offset: int, length: int) -> MapRun:
@@ -280,10 +298,12 @@ def block_status_above(node: BlockDriver, offset: int, length: int) -> MapRun:
     depth = 0
     current: BlockDriver | None = node
     run = StatusRun(length, Status.NONE)
+    flags = 0
     while current is not None:
         run = node_status(current, offset, length)
         length = run.length
-        if run.flags & (Status.DATA | Status.ZERO):
+        flags = int(run.flags)
+        if flags & _DATA_OR_ZERO:
             break
         if current.backing is None:
             break
@@ -291,16 +311,17 @@ def block_status_above(node: BlockDriver, offset: int, length: int) -> MapRun:
         depth += 1
         if offset >= current.size:
             run = StatusRun(length, Status.ZERO)
+            flags = _ZERO
             break
         length = min(length, current.size - offset)
-    has_offset = bool(run.flags & Status.OFFSET_VALID)
+    has_offset = bool(flags & _OFFSET_VALID)
     return MapRun(
         start=offset,
         length=run.length,
         depth=depth,
-        present=bool(run.flags & Status.ALLOCATED),
-        zero=bool(run.flags & Status.ZERO),
-        data=bool(run.flags & Status.DATA),
+        present=bool(flags & _ALLOCATED),
+        zero=bool(flags & _ZERO),
+        data=bool(flags & _DATA),
         offset=run.offset if has_offset else None,
         file=run.file if has_offset else None,
     )

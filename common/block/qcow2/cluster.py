@@ -157,8 +157,9 @@ class ClusterMap:
             )
         return host
 
-    def map(self, offset: int, length: int) -> list[Run]:
-        """Runs covering [offset, offset+length), all within one L2 table."""
+    def map(self, offset: int, length: int, first: bool = False) -> list[Run]:
+        """Runs covering [offset, offset+length), all within one L2 table; with
+        ``first``, only the first run (as long as it goes)."""
         cs = self.cluster_size
         table_end = ((offset >> self.l1_shift) + 1) << self.l1_shift
         end = min(offset + length, table_end)
@@ -171,33 +172,42 @@ class ClusterMap:
         pos = offset
         mask = self.l2_entries - 1
         cb = self.cluster_bits
-        words = self.words
-        while pos < end:
-            index = (pos >> cb) & mask
-            cstart = pos & ~(cs - 1)
-            cend = min(cstart + cs, end)
-            entry = table[index * words]
-            if not self.extended:
+        if not self.extended:
+            last_index = ((end - 1) >> cb) & mask
+            while pos < end:
+                if first and len(runs) > 1:
+                    break
+                index = (pos >> cb) & mask
+                cstart = pos & ~(cs - 1)
+                entry = table[index]
                 kind = entry_kind(entry)
                 if kind == COMPRESSED:
+                    cend = min(cstart + cs, end)
                     runs.append(Run(pos, cend - pos, COMPRESSED, entry))
                     pos = cend
                     continue
-                host = (
-                    self._host(entry, l2_offset, index) + (pos - cstart)
-                    if kind
-                    in (
-                        NORMAL,
-                        ZERO_ALLOC,
-                    )
-                    else 0
-                )
+                host = 0
+                step = 0
+                if kind == NORMAL or kind == ZERO_ALLOC:
+                    host = self._host(entry, l2_offset, index) + (pos - cstart)
+                    step = cs
+                # the following entries that continue this one exactly (same
+                # flags, next host cluster), found in C: one run, one append
+                count = same_entries(table, index, last_index - index + 1, entry, step)
+                cend = min(cstart + (count << cb), end)
                 _append(runs, pos, cend - pos, kind, host)
                 pos = cend
-                continue
+            return runs[:1] if first else runs
+        while pos < end:
+            if first and len(runs) > 1:
+                break
+            index = (pos >> cb) & mask
+            cstart = pos & ~(cs - 1)
+            cend = min(cstart + cs, end)
+            entry = table[index * 2]
             bitmap = table[index * 2 + 1]
             pos = self._map_extended(runs, pos, cstart, cend, entry, bitmap, l2_offset, index)
-        return runs
+        return runs[:1] if first else runs
 
     def _map_extended(
         self,
@@ -259,6 +269,31 @@ class ClusterMap:
             _append(runs, pos, send - pos, kind, h)
             pos = send
         return cend
+
+
+def same_entries(table: array, index: int, count: int, entry: int, step: int) -> int:
+    """How many of the ``count`` entries from ``table[index]`` (that one
+    included, so at least 1) equal ``entry + k * step`` in order.
+
+    Galloping slice comparisons, each done in C: the cost follows the length
+    of the run found, not ``count``. The first mismatch in the last window is
+    the lowest differing bit of the two windows read as little-endian integers.
+    """
+    done = 1
+    while done < count:
+        probe = min(done << 1, count)
+        if step:
+            start = entry + done * step
+            want = array("Q", range(start, start + (probe - done) * step, step))
+        else:
+            want = array("Q", (entry,)) * (probe - done)
+        got = table[index + done : index + probe]
+        if got != want:
+            diff = int.from_bytes(got.tobytes(), "little")
+            diff ^= int.from_bytes(want.tobytes(), "little")
+            return done + ((diff & -diff).bit_length() - 1) // 64
+        done = probe
+    return done
 
 
 def _append(runs: list[Run], start: int, length: int, kind: int, host: int) -> None:

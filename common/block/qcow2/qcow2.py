@@ -44,6 +44,7 @@ from .cluster import (
     ZERO_PLAIN,
     ClusterMap,
     Run,
+    same_entries,
 )
 from .layout import (
     FEATURE_ENTRY,
@@ -105,6 +106,12 @@ def _size_opt(options: dict[str, Any], name: str) -> int | None:
 
 def _is_pow2(n: int) -> bool:
     return n > 0 and not n & (n - 1)
+
+
+#: the status flags of data and of allocated zeroes with a host offset (the
+#: IntFlag ``|`` runs Python code; block status is asked once per extent)
+_DATA_AT = Status.DATA | Status.OFFSET_VALID
+_ZERO_AT = Status.ZERO | Status.OFFSET_VALID
 
 
 class Qcow2(BlockDriver):
@@ -842,7 +849,31 @@ class Qcow2(BlockDriver):
                 pos += n
 
     def _write_chunk(self, offset: int, data: memoryview) -> None:
-        """Write within one L2 table: in place where we own the cluster, else allocate."""
+        """Write within one L2 table: in place where we own the cluster, else allocate.
+
+        With standard L2 entries and no encryption, the whole clusters of a
+        request go by runs of entries (see :meth:`_write_whole_clusters`);
+        the partial clusters at its ends take the general path."""
+        cs = self.cs
+        table, l2_offset = self._l2_for_write(offset >> self.map.l1_shift)
+        end = offset + len(data)
+        if self.extended or self.crypto is not None or len(data) < 2 * cs:
+            self._write_clusters(table, l2_offset, offset, data)
+            return
+        a = (offset + cs - 1) & ~(cs - 1)
+        b = end if end >= self.total_size else end & ~(cs - 1)
+        if b - a < cs:
+            self._write_clusters(table, l2_offset, offset, data)
+            return
+        if a > offset:
+            self._write_clusters(table, l2_offset, offset, data[: a - offset])
+        self._write_whole_clusters(table, l2_offset, a, data[a - offset : b - offset])
+        if b < end:
+            self._write_clusters(table, l2_offset, b, data[b - offset :])
+
+    def _write_clusters(self, table: array, l2_offset: int, offset: int, data: memoryview) -> None:
+        """The general write within one L2 table: per cluster, in place or
+        allocated (copy-on-write of partial clusters and subclusters)."""
         cs = self.cs
         cb = self.cluster_bits
         m = self.map
@@ -850,7 +881,6 @@ class Qcow2(BlockDriver):
         words = m.words
         mask = m.l2_entries - 1
         end = offset + len(data)
-        table, l2_offset = self._l2_for_write(offset >> m.l1_shift)
         first = offset >> cb
         last = (end - 1) >> cb
         size = self.total_size
@@ -995,6 +1025,63 @@ class Qcow2(BlockDriver):
         self._last_compressed = None
         if freed:
             self._release(freed)
+
+    def _write_whole_clusters(
+        self, table: array, l2_offset: int, offset: int, data: memoryview
+    ) -> None:
+        """Write whole clusters (the last one may end at the image's end) with
+        standard L2 entries, by runs of entries rather than per cluster: a run
+        of clusters we own, contiguous on the host, is rewritten in place by
+        one write (its table stays clean); consecutive clusters without a host
+        cluster (unallocated or plain zero) get one new contiguous host range,
+        one write and their entries set by one slice assignment; any other
+        cluster takes the general path. Metadata order as there: data first,
+        then the L2 entries in the cache (written after the refcount blocks at
+        the next flush)."""
+        cs = self.cs
+        cb = self.cluster_bits
+        i0 = (offset >> cb) & (self.map.l2_entries - 1)
+        n = (len(data) + cs - 1) >> cb
+        entries = table[i0 : i0 + n]
+        file = self.file
+        assert file is not None
+        new_from = -1  # first cluster of a pending group without host clusters
+        k = 0
+        while k <= n:
+            entry = entries[k] if k < n else -1
+            if entry == 0 or entry == OFLAG_ZERO:
+                if new_from < 0:
+                    new_from = k
+                k += same_entries(entries, k, n - k, entry, 0)
+                continue
+            if new_from >= 0:
+                count = k - new_from
+                self._mark_dirty()
+                host = self.refs.alloc_clusters(count * cs)
+                self._overlap_check(host, count * cs)
+                file.debug_event("write_aio")
+                file.write(host, data[new_from * cs : k * cs])
+                new = host | OFLAG_COPIED
+                table[i0 + new_from : i0 + k] = array("Q", range(new, new + count * cs, cs))
+                self.map.cache.mark_dirty(l2_offset)
+                new_from = -1
+            if k == n:
+                break
+            host = entry & L2E_OFFSET_MASK
+            if (
+                entry & OFLAG_COPIED
+                and not entry & (OFLAG_COMPRESSED | OFLAG_ZERO)
+                and host
+                and not host & (cs - 1)
+            ):
+                count = same_entries(entries, k, n - k, entry, cs)
+                file.debug_event("write_aio")
+                file.write(host, data[k * cs : (k + count) * cs])
+            else:
+                count = 1
+                self._write_clusters(table, l2_offset, offset + k * cs, data[k * cs : (k + 1) * cs])
+            k += count
+        self._last_compressed = None
 
     # --- concurrent allocating writes ----------------------------------------
     #
@@ -1421,7 +1508,7 @@ class Qcow2(BlockDriver):
     def _block_status(self, offset: int, length: int) -> StatusRun:
         with self.lock:
             self._check_usable()
-            run: Run = self.map.map(offset, length)[0]
+            run: Run = self.map.map(offset, length, first=True)[0]
         kind = run.kind
         n = run.length
         if self.crypto is not None and kind in (NORMAL, ZERO_ALLOC, UNALLOC_ALLOC):
@@ -1429,9 +1516,9 @@ class Qcow2(BlockDriver):
             flags = {NORMAL: Status.DATA, ZERO_ALLOC: Status.ZERO}.get(kind, Status.NONE)
             return StatusRun(n, flags)
         if kind == NORMAL:
-            return StatusRun(n, Status.DATA | Status.OFFSET_VALID, run.host, self.file)
+            return StatusRun(n, _DATA_AT, run.host, self.file)
         if kind == ZERO_ALLOC:
-            return StatusRun(n, Status.ZERO | Status.OFFSET_VALID, run.host, self.file)
+            return StatusRun(n, _ZERO_AT, run.host, self.file)
         if kind == ZERO_PLAIN:
             return StatusRun(n, Status.ZERO)
         if kind == COMPRESSED:

@@ -69,14 +69,23 @@ class RefBlock:
     def last_used(self, start: int, end: int) -> int:
         """Index of the last nonzero entry in [start, end), or -1."""
         if self.arr is not None:
-            if not any(self.arr[start:end]):
-                return -1
-            for i in range(end - 1, start - 1, -1):
-                if self.arr[i]:
-                    return i
-            return -1  # pragma: no cover
+            # in C: the bytes up to the last nonzero one
+            used = len(self.arr[start:end].tobytes().rstrip(b"\0"))
+            return start + (used - 1) // self.arr.itemsize if used else -1
         for i in range(end - 1, start - 1, -1):
             if self.get(i):
+                return i
+        return -1
+
+    def first_free(self, start: int, end: int) -> int:
+        """Index of the first zero entry in [start, end), or -1."""
+        if self.arr is not None:
+            try:
+                return self.arr.index(0, start, end)
+            except ValueError:
+                return -1
+        for i in range(start, end):
+            if not self.get(i):
                 return i
         return -1
 
@@ -248,7 +257,20 @@ class Refcounts:
             if last < 0:
                 self.free_cluster_index = end
                 return start << self.cluster_bits
-            idx = last + 1
+            idx = self._next_free(last + 1)
+
+    def _next_free(self, idx: int) -> int:
+        """The first cluster index from ``idx`` on with a zero refcount."""
+        while True:
+            ti = idx >> self.block_bits
+            block = self._get_block(ti)
+            if block is None:
+                return idx
+            base = ti << self.block_bits
+            i = block.first_free(idx - base, self.block_size)
+            if i >= 0:
+                return base + i
+            idx = base + self.block_size
 
     def _last_used(self, start: int, end: int) -> int:
         """The last cluster index in [start, end) with a nonzero refcount, or -1."""
