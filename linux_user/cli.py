@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["UserOptions", "parse_command_line", "cpu_models", "LOG_ITEMS",
-           "QEMU_VERSION", "PYQEMU_VERSION", "open_log"]
+           "QEMU_VERSION", "PYQEMU_VERSION", "open_log", "host_environ"]
 
 QEMU_VERSION = "7.2.0"
 PYQEMU_VERSION = "0.1.0"
@@ -236,7 +236,7 @@ def _default_stack_size() -> int:
 class _Parser:
     """parse_args of linux-user/main.c, one handler per table row."""
 
-    def __init__(self, arch: str, prog: str, environ: Mapping[str, str]) -> None:
+    def __init__(self, arch: str, prog: str, entries: list[str]) -> None:
         self.arch = arch
         self.prog = prog            # for error_report-style messages
         self.out = sys.stdout
@@ -261,8 +261,8 @@ class _Parser:
         self.plugin: str | None = None
         # qemu's envlist: newest first
         self.env: list[str] = []
-        for key, value in environ.items():
-            self._setenv(f"{key}={value}")
+        for entry in entries:
+            self._setenv(entry)
         # (name, env variable, has_arg, handler, example, help)
         self.table: list[tuple[str, str, bool, Callable[[str | None], None], str, str]] = [
             ("h", "", False, self.h_help, "", "print this help"),
@@ -542,14 +542,24 @@ def parse_command_line(arch: str, argv: list[str], environ: Mapping[str, str], *
     Prints -h/-version/-cpu help/-d help itself and raises SystemExit with qemu's
     status; bad options print qemu's message on stderr and raise SystemExit(1).
     ``prog`` names the binary in error_report-style messages (default
-    ``pyqemu-<arch>``).
+    ``pyqemu-<arch>``). When ``environ`` is ``os.environ`` itself, the environment
+    the process started with is used (:func:`host_environ`).
     """
     if arch not in CPU_MODELS:
         raise ValueError(f"unknown user-mode architecture {arch!r}")
     prog = prog or f"pyqemu-{arch}"
-    parser = _Parser(arch, prog, environ)
+    if environ is os.environ:
+        entries = host_environ()
+    else:
+        entries = [f"{key}={value}" for key, value in environ.items()]
+    lookup: dict[str, str] = {}
+    for entry in entries:
+        key, sep, value = entry.partition("=")
+        if sep and key not in lookup:     # getenv() finds the first one
+            lookup[key] = value
+    parser = _Parser(arch, prog, entries)
     try:
-        index = parser.parse(list(argv), environ)
+        index = parser.parse(list(argv), lookup)
         _check(parser)
     except _Exit as e:
         _flush(parser)
@@ -567,6 +577,21 @@ def parse_command_line(arch: str, argv: list[str], environ: Mapping[str, str], *
         guest_base=parser.guest_base, page_size=parser.page_size, argv0=parser.argv0,
         gdb=parser.gdb, dfilter=parser.dfilter, trace=list(parser.trace),
         trace_patterns=list(parser.trace_patterns))
+
+
+def host_environ() -> list[str]:
+    """The environment this process was started with, as "K=V" entries in order.
+
+    Read from /proc/self/environ, because Python changes ``os.environ`` at start-up
+    (PEP 538 adds LC_CTYPE=C.UTF-8 under the C locale) and a guest must get exactly
+    the environment qemu-user would pass on. Falls back to ``os.environ``.
+    """
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return [f"{key}={value}" for key, value in os.environ.items()]
+    return [os.fsdecode(entry) for entry in raw.split(b"\0") if entry]
 
 
 def _seed(parser: _Parser) -> int | None:
