@@ -1,5 +1,7 @@
 """Fixtures for the linux_user tests: guest programs and the qemu-vs-pyqemu harness.
 
+- ``all_guests``: every program of tests/guests/programs.PROGRAMS built for
+  both arches, static and dynamic (Go: static), keyed by (name, arch, link).
 - ``guest(name, arch, static=False, pie=None)`` builds (cached) a C guest of
   tests/guests/linux/ and returns its path; ``go_guest(name, arch)`` a Go one.
 - ``run_guest(tool, arch, binary, args=(), ...)`` runs it under "qemu"
@@ -14,15 +16,46 @@ test, never skips it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.guests.build import GuestBuildError, build_go_guest, build_guest
+from tests.guests.build import ARCHES, GuestBuildError, build_go_guest, build_guest
+from tests.guests.programs import PROGRAMS
 from tests.guests.run import GuestRun, HarnessError
 from tests.guests.run import assert_same_as_qemu as _assert_same_as_qemu
 from tests.guests.run import run_guest as _run_guest
+
+
+def guest_params() -> list[tuple[str, str, str]]:
+    """(name, arch, "static"/"dynamic") of every guest build: C both ways, Go static only."""
+    return [
+        (name, arch, link)
+        for name in sorted(PROGRAMS)
+        for arch in ARCHES
+        for link in (("static",) if PROGRAMS[name].go else ("dynamic", "static"))
+    ]
+
+
+def _build(name: str, arch: str, link: str) -> Path:
+    if PROGRAMS[name].go:
+        return build_go_guest(name, arch)
+    return build_guest(name, arch, static=link == "static")
+
+
+@pytest.fixture(scope="session")
+def all_guests() -> dict[tuple[str, str, str], Path]:
+    """Every guest program built (cached), keyed by guest_params(); built in parallel."""
+    params = guest_params()
+    try:
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            paths = list(pool.map(lambda p: _build(*p), params))
+    except GuestBuildError as exc:
+        pytest.fail(str(exc))
+    return dict(zip(params, paths, strict=True))
 
 
 @pytest.fixture(scope="session")

@@ -1,42 +1,82 @@
 """The guest programs themselves: they build for both arches and say the right things under qemu.
 
 These tests check the programs of tests/guests/ against the reference, qemu-arm
-and qemu-aarch64, so that comparing pyqemu with qemu (test_guests_*.py) means
-something: each program must print its key lines (specific values, not just
-exit 0) when qemu-user runs it, static and dynamic.
+and qemu-aarch64, so that comparing pyqemu with qemu (test_guests_compare.py)
+means something: each program must print its key lines (specific values, not
+just exit 0) when qemu-user runs it, static and dynamic.
 """
 
 from __future__ import annotations
 
+import struct
+from pathlib import Path
+
 import pytest
 
-from tests.guests.build import ARCHES, c_guests
+from tests.guests.build import ARCHES, build_guest, c_guests, go_guests, supports_static_pie
+from tests.guests.programs import PROGRAMS
+from tests.guests.run import is_dynamic
 
-# Per program: (lines that must appear in stdout under qemu, expected exit status).
-# Arch-specific lines use "{machine}" (armv7l / aarch64) and "{bits}" (32 / 64).
-EXPECTED: dict[str, tuple[list[str], int]] = {
-    "hello": (["hello from the guest"], 0),
-}
+from .conftest import guest_params
 
-MACHINE = {"arm": "armv7l", "aarch64": "aarch64"}
-BITS = {"arm": "32", "aarch64": "64"}
+ELF_MACHINE = {"arm": 40, "aarch64": 183}
 
 
-def expected_lines(name: str, arch: str) -> list[str]:
-    return [line.format(machine=MACHINE[arch], bits=BITS[arch]) for line in EXPECTED[name][0]]
+def elf_header(path: Path) -> tuple[int, int, int]:
+    """(EI_CLASS, e_type, e_machine) of an ELF file."""
+    head = path.read_bytes()[:20]
+    assert head[:4] == b"\x7fELF", f"{path} is not ELF"
+    e_type, e_machine = struct.unpack_from("<HH", head, 16)
+    return head[4], e_type, e_machine
 
 
-def test_every_program_has_expectations() -> None:
-    assert sorted(EXPECTED) == c_guests()
+def test_every_program_has_a_spec() -> None:
+    assert sorted(PROGRAMS) == sorted(c_guests() + go_guests())
+    assert {name for name, spec in PROGRAMS.items() if spec.go} == set(go_guests())
 
 
-@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_all_guests_build(all_guests: dict[tuple[str, str, str], Path]) -> None:
+    expected = {(n, a, link) for n, a, link in guest_params()}
+    assert set(all_guests) == expected
+    for (name, arch, link), path in all_guests.items():
+        elf_class, e_type, machine = elf_header(path)
+        assert machine == ELF_MACHINE[arch], (name, arch)
+        assert elf_class == (1 if arch == "arm" else 2), (name, arch)
+        assert is_dynamic(path) == (link == "dynamic"), (name, arch, link)
+        # Debian's gcc builds PIE (ET_DYN) by default; -static gives ET_EXEC
+        if not PROGRAMS[name].go:
+            assert e_type == (3 if link == "dynamic" else 2), (name, arch, link)
+
+
 @pytest.mark.parametrize("arch", ARCHES)
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_guest_under_qemu(guest, run_guest, name: str, arch: str, static: bool) -> None:
-    binary = guest(name, arch, static=static)
-    result = run_guest("qemu", arch, binary)
+def test_static_pie_hello(arch: str, run_guest) -> None:
+    if not supports_static_pie(arch):
+        # Debian's armhf glibc has no rcrt1.o: gcc -static-pie cannot link
+        assert arch == "arm"
+        return
+    path = build_guest("hello", arch, static=True, pie=True)
+    assert elf_header(path)[1] == 3 and not is_dynamic(path)
+    result = run_guest("qemu", arch, path)
+    assert result.stdout == "hello from the guest\n" and result.returncode == 0, result.describe()
+
+
+@pytest.mark.parametrize(("name", "arch", "link"), guest_params())
+def test_guest_under_qemu(
+    all_guests: dict[tuple[str, str, str], Path],
+    run_guest,
+    tmp_path: Path,
+    name: str,
+    arch: str,
+    link: str,
+) -> None:
+    spec = PROGRAMS[name]
+    result = run_guest("qemu", arch, all_guests[name, arch, link], spec.args, cwd=tmp_path)
     lines = result.lines()
-    for line in expected_lines(name, arch):
+    for line in spec.expected_stdout(arch):
         assert line in lines, f"missing line {line!r}\n{result.describe()}"
-    assert result.returncode == EXPECTED[name][1], result.describe()
+    assert not [line for line in lines if line.startswith("FAIL")], result.describe()
+    err = result.stderr.splitlines()
+    for line in spec.expected_stderr(arch):
+        assert line in err, f"missing stderr line {line!r}\n{result.describe()}"
+    assert result.returncode == spec.exit, result.describe()
+    assert list(tmp_path.iterdir()) == [], "the guest left files behind"

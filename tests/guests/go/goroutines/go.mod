@@ -1,0 +1,3 @@
+module pyqemu.test/goroutines
+
+go 1.19

@@ -1,0 +1,114 @@
+/* Processes: the getpid family, fork, wait4, waitid, vfork, exit statuses,
+ * death by a signal, execve of a host program, prlimit64, uname, sysinfo,
+ * getrandom.
+ */
+#include <stdlib.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/random.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/sysinfo.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "guest.h"
+
+int main(void)
+{
+    pid_t me = getpid();
+    CHECK(me > 1, "getpid is a real pid");
+    CHECK(syscall(SYS_gettid) == me, "gettid equals getpid in the main thread");
+    CHECK(getppid() > 0 && getppid() != me, "getppid differs from getpid");
+    CHECK(getpgrp() > 0 && getsid(0) > 0, "getpgrp and getsid");
+    CHECK(getuid() == geteuid() && getgid() == getegid(), "real and effective ids agree");
+
+    int pfd[2];
+    CHECK(pipe(pfd) == 0, "pipe");
+    pid_t child = fork();
+    if (child == 0) {
+        pid_t info[2] = {getpid(), getppid()};
+        write(pfd[1], info, sizeof info);
+        _exit(7);
+    }
+    CHECK(child > 0, "fork");
+    pid_t info[2];
+    CHECK(read(pfd[0], info, sizeof info) == sizeof info, "read the child's ids");
+    CHECK(info[0] == child, "child's getpid is what fork returned");
+    CHECK(info[1] == me, "child's getppid is the parent");
+    int status = 0;
+    struct rusage ru;
+    CHECK(wait4(child, &status, 0, &ru) == child, "wait4");
+    say("wait4: exited=%d status=%d", WIFEXITED(status), WEXITSTATUS(status));
+    CHECK_ERR(wait4(-1, &status, WNOHANG, NULL), ECHILD, "wait4 without children: ECHILD");
+
+    child = fork();
+    if (child == 0)
+        exit(42);
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    CHECK(waitid(P_PID, child, &si, WEXITED) == 0, "waitid");
+    say("waitid: pid-matches=%d signo=%d code=%s status=%d", si.si_pid == child, si.si_signo,
+        si.si_code == CLD_EXITED ? "CLD_EXITED" : "other", si.si_status);
+
+    child = fork();
+    if (child == 0) {
+        pause();
+        _exit(0);
+    }
+    CHECK(kill(child, SIGTERM) == 0, "kill the child with SIGTERM");
+    CHECK(waitpid(child, &status, 0) == child, "waitpid");
+    say("killed child: signaled=%d termsig=%d", WIFSIGNALED(status), WTERMSIG(status));
+
+    child = vfork();
+    if (child == 0)
+        _exit(3);
+    CHECK(waitpid(child, &status, 0) == child, "waitpid after vfork");
+    say("vfork: status=%d", WEXITSTATUS(status));
+
+    child = fork();
+    if (child == 0) {
+        char *argv[] = {"sh", "-c", "echo host sh says $0 $1; exit 9", "arg0", "arg1", NULL};
+        char *envp[] = {"PATH=/usr/bin:/bin", NULL};
+        execve("/bin/sh", argv, envp);
+        say("execve failed: %s", errname(errno));
+        _exit(127);
+    }
+    CHECK(waitpid(child, &status, 0) == child, "waitpid after execve");
+    say("execve /bin/sh: status=%d", WEXITSTATUS(status));
+    char *bad[] = {"nope", NULL};
+    CHECK_ERR(execve("/nonexistent/program", bad, bad + 1), ENOENT, "execve of a missing file: ENOENT");
+
+    struct rlimit rl, old;
+    CHECK(getrlimit(RLIMIT_NOFILE, &old) == 0, "getrlimit RLIMIT_NOFILE");
+    rl.rlim_cur = 200;
+    rl.rlim_max = old.rlim_max;
+    CHECK(prlimit(0, RLIMIT_NOFILE, &rl, NULL) == 0, "prlimit set soft NOFILE to 200");
+    CHECK(prlimit(0, RLIMIT_NOFILE, NULL, &rl) == 0, "prlimit get");
+    say("RLIMIT_NOFILE soft: %llu", (unsigned long long)rl.rlim_cur);
+    CHECK(getrlimit(RLIMIT_CPU, &rl) == 0 && rl.rlim_cur == RLIM_INFINITY, "RLIMIT_CPU is infinite");
+
+    struct utsname u;
+    CHECK(uname(&u) == 0, "uname");
+    say("uname sysname: %s", u.sysname);
+    say("uname machine: %s", u.machine);
+
+    struct sysinfo sinfo;
+    CHECK(sysinfo(&sinfo) == 0, "sysinfo");
+    CHECK(sinfo.totalram > 0 && sinfo.mem_unit > 0, "sysinfo totalram and mem_unit");
+    CHECK(sinfo.uptime > 0 && sinfo.procs > 0, "sysinfo uptime and procs");
+    CHECK(sinfo.freeram <= sinfo.totalram, "sysinfo freeram <= totalram");
+
+    unsigned char rnd[64];
+    memset(rnd, 0, sizeof rnd);
+    CHECK(getrandom(rnd, sizeof rnd, 0) == sizeof rnd, "getrandom 64 bytes");
+    CHECK(getrandom(rnd, 16, GRND_NONBLOCK) == 16, "getrandom GRND_NONBLOCK");
+    int nonzero = 0;
+    for (unsigned i = 0; i < sizeof rnd; i++)
+        nonzero += rnd[i] != 0;
+    CHECK(nonzero > 0, "getrandom gave some non-zero bytes");
+    CHECK(sched_yield() == 0, "sched_yield");
+    cpu_set_t set;
+    CHECK(sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0, "sched_getaffinity");
+    return guest_done();
+}
