@@ -237,6 +237,27 @@ def _params_from_header(hdr: Header) -> Params:
     return Params(alg, mode, ivgen, ivhash or None, hdr.hash_spec)
 
 
+def _slot_sectors(key_bytes: int) -> int:
+    """Sectors a key slot's material takes: the AF-split key, rounded up to 4 KiB."""
+    sectors = (key_bytes * STRIPES + SECTOR_SIZE - 1) // SECTOR_SIZE
+    return (sectors + 7) // 8 * 8
+
+
+def header_length(params: Params) -> int:
+    """Bytes before the payload of a volume made with ``params``: the header and
+    eight key slots (qcrypto_block_calculate_payload_offset)."""
+    return KEY_SLOT_OFFSET + NUM_KEY_SLOTS * _slot_sectors(params.key_bytes) * SECTOR_SIZE
+
+
+def check_essiv(params: Params) -> None:
+    """QEMU's ESSIV cipher is AES keyed with the hash of the key: the digest must
+    be an AES key size (qcrypto_block_luks_essiv_cipher)."""
+    if params.ivgen_alg == "essiv" and params.ivgen_hash_alg:
+        n = _DIGEST_LEN[params.ivgen_hash_alg]
+        if CIPHER_ALGS[params.cipher_alg][0] == "aes" and n not in (16, 24, 32):
+            raise LuksError(f"No AES cipher with key size {n} available")
+
+
 # --- primitives ----------------------------------------------------------------
 
 
@@ -575,6 +596,7 @@ class Volume:
                 raise BlockError(f"{name} '{value}' is too long for LUKS header")
         nkey = params.key_bytes
         master = os.urandom(nkey)
+        check_essiv(params)
         cipher = SectorCipher(params, master)  # refuses unsupported ciphers first
         h = params.hash_alg
         mk_salt = os.urandom(SALT_LEN)
@@ -583,9 +605,7 @@ class Volume:
         if mk_iters > 0xFFFFFFFF:
             raise BlockError(f"PBKDF iterations {mk_iters} larger than {0xFFFFFFFF}")
         digest = pbkdf2(h, master, mk_salt, mk_iters, DIGEST_LEN)
-        split_len = nkey * STRIPES
-        sectors = (split_len + SECTOR_SIZE - 1) // SECTOR_SIZE
-        per_slot = (sectors + 7) // 8 * 8  # sectors per slot, rounded up to 8
+        per_slot = _slot_sectors(nkey)
         base = KEY_SLOT_OFFSET // SECTOR_SIZE
         slots = [
             KeySlot(

@@ -156,6 +156,33 @@ def parse_create_options(options: dict[str, Any]) -> dict[str, Any] | None:
     return {"params": params, "password": password, "iter_time": iter_time}
 
 
+def measure_header_size(options: dict[str, Any], cluster_size: int) -> int:
+    """The clusters a LUKS header of a new image with ``-o`` ``options`` takes,
+    for ``measure`` (qcow2_measure: ``encrypt.format=luks`` only; the legacy
+    ``encryption=on`` / ``aes`` adds nothing). Checked as QEMU's creation
+    does (the cipher names, the key secret and its object), but without
+    making a key: PBKDF2 is not run."""
+    if options.get("encrypt.format") != "luks":
+        return 0
+    opts = {k: v for k, v in options.items() if k.startswith("encrypt.")}
+    iter_time = opts.pop("encrypt.iter-time", None)
+    if iter_time not in (None, ""):
+        try:
+            int(str(iter_time), 0)
+        except ValueError:
+            raise BlockError(
+                "Parameter 'encrypt.iter-time' expects a number\n"
+                "Invalid options for file format 'qcow2'"
+            ) from None
+    spec = parse_create_options(opts)
+    assert spec is not None
+    from . import luks
+
+    luks.check_essiv(spec["params"])
+    length = luks.header_length(spec["params"])
+    return -(-length // cluster_size) * cluster_size
+
+
 def set_up_encryption(drv: Any, spec: dict[str, Any]) -> None:
     """Write a new LUKS header into freshly allocated clusters of ``drv`` and
     point the header at it (qcow2_set_up_encryption); the image is unlocked."""

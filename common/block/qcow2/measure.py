@@ -167,9 +167,11 @@ def _parse_options(options: dict[str, Any]) -> dict[str, Any]:
     prealloc = str(options.get("preallocation") or "off")
     if prealloc not in ("off", "metadata", "falloc", "full"):
         raise BlockError(f"invalid parameter value: {prealloc}")
-    if any(k.startswith("encrypt.") for k in options):
-        raise BlockError("pyqemu-img measure: encrypted qcow2 targets are not supported yet")
+    from ..crypto.qcow2_luks import measure_header_size
+
+    luks_size = measure_header_size(options, cluster_size)
     return {
+        "luks_size": luks_size,
         "cluster_size": cluster_size,
         "version": version,
         "refcount_order": refcount_bits.bit_length() - 1,
@@ -205,6 +207,7 @@ def qcow2_measure(
     if p["preallocation"] in ("falloc", "full"):
         required = virtual
     full = prealloc_size(virtual, cluster_size, p["refcount_order"], p["extended_l2"])
+    full += p["luks_size"]  # the LUKS header clusters
     info = {"required": full - virtual + required, "fully-allocated": full}
     if p["version"] >= 3 and in_node is not None and _supports_bitmaps(in_node):
         info["bitmaps"] = _bitmaps_size(in_node, cluster_size)
