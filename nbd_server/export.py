@@ -46,6 +46,8 @@ from ..common.nbd import (
 MIN_BLOCK, PREFERRED_BLOCK, MAX_BLOCK = 1, 4096, MAX_PAYLOAD
 #: the most extents one BLOCK_STATUS reply carries (bounded work per request)
 MAX_EXTENTS = 1 << 16
+#: how far past a sparse READ block status looks, to cache a whole data run
+STATUS_AHEAD = 1 << 20
 
 Reply = OptionReply | ExportNameReply | SimpleReply | StructuredChunk
 
@@ -70,6 +72,26 @@ class Export:
         #: the export size: rounded up to 512 bytes, the tail reads as zeroes
         self.size = (size + 511) & ~511
         self.backed = size
+        #: the last run block status called data, in export offsets (start,
+        #: end): sparse reads inside it skip block status (as qemu's
+        #: file-posix block status cache). Only data is cached, so a stale
+        #: entry costs sparseness, never correctness; zero writes and
+        #: discards drop it all the same.
+        self.data_run = (0, 0)
+
+    def status(self, offset: int, length: int) -> tuple[int, bool]:
+        """(n, zero): the first ``n`` bytes (1 <= n <= length) from export
+        ``offset`` all read as zero, or all may hold data."""
+        start, stop = self.data_run
+        if start <= offset < stop:
+            return min(stop - offset, length), False
+        # ask past the request (at least 1 MiB), so the data run cached is whole
+        ask = min(self.backed - offset, max(length, STATUS_AHEAD))
+        run: MapRun = block_status_above(self.node, offset + self.offset, ask)
+        whole = max(1, min(run.length, ask))
+        if not run.zero:
+            self.data_run = (offset, offset + whole)
+        return min(whole, length), run.zero
 
     def flags(self, structured: bool) -> TransmissionFlag:
         f = (
@@ -335,6 +357,7 @@ class Session:
                 self._zero(req.offset, req.length, unmap, fua)
             elif cmd == Cmd.TRIM:
                 if exp.discard:
+                    exp.data_run = (0, 0)
                     lo, hi = self._clip(req.offset, req.length)
                     if hi > lo:
                         exp.node.discard(lo, hi - lo)
@@ -361,6 +384,8 @@ class Session:
 
     def _read(self, req: Request) -> list[Reply]:
         exp = self.export
+        if self.structured and req.length and not int(req.flags) & _DF:
+            return self._sparse_read(req)
         lo, hi = self._clip(req.offset, req.length)
         data: bytes | bytearray = exp.node.read(lo, hi - lo) if hi > lo else b""
         if len(data) < req.length:
@@ -375,6 +400,39 @@ class Session:
             )
         ]
 
+    def _sparse_read(self, req: Request) -> list[Reply]:
+        """A structured READ as qemu-nbd answers it without NBD_CMD_FLAG_DF
+        (nbd_co_send_sparse_read): one chunk per block status run, OFFSET_HOLE
+        where the run reads as zeroes, OFFSET_DATA with the bytes elsewhere;
+        the zero tail past the node joins a hole before it."""
+        exp = self.export
+        pos, end = req.offset, req.offset + req.length
+        runs: list[tuple[int, int, bool]] = []  # (offset, length, hole)
+        while pos < end:
+            if pos >= exp.backed:
+                if runs and runs[-1][2]:
+                    runs[-1] = (runs[-1][0], end - runs[-1][0], True)
+                else:
+                    runs.append((pos, end - pos, True))
+                break
+            n, zero = exp.status(pos, min(end, exp.backed) - pos)
+            runs.append((pos, n, zero))
+            pos += n
+        out: list[Reply] = []
+        last = len(runs) - 1
+        for i, (off, n, hole) in enumerate(runs):
+            flags = ReplyFlag.DONE if i == last else ReplyFlag.NONE
+            if hole:
+                out.append(
+                    StructuredChunk(req.cookie, Chunk.OFFSET_HOLE, flags, offset=off, length=n)
+                )
+            else:
+                data = exp.node.read(off + exp.offset, n)
+                out.append(
+                    StructuredChunk(req.cookie, Chunk.OFFSET_DATA, flags, offset=off, data=data)
+                )
+        return out
+
     def _write(self, offset: int, data: Any, fua: bool) -> None:
         exp = self.export
         lo, hi = self._clip(offset, len(data))
@@ -382,11 +440,13 @@ class Session:
             return
         view = memoryview(data)[: hi - lo]
         if exp.detect_zeroes != "off" and not any(view):
+            exp.data_run = (0, 0)
             exp.node.write_zeroes(lo, hi - lo, may_unmap=exp.detect_zeroes == "unmap", fua=fua)
             return
         exp.node.write(lo, view, fua=fua)
 
     def _zero(self, offset: int, length: int, unmap: bool, fua: bool) -> None:
+        self.export.data_run = (0, 0)
         lo, hi = self._clip(offset, length)
         if hi > lo:
             self.export.node.write_zeroes(lo, hi - lo, may_unmap=unmap, fua=fua)
