@@ -111,17 +111,16 @@ def run(arch: str, argv: list[str] | None = None) -> NoReturn:
         except GuestFault as fault:
             die_of_signal(fault.signo)
         except ElfError as e:
-            code = getattr(e, "errno", None)
-            if code:
-                # qemu-user printf()s this to stdout and _exit()s: it shows only on a tty
+            if e.errno:
+                # qemu-user printf()s this one to stdout and _exit()s without flushing:
+                # it shows only when stdout is a terminal (line-buffered)
                 if sys.stdout.isatty():
-                    sys.stdout.write(f"Error while loading {opts.program}: "
-                                     f"{os.strerror(code)}\n")
+                    sys.stdout.write(f"{e}\n")
                     sys.stdout.flush()
-                os._exit(1)
-            sys.stderr.write(f"{_prog()}: {e}\n")
-            sys.stderr.flush()
-            os._exit(255)
+            else:
+                sys.stderr.write(f"{_prog()}: {e}\n")
+                sys.stderr.flush()
+            os._exit(e.exit_status)
         except OSError as e:
             if sys.stdout.isatty():
                 sys.stdout.write(f"Error while loading {opts.program}: "
