@@ -194,6 +194,8 @@ def _fail(name: str, message: str) -> ElfError:
 
 def _pread(fd: int, size: int, offset: int, name: str) -> bytes:
     try:
+        if offset + size > os.fstat(fd).st_size:
+            raise _fail(name, "Incomplete read of file header")
         data = os.pread(fd, size, offset)
     except (OSError, OverflowError) as e:
         err = getattr(e, "errno", None) or errno.EINVAL
