@@ -1,12 +1,17 @@
 """pyqemu-nbd side by side with qemu-nbd: throughput, IOPS and latency.
 
-    python3 benchmarks/bench_nbd.py [--size 512M] [--runtime 5]
+    python3 benchmarks/bench_nbd.py [--size 256M] [--runtime 4] [--repeat 3]
 
 For raw and qcow2 images: nbdcopy sequential read (server -> null) and write
-(zero-free pattern file -> server) with 1 and 4 connections, fio's nbd engine
+(random-data raw file -> server) with 1 and 4 connections, fio's nbd engine
 random 4K reads and writes at iodepth 32, and qd1 4K random read latency.
-Servers run on unix sockets in a temporary folder and are always stopped.
-Prints a Markdown table.
+Both servers run at once on unix sockets in a temporary folder (each on its own
+copy of the image) and are always stopped; every measurement alternates the
+two servers and is repeated ``--repeat`` times, the median reported (the hosts
+are shared: a lone run can be off by 30%). Besides the client's view, the
+server's own CPU time per I/O (user + system from /proc, all its threads) is
+reported for the fio runs: that one does not depend on who else is running.
+Prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -15,16 +20,21 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import parse_size, precompile  # noqa: E402
+
 SERVERS = {
     "qemu-nbd": ["qemu-nbd"],
     "pyqemu-nbd": [sys.executable, "-m", "pyqemu.nbd_server.main"],
 }
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def start(kind: str, sock: Path, fmt: str, image: str) -> subprocess.Popen:
@@ -47,78 +57,116 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 def timed(cmd: list[str]) -> float:
     t = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, timeout=600)
     return time.perf_counter() - t
 
 
-def fio(uri_sock: str, rw: str, depth: int, runtime: int, size: int) -> dict:
+def fio(sock: str, rw: str, depth: int, runtime: int, size: int, pid: int) -> dict[str, float]:
+    c0 = cpu_seconds(pid)
     out = subprocess.run(
         [
-            "fio", "--name=b", "--ioengine=nbd", f"--uri=nbd+unix:///?socket={uri_sock}",
+            "fio", "--name=b", "--ioengine=nbd", f"--uri=nbd+unix:///?socket={sock}",
             f"--rw={rw}", "--bs=4k", f"--iodepth={depth}", f"--size={size}",
             f"--runtime={runtime}", "--time_based", "--output-format=json",
         ],
         check=True, capture_output=True, text=True, timeout=600,
     ).stdout  # fmt: skip
+    cpu = cpu_seconds(pid) - c0
     job = json.loads(out[out.index("{") :])["jobs"][0]
     side = job["read"] if "read" in rw else job["write"]
-    return {"iops": side["iops"], "lat_us": side["clat_ns"]["mean"] / 1000}
+    return {
+        "iops": side["iops"],
+        "lat_us": side["clat_ns"]["mean"] / 1000,
+        "cpu_us": cpu * 1e6 / max(1, side["total_ios"]),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--size", default="512M")
-    ap.add_argument("--runtime", type=int, default=5)
+    ap.add_argument("--size", default="256M")
+    ap.add_argument("--runtime", type=int, default=4)
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    size = int(args.size[:-1]) * mult[args.size[-1]] if args.size[-1] in mult else int(args.size)
-    rows: list[tuple[str, str, dict[str, float]]] = []
+    size = parse_size(args.size)
+    precompile("common", "nbd_server")
+    mib = size / (1 << 20)
+    fio_cases = {
+        "randread IOPS qd32": ("randread", 32, "iops"),
+        "randwrite IOPS qd32": ("randwrite", 32, "iops"),
+        "randread lat us qd1": ("randread", 1, "lat_us"),
+    }
+    keys = [f"{d} MiB/s c{c}" for c in (1, 4) for d in ("read", "write")] + list(fio_cases)
+
+    def measure(name: str, sock: str, pid: int, src: str) -> dict[str, float]:
+        """One run of case ``name`` against the server on ``sock``."""
+        uri = f"nbd+unix:///?socket={sock}"
+        if name in fio_cases:
+            rw, depth, key = fio_cases[name]
+            r = fio(sock, rw, depth, args.runtime, size, pid)
+            return {name: r[key], f"{name} cpu": r["cpu_us"]}
+        conns = name[-1]
+        copy = [uri, "null:"] if name.startswith("read") else [src, uri]
+        return {name: mib / timed(["nbdcopy", f"--connections={conns}", *copy])}
+
+    results: dict[tuple[str, str], dict[str, list[float]]] = {}
+    load0 = os.getloadavg()[0]
+    t0 = time.time()
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", "/var/tmp")) as tmp:
-        src = Path(tmp) / "src.raw"
+        src = str(Path(tmp) / "src.raw")
         with open(src, "wb") as fh:
-            block = os.urandom(1 << 20)
             for _ in range(size >> 20):
-                fh.write(block)
+                fh.write(os.urandom(1 << 20))
         for fmt in ("raw", "qcow2"):
-            for kind in SERVERS:
-                image = str(Path(tmp) / f"img.{fmt}")
-                subprocess.run(["qemu-img", "convert", "-O", fmt, str(src), image], check=True)
-                sock = Path(tmp) / f"{kind}.sock"
-                proc = start(kind, sock, fmt, image)
-                uri = f"nbd+unix:///?socket={sock}"
-                r: dict[str, float] = {}
-                try:
-                    for conns in (1, 4):
-                        t = timed(["nbdcopy", f"--connections={conns}", uri, "null:"])
-                        r[f"read MiB/s c{conns}"] = size / t / (1 << 20)
-                        t = timed(["nbdcopy", f"--connections={conns}", str(src), uri])
-                        r[f"write MiB/s c{conns}"] = size / t / (1 << 20)
-                    r["randread IOPS qd32"] = fio(str(sock), "randread", 32, args.runtime, size)[
-                        "iops"
-                    ]
-                    r["randwrite IOPS qd32"] = fio(str(sock), "randwrite", 32, args.runtime, size)[
-                        "iops"
-                    ]
-                    r["randread lat us qd1"] = fio(str(sock), "randread", 1, args.runtime, size)[
-                        "lat_us"
-                    ]
-                finally:
-                    stop(proc)
-                rows.append((fmt, kind, r))
-    keys = list(rows[0][2])
+            procs: dict[str, subprocess.Popen] = {}
+            socks: dict[str, str] = {}
+            try:
+                for kind in SERVERS:
+                    image = str(Path(tmp) / f"{kind}.{fmt}")
+                    subprocess.run(["qemu-img", "convert", "-O", fmt, src, image], check=True)
+                    sock = Path(tmp) / f"{kind}.sock"
+                    procs[kind] = start(kind, sock, fmt, image)
+                    socks[kind] = str(sock)
+                for name in keys:
+                    for rep in range(args.repeat):
+                        order = list(SERVERS) if rep % 2 == 0 else list(reversed(SERVERS))
+                        for kind in order:
+                            got = measure(name, socks[kind], procs[kind].pid, src)
+                            slot = results.setdefault((fmt, kind), {})
+                            for k, v in got.items():
+                                slot.setdefault(k, []).append(v)
+            finally:
+                for p in procs.values():
+                    stop(p)
+    wall = time.time() - t0
+    med = {fk: {k: statistics.median(v) for k, v in r.items()} for fk, r in results.items()}
+    print(f"load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end; wall {wall:.0f} s")
+    print()
     print("| format | server | " + " | ".join(keys) + " |")
     print("|---|---|" + "---|" * len(keys))
-    for fmt, kind, r in rows:
+    for (fmt, kind), r in med.items():
         print(f"| {fmt} | {kind} | " + " | ".join(f"{r[k]:.0f}" for k in keys) + " |")
     print()
     print("| format | pyqemu/qemu | " + " | ".join(keys) + " |")
     print("|---|---|" + "---|" * len(keys))
-    by = {(f, k): r for f, k, r in rows}
     for fmt in ("raw", "qcow2"):
-        q, p = by[(fmt, "qemu-nbd")], by[(fmt, "pyqemu-nbd")]
+        q, p = med[(fmt, "qemu-nbd")], med[(fmt, "pyqemu-nbd")]
         print(f"| {fmt} | ratio | " + " | ".join(f"{p[k] / q[k]:.2f}" for k in keys) + " |")
+    cpu_keys = list(fio_cases)
+    print()
+    print("Server CPU time per I/O (us, user + system, all threads; lower is better):")
+    print()
+    print("| format | server | " + " | ".join(cpu_keys) + " |")
+    print("|---|---|" + "---|" * len(cpu_keys))
+    for (fmt, kind), r in med.items():
+        print(f"| {fmt} | {kind} | " + " | ".join(f"{r[k + ' cpu']:.1f}" for k in cpu_keys) + " |")
 
 
 if __name__ == "__main__":

@@ -46,8 +46,8 @@ from ..common.nbd import (
 MIN_BLOCK, PREFERRED_BLOCK, MAX_BLOCK = 1, 4096, MAX_PAYLOAD
 #: the most extents one BLOCK_STATUS reply carries (bounded work per request)
 MAX_EXTENTS = 1 << 16
-#: how far past a sparse READ block status looks, to cache a whole data run
-STATUS_AHEAD = 1 << 20
+#: sparse READs cache one data run per 64 MiB window, for at most 4096 windows
+STATUS_WINDOW_BITS, STATUS_WINDOWS = 26, 4096
 
 Reply = OptionReply | ExportNameReply | SimpleReply | StructuredChunk
 
@@ -72,25 +72,28 @@ class Export:
         #: the export size: rounded up to 512 bytes, the tail reads as zeroes
         self.size = (size + 511) & ~511
         self.backed = size
-        #: the last run block status called data, in export offsets (start,
-        #: end): sparse reads inside it skip block status (as qemu's
-        #: file-posix block status cache). Only data is cached, so a stale
-        #: entry costs sparseness, never correctness; zero writes and
-        #: discards drop it all the same.
-        self.data_run = (0, 0)
+        #: data runs block status reported, in export offsets: window number
+        #: (offset >> STATUS_WINDOW_BITS) -> (start, end) within that window.
+        #: Sparse reads inside one skip block status (as qemu's file-posix
+        #: block status cache). Only data is cached, so a stale entry costs
+        #: sparseness, never correctness; zero writes and discards clear it.
+        self.data_runs: dict[int, tuple[int, int]] = {}
 
     def status(self, offset: int, length: int) -> tuple[int, bool]:
         """(n, zero): the first ``n`` bytes (1 <= n <= length) from export
         ``offset`` all read as zero, or all may hold data."""
-        start, stop = self.data_run
-        if start <= offset < stop:
-            return min(stop - offset, length), False
-        # ask past the request (at least 1 MiB), so the data run cached is whole
-        ask = min(self.backed - offset, max(length, STATUS_AHEAD))
+        win = offset >> STATUS_WINDOW_BITS
+        cached = self.data_runs.get(win)
+        if cached is not None and cached[0] <= offset and offset + length <= cached[1]:
+            return length, False
+        # ask to the end of the window, so the data run cached is whole there
+        ask = max(length, min(self.backed, (win + 1) << STATUS_WINDOW_BITS) - offset)
         run: MapRun = block_status_above(self.node, offset + self.offset, ask)
         whole = max(1, min(run.length, ask))
         if not run.zero:
-            self.data_run = (offset, offset + whole)
+            if len(self.data_runs) >= STATUS_WINDOWS:
+                self.data_runs.clear()
+            self.data_runs[win] = (offset, offset + whole)
         return min(whole, length), run.zero
 
     def flags(self, structured: bool) -> TransmissionFlag:
@@ -357,7 +360,7 @@ class Session:
                 self._zero(req.offset, req.length, unmap, fua)
             elif cmd == Cmd.TRIM:
                 if exp.discard:
-                    exp.data_run = (0, 0)
+                    exp.data_runs.clear()
                     lo, hi = self._clip(req.offset, req.length)
                     if hi > lo:
                         exp.node.discard(lo, hi - lo)
@@ -440,13 +443,13 @@ class Session:
             return
         view = memoryview(data)[: hi - lo]
         if exp.detect_zeroes != "off" and not any(view):
-            exp.data_run = (0, 0)
+            exp.data_runs.clear()
             exp.node.write_zeroes(lo, hi - lo, may_unmap=exp.detect_zeroes == "unmap", fua=fua)
             return
         exp.node.write(lo, view, fua=fua)
 
     def _zero(self, offset: int, length: int, unmap: bool, fua: bool) -> None:
-        self.export.data_run = (0, 0)
+        self.export.data_runs.clear()
         lo, hi = self._clip(offset, length)
         if hi > lo:
             self.export.node.write_zeroes(lo, hi - lo, may_unmap=unmap, fua=fua)
