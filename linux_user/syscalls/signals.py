@@ -9,11 +9,13 @@ one that ignores SIGPIPE gets EPIPE.
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import struct
 from typing import TYPE_CHECKING
 
 from . import syscall
+from .structs import s32
 
 if TYPE_CHECKING:
     from ..process import GuestThread
@@ -77,3 +79,50 @@ def sys_rt_sigprocmask(t: GuestThread, how: int, nset: int, oset: int, setsize: 
     if oset:
         t.mem.write(oset, struct.pack("<Q", old))
     return 0
+
+
+# default actions (signal(7)); everything else terminates (with a core for _CORE)
+_IGNORED_BY_DEFAULT = {signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH, signal.SIGCONT}
+_STOPPING = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+
+
+def _signal_self(t: GuestThread, sig: int) -> int:
+    """A signal sent to this very process: phase 1 applies SIG_DFL and SIG_IGN itself
+    (handlers are phase 2: the signal is dropped)."""
+    if sig == 0:
+        return 0
+    if not 1 <= sig <= _NSIG:
+        return -errno.EINVAL
+    raw = t.process.sigactions.get(sig)
+    handler = int.from_bytes(raw[:t.arch.word_size], "little") if raw else 0
+    if handler == 1 or (handler == 0 and (sig in _IGNORED_BY_DEFAULT or sig in _STOPPING)):
+        return 0
+    if handler == 0 and (sig in (9, 19) or not t.sigmask >> (sig - 1) & 1):
+        from ..loop import GuestFault
+
+        t.stop_reason = GuestFault(sig, t.reg(t.arch.reg_pc))
+        t.stop()
+    return 0
+
+
+@syscall("kill")
+def sys_kill(t: GuestThread, pid: int, sig: int) -> int:
+    target = s32(pid)
+    if target == t.process.pid:
+        return _signal_self(t, sig)
+    os.kill(target, sig)
+    return 0
+
+
+@syscall("tkill")
+def sys_tkill(t: GuestThread, tid: int, sig: int) -> int:
+    if s32(tid) in t.process.threads:
+        return _signal_self(t, sig)
+    return -errno.ESRCH
+
+
+@syscall("tgkill")
+def sys_tgkill(t: GuestThread, tgid: int, tid: int, sig: int) -> int:
+    if s32(tgid) == t.process.pid and s32(tid) in t.process.threads:
+        return _signal_self(t, sig)
+    return -errno.ESRCH
