@@ -73,24 +73,32 @@ def _iovecs(t: GuestThread, iov: int, count: int, need: int) -> list[memoryview]
 def sys_read(t: GuestThread, fd: int, buf: int, count: int) -> int:
     if not count:
         return os.read(s32(fd), 0) and 0
-    return os.readv(s32(fd), t.mem.views(buf, count, PROT_WRITE))
+    views = t.mem.views(buf, count, PROT_WRITE)
+    with t.blocking():
+        return os.readv(s32(fd), views)
 
 
 @syscall("write")
 def sys_write(t: GuestThread, fd: int, buf: int, count: int) -> int:
     if not count:
         return os.write(s32(fd), b"")
-    return os.writev(s32(fd), t.mem.views(buf, count, PROT_READ))
+    views = t.mem.views(buf, count, PROT_READ)
+    with t.blocking():
+        return os.writev(s32(fd), views)
 
 
 @syscall("readv")
 def sys_readv(t: GuestThread, fd: int, iov: int, iovcnt: int) -> int:
-    return os.readv(s32(fd), _iovecs(t, iov, iovcnt, PROT_WRITE))
+    views = _iovecs(t, iov, iovcnt, PROT_WRITE)
+    with t.blocking():
+        return os.readv(s32(fd), views)
 
 
 @syscall("writev")
 def sys_writev(t: GuestThread, fd: int, iov: int, iovcnt: int) -> int:
-    return os.writev(s32(fd), _iovecs(t, iov, iovcnt, PROT_READ))
+    views = _iovecs(t, iov, iovcnt, PROT_READ)
+    with t.blocking():
+        return os.writev(s32(fd), views)
 
 
 @syscall("pread64", arch="arm")
