@@ -11,6 +11,7 @@ tables, kept at the start of that RAM, and the engines run with their MMU on:
   linear array: the entry of virtual page ``v`` sits at ``L2_BASE + (v >> 12) * 4``.
 - aarch64: 4 KiB granule, T0SZ=25 (39-bit VA, three levels). Level 1 is fixed, each of
   its 512 entries owns a level-2 table; level-3 tables are taken from a pool on demand.
+  SCR_EL3.RW must be set or unicorn walks the tables as AArch32 LPAE (32-bit VAs).
   Everything physical stays below 2 GiB.
 
 Data pages are never executable (their TLB entries then take qemu's fast store path),
@@ -210,6 +211,7 @@ class _Arm64Tables:
     STUB_CODE = bytes.fromhex("00a218d5412018d5022018d5df3f03d5"
                               "031038d5630040b2031018d5df3f03d5")
     MAIR = 0xFF
+    SCR_EL3 = 1 << 10                # RW (secure state kept: NS would need HCR_EL2.RW too)
     # T0SZ=25, IRGN0/ORGN0 write-back, SH0 inner, TG0 4K, T1SZ=25, EPD1, TG1 4K (valid)
     TCR = 25 | (1 << 8) | (1 << 10) | (3 << 12) | (25 << 16) | (1 << 23) | (2 << 30)
 
@@ -284,6 +286,10 @@ class _Arm64Tables:
             uc.reg_write(c.UC_ARM64_REG_X0, self.MAIR)
             uc.reg_write(c.UC_ARM64_REG_X1, self.TCR)
             uc.reg_write(c.UC_ARM64_REG_X2, self.L1)
+            # SCR_EL3.RW: EL1 is AArch64. unicorn resets SCR_EL3 to 0, and with RW clear
+            # the EL1 translation regime is walked as AArch32 LPAE: virtual addresses are
+            # cut to 32 bits and everything at or above 2 GiB faults (measured)
+            uc.reg_write(c.UC_ARM64_REG_CP_REG, (1, 1, 3, 6, 0, self.SCR_EL3))
             # FPEN: no trap of FP/SIMD at EL0/EL1
             uc.reg_write(c.UC_ARM64_REG_CPACR_EL1, 3 << 20)
             end = stub + len(self.STUB_CODE)
@@ -408,16 +414,34 @@ class GuestMemory:
         """True when nothing is mapped in ``[start, end)``."""
         return not self._overlapping(start, end)
 
+    def _busy(self) -> list[tuple[int, int]]:
+        return sorted([(v.start, v.end) for v in self.vmas] + self.reserved)
+
     def find_free(self, length: int, hint: int = 0) -> int:
-        """A free, page-aligned range of ``length`` bytes, at or above ``hint`` if possible."""
-        for lo in (max(page_align(hint), PAGE * 16) if hint else self.mmap_base, PAGE * 16):
+        """A free, page-aligned range of ``length`` bytes: at or above ``hint`` when one
+        is given, else where qemu-user would look first (top-down below the mmap base
+        on arm, bottom-up from it on aarch64), else anywhere."""
+        low = PAGE * 16                                   # qemu's mmap_min_addr
+        if not hint and self.arch.mmap_topdown:
+            end = self.mmap_base
+            for start, stop in reversed(self._busy()):
+                if start >= end:
+                    continue
+                if stop <= end - length:
+                    break
+                end = start
+            if end - length >= low:
+                return end - length
+        for lo in (max(page_align(hint), low) if hint else self.mmap_base, low):
             addr = lo
-            while addr + length <= self.va_limit:
-                clash = self._overlapping(addr, addr + length)
-                clash += [Vma(a, b, 0, 0) for a, b in self.reserved if a < addr + length and b > addr]
-                if not clash:
-                    return addr
-                addr = page_align(max(v.end for v in clash))
+            for start, stop in self._busy():
+                if stop <= addr:
+                    continue
+                if start >= addr + length:
+                    break
+                addr = page_align(stop)
+            if addr + length <= self.va_limit:
+                return addr
         raise GuestMemoryError("no free guest address range", errno.ENOMEM)
 
     # ---- the AddressSpace operations --------------------------------------------------

@@ -57,6 +57,7 @@ class ArchInfo:
     hwcap2: int
     mmap_base: int              # where non-fixed mmaps start looking (qemu's TASK_UNMAPPED_BASE)
     va_limit: int               # end of the guest virtual address space
+    mmap_topdown: bool = False  # non-fixed mmaps search down from mmap_base first
 
     @property
     def mask(self) -> int:
@@ -80,7 +81,9 @@ def _arm() -> ArchInfo:
         hwcap=(hw["swp"] | hw["half"] | hw["thumb"] | hw["fast_mult"] | hw["vfp"] | hw["edsp"]
                | hw["neon"] | hw["vfpv3"] | hw["tls"] | hw["vfpv4"] | hw["idiva"] | hw["idivt"]
                | hw["vfpd32"] | hw["lpae"]),
-        hwcap2=0, mmap_base=0x40000000, va_limit=1 << 32,
+        # qemu-arm 7.2 on a 64-bit host: mmaps (and the stack) go down from 0x40000000,
+        # PIE programs start there
+        hwcap2=0, mmap_base=0x40000000, va_limit=1 << 32, mmap_topdown=True,
     )
 
 
@@ -100,9 +103,9 @@ def _aarch64() -> ArchInfo:
         hwcap=(hw["fp"] | hw["asimd"] | hw["aes"] | hw["pmull"] | hw["sha1"] | hw["sha2"]
                | hw["crc32"]),
         hwcap2=0,
-        # T0SZ=25 (39-bit VA, see UNICORN.md), but unicorn 2.1.4 faults every access at
-        # or above 2 GiB whatever T0SZ says (measured): the guest gets the low 2 GiB
-        mmap_base=0x40000000, va_limit=1 << 31,
+        # T0SZ=25: 39-bit VA (see common/memory.py); mmaps from where qemu-aarch64 7.2 on
+        # a 64-bit host puts them (and PIE programs), upwards
+        mmap_base=0x5500000000, va_limit=1 << 39,
     )
 
 

@@ -59,7 +59,11 @@ def _run_inc(mem: GuestMemory, uc: object, seen: list[int], addr: int) -> int:
 def test_guest_sees_mappings_protections_and_unmaps(arch_name: str) -> None:
     mem, uc, seen = _engine(arch_name)
     data = mem.mmap(0, 8192, PROT_READ | PROT_WRITE, name="data")
-    assert data % 4096 == 0 and data >= mem.arch.mmap_base
+    assert data % 4096 == 0
+    if mem.arch.mmap_topdown:                    # qemu-arm: just below 0x40000000
+        assert data == mem.arch.mmap_base - 8192
+    else:                                        # qemu-aarch64: from 0x5500000000 up
+        assert data == mem.arch.mmap_base
     mem.write(data + 8, struct.pack("<I", 41))
     assert _run_inc(mem, uc, seen, data + 8) == 2            # svc reached: store worked
     assert struct.unpack("<I", mem.read(data + 8, 4))[0] == 42
@@ -90,6 +94,29 @@ def test_data_pages_are_not_executable(arch_name: str) -> None:
     seen.clear()
     uc.emu_start(data, 0)
     assert seen == [2]
+
+
+def test_aarch64_uses_the_whole_39_bit_address_space() -> None:
+    mem, uc, seen = _engine("aarch64")
+    for addr in (0x80000000, 0x100010000, (1 << 39) - 4096):
+        mem.mmap(addr, 4096, PROT_READ | PROT_WRITE, fixed=True)
+        mem.write(addr, struct.pack("<Q", addr))
+        assert _run_inc(mem, uc, seen, addr) == 2
+        assert struct.unpack("<Q", mem.read(addr, 8))[0] == addr + 1
+    assert mem.read(CODE, 16) == A64_INC                  # no aliasing of low pages
+    with pytest.raises(GuestMemoryError):
+        mem.mmap(1 << 39, 4096, PROT_READ, fixed=True)
+
+
+def test_non_fixed_mappings_follow_qemus_layout() -> None:
+    arm = GuestMemory(get_arch("arm"))
+    first = arm.mmap(0, 65536, PROT_READ)
+    second = arm.mmap(0, 4096, PROT_READ)
+    assert (first, second) == (0x40000000 - 65536, 0x40000000 - 65536 - 4096)
+    assert arm.mmap(0x20000000, 4096, PROT_READ) == 0x20000000      # a free hint is kept
+    a64 = GuestMemory(get_arch("aarch64"))
+    assert a64.mmap(0, 65536, PROT_READ) == 0x5500000000
+    assert a64.mmap(0, 4096, PROT_READ) == 0x5500000000 + 65536
 
 
 def test_fresh_pages_are_zero_after_reuse() -> None:
