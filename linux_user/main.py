@@ -61,7 +61,8 @@ def start(opts: UserOptions) -> ExitInfo:
         uid=os.getuid(), euid=os.geteuid(), gid=os.getgid(), egid=os.getegid())
     log = sys.stderr
     if opts.log_file:
-        log = open(opts.log_file, "a")  # noqa: SIM115 - lives as long as the process
+        # line-buffered: the process ends with os._exit, which flushes nothing
+        log = open(opts.log_file, "a", buffering=1)  # noqa: SIM115 - lives as long as we do
     proc = GuestProcess(
         arch, mem, exec_path=os.path.abspath(info.exec_path), argv0=opts.program,
         brk_start=info.brk, brk=info.brk, uname_release=opts.uname_release,
@@ -121,14 +122,16 @@ def run(arch: str, argv: list[str] | None = None) -> NoReturn:
                 sys.stderr.write(f"{_prog()}: {e}\n")
                 sys.stderr.flush()
             os._exit(e.exit_status)
-        except OSError as e:
-            if sys.stdout.isatty():
-                sys.stdout.write(f"Error while loading {opts.program}: "
-                                 f"{os.strerror(e.errno or 2)}\n")
-                sys.stdout.flush()
-            os._exit(1)
     except KeyboardInterrupt:
         die_of_signal(2)
+    except Exception as e:  # noqa: BLE001 - a bug of ours: one line, not a traceback
+        if os.environ.get("PYQEMU_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"{_prog()}: internal error: {type(e).__name__}: {e}\n")
+        sys.stderr.flush()
+        os._exit(1)
     if result.signal is not None:
         die_of_signal(result.signal)
     sys.stderr.flush()
