@@ -12,7 +12,7 @@ tables, kept at the start of that RAM, and the engines run with their MMU on:
 - aarch64: 4 KiB granule, T0SZ=25 (39-bit VA, three levels). Level 1 is fixed, each of
   its 512 entries owns a level-2 table; level-3 tables are taken from a pool on demand.
   SCR_EL3.RW must be set or unicorn walks the tables as AArch32 LPAE (32-bit VAs).
-  Everything physical stays below 2 GiB.
+  The tables themselves stay in the first 64 MiB of RAM.
 
 Data pages are never executable (their TLB entries then take qemu's fast store path),
 and there are no memory hooks: guest faults come back as aborts from the engine.
@@ -309,9 +309,10 @@ class GuestMemory:
         self.arch = arch
         self.page_size = PAGE
         if arch.name == "aarch64":
-            self.ram_size = ram_size or 0x80000000        # physical memory below 2 GiB
+            # physical addresses above 4 GiB work too (measured with 6 GiB)
+            self.ram_size = ram_size or 8 << 30
         else:
-            self.ram_size = ram_size or 0xC0000000
+            self.ram_size = ram_size or 0xC0000000        # short descriptors: 32-bit PAs
         self.host = _host_mmap(0, self.ram_size, _RW, _HOST_ANON, -1, 0)
         self.ram = memoryview((ctypes.c_char * self.ram_size).from_address(self.host)).cast("B")
         self.lock = threading.RLock()

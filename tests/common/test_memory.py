@@ -108,6 +108,17 @@ def test_aarch64_uses_the_whole_39_bit_address_space() -> None:
         mem.mmap(1 << 39, 4096, PROT_READ, fixed=True)
 
 
+def test_aarch64_physical_memory_above_4_gib() -> None:
+    mem, uc, seen = _engine("aarch64")
+    size = (4 << 30) + (64 << 20)
+    big = mem.mmap(0, size, PROT_READ | PROT_WRITE)
+    top = big + size - 4096
+    assert mem.find_vma(top).pa + top - big >= 4 << 30
+    mem.write(top, struct.pack("<Q", 7))
+    assert _run_inc(mem, uc, seen, top) == 2
+    assert struct.unpack("<Q", mem.read(top, 8))[0] == 8
+
+
 def test_non_fixed_mappings_follow_qemus_layout() -> None:
     arm = GuestMemory(get_arch("arm"))
     first = arm.mmap(0, 65536, PROT_READ)
