@@ -222,3 +222,22 @@ def test_discard_reads_zero_for_anonymous_and_file_for_private_file(tmp_path) ->
     mem.discard(filed + 4096, 4096)
     assert mem.read(anon, 8192) == bytes(4096) + b"x" * 4096
     assert mem.read(filed, 8192) == b"y" * 4096 + b"F" * 4096
+
+
+@pytest.mark.parametrize("arch_name", ["arm", "aarch64"])
+def test_engines_share_memory_and_tlb_flushes(arch_name: str) -> None:
+    import unicorn
+
+    mem, uc1, seen = _engine(arch_name)
+    uc2 = new_engine(mem.arch)
+    mem.attach(uc2)
+    uc2.hook_add(unicorn.UC_HOOK_INTR, lambda u, intno, _: (seen.append(intno), u.emu_stop()))
+    data = mem.mmap(0, 4096, PROT_READ | PROT_WRITE)
+    for uc in (uc1, uc2, uc1):
+        assert _run_inc(mem, uc, seen, data) == 2
+    assert struct.unpack("<I", mem.read(data, 4))[0] == 3
+    mem.mprotect(data, 4096, PROT_READ)               # both engines' TLBs are flushed
+    assert _run_inc(mem, uc2, seen, data) == 4
+    assert _run_inc(mem, uc1, seen, data) == 4
+    mem.detach(uc2)
+    assert mem.engines == [uc1]
