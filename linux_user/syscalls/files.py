@@ -11,6 +11,7 @@ import fcntl as _fcntl
 import os
 import platform
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ...common.memory import PROT_READ, PROT_WRITE
@@ -69,36 +70,44 @@ def _iovecs(t: GuestThread, iov: int, count: int, need: int) -> list[memoryview]
 
 
 # ---- read / write -----------------------------------------------------------------------
+#: host fd -> read handler, for fds whose reads are emulated (signalfd): tested by
+#: truthiness first, so the read path costs nothing while it is empty
+FD_READ_HOOKS: dict[int, Callable[..., int]] = {}
+
+
+def _io(t: GuestThread, fn: Callable[..., int], *args: object) -> int:
+    """Run a read/write that may block (pipe, socket, tty): with other guest threads
+    alive, release the execution lock around it."""
+    if len(t.process.threads) > 1:
+        with t.blocking():
+            return fn(*args)
+    return fn(*args)
+
+
 @syscall("read")
 def sys_read(t: GuestThread, fd: int, buf: int, count: int) -> int:
+    if FD_READ_HOOKS and fd in FD_READ_HOOKS:
+        return FD_READ_HOOKS[fd](t, fd, buf, count)
     if not count:
         return os.read(s32(fd), 0) and 0
-    views = t.mem.views(buf, count, PROT_WRITE)
-    with t.blocking():
-        return os.readv(s32(fd), views)
+    return _io(t, os.readv, s32(fd), t.mem.views(buf, count, PROT_WRITE))
 
 
 @syscall("write")
 def sys_write(t: GuestThread, fd: int, buf: int, count: int) -> int:
     if not count:
         return os.write(s32(fd), b"")
-    views = t.mem.views(buf, count, PROT_READ)
-    with t.blocking():
-        return os.writev(s32(fd), views)
+    return _io(t, os.writev, s32(fd), t.mem.views(buf, count, PROT_READ))
 
 
 @syscall("readv")
 def sys_readv(t: GuestThread, fd: int, iov: int, iovcnt: int) -> int:
-    views = _iovecs(t, iov, iovcnt, PROT_WRITE)
-    with t.blocking():
-        return os.readv(s32(fd), views)
+    return _io(t, os.readv, s32(fd), _iovecs(t, iov, iovcnt, PROT_WRITE))
 
 
 @syscall("writev")
 def sys_writev(t: GuestThread, fd: int, iov: int, iovcnt: int) -> int:
-    views = _iovecs(t, iov, iovcnt, PROT_READ)
-    with t.blocking():
-        return os.writev(s32(fd), views)
+    return _io(t, os.writev, s32(fd), _iovecs(t, iov, iovcnt, PROT_READ))
 
 
 @syscall("pread64", arch="arm")
@@ -150,12 +159,23 @@ def sys_open(t: GuestThread, path: int, flags: int, mode: int) -> int:
 @syscall("close")
 def sys_close(t: GuestThread, fd: int) -> int:
     os.close(s32(fd))
+    if FD_READ_HOOKS:
+        FD_READ_HOOKS.pop(fd, None)
     return 0
+
+
+def _dup_hook(old: int, new: int) -> int:
+    """Carry an emulated fd's read hook over to its duplicate ``new``."""
+    if FD_READ_HOOKS:
+        FD_READ_HOOKS.pop(new, None)
+        if old in FD_READ_HOOKS:
+            FD_READ_HOOKS[new] = FD_READ_HOOKS[old]
+    return new
 
 
 @syscall("dup")
 def sys_dup(t: GuestThread, fd: int) -> int:
-    return os.dup(s32(fd))
+    return _dup_hook(s32(fd), os.dup(s32(fd)))
 
 
 @syscall("dup2")
@@ -163,14 +183,14 @@ def sys_dup2(t: GuestThread, fd: int, fd2: int) -> int:
     if s32(fd) == s32(fd2):
         os.fstat(s32(fd))
         return s32(fd2)
-    return os.dup2(s32(fd), s32(fd2))
+    return _dup_hook(s32(fd), os.dup2(s32(fd), s32(fd2)))
 
 
 @syscall("dup3")
 def sys_dup3(t: GuestThread, fd: int, fd2: int, flags: int) -> int:
     if flags & ~os.O_CLOEXEC or s32(fd) == s32(fd2):
         return -errno.EINVAL
-    return os.dup2(s32(fd), s32(fd2), inheritable=not flags & os.O_CLOEXEC)
+    return _dup_hook(s32(fd), os.dup2(s32(fd), s32(fd2), inheritable=not flags & os.O_CLOEXEC))
 
 
 @syscall("pipe2")
@@ -186,50 +206,138 @@ def sys_pipe(t: GuestThread, fds: int) -> int:
 
 
 F_DUPFD, F_GETFD, F_SETFD, F_GETFL, F_SETFL = 0, 1, 2, 3, 4
-F_DUPFD_CLOEXEC = 1030
+F_GETLK, F_SETLK, F_SETLKW = 5, 6, 7
+F_GETLK64, F_SETLK64, F_SETLKW64 = 12, 13, 14          # arm (32-bit) only
+F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW = 36, 37, 38
+F_SETOWN, F_GETOWN, F_SETSIG, F_GETSIG = 8, 9, 10, 11
+F_SETLEASE, F_GETLEASE, F_NOTIFY = 1024, 1025, 1026
+F_DUPFD_CLOEXEC, F_SETPIPE_SZ, F_GETPIPE_SZ = 1030, 1031, 1032
+F_ADD_SEALS, F_GET_SEALS = 1033, 1034
+F_SETOWN_EX, F_GETOWN_EX = 15, 16          # struct f_owner_ex {int type; pid_t pid}
+#: commands whose argument is a plain int, passed as is (numbers equal on arm/arm64/x86)
+_FCNTL_INT = {F_GETFD, F_SETFD, F_SETOWN, F_GETOWN, F_SETSIG, F_GETSIG, F_SETLEASE,
+              F_GETLEASE, F_NOTIFY, F_SETPIPE_SZ, F_GETPIPE_SZ, F_ADD_SEALS, F_GET_SEALS}
+# struct flock: arm's 32-bit one (longs) and the 64-bit one, which is arm's flock64
+# (EABI: 8-aligned loff_t), arm64's flock and the x86-64 host's alike
+FLOCK_ARM = struct.Struct("<hhiii")
+FLOCK64 = struct.Struct("<hh4xqqi4x")
 
 
-@syscall("fcntl", "fcntl64")
-def sys_fcntl(t: GuestThread, fd: int, cmd: int, arg: int) -> int:
+def _fcntl_lock(t: GuestThread, fd: int, cmd: int, arg: int, layout: struct.Struct) -> int:
+    raw = t.mem.read(arg, layout.size)
+    host = FLOCK64.pack(*layout.unpack(raw))
+    hcmd = {F_GETLK64: F_GETLK, F_SETLK64: F_SETLK, F_SETLKW64: F_SETLKW}.get(cmd, cmd)
+    if hcmd in (F_SETLKW, F_OFD_SETLKW):
+        with t.blocking():
+            out = _fcntl.fcntl(fd, hcmd, host)
+    else:
+        out = _fcntl.fcntl(fd, hcmd, host)
+    if hcmd in (F_GETLK, F_OFD_GETLK):
+        vals = FLOCK64.unpack(out)
+        if layout is FLOCK_ARM and (vals[2] > 0x7FFFFFFF or vals[3] > 0x7FFFFFFF):
+            return -errno.EOVERFLOW
+        t.mem.write(arg, layout.pack(*vals))
+    return 0
+
+
+def _fcntl_any(t: GuestThread, fd: int, cmd: int, arg: int, wide: bool) -> int:
     fd = s32(fd)
     if cmd == F_GETFL:
         return open_flags_to_guest(_fcntl.fcntl(fd, cmd))
     if cmd == F_SETFL:
         return _fcntl.fcntl(fd, cmd, open_flags_to_host(arg))
-    if cmd in (F_DUPFD, F_GETFD, F_SETFD, F_DUPFD_CLOEXEC):
-        return _fcntl.fcntl(fd, cmd, arg)
+    if cmd in (F_DUPFD, F_DUPFD_CLOEXEC):
+        return _dup_hook(fd, _fcntl.fcntl(fd, cmd, s32(arg)))
+    if cmd in _FCNTL_INT:
+        return _fcntl.fcntl(fd, cmd, s32(arg))
+    if cmd == F_GETOWN_EX:
+        t.mem.write(arg, _fcntl.fcntl(fd, cmd, bytes(8)))
+        return 0
+    if cmd == F_SETOWN_EX:
+        _fcntl.fcntl(fd, cmd, t.mem.read(arg, 8))
+        return 0
+    arm = t.arch.word_size == 4
+    if cmd in (F_GETLK, F_SETLK, F_SETLKW):
+        return _fcntl_lock(t, fd, cmd, arg, FLOCK_ARM if arm else FLOCK64)
+    if arm and cmd in (F_GETLK64, F_SETLK64, F_SETLKW64):
+        return _fcntl_lock(t, fd, cmd, arg, FLOCK64)
+    if cmd in (F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW):
+        # fcntl64 (and every 64-bit fcntl) takes struct flock64, 32-bit fcntl struct flock
+        return _fcntl_lock(t, fd, cmd, arg, FLOCK_ARM if arm and not wide else FLOCK64)
     return -errno.EINVAL
 
 
+@syscall("fcntl")
+def sys_fcntl(t: GuestThread, fd: int, cmd: int, arg: int) -> int:
+    return _fcntl_any(t, fd, cmd, arg, False)
+
+
+@syscall("fcntl64")
+def sys_fcntl64(t: GuestThread, fd: int, cmd: int, arg: int) -> int:
+    return _fcntl_any(t, fd, cmd, arg, True)
+
+
+@syscall("flock")
+def sys_flock(t: GuestThread, fd: int, op: int) -> int:
+    if op & 4:                                          # LOCK_NB
+        _fcntl.flock(s32(fd), op)
+    else:
+        with t.blocking():
+            _fcntl.flock(s32(fd), op)
+    return 0
+
+
 # ---- ioctl ---------------------------------------------------------------------------------
-TCGETS, TCSETS, TCSETSW, TCSETSF, TIOCGWINSZ, TIOCSWINSZ = (
-    0x5401, 0x5402, 0x5403, 0x5404, 0x5413, 0x5414)
-FIONREAD = 0x541B
-_TERMIOS_SIZE = 36          # the kernel's struct termios, equal on arm, arm64 and x86
+# Terminal ioctls (include/uapi/asm-generic/ioctls.h, used by arm, arm64 and x86 alike);
+# struct termios is 36 bytes of u32 flags, c_line and c_cc[19] everywhere, struct winsize
+# four u16: passed as they are.
+TCGETS, TCSETS, TCSETSW, TCSETSF = 0x5401, 0x5402, 0x5403, 0x5404
+TCSBRK, TCXONC, TCFLSH = 0x5409, 0x540A, 0x540B
+TIOCEXCL, TIOCNXCL, TIOCSCTTY, TIOCGPGRP, TIOCSPGRP = 0x540C, 0x540D, 0x540E, 0x540F, 0x5410
+TIOCOUTQ, TIOCGWINSZ, TIOCSWINSZ, FIONREAD = 0x5411, 0x5413, 0x5414, 0x541B
+FIONBIO, TIOCNOTTY, TIOCGSID, TIOCGPTPEER = 0x5421, 0x5422, 0x5429, 0x5441
+FIONCLEX, FIOCLEX, FIOASYNC = 0x5450, 0x5451, 0x5452
+TIOCGPTN, TIOCSPTLCK, TIOCGPTLCK = 0x80045430, 0x40045431, 0x80045439
+_TERMIOS_SIZE = 36
+#: cmd -> (how, size): "get" the host fills ``size`` bytes for the guest, "set" the
+#: guest's ``size`` bytes go in, "int" the argument is a value, "none" it is unused
+_IOCTLS: dict[int, tuple[str, int]] = {
+    TCGETS: ("get", _TERMIOS_SIZE), TCSETS: ("set", _TERMIOS_SIZE),
+    TCSETSW: ("set", _TERMIOS_SIZE), TCSETSF: ("set", _TERMIOS_SIZE),
+    TIOCGWINSZ: ("get", 8), TIOCSWINSZ: ("set", 8),
+    FIONREAD: ("get", 4), TIOCOUTQ: ("get", 4), TIOCGPGRP: ("get", 4),
+    TIOCSPGRP: ("set", 4), TIOCGSID: ("get", 4), TIOCGPTN: ("get", 4),
+    TIOCSPTLCK: ("set", 4), TIOCGPTLCK: ("get", 4), FIONBIO: ("set", 4),
+    FIOASYNC: ("set", 4),
+    TCSBRK: ("int", 0), TCXONC: ("int", 0), TCFLSH: ("int", 0), TIOCSCTTY: ("int", 0),
+    TIOCGPTPEER: ("int", 0),
+    TIOCEXCL: ("none", 0), TIOCNXCL: ("none", 0), TIOCNOTTY: ("none", 0),
+    FIOCLEX: ("none", 0), FIONCLEX: ("none", 0),
+}
 
 
 @syscall("ioctl")
 def sys_ioctl(t: GuestThread, fd: int, cmd: int, arg: int) -> int:
     fd = s32(fd)
-    if cmd == TCGETS:
-        t.mem.write(arg, _fcntl.ioctl(fd, cmd, bytes(_TERMIOS_SIZE)))
+    spec = _IOCTLS.get(cmd)
+    if spec is None:
+        proc = t.process
+        if "unimp" in proc.log_items:
+            proc.log.write(f"Unsupported ioctl: cmd=0x{cmd:04x}\n")
+        return -errno.ENOTTY
+    if fd < 0:
+        return -errno.EBADF
+    how, size = spec
+    if how == "get":
+        t.mem.write(arg, _fcntl.ioctl(fd, cmd, bytes(size)))
         return 0
-    if cmd in (TCSETS, TCSETSW, TCSETSF):
-        _fcntl.ioctl(fd, cmd, t.mem.read(arg, _TERMIOS_SIZE))
+    if how == "set":
+        _fcntl.ioctl(fd, cmd, t.mem.read(arg, size))
         return 0
-    if cmd == TIOCGWINSZ:
-        t.mem.write(arg, _fcntl.ioctl(fd, cmd, bytes(8)))
-        return 0
-    if cmd == TIOCSWINSZ:
-        _fcntl.ioctl(fd, cmd, t.mem.read(arg, 8))
-        return 0
-    if cmd == FIONREAD:
-        t.mem.write(arg, _fcntl.ioctl(fd, cmd, bytes(4)))
-        return 0
-    proc = t.process
-    if "unimp" in proc.log_items:
-        proc.log.write(f"Unsupported ioctl: cmd=0x{cmd:04x}\n")
-    return -errno.ENOTTY
+    if cmd == TCSBRK:                # tcdrain waits for the output to drain
+        with t.blocking():
+            return _fcntl.ioctl(fd, cmd, s32(arg))
+    return _fcntl.ioctl(fd, cmd, s32(arg) if how == "int" else 0)
 
 
 # ---- stat ---------------------------------------------------------------------------------

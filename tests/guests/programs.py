@@ -187,10 +187,25 @@ PROGRAMS: dict[str, Spec] = {
             "ok: edge-triggered: no second event",
             "eventfd counter: 7",
             "ok: EFD_SEMAPHORE reads 1 twice",
-            "signalfd: signo=12 pid-ok=1",
+            "ok: poll with a timeout on an empty pipe: 0",
+            "ok: epoll_wait without a timeout: ready fd",
+            "ok: select on fd 200",
+            "ok: F_OFD_GETLK from another open file sees it (l_pid -1)",
+            "ok: F_SETOWN / F_GETOWN",
             "ok: poll after the writers closed: POLLHUP",
             DONE,
         ),
+    ),
+    "signalfd": Spec(
+        stdout=(
+            "signalfd: signo=12 pid-ok=1 code=-6",
+            "ok: epoll sees the signalfd",
+            "first: signo=12 code=-6 int=0; second: signo=10",
+            "ok: SIGUSR2 no longer read",
+            "SIGUSR2 still pending: 1",
+            DONE,
+        ),
+        notes="raise() is thread-directed (read first), sigqueue() process-directed",
     ),
     "sockets": Spec(
         stdout=(

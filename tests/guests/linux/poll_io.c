@@ -1,14 +1,16 @@
 /* I/O multiplexing: pipe2, fcntl, dup3, F_DUPFD_CLOEXEC, poll, ppoll, select,
- * pselect, epoll (data preserved), eventfd (counter and semaphore), signalfd.
+ * pselect, epoll (data preserved), eventfd (counter and semaphore); signalfd is
+ * in signalfd.c.
  */
 #include <fcntl.h>
+#include <stdlib.h>
+#include <sys/file.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/select.h>
-#include <sys/signalfd.h>
 #include <unistd.h>
 #include "guest.h"
 
@@ -97,20 +99,63 @@ int main(void)
     CHECK_ERR(read(sfd, &v, 8), EAGAIN, "then EAGAIN");
     close(sfd);
 
-    sigset_t mask;
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGUSR1);
-    sigaddset(&mask, SIGUSR2);
-    sigprocmask(SIG_BLOCK, &mask, NULL);
-    int sig = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
-    CHECK(sig >= 0, "signalfd");
-    struct signalfd_siginfo si;
-    CHECK_ERR(read(sig, &si, sizeof si), EAGAIN, "signalfd with nothing pending: EAGAIN");
-    raise(SIGUSR2);
-    struct pollfd spf = {.fd = sig, .events = POLLIN};
-    CHECK(poll(&spf, 1, 1000) == 1, "poll the signalfd");
-    CHECK(read(sig, &si, sizeof si) == sizeof si, "read a signalfd_siginfo");
-    say("signalfd: signo=%u pid-ok=%d", si.ssi_signo, si.ssi_pid == (uint32_t)getpid());
+
+    /* a poll that waits: empty pipe, 30 ms */
+    int w[2];
+    CHECK(pipe(w) == 0, "pipe");
+    struct pollfd wp = {.fd = w[0], .events = POLLIN};
+    CHECK(poll(&wp, 1, 30) == 0 && wp.revents == 0, "poll with a timeout on an empty pipe: 0");
+    struct timespec wts = {0, 20000000};
+    CHECK(ppoll(&wp, 1, &wts, NULL) == 0, "ppoll with a timeout: 0");
+    struct epoll_event wev = {.events = EPOLLIN, .data.fd = w[0]};
+    int ep2 = epoll_create(4);
+    CHECK(ep2 >= 0 && epoll_ctl(ep2, EPOLL_CTL_ADD, w[0], &wev) == 0, "epoll_create (old call)");
+    CHECK(epoll_wait(ep2, out, 4, 20) == 0, "epoll_wait with a timeout: 0");
+    write(w[1], "z", 1);
+    CHECK(epoll_wait(ep2, out, 4, -1) == 1 && out[0].data.fd == w[0], "epoll_wait without a timeout: ready fd");
+    CHECK_ERR(epoll_wait(ep2, out, 0, 0), EINVAL, "epoll_wait maxevents 0: EINVAL");
+    CHECK_ERR(epoll_ctl(ep2, EPOLL_CTL_ADD, 999, &wev), EBADF, "epoll_ctl of a closed fd: EBADF");
+    close(ep2);
+    /* select on a high fd number */
+    int hi = dup2(w[0], 200);
+    fd_set hs;
+    FD_ZERO(&hs);
+    FD_SET(hi, &hs);
+    CHECK(select(hi + 1, &hs, NULL, NULL, NULL) == 1 && FD_ISSET(hi, &hs), "select on fd 200");
+    CHECK_ERR(select(-1, NULL, NULL, NULL, NULL), EINVAL, "select with nfds -1: EINVAL");
+    close(hi);
+    close(w[0]);
+    close(w[1]);
+
+    /* record locks: classic (seen from a child) and OFD (seen from another open) */
+    char lpath[] = "/tmp/pyqemu-lock.XXXXXX";
+    int lf = mkstemp(lpath);
+    CHECK(lf >= 0 && write(lf, "0123456789abcdef", 16) == 16, "lock file");
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 2, .l_len = 6};
+    CHECK(fcntl(lf, F_SETLK, &fl) == 0, "F_SETLK write lock on bytes 2..7");
+    struct flock lq = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 4};
+    CHECK(fcntl(lf, F_GETLK, &lq) == 0 && lq.l_type == F_UNLCK, "F_GETLK: our own lock does not conflict");
+    struct flock wl = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 10, .l_len = 2};
+    CHECK(fcntl(lf, F_SETLKW, &wl) == 0, "F_SETLKW on a free range");
+    fl.l_type = F_UNLCK;
+    fl.l_start = 0;
+    fl.l_len = 0;
+    CHECK(fcntl(lf, F_SETLK, &fl) == 0, "F_SETLK unlock the whole file");
+    int of1 = open(lpath, O_RDWR), of2 = open(lpath, O_RDWR);
+    struct flock ofl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0, .l_pid = 0};
+    CHECK(fcntl(of1, F_OFD_SETLK, &ofl) == 0, "F_OFD_SETLK whole file");
+    struct flock oq = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 100, .l_len = 1, .l_pid = 0};
+    CHECK(fcntl(of2, F_OFD_GETLK, &oq) == 0 && oq.l_type == F_WRLCK && oq.l_pid == -1,
+          "F_OFD_GETLK from another open file sees it (l_pid -1)");
+    oq.l_pid = 0;
+    CHECK_ERR(fcntl(of2, F_OFD_SETLK, &oq), EAGAIN, "F_OFD_SETLK conflict: EAGAIN");
+    CHECK(flock(of2, LOCK_SH | LOCK_NB) == 0 && flock(of2, LOCK_UN) == 0, "flock shared and unlock");
+    close(of1);
+    close(of2);
+    CHECK(fcntl(lf, F_GETPIPE_SZ) == -1 && fcntl(p[0], F_GETPIPE_SZ) > 0, "F_GETPIPE_SZ on a pipe only");
+    CHECK(fcntl(lf, F_SETOWN, getpid()) == 0 && fcntl(lf, F_GETOWN) == getpid(), "F_SETOWN / F_GETOWN");
+    close(lf);
+    unlink(lpath);
 
     close(p[1]);
     close(100);

@@ -1,0 +1,49 @@
+"""I/O multiplexing, files and terminals: pyqemu-arm/-aarch64 against qemu-arm/-aarch64.
+
+The guests (tests/guests/linux/poll_io.c, files.c, tty.c) check their own results
+line by line; each runs under both emulators, static and dynamic, and standard output
+and exit status must be equal and hold the program's key lines (programs.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.guests.programs import PROGRAMS
+
+ARCHES = ["arm", "aarch64"]
+LINKS = pytest.mark.parametrize("static", [True, False], ids=["static", "dynamic"])
+
+
+def _check(guest, assert_same_as_qemu, name: str, arch: str, static: bool, **kw) -> str:
+    spec = PROGRAMS[name]
+    _, ours = assert_same_as_qemu(arch, guest(name, arch, static=static), list(spec.args),
+                                  **kw)
+    lines = ours.lines()
+    for want in spec.expected_stdout(arch):
+        assert want in lines, f"{name}: missing {want!r}\n{ours.describe()}"
+    assert ours.returncode == spec.exit
+    return ours.stdout
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@LINKS
+def test_poll_select_epoll_eventfd_fcntl(guest, assert_same_as_qemu, arch: str,
+                                         static: bool, tmp_path) -> None:
+    out = _check(guest, assert_same_as_qemu, "poll_io", arch, static, cwd=tmp_path)
+    assert "FAIL" not in out
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@LINKS
+def test_terminal_ioctls(guest, assert_same_as_qemu, arch: str, static: bool) -> None:
+    out = _check(guest, assert_same_as_qemu, "tty", arch, static)
+    assert "window size: 80x24" in out
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@LINKS
+def test_files_and_directories(guest, assert_same_as_qemu, arch: str, static: bool,
+                               tmp_path) -> None:
+    out = _check(guest, assert_same_as_qemu, "files", arch, static, cwd=tmp_path)
+    assert "failures: 0" in out
