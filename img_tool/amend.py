@@ -34,6 +34,7 @@ def run(args: list[str]) -> int:
     progress = False
     quiet = False
     image_opts = False
+    force = False
     for name, value in opts:
         if name == "-o":
             o_values.append(value or "")
@@ -52,7 +53,8 @@ def run(args: list[str]) -> int:
             from .cli import add_object_cli
 
             add_object_cli(value or "")
-        # --force: only matters for LUKS keyslot changes, which we refuse
+        elif name == "--force":
+            force = True
     if not o_values:
         raise UsageError("Must specify options (-o)")
     if quiet:
@@ -86,7 +88,7 @@ def run(args: list[str]) -> int:
             bar.print(100.0 * done / max(total, 1) - bar.current, 0)
 
         try:
-            qcow2_amend(node, options, cb if progress else None)
+            qcow2_amend(node, options, cb if progress else None, force)
         except QemuError as exc:
             raise CliError(exc.message) from None
         bar.print(100, 0)

@@ -47,6 +47,7 @@ MIN_SLOT_KEY_ITERS = 1000
 MIN_MASTER_KEY_ITERS = 1000
 SLOT_ENABLED = 0x00AC71F3
 SLOT_DISABLED = 0x0000DEAD
+ERASE_ITERATIONS = 16  # random passes over an erased slot's material
 
 # --- the partition header (spec section 2.4, "PHDR") ------------------------
 # magic, version, cipher-name, cipher-mode, hash-spec, payload-offset,
@@ -554,6 +555,7 @@ class SectorCipher:
 
 
 ReadFn = Callable[[int, int], bytes]
+WriteFn = Callable[[int, bytes], None]
 
 
 class Volume:
@@ -614,14 +616,7 @@ class Volume:
             )
             for i in range(NUM_KEY_SLOTS)
         ]
-        slot_salt = os.urandom(SALT_LEN)
-        slot_iters = count_iters(h, password, slot_salt, nkey) * iter_time_ms // 1000
-        if slot_iters > 0xFFFFFFFF:
-            raise BlockError(f"PBKDF iterations {slot_iters} larger than {0xFFFFFFFF}")
-        slots[0].iterations = max(slot_iters, MIN_SLOT_KEY_ITERS)
-        slots[0].salt = slot_salt
-        slot_key = pbkdf2(h, password, slot_salt, slots[0].iterations, nkey)
-        material = SectorCipher(params, slot_key).encrypt(0, af_split(h, master, STRIPES))
+        material = _fill_slot(params, slots[0], password, master, iter_time_ms)
         hdr = Header(
             cipher_name=CIPHER_ALGS[params.cipher_alg][0],
             cipher_mode=params.mode_spec(),
@@ -667,19 +662,77 @@ class Volume:
         info["slots"] = slots
         return info
 
+    # --- keyslot management (qcrypto_block_luks_amend_options) -------------------
+
+    def load_key(self, index: int, password: bytes, read: ReadFn) -> bool:
+        """Whether key slot ``index`` is active and opens with ``password``
+        (qcrypto_block_luks_load_key)."""
+        slot = self.header.slots[index]
+        if slot.active != SLOT_ENABLED:
+            return False
+        return _try_slot(self.header, self.params, slot, password, read) is not None
+
+    def store_key(self, index: int, password: bytes, iter_time_ms: int, write: WriteFn) -> None:
+        """Put the master key into slot ``index`` under ``password``: its
+        material first, then the header naming it active (qcrypto_block_luks_store_key)."""
+        assert self.cipher is not None
+        slot = self.header.slots[index]
+        material = _fill_slot(self.params, slot, password, self.cipher.key, iter_time_ms)
+        write(slot.key_offset * SECTOR_SIZE, material)
+        slot.active = SLOT_ENABLED
+        write(0, self.header.pack())
+
+    def erase_key(self, index: int, write: WriteFn) -> None:
+        """Disable slot ``index`` in the header, then overwrite its material with
+        random bytes, 16 times as QEMU (qcrypto_block_luks_erase_key)."""
+        slot = self.header.slots[index]
+        slot.salt = bytes(SALT_LEN)
+        slot.iterations = 0
+        slot.active = SLOT_DISABLED
+        write(0, self.header.pack())
+        length = self.header.key_bytes * slot.stripes
+        for _ in range(ERASE_ITERATIONS):
+            write(slot.key_offset * SECTOR_SIZE, os.urandom(length))
+
+
+def _fill_slot(
+    params: Params, slot: KeySlot, password: bytes, master: bytes, iter_time_ms: int
+) -> bytes:
+    """Give ``slot`` a new salt and PBKDF2 iteration count (``iter_time_ms`` of
+    hashing) and return the AF-split ``master`` encrypted under ``password``."""
+    h = params.hash_alg
+    nkey = len(master)
+    salt = os.urandom(SALT_LEN)
+    iters = count_iters(h, password, salt, nkey) * iter_time_ms // 1000
+    if iters > 0xFFFFFFFF:
+        raise BlockError(f"PBKDF iterations {iters} larger than {0xFFFFFFFF}")
+    slot.iterations = max(iters, MIN_SLOT_KEY_ITERS)
+    slot.salt = salt
+    slot.stripes = STRIPES
+    slot_key = pbkdf2(h, password, salt, slot.iterations, nkey)
+    return bytes(SectorCipher(params, slot_key).encrypt(0, af_split(h, master, STRIPES)))
+
+
+def _try_slot(
+    hdr: Header, params: Params, slot: KeySlot, password: bytes, read: ReadFn
+) -> bytes | None:
+    """The master key if ``password`` opens the (active) ``slot``."""
+    nkey = hdr.key_bytes
+    if not 1 <= slot.stripes <= 1 << 20:
+        raise LuksError(f"Keyslot stripes {slot.stripes} is out of range", errno.EINVAL)
+    possible = pbkdf2(hdr.hash_spec, password, slot.salt, slot.iterations, nkey)
+    material = read(slot.key_offset * SECTOR_SIZE, nkey * slot.stripes)
+    split = SectorCipher(params, possible).decrypt(0, material)
+    master = af_merge(hdr.hash_spec, split, nkey, slot.stripes)
+    digest = pbkdf2(hdr.hash_spec, master, hdr.mk_salt, hdr.mk_iterations, DIGEST_LEN)
+    return master if hmac.compare_digest(digest, hdr.mk_digest) else None
+
 
 def _find_key(hdr: Header, params: Params, password: bytes, read: ReadFn) -> bytes:
-    nkey = hdr.key_bytes
     for slot in hdr.slots:
         if slot.active != SLOT_ENABLED:
             continue
-        if not 1 <= slot.stripes <= 1 << 20:
-            raise LuksError(f"Keyslot stripes {slot.stripes} is out of range", errno.EINVAL)
-        possible = pbkdf2(hdr.hash_spec, password, slot.salt, slot.iterations, nkey)
-        material = read(slot.key_offset * SECTOR_SIZE, nkey * slot.stripes)
-        split = SectorCipher(params, possible).decrypt(0, material)
-        master = af_merge(hdr.hash_spec, split, nkey, slot.stripes)
-        digest = pbkdf2(hdr.hash_spec, master, hdr.mk_salt, hdr.mk_iterations, DIGEST_LEN)
-        if hmac.compare_digest(digest, hdr.mk_digest):
+        master = _try_slot(hdr, params, slot, password, read)
+        if master is not None:
             return master
     raise LuksError("Invalid password, cannot unlock any keyslot", errno.EACCES)

@@ -32,11 +32,22 @@ _FORMAT_NAMES = {CRYPT_AES: "aes", CRYPT_LUKS: "luks"}
 class Crypto:
     """The encryption state of an open qcow2 image."""
 
-    def __init__(self, method: int, volume: Any, missing: str | None) -> None:
+    def __init__(
+        self,
+        method: int,
+        volume: Any,
+        missing: str | None,
+        region: tuple[int, int] | None = None,
+        secret_id: str | None = None,
+    ) -> None:
         self.method = method
         self.volume = volume
         #: why I/O is impossible (no key given: opened for metadata only)
         self.missing = missing
+        #: (offset, length) in the image file of the LUKS header clusters
+        self.region = region
+        #: the encrypt.key-secret the image was opened with
+        self.secret_id = secret_id
 
     @property
     def cipher(self) -> Any:
@@ -97,9 +108,10 @@ def open_crypto(drv: Any, options: dict[str, Any], read_only: bool) -> Crypto:
         missing = "Parameter 'encrypt.key-secret' is required for cipher"
         if not no_io:
             raise BlockError(missing, errno.EINVAL)
-        return Crypto(method, luks.Volume.open(read, None), missing)
+        return Crypto(method, luks.Volume.open(read, None), missing, (offset, length))
     password = secret_utf8(str(secret_id))
-    return Crypto(method, luks.Volume.open(read, password), None)
+    volume = luks.Volume.open(read, password)
+    return Crypto(method, volume, None, (offset, length), str(secret_id))
 
 
 def parse_create_options(options: dict[str, Any]) -> dict[str, Any] | None:
@@ -199,7 +211,7 @@ def set_up_encryption(drv: Any, spec: dict[str, Any]) -> None:
     drv.header.crypt_method = CRYPT_LUKS
     drv.header.set_extension(Ext.CRYPTO, CRYPTO_EXT.pack(offset, length))
     drv._write_header()
-    drv.crypto = Crypto(CRYPT_LUKS, volume, None)
+    drv.crypto = Crypto(CRYPT_LUKS, volume, None, (offset, length))
 
 
 def info(crypto: Crypto) -> dict[str, Any]:
@@ -208,3 +220,140 @@ def info(crypto: Crypto) -> dict[str, Any]:
     if crypto.method == CRYPT_LUKS and crypto.volume is not None:
         out.update(crypto.volume.info())
     return out
+
+
+# --- amend (qcow2_amend_options' encryption part, crypto/block-luks.c) --------------
+
+
+def check_amend(drv: Any) -> None:
+    """The encrypt.* amend options need a LUKS image (qcow2_amend_options)."""
+    crypto = drv.crypto
+    if crypto is None:
+        raise BlockError("Can't amend encryption options - encryption not present", errno.EINVAL)
+    if crypto.method != CRYPT_LUKS:
+        raise UnsupportedFeature("Only LUKS encryption options can be amended")
+
+
+def _amend_number(opts: dict[str, Any], name: str) -> int | None:
+    value = opts.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return int(str(value), 0)
+    except ValueError:
+        raise BlockError(f"Parameter 'encrypt.{name}' expects a number") from None
+
+
+def check_amend_options(options: dict[str, Any]) -> None:
+    """What QEMU's option parser refuses before anything is changed."""
+    opts = {k[len("encrypt.") :]: v for k, v in options.items() if k.startswith("encrypt.")}
+    _amend_number(opts, "keyslot")
+    _amend_number(opts, "iter-time")
+
+
+def amend(drv: Any, options: dict[str, Any], force: bool) -> None:
+    """Add or erase LUKS key slots of qcow2 node ``drv`` as ``qemu-img amend -o
+    encrypt.state=active|inactive,...`` does, with QEMU's refusals and words."""
+    from ...objects import secret_utf8
+    from . import luks
+
+    check_amend(drv)
+    crypto = drv.crypto
+    volume = crypto.volume
+    if volume is None or volume.cipher is None or crypto.region is None:
+        raise BlockError(crypto.missing or "Image is encrypted", errno.EACCES)
+    opts = {k[len("encrypt.") :]: v for k, v in options.items() if k.startswith("encrypt.")}
+    keyslot = _amend_number(opts, "keyslot")
+    iter_time = _amend_number(opts, "iter-time")
+    state = opts.get("state")
+    if state in (None, ""):
+        raise BlockError("Parameter 'state' is missing")
+    if state not in ("active", "inactive"):
+        raise BlockError(f"Parameter 'state' does not accept value '{state}'")
+    new_secret = opts.get("new-secret")
+    old_secret = opts.get("old-secret")
+    offset, length = crypto.region
+    file = drv.file
+
+    def read(pos: int, n: int) -> bytes:
+        if pos + n > length:
+            raise BlockError("Request for data outside of extension header", errno.EINVAL)
+        return file.read(offset + pos, n)
+
+    def write(pos: int, data: bytes) -> None:
+        if pos + len(data) > length:
+            raise BlockError("Request for data outside of extension header", errno.EINVAL)
+        file.write(offset + pos, data)
+
+    hdr = volume.header
+    nslots = luks.NUM_KEY_SLOTS
+
+    def active(i: int) -> bool:
+        return hdr.slots[i].active == luks.SLOT_ENABLED
+
+    if state == "active":
+        if new_secret is None:
+            raise BlockError("'new-secret' is required to activate a keyslot")
+        if old_secret is not None:
+            raise BlockError("'old-secret' must not be given when activating keyslots")
+        if keyslot is not None:
+            if not 0 <= keyslot < nslots:
+                raise BlockError(
+                    f"Invalid keyslot {keyslot & 0xFFFFFFFF} specified, must be between 0 "
+                    f"and {nslots - 1}"
+                )
+        else:
+            keyslot = next((i for i in range(nslots) if not active(i)), None)
+            if keyslot is None:
+                raise BlockError("Can't add a keyslot - all keyslots are in use")
+        if not force and active(keyslot):
+            raise BlockError(
+                f"Refusing to overwrite active keyslot {keyslot} - please erase it first"
+            )
+        # QEMU unlocks the master key again with the image's key-secret: the
+        # image was opened with it, so the key in hand is that key
+        if crypto.secret_id is not None:
+            secret_utf8(crypto.secret_id)
+        password = secret_utf8(str(new_secret))
+        volume.store_key(keyslot, password, 2000 if iter_time is None else iter_time, write)
+        return
+    if new_secret is not None:
+        raise BlockError("'new-secret' must not be given when erasing keyslots")
+    if iter_time is not None:
+        raise BlockError("'iter-time' must not be given when erasing keyslots")
+    old_password = secret_utf8(str(old_secret)) if old_secret is not None else None
+    count_active = sum(active(i) for i in range(nslots))
+    if keyslot is not None:
+        if not 0 <= keyslot < nslots:
+            raise BlockError(
+                f"Invalid keyslot {keyslot} specified, must be between 0 and {nslots - 1}"
+            )
+        if old_password is not None and not volume.load_key(keyslot, old_password, read):
+            raise BlockError(
+                f"Given keyslot {keyslot} doesn't contain the given old password for erase "
+                "operation"
+            )
+        if not force and not active(keyslot):
+            raise BlockError(f"Given keyslot {keyslot} is already erased (inactive) ")
+        if not force and count_active == 1:
+            raise BlockError(
+                f"Attempt to erase the only active keyslot {keyslot} which will erase all the "
+                "data in the image irreversibly - refusing operation"
+            )
+        volume.erase_key(keyslot, write)
+    elif old_password is not None:
+        matching = [i for i in range(nslots) if volume.load_key(i, old_password, read)]
+        if not matching:
+            raise BlockError("No keyslots match given (old) password for erase operation")
+        if not force and len(matching) == count_active:
+            raise BlockError(
+                "All the active keyslots match the (old) password that was given and erasing "
+                "them will erase all the data in the image irreversibly - refusing operation"
+            )
+        for i in matching:
+            volume.erase_key(i, write)
+    else:
+        raise BlockError(
+            "To erase keyslot(s), either explicit keyslot index or the password currently "
+            "contained in them must be given"
+        )

@@ -12,7 +12,8 @@ version downgrade last. Each step leaves an image that checks clean:
   refused when a snapshot's L2 tables hold zero clusters (not done yet);
   zero clusters are expanded into clusters holding zeros (QEMU
   deallocates those of an image without backing file instead: same data);
-* lazy refcounts: the compatible bit (the image was made clean on open).
+* lazy refcounts: the compatible bit (the image was made clean on open);
+* ``encrypt.*``: LUKS key slots added or erased (common/block/crypto/qcow2_luks.py).
 """
 
 from __future__ import annotations
@@ -65,11 +66,19 @@ CREATE_ONLY = (
 ProgressCb = Any  # callable(done, total) or None
 
 
-def qcow2_amend(node: Any, options: dict[str, str], progress: ProgressCb = None) -> None:
-    """Apply ``options`` (already checked to be amend options) to the open Qcow2 ``node``."""
+def qcow2_amend(
+    node: Any, options: dict[str, str], progress: ProgressCb = None, force: bool = False
+) -> None:
+    """Apply ``options`` (already checked to be amend options) to the open Qcow2
+    ``node``; ``force`` is qemu-img amend's ``--force`` (LUKS key slots)."""
     from ...options import parse_bool
     from ...sizes import parse_size
 
+    encrypt = any(k.startswith("encrypt.") for k in options)
+    if encrypt:
+        from ..crypto.qcow2_luks import check_amend_options
+
+        check_amend_options(options)
     hdr = node.header
     version = hdr.version
     if "compat" in options:
@@ -102,8 +111,10 @@ def qcow2_amend(node: Any, options: dict[str, str], progress: ProgressCb = None)
         raise BlockError("data-file can only be set for images that use an external data file")
     if "data_file_raw" in options:
         raise BlockError("data-file-raw cannot be set on existing images")
-    if any(k.startswith("encrypt.") for k in options):
-        raise BlockError("Amending encryption options is not supported yet by pyqemu-img")
+    if encrypt:
+        from ..crypto.qcow2_luks import check_amend
+
+        check_amend(node)
 
     if version < 3 and refcount_bits != hdr.refcount_bits and refcount_bits != 16:
         raise BlockError(
@@ -121,6 +132,10 @@ def qcow2_amend(node: Any, options: dict[str, str], progress: ProgressCb = None)
         hdr.version = 3
         hdr.refcount_order = hdr.refcount_order or 4
         node._write_header()
+    if encrypt:  # LUKS key slots: after an upgrade, before the rest (as QEMU)
+        from ..crypto.qcow2_luks import amend as amend_encryption
+
+        amend_encryption(node, options, force)
     if refcount_bits != hdr.refcount_bits:
         change_refcount_order(node, refcount_bits.bit_length() - 1, progress)
         hdr = node.header  # re-read from disk
