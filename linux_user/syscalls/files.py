@@ -564,7 +564,6 @@ def sys_link(t: GuestThread, old: int, new: int) -> int:
     return 0
 
 
-@syscall("renameat2")
 def sys_renameat2(t: GuestThread, odfd: int, old: int, ndfd: int, new: int,
                   flags: int) -> int:
     if flags:
@@ -660,3 +659,210 @@ def sys_utimensat(t: GuestThread, dfd: int, path: int, times: int, flags: int) -
 @syscall("utimensat_time64")
 def sys_utimensat64(t: GuestThread, dfd: int, path: int, times: int, flags: int) -> int:
     return _utimensat(t, dfd, path, times, flags, True)
+
+
+# ---- renameat2 flags, file systems, space and copies -------------------------------------
+_SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276}.get(platform.machine(), 316)
+_SYS_STATFS = {"x86_64": 137, "aarch64": 43}.get(platform.machine(), 137)
+_SYS_FSTATFS = {"x86_64": 138, "aarch64": 44}.get(platform.machine(), 138)
+_SYS_TEE = {"x86_64": 276, "aarch64": 77}.get(platform.machine(), 276)
+# struct statfs (include/uapi/asm-generic/statfs.h): the 64-bit one (arm64, x86-64 host),
+# arm's with 32-bit words, and arm's statfs64 (packed, aligned 4: 84 bytes)
+STATFS_64 = struct.Struct("<qqQQQQQiiqqq4q")
+STATFS_ARM = struct.Struct("<IIIIIIIiiIII4I")
+STATFS64_ARM = struct.Struct("<IIQQQQQiiIII4I")
+
+
+def _host_statfs(nr: int, arg: object) -> tuple[int, ...]:
+    buf = ctypes.create_string_buffer(STATFS_64.size)
+    if _libc.syscall(ctypes.c_long(nr), arg, buf) < 0:
+        raise OSError(ctypes.get_errno(), "statfs")
+    return STATFS_64.unpack(buf.raw)
+
+
+def _put_statfs(t: GuestThread, buf: int, vals: tuple[int, ...], layout: struct.Struct) -> int:
+    if layout is STATFS_ARM and any(v > 0xFFFFFFFF for v in vals[2:7]):
+        return -errno.EOVERFLOW
+    if layout is not STATFS_64:
+        vals = tuple(v & 0xFFFFFFFF if i not in (7, 8) and not 2 <= i < 7 else v
+                     for i, v in enumerate(vals))
+    t.mem.write(buf, layout.pack(*vals))
+    return 0
+
+
+def _statfs_layout(t: GuestThread) -> struct.Struct:
+    return STATFS_ARM if t.arch.word_size == 4 else STATFS_64
+
+
+@syscall("statfs")
+def sys_statfs(t: GuestThread, path: int, buf: int) -> int:
+    vals = _host_statfs(_SYS_STATFS, ctypes.c_char_p(guest_path(t, path)))
+    return _put_statfs(t, buf, vals, _statfs_layout(t))
+
+
+@syscall("fstatfs")
+def sys_fstatfs(t: GuestThread, fd: int, buf: int) -> int:
+    vals = _host_statfs(_SYS_FSTATFS, ctypes.c_long(s32(fd)))
+    return _put_statfs(t, buf, vals, _statfs_layout(t))
+
+
+@syscall("statfs64", arch="arm")
+def sys_statfs64(t: GuestThread, path: int, size: int, buf: int) -> int:
+    if size not in (84, 88):          # sys_arm_statfs64: EABI userspace says 88 for 84
+        return -errno.EINVAL
+    vals = _host_statfs(_SYS_STATFS, ctypes.c_char_p(guest_path(t, path)))
+    return _put_statfs(t, buf, vals, STATFS64_ARM)
+
+
+@syscall("fstatfs64", arch="arm")
+def sys_fstatfs64(t: GuestThread, fd: int, size: int, buf: int) -> int:
+    if size not in (84, 88):          # sys_arm_statfs64: EABI userspace says 88 for 84
+        return -errno.EINVAL
+    vals = _host_statfs(_SYS_FSTATFS, ctypes.c_long(s32(fd)))
+    return _put_statfs(t, buf, vals, STATFS64_ARM)
+
+
+@syscall("renameat2")
+def sys_renameat2_flags(t: GuestThread, odfd: int, old: int, ndfd: int, new: int,
+                        flags: int) -> int:
+    if not flags:
+        return sys_renameat2(t, odfd, old, ndfd, new, 0)
+    # RENAME_NOREPLACE / EXCHANGE / WHITEOUT: equal values everywhere, the host decides
+    ret = _libc.syscall(ctypes.c_long(_SYS_RENAMEAT2), ctypes.c_long(s32(odfd)),
+                        ctypes.c_char_p(guest_path(t, old)), ctypes.c_long(s32(ndfd)),
+                        ctypes.c_char_p(guest_path(t, new)), ctypes.c_long(flags))
+    return -ctypes.get_errno() if ret < 0 else 0
+
+
+@syscall("sync")
+def sys_sync(t: GuestThread) -> int:
+    os.sync()
+    return 0
+
+
+@syscall("syncfs")
+def sys_syncfs(t: GuestThread, fd: int) -> int:
+    return -ctypes.get_errno() if _libc.syncfs(s32(fd)) < 0 else 0
+
+
+def _i64(lo: int, hi: int) -> int:
+    return s64(hi << 32 | lo)
+
+
+_fallocate = _libc.fallocate64
+_fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_sync_file_range = _libc.sync_file_range
+_sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+
+
+@syscall("fallocate", arch="arm")
+def sys_fallocate_arm(t: GuestThread, fd: int, mode: int, olo: int, ohi: int, llo: int,
+                      lhi: int) -> int:
+    return _do_fallocate(t, fd, mode, _i64(olo, ohi), _i64(llo, lhi))
+
+
+@syscall("fallocate")
+def sys_fallocate(t: GuestThread, fd: int, mode: int, off: int, length: int) -> int:
+    return _do_fallocate(t, fd, mode, s64(off), s64(length))
+
+
+def _do_fallocate(t: GuestThread, fd: int, mode: int, off: int, length: int) -> int:
+    return -ctypes.get_errno() if _fallocate(s32(fd), s32(mode), off, length) < 0 else 0
+
+
+@syscall("sync_file_range2", arch="arm")
+def sys_sync_file_range2(t: GuestThread, fd: int, flags: int, olo: int, ohi: int, nlo: int,
+                         nhi: int) -> int:
+    ret = _sync_file_range(s32(fd), _i64(olo, ohi), _i64(nlo, nhi), flags)
+    return -ctypes.get_errno() if ret < 0 else 0
+
+
+@syscall("sync_file_range")
+def sys_sync_file_range(t: GuestThread, fd: int, off: int, nbytes: int, flags: int) -> int:
+    ret = _sync_file_range(s32(fd), s64(off), s64(nbytes), flags)
+    return -ctypes.get_errno() if ret < 0 else 0
+
+
+@syscall("arm_fadvise64_64", arch="arm")
+def sys_fadvise_arm(t: GuestThread, fd: int, advice: int, olo: int, ohi: int, llo: int,
+                    lhi: int) -> int:
+    os.posix_fadvise(s32(fd), _i64(olo, ohi), _i64(llo, lhi), s32(advice))
+    return 0
+
+
+@syscall("fadvise64")
+def sys_fadvise64(t: GuestThread, fd: int, off: int, length: int, advice: int) -> int:
+    os.posix_fadvise(s32(fd), s64(off), s64(length), s32(advice))
+    return 0
+
+
+def _off_in(t: GuestThread, ptr: int, fmt: str) -> int | None:
+    return struct.unpack(fmt, t.mem.read(ptr, struct.calcsize(fmt)))[0] if ptr else None
+
+
+def _sendfile(t: GuestThread, out_fd: int, in_fd: int, offp: int, count: int,
+              fmt: str) -> int:
+    off = _off_in(t, offp, fmt)
+    if off is not None and off < 0:
+        return -errno.EINVAL
+    n = _io(t, os.sendfile, s32(out_fd), s32(in_fd), off, count)
+    if offp:
+        t.mem.write(offp, struct.pack(fmt, off + n))    # type: ignore[operator]
+    return n
+
+
+@syscall("sendfile")
+def sys_sendfile(t: GuestThread, out_fd: int, in_fd: int, offp: int, count: int) -> int:
+    return _sendfile(t, out_fd, in_fd, offp, count, "<i" if t.arch.word_size == 4 else "<q")
+
+
+@syscall("sendfile64")
+def sys_sendfile64(t: GuestThread, out_fd: int, in_fd: int, offp: int, count: int) -> int:
+    return _sendfile(t, out_fd, in_fd, offp, count, "<q")
+
+
+@syscall("copy_file_range")
+def sys_copy_file_range(t: GuestThread, fd_in: int, off_in: int, fd_out: int, off_out: int,
+                        length: int, flags: int) -> int:
+    if flags:
+        return -errno.EINVAL
+    oi, oo = _off_in(t, off_in, "<q"), _off_in(t, off_out, "<q")
+    n = _io(t, os.copy_file_range, s32(fd_in), s32(fd_out), length, oi, oo)
+    if off_in:
+        t.mem.write(off_in, struct.pack("<q", oi + n))       # type: ignore[operator]
+    if off_out:
+        t.mem.write(off_out, struct.pack("<q", oo + n))      # type: ignore[operator]
+    return n
+
+
+@syscall("splice")
+def sys_splice(t: GuestThread, fd_in: int, off_in: int, fd_out: int, off_out: int,
+               length: int, flags: int) -> int:
+    oi, oo = _off_in(t, off_in, "<q"), _off_in(t, off_out, "<q")
+    n = _io(t, os.splice, s32(fd_in), s32(fd_out), length, oi, oo, flags)
+    if off_in:
+        t.mem.write(off_in, struct.pack("<q", oi + n))       # type: ignore[operator]
+    if off_out:
+        t.mem.write(off_out, struct.pack("<q", oo + n))      # type: ignore[operator]
+    return n
+
+
+@syscall("tee")
+def sys_tee(t: GuestThread, fd_in: int, fd_out: int, length: int, flags: int) -> int:
+    def call() -> int:
+        return _libc.syscall(ctypes.c_long(_SYS_TEE), ctypes.c_long(s32(fd_in)),
+                             ctypes.c_long(s32(fd_out)), ctypes.c_size_t(length),
+                             ctypes.c_uint(flags))
+    ret = _io(t, call)
+    return -ctypes.get_errno() if ret < 0 else ret
+
+
+@syscall("chroot")
+def sys_chroot(t: GuestThread, path: int) -> int:
+    # the emulator itself lives in the host's root: a guest chroot is refused (EPERM),
+    # except the no-op chroot to the current root
+    target = os.path.realpath(guest_path(t, path))
+    if not os.path.isdir(target):
+        os.stat(target)
+        return -errno.ENOTDIR
+    return 0 if target == b"/" else -errno.EPERM

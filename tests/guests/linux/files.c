@@ -6,8 +6,11 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include "guest.h"
@@ -160,6 +163,70 @@ int main(void)
     CHECK(unlink(path) == 0, "unlink a");
     CHECK(unlinkat(dfd, "b", 0) == 0, "unlinkat b");
     CHECK_ERR(unlinkat(dfd, "b", 0), ENOENT, "unlink again: ENOENT");
+
+    /* file systems, space, copies between fds */
+    struct statfs sf, fsf;
+    int cf = open("pyqemu-files-copy-src", O_RDWR | O_CREAT | O_TRUNC, 0600);
+    CHECK(cf >= 0, "create a copy source");
+    CHECK(statfs(".", &sf) == 0 && fstatfs(cf, &fsf) == 0, "statfs and fstatfs");
+    say("statfs agrees with fstatfs: type=%d bsize=%d namelen=%ld", sf.f_type == fsf.f_type,
+        sf.f_bsize == fsf.f_bsize && sf.f_bsize > 0, (long)sf.f_namelen);
+    CHECK_ERR(statfs("pyqemu-no-such-dir/x", &sf), ENOENT, "statfs of a missing path: ENOENT");
+    CHECK(fallocate(cf, 0, 0, 8192) == 0, "fallocate 8 KiB");
+    struct stat cst;
+    fstat(cf, &cst);
+    say("size after fallocate: %lld", (long long)cst.st_size);
+    CHECK(fallocate(cf, FALLOC_FL_KEEP_SIZE, 8192, 4096) == 0 && fstat(cf, &cst) == 0 && cst.st_size == 8192,
+          "FALLOC_FL_KEEP_SIZE keeps the size");
+    CHECK(pwrite(cf, "copy me, please", 15, 100) == 15, "pwrite the payload");
+    CHECK(sync_file_range(cf, 0, 0, SYNC_FILE_RANGE_WRITE) == 0, "sync_file_range");
+    CHECK(posix_fadvise(cf, 0, 0, POSIX_FADV_SEQUENTIAL) == 0, "posix_fadvise");
+    CHECK(fdatasync(cf) == 0 && syncfs(cf) == 0, "fdatasync + syncfs");
+    int pp[2];
+    pipe(pp);
+    off_t off = 100;
+    CHECK(sendfile(pp[1], cf, &off, 8) == 8 && off == 108, "sendfile with an offset advances it");
+    char sbuf[32] = {0};
+    CHECK(read(pp[0], sbuf, sizeof sbuf) == 8, "read what sendfile sent");
+    say("sendfile sent: %s", sbuf);
+    int dst = open("pyqemu-files-copy-dst", O_RDWR | O_CREAT | O_TRUNC, 0600);
+    loff_t in_off = 109, out_off = 4;
+    CHECK(copy_file_range(cf, &in_off, dst, &out_off, 6, 0) == 6 && in_off == 115 && out_off == 10,
+          "copy_file_range with offsets");
+    memset(sbuf, 0, sizeof sbuf);
+    CHECK(pread(dst, sbuf, sizeof sbuf, 4) == 6, "read the copy");
+    say("copy_file_range copied: %s", sbuf);
+    loff_t soff = 100;
+    CHECK(splice(cf, &soff, pp[1], NULL, 4, 0) == 4 && soff == 104, "splice file -> pipe");
+    int pq[2];
+    pipe(pq);
+    CHECK(tee(pp[0], pq[1], 4, 0) == 4, "tee pipe -> pipe");
+    memset(sbuf, 0, sizeof sbuf);
+    CHECK(read(pq[0], sbuf, 4) == 4 && read(pp[0], sbuf + 4, 4) == 4, "both pipes hold the data");
+    say("splice+tee: %s", sbuf);
+    close(pp[0]);
+    close(pp[1]);
+    close(pq[0]);
+    close(pq[1]);
+    CHECK_ERR(renameat2(AT_FDCWD, "pyqemu-files-copy-src", AT_FDCWD, "pyqemu-files-copy-dst", RENAME_NOREPLACE),
+              EEXIST, "renameat2 RENAME_NOREPLACE onto a file: EEXIST");
+    CHECK(renameat2(AT_FDCWD, "pyqemu-files-copy-src", AT_FDCWD, "pyqemu-files-copy-dst", RENAME_EXCHANGE) == 0,
+          "renameat2 RENAME_EXCHANGE");
+    struct stat xst;
+    CHECK(stat("pyqemu-files-copy-dst", &xst) == 0 && xst.st_size == 8192, "exchanged: the big file is dst now");
+    CHECK(ftruncate(dst, 3) == 0 && fstat(dst, &xst) == 0 && xst.st_size == 3, "ftruncate to 3");
+    struct stat64 bst;
+    CHECK(truncate64("pyqemu-files-copy-dst", 5000000000LL) == 0 && stat64("pyqemu-files-copy-dst", &bst) == 0 &&
+          bst.st_size == 5000000000LL, "truncate64 past 4 GiB");
+    CHECK(ftruncate64(dst, 4294967297LL) == 0 && fstat64(dst, &bst) == 0 && bst.st_size == 4294967297LL,
+          "ftruncate64 past 4 GiB");
+    mode_t old_mask = umask(027);
+    say("umask: old=%03o now=%03o", old_mask, umask(old_mask));
+    close(cf);
+    close(dst);
+    unlink("pyqemu-files-copy-src");
+    unlink("pyqemu-files-copy-dst");
+
     list_dir(dfd, "entries at the end");
     close(dfd);
     CHECK(rmdir(tmpl) == 0, "remove the directory");
