@@ -49,6 +49,10 @@ def install_hooks(t: GuestThread) -> None:
     arch = t.arch
     proc = t.process
     handlers = proc.table.handlers  # type: ignore[union-attr]
+    call = dispatch
+    if proc.strace:     # -strace: every syscall through strace's dispatch
+        from .strace import traced_dispatch as call
+        handlers = {}
     read_batch = t.regs.read_batch
     write = t.regs.write
     reg_ret, mask = arch.reg_ret, arch.mask
@@ -59,7 +63,7 @@ def install_hooks(t: GuestThread) -> None:
                 vals = read_batch()
                 entry = handlers.get(vals[0])
                 if entry is None:
-                    res = dispatch(t, vals[0], vals[1:])
+                    res = call(t, vals[0], vals[1:])
                 else:
                     # dispatch() inlined: this is the hot path
                     try:

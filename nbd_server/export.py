@@ -46,6 +46,8 @@ from ..common.nbd import (
 MIN_BLOCK, PREFERRED_BLOCK, MAX_BLOCK = 1, 4096, MAX_PAYLOAD
 #: the most extents one BLOCK_STATUS reply carries (bounded work per request)
 MAX_EXTENTS = 1 << 16
+#: data runs at least this long are read with readinto (no copy into bytes)
+BIG_READ = 1 << 16
 #: sparse READs cache one data run per 64 MiB window, for at most 4096 windows
 STATUS_WINDOW_BITS, STATUS_WINDOWS = 26, 4096
 
@@ -430,7 +432,13 @@ class Session:
                     StructuredChunk(req.cookie, Chunk.OFFSET_HOLE, flags, offset=off, length=n)
                 )
             else:
-                data = exp.node.read(off + exp.offset, n)
+                readinto = getattr(exp.node, "readinto", None)
+                if n >= BIG_READ and readinto is not None:
+                    # into our buffer: read() may zero one and copy it into bytes
+                    data: Any = bytearray(n)
+                    readinto(off + exp.offset, memoryview(data))
+                else:
+                    data = exp.node.read(off + exp.offset, n)
                 out.append(
                     StructuredChunk(req.cookie, Chunk.OFFSET_DATA, flags, offset=off, data=data)
                 )

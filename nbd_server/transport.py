@@ -13,10 +13,10 @@ block layer is synchronous and thread-safe; file I/O releases the GIL).
   per 64 buffers: a wake-up only when the executor was idle, a few syscalls
   per batch, not per request. A lone request with nothing else running is
   served inline by the reader (queue depth 1: no hand-off at all). Large
-  requests, FUA writes and FLUSH get a worker each, at most
-  :data:`MAX_IN_FLIGHT` of them read ahead (qemu's NBD_MAX_REQUESTS), and at
-  most :data:`MAX_BATCHED` small requests are queued: the memory one client
-  can pin is bounded.
+  requests, FUA writes and FLUSH go to up to :data:`WORKERS` workers, at most
+  :data:`MAX_IN_FLIGHT` of them (:data:`MAX_IN_FLIGHT_BYTES` of WRITE
+  payload) read ahead, and at most :data:`MAX_BATCHED` small requests are
+  queued: the memory one client can pin is bounded.
 * Replies: each request's replies (all its structured chunks) are encoded
   under the engine's lock and written as one unit under the stream's lock, so
   two requests' chunks never interleave.
@@ -54,8 +54,12 @@ from .export import Export, Session
 RECV_SIZE = 256 * 1024
 #: payloads at least this large are read into a buffer of their own
 BIG = 64 * 1024
-#: requests read ahead per connection (qemu's NBD_MAX_REQUESTS)
-MAX_IN_FLIGHT = 16
+#: large requests read ahead per connection, and their WRITE payload bytes:
+#: a client can pin at most this much memory (nbdcopy keeps 64 requests of
+#: 256 KiB in flight per connection: with qemu's NBD_MAX_REQUESTS of 16 the
+#: reader waited for a worker at every request)
+MAX_IN_FLIGHT = 64
+MAX_IN_FLIGHT_BYTES = 64 << 20
 #: reply buffers of inline requests gathered before one sendmsg
 FLUSH_PARTS = 64
 #: worker threads per connection
@@ -240,10 +244,11 @@ class _Requests:
         self.conn = conn
         self.session = session
         self.lock = lock  # the engine's
-        self.slots = threading.BoundedSemaphore(MAX_IN_FLIGHT)
         self.idle = threading.Condition()
         #: requests handed to workers (heavy ones) and not answered yet
         self.busy = 0
+        #: their WRITE payload bytes
+        self.busy_bytes = 0
         #: small requests handed to the executor and not answered yet
         self.queued = 0
         #: the executor's mailbox: small requests it has not taken yet (the
@@ -275,7 +280,13 @@ class _Requests:
         if alone and not self.batch and not self.conn.buffered:
             self._inline(req)
             return
-        self.slots.acquire()
+        size = len(req.data) if req.data is not None else 0
+        with self.idle:
+            while self.busy and (
+                self.busy >= MAX_IN_FLIGHT or self.busy_bytes + size > MAX_IN_FLIGHT_BYTES
+            ):
+                self.idle.wait()  # bound what one client can pin
+            self.busy_bytes += size
         self._queue([req])
 
     def dispatch(self) -> None:
@@ -384,10 +395,11 @@ class _Requests:
         try:
             self._answer(batch)
         finally:
+            data = batch[0].data
             with self.idle:
                 self.busy -= 1
+                self.busy_bytes -= len(data) if data is not None else 0
                 self.idle.notify_all()
-            self.slots.release()
 
     def drain(self) -> None:
         """Wait until every submitted request has been answered."""
