@@ -24,6 +24,7 @@ argument replaces the thread's guest mask for the duration of the wait.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl as _fcntl
@@ -39,7 +40,7 @@ from .files import FD_READ_HOOKS
 from .structs import s32, timespec_struct
 
 if TYPE_CHECKING:
-    from ..process import GuestThread
+    from ..process import GuestProcess, GuestThread
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _HOST = platform.machine()
@@ -380,11 +381,18 @@ def _refresh_signalfds(t: GuestThread) -> None:
         _set_ready(fd, bool(pending & sfd.mask))
 
 
-def signalfd_notify(t: GuestThread) -> None:
-    """Mark the signalfds readable whose signals are now pending (for the signal
-    family to call after queueing a signal the thread has blocked)."""
-    if FD_READ_HOOKS:
-        _refresh_signalfds(t)
+def signalfd_notify(proc: GuestProcess) -> None:
+    """Mark readable the signalfds whose signals are now pending in ``proc`` (any
+    thread's or the process's): the signal family calls this after queueing a signal,
+    so that a poll/epoll/select already waiting on a signalfd wakes up."""
+    if not FD_READ_HOOKS:
+        return
+    pending = 0
+    for th in list(proc.threads.values()):
+        pending |= _pending_mask(th)
+    for fd, sfd in _signalfds():
+        if pending & sfd.mask:
+            _set_ready(fd, True)
 
 
 def _siginfo_to_signalfd(t: GuestThread, signo: int, info: bytes) -> bytes:
@@ -421,13 +429,17 @@ def _siginfo_to_signalfd(t: GuestThread, signo: int, info: bytes) -> bytes:
 
 
 def _dequeue(t: GuestThread, mask: int) -> tuple[int, bytes] | None:
-    for pend in _pending_sets(t):
-        for signo in sorted(pend):
-            if mask >> (signo - 1) & 1 and pend[signo]:
-                info = pend[signo].pop(0)
-                if not pend[signo]:
-                    del pend[signo]
-                return signo, info
+    """Take the lowest pending signal of ``mask``: the thread's own first, then the
+    process's (as dequeue_signal), under the signal family's lock when it has one."""
+    lock = getattr(t.process, "sig_lock", None)
+    with lock if lock is not None else contextlib.nullcontext():
+        for pend in _pending_sets(t):
+            for signo in sorted(pend):
+                if mask >> (signo - 1) & 1 and pend[signo]:
+                    info = pend[signo].pop(0)
+                    if not pend[signo]:
+                        del pend[signo]
+                    return signo, info
     return None
 
 

@@ -204,6 +204,15 @@ PROGRAMS: dict[str, Spec] = {
             DONE,
         ),
     ),
+    "io_threads": Spec(
+        stdout=(
+            "ok: kill(SIGUSR1) for the signalfd reader",
+            "read: r-ok poll: p-ok epoll: e-ok accept+recv: a-ok signalfd: 10",
+            DONE,
+        ),
+        notes="each blocked thread must release the CPU; the signalfd one needs the "
+        "signal family to call poll.signalfd_notify() when it queues a blocked signal",
+    ),
     "signalfd": Spec(
         stdout=(
             "signalfd: signo=12 pid-ok=1 code=-6",
