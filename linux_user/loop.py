@@ -4,23 +4,34 @@ Syscalls are handled inside unicorn's interrupt hook, without leaving the engine
 (stopping and restarting it per syscall costs several microseconds): the hook reads
 the number and arguments in one raw batch call, dispatches, and writes the result.
 Exit, CPU faults and exceptions raised by handlers stop the engine; the loop then
-decides: return the exit, or report the fatal guest signal. Hook exceptions are kept
-on the thread and re-raised here, never swallowed.
+decides: return the exit, deliver a signal to a guest handler, or report the fatal
+guest signal. Hook exceptions are kept on the thread and re-raised here, never
+swallowed.
+
+Threads: the loop runs while holding the process's execution lock; when the engine
+stops (the watchdog's time slice, a signal) and others wait, the thread queues again
+behind them. Signals are delivered at two places: right after a syscall, inside the
+hook (one flag test on the hot path), and before each ``emu_start``. A process that
+had more than one thread ends through :func:`end_process`, from whichever host thread
+sees the end first (the main thread may be blocked in a host call).
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import os
 import signal
-from typing import TYPE_CHECKING
+import sys
+import threading
+from typing import TYPE_CHECKING, NoReturn
 
 from ..common.memory import GuestMemoryError
 from .process import ExitInfo
 from .syscalls import dispatch
 
 if TYPE_CHECKING:
-    from .process import GuestThread
+    from .process import GuestProcess, GuestThread
 
 UC_HOOK_INTR = 1
 # qemu's exception numbers as unicorn passes them to the interrupt hook (target/arm)
@@ -56,6 +67,7 @@ def install_hooks(t: GuestThread) -> None:
     read_batch = t.regs.read_batch
     write = t.regs.write
     reg_ret, mask = arch.reg_ret, arch.mask
+    from .syscalls.signals import after_syscall
 
     def on_intr(_handle: int, intno: int, _data: int) -> None:
         try:
@@ -74,6 +86,8 @@ def install_hooks(t: GuestThread) -> None:
                         res = -e.errno
                 if res is not None:
                     write(reg_ret, res & mask)
+                if proc.sig_flag:
+                    after_syscall(t, res, vals)
             else:
                 t.fault = (intno, t.reg(arch.reg_pc))
                 t.stop()
@@ -116,9 +130,19 @@ def _fault_signal(t: GuestThread, intno: int, pc: int) -> int:
     return signal.SIGSEGV
 
 
+def _handle_fault(t: GuestThread, signo: int, pc: int, intno: int | None) -> None:
+    """A CPU fault: to the guest's handler, else :class:`GuestFault`."""
+    from .syscalls.signals import deliver_fault
+
+    if not deliver_fault(t, signo, pc, intno):
+        raise GuestFault(t.fault_signal or signo, pc)
+
+
 def run_thread(t: GuestThread) -> ExitInfo:
-    """Run ``t`` until its process exits (or a fatal signal: :class:`GuestFault`)."""
+    """Run ``t`` until it or its process exits (or a fatal signal: :class:`GuestFault`)."""
     from unicorn import UcError
+
+    from .syscalls.signals import deliver_pending
 
     proc = t.process
     if t.hook_handle is None:
@@ -126,21 +150,105 @@ def run_thread(t: GuestThread) -> ExitInfo:
     uc = t.uc
     lock = proc.exec_lock
     lock.acquire()
+    proc.running = t
     try:
         while proc.exit is None and not t.exited:
-            start = t.pc
+            if proc.sig_flag:
+                deliver_pending(t)
+                if proc.exit is not None or t.exited:
+                    break
             try:
-                uc.emu_start(start, 0)
+                uc.emu_start(t.pc, 0)
             except UcError as e:
                 signo = signal.SIGILL if e.errno == UC_ERR_INSN_INVALID else signal.SIGSEGV
-                raise GuestFault(signo, t.reg(t.arch.reg_pc)) from None
+                _handle_fault(t, signo, t.reg(t.arch.reg_pc), None)
+                continue
             if t.stop_reason is not None:
                 reason, t.stop_reason = t.stop_reason, None
                 raise reason
             if t.fault is not None:
                 intno, pc = t.fault
                 t.fault = None
-                raise GuestFault(_fault_signal(t, intno, pc), pc)
+                _handle_fault(t, _fault_signal(t, intno, pc), pc, intno)
+                continue
+            if lock.contended():
+                proc.running = None
+                lock.release()
+                lock.acquire()
+                proc.running = t
     finally:
+        proc.running = None
         lock.release()
+    if proc.exit is None and t.exited:
+        from .syscalls.threads import thread_exited
+
+        thread_exited(t)
+        if proc.exit is None:
+            # the main thread left, others go on: the process ends with the last one
+            proc.done.wait()
+    if proc.watchdog is not None:
+        end_process(proc)
     return proc.exit or ExitInfo(status=0)
+
+
+def start_thread(t: GuestThread) -> int:
+    """Start the host thread of a new guest thread; returns its tid. The thread runs
+    guest code once ``t.go`` is set (and it holds the execution lock)."""
+    proc = t.process
+    ready = threading.Event()
+
+    def body() -> None:
+        t.tid = threading.get_native_id()
+        ready.set()
+        t.go.wait()
+        try:
+            run_thread(t)
+        except GuestFault as fault:
+            proc.set_exit(signo=fault.signo)
+        except BaseException as e:  # noqa: BLE001 - reported as qemu reports a crash
+            sys.stderr.write(f"qemu: internal error in guest thread {t.tid}: {e!r}\n")
+            proc.set_exit(signo=signal.SIGABRT)
+        end_process(proc)
+
+    host = threading.Thread(target=body, name="pyqemu-guest", daemon=True)
+    t.host_thread = host
+    host.start()
+    ready.wait()
+    proc.threads[t.tid] = t
+    proc.start_watchdog()
+    return t.tid
+
+
+_ENDING = threading.Lock()
+# signals for which qemu reports "core dumped" (as main._CORE_SIGNALS)
+_CORE_SIGNALS = {3, 4, 5, 6, 7, 8, 11, 24, 25, 31}
+
+
+def end_process(proc: GuestProcess) -> NoReturn:
+    """End the host process as the guest process ended (from any host thread)."""
+    _ENDING.acquire()                  # never released: one thread reports the end
+    info = proc.exit or ExitInfo(status=0)
+    try:
+        proc.log.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    signo = info.signal
+    if signo is None:
+        os._exit(info.status or 0)
+    if signo in _CORE_SIGNALS:
+        import resource
+
+        try:
+            _soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+            resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+        except (OSError, ValueError):
+            pass
+        os.write(2, f"qemu: uncaught target signal {signo} "
+                    f"({signal.strsignal(signo)}) - core dumped\n".encode())
+    libc = ctypes.CDLL(None)
+    libc.signal(signo, 0)                                    # SIG_DFL, from any thread
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signo])
+    signal.pthread_kill(threading.get_ident(), signo)
+    os.kill(os.getpid(), signo)
+    os.abort()

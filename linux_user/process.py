@@ -1,11 +1,21 @@
 """Guest processes and threads.
 
 A :class:`GuestProcess` owns what Linux keeps per process: the address space
-(:class:`~pyqemu.common.memory.GuestMemory`), the program break, signal dispositions,
-the syscall table of its architecture, the options it was started with, and the
-process-wide execution lock (only one engine runs guest code at a time; phase 2
-releases it around blocking host calls). A :class:`GuestThread` owns one unicorn
-engine (one CPU) and the per-thread kernel state; syscall handlers receive it.
+(:class:`~pyqemu.common.memory.GuestMemory`), the program break, signal dispositions
+and process-directed pending signals, the syscall table of its architecture, the
+options it was started with, and the process-wide execution lock. A
+:class:`GuestThread` owns one unicorn engine (one CPU), the host thread that runs it
+and the per-thread kernel state (tid, signal mask and pending set, alternate signal
+stack, clear_child_tid); syscall handlers receive it.
+
+Threads: every guest thread runs on its own host thread, but only the holder of the
+execution lock (:class:`ExecLock`, first come first served) runs guest code. That
+keeps unicorn's per-engine exclusive monitors correct (ldrex/strex, ldxr/stxr and the
+kuser cmpxchg only ever race with themselves) and makes a syscall handler atomic
+with respect to guest code. Blocking host calls run under ``t.blocking()``, which
+lets the others run meanwhile. A watchdog host thread, started with the second guest
+thread, stops the running engine (``emu_stop``) once it has held the lock for a
+time slice while others wait; the stopped thread then queues behind them.
 """
 
 from __future__ import annotations
@@ -13,6 +23,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -57,6 +69,87 @@ def map_kuser_page(mem: GuestMemory) -> None:
 
 
 
+class ExecLock:
+    """A fair (FIFO) lock: a release hands the lock straight to the oldest waiter, so
+    a thread that yields its time slice cannot take the lock right back."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._held = False
+        self._waiters: deque[threading.Lock] = deque()
+        self.grants = 0          # counts hand-overs (the watchdog's clock)
+
+    def acquire(self) -> None:
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                self.grants += 1
+                return
+            gate = threading.Lock()
+            gate.acquire()
+            self._waiters.append(gate)
+        gate.acquire()           # released by the releasing thread: we own the lock
+
+    def release(self) -> None:
+        with self._mutex:
+            self.grants += 1
+            if self._waiters:
+                self._waiters.popleft().release()
+            else:
+                self._held = False
+
+    def locked(self) -> bool:
+        return self._held
+
+    def contended(self) -> bool:
+        """True when some thread waits for the lock."""
+        return bool(self._waiters)
+
+    def __enter__(self) -> ExecLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+#: the time slice of a guest thread while others wait for the execution lock
+TIME_SLICE = 0.01
+
+
+def _watchdog(proc: GuestProcess) -> None:
+    """Time-slice the guest threads of ``proc`` (a daemon host thread).
+
+    arm: ``emu_stop`` on the running engine. aarch64: unicorn 2.1.4 does not write
+    the PC back when ``emu_stop`` ends a chain of linked translation blocks
+    (cpu_tb_exec skips synchronize_from_tb while stop_request is set), so a resumed
+    engine would re-run instructions (measured: sha256 went wrong or crashed under
+    a 0.5 ms stop hammer). There the running thread is only asked to yield
+    (``proc.preempt``) at its next syscall, where the PC is exact.
+    """
+    lock = proc.exec_lock
+    async_stop = proc.arch.name == "arm"
+    last = -1
+    while proc.exit is None:
+        time.sleep(TIME_SLICE)
+        grants = lock.grants
+        if grants == last and (lock.contended() or proc.sig_flag):
+            running = proc.running
+            if running is not None:
+                if async_stop:
+                    running.uc.emu_stop()
+                elif lock.contended():
+                    proc.preempt = True
+                    proc.sig_flag = True
+        last = grants
+
+
+def can_stop_async(arch: ArchInfo) -> bool:
+    """Whether an engine of ``arch`` may be stopped from another host thread (see
+    :func:`_watchdog`)."""
+    return arch.name == "arm"
+
+
 @dataclass
 class ExitInfo:
     """How the process ended: an exit status, or a fatal signal."""
@@ -84,7 +177,18 @@ class GuestProcess:
     sigactions: dict[int, bytes] = field(default_factory=dict)   # raw guest struct
     threads: dict[int, GuestThread] = field(default_factory=dict)
     exit: ExitInfo | None = None
-    exec_lock: threading.Lock = field(default_factory=threading.Lock)
+    exec_lock: ExecLock = field(default_factory=ExecLock)
+    running: GuestThread | None = None      # the thread holding exec_lock, if running
+    watchdog: threading.Thread | None = None
+    #: set when any signal may be deliverable: the syscall hook tests only this
+    sig_flag: bool = False
+    preempt: bool = False                   # aarch64: yield at the next syscall
+    sig_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: process-directed pending signals: signo -> queued siginfo records (bytes)
+    sig_pending: dict[int, list[bytes]] = field(default_factory=dict)
+    done: threading.Event = field(default_factory=threading.Event)   # exit is set
+    futex_lock: threading.Lock = field(default_factory=threading.Lock)
+    futex_queues: dict[int, list[Any]] = field(default_factory=dict)
     table: SyscallTable | None = None
     unimp_logged: set[int] = field(default_factory=set)
     extra: dict[str, Any] = field(default_factory=dict)   # room for phase-2 families
@@ -94,17 +198,39 @@ class GuestProcess:
             from .syscalls import table_for
 
             self.table = table_for(self.arch.name)
+        from .sigframe import trampoline
+        from .syscalls.signals import register_process
 
-    def set_exit(self, status: int) -> None:
-        """Record the process's exit status (first one wins)."""
+        register_process(self)
+        # qemu-user maps its signal trampoline page at load time: do it now too, before
+        # the guest's own mappings can leave holes it would fill
+        trampoline(self)
+
+    def set_exit(self, status: int | None = None, signo: int | None = None) -> None:
+        """Record how the process ends (first one wins): stop every thread."""
         if self.exit is None:
-            self.exit = ExitInfo(status=status)
+            self.exit = ExitInfo(status=status, signal=signo)
+            self.stop_all()
+            self.done.set()
 
     def new_thread(self, tid: int | None = None) -> GuestThread:
         """A thread with a fresh engine attached to this address space."""
         t = GuestThread(self, tid if tid is not None else self.pid)
         self.threads[t.tid] = t
         return t
+
+    def start_watchdog(self) -> None:
+        """Start time slicing (once there are two guest threads)."""
+        if self.watchdog is None:
+            self.watchdog = threading.Thread(target=_watchdog, args=(self,),
+                                             name="pyqemu-watchdog", daemon=True)
+            self.watchdog.start()
+
+    def stop_all(self) -> None:
+        """Stop every engine and wake every interruptible wait (process exit)."""
+        for t in list(self.threads.values()):
+            t.uc.emu_stop()
+            t.kick()
 
 
 class GuestThread:
@@ -124,9 +250,17 @@ class GuestThread:
         arch = self.arch
         self.regs = FastRegs(self.uc, (arch.reg_syscall_nr, *arch.reg_args))
         self.sigmask = 0
+        self.sig_pending: dict[int, list[bytes]] = {}   # thread-directed signals
+        self.altstack = (0, 2, 0)                       # ss_sp, ss_flags (SS_DISABLE), ss_size
+        self.saved_mask: int | None = None              # sigsuspend's mask to restore
+        self.wait_event: threading.Event | None = None  # set by kick() to end a wait
+        self.go = threading.Event()                     # a new thread waits for its tid
+        self.exit_status = 0
+        self.host_thread: threading.Thread | None = None
         self.clear_child_tid = 0
         self.robust_list = (0, 0)
         self.fault: tuple[int, int] | None = None      # (unicorn intno, pc) of a CPU fault
+        self.fault_signal = 0                           # the signal a fault was mapped to
         self.stop_reason: BaseException | None = None   # exception raised inside a hook
         self.exited = False
         self.hook_handle: Any = None
@@ -151,16 +285,37 @@ class GuestThread:
 
     @contextmanager
     def blocking(self) -> Iterator[None]:
-        """Release the execution lock around a blocking host call."""
-        lock = self.process.exec_lock
-        held = lock.locked()
-        if held:
-            lock.release()
+        """Release the execution lock around a blocking host call (other guest
+        threads run meanwhile)."""
+        proc = self.process
+        if proc.running is not self:        # not inside the run loop (direct calls)
+            yield
+            return
+        lock = proc.exec_lock
+        proc.running = None
+        lock.release()
         try:
             yield
         finally:
-            if held:
-                lock.acquire()
+            lock.acquire()
+            proc.running = self
+
+    def kick(self) -> None:
+        """End this thread's interruptible wait, if it is in one (a signal came)."""
+        ev = self.wait_event
+        if ev is not None:
+            ev.set()
+
+    def deliverable(self) -> bool:
+        """True when a signal pending for this thread (or its process) is unblocked."""
+        mask = self.sigmask
+        for signo in self.sig_pending:
+            if not mask >> (signo - 1) & 1:
+                return True
+        for signo in self.process.sig_pending:
+            if not mask >> (signo - 1) & 1:
+                return True
+        return False
 
     def stop(self) -> None:
         """Stop the engine after the current instruction (from inside a hook)."""

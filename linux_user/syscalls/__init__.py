@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 Handler = Callable[..., "int | None"]
 
 #: family modules imported by :func:`table_for` (phase-2 families add themselves here)
-FAMILIES = ["files", "memory", "process", "time", "signals", "poll", "net"]
+FAMILIES = ["files", "memory", "process", "time", "signals", "poll", "net", "threads"]
 
 _REGISTRY: dict[tuple[str, str | None], Handler] = {}
 

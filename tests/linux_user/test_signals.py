@@ -1,0 +1,37 @@
+"""Signals under pyqemu-arm / pyqemu-aarch64 (issue 6, phase 2): guest handlers run
+on the real ARM / AArch64 rt signal frames, CPU faults become SIGSEGV / SIGBUS /
+SIGILL / SIGTRAP with si_addr and si_code, and an unhandled fault still ends the
+process with qemu's line. Each guest is compared with qemu-user, static and dynamic.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+ARCHES = ["arm", "aarch64"]
+LINKS = pytest.mark.parametrize("static", [True, False], ids=["static", "dynamic"])
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@LINKS
+def test_segv_recover(guest, assert_same_as_qemu, arch: str, static: bool) -> None:
+    _, ours = assert_same_as_qemu(arch, guest("segv_recover", arch, static=static))
+    assert "read unmapped page 3: SIGSEGV SEGV_MAPERR at base+12320" in ours.stdout
+    assert "loop of 100 faults, each at its own address: 100" in ours.stdout
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@LINKS
+def test_segv_die(guest, assert_same_as_qemu, arch: str, static: bool) -> None:
+    _, ours = assert_same_as_qemu(arch, guest("segv_die", arch, static=static),
+                                  compare_stderr=True)
+    assert ours.returncode == -11
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@LINKS
+def test_fpe_ill_bus_trap(guest, assert_same_as_qemu, arch: str, static: bool) -> None:
+    _, ours = assert_same_as_qemu(arch, guest("fpe_ill", arch, static=static))
+    assert "unaligned exclusive load: SIGBUS BUS_ADRALN" in ours.stdout
+    assert "raise SIGTRAP: caught SIGTRAP" in ours.stdout
+    assert ours.returncode == 0
