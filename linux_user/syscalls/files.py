@@ -90,14 +90,22 @@ def sys_read(t: GuestThread, fd: int, buf: int, count: int) -> int:
         return FD_READ_HOOKS[fd](t, fd, buf, count)
     if not count:
         return os.read(s32(fd), 0) and 0
-    return _io(t, os.readv, s32(fd), t.mem.views(buf, count, PROT_WRITE))
+    views = t.mem.views(buf, count, PROT_WRITE)
+    if len(t.process.threads) > 1:
+        with t.blocking():
+            return os.readv(s32(fd), views)
+    return os.readv(s32(fd), views)
 
 
 @syscall("write")
 def sys_write(t: GuestThread, fd: int, buf: int, count: int) -> int:
     if not count:
         return os.write(s32(fd), b"")
-    return _io(t, os.writev, s32(fd), t.mem.views(buf, count, PROT_READ))
+    views = t.mem.views(buf, count, PROT_READ)
+    if len(t.process.threads) > 1:
+        with t.blocking():
+            return os.writev(s32(fd), views)
+    return os.writev(s32(fd), views)
 
 
 @syscall("readv")
