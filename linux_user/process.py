@@ -101,6 +101,12 @@ class ExecLock:
     def locked(self) -> bool:
         return self._held
 
+    def after_fork(self) -> None:
+        """In a forked child: the forking thread (the holder) is the only one left."""
+        self._mutex = threading.Lock()
+        self._waiters.clear()
+        self._held = True
+
     def contended(self) -> bool:
         """True when some thread waits for the lock."""
         return bool(self._waiters)
@@ -225,6 +231,29 @@ class GuestProcess:
             self.watchdog = threading.Thread(target=_watchdog, args=(self,),
                                              name="pyqemu-watchdog", daemon=True)
             self.watchdog.start()
+
+    def after_fork(self, t: GuestThread) -> None:
+        """In a forked child: ``t`` is the only thread; new pid, no pending signals,
+        fresh locks, the signal watcher started again."""
+        from .syscalls.signals import start_watcher
+
+        self.pid = os.getpid()
+        self.exec_lock.after_fork()
+        self.futex_lock = threading.Lock()
+        self.sig_lock = threading.Lock()
+        self.futex_queues.clear()
+        self.sig_pending.clear()
+        self.sig_flag = False
+        self.preempt = False
+        self.watchdog = None
+        self.running = t
+        for other in list(self.threads.values()):
+            if other is not t:
+                self.mem.detach(other.uc)
+        t.tid = self.pid
+        t.sig_pending.clear()
+        self.threads = {t.tid: t}
+        start_watcher()
 
     def stop_all(self) -> None:
         """Stop every engine and wake every interruptible wait (process exit)."""

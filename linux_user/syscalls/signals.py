@@ -74,6 +74,7 @@ _STOPPING = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 _SYNC = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGTRAP, signal.SIGFPE}
 
 _PROCESS: list[GuestProcess] = []
+_SIGNALFD: list = []          # poll.signalfd_notify, when that family is loaded
 _WATCHER: list[threading.Thread] = []
 
 
@@ -85,6 +86,11 @@ def _bit(signo: int) -> int:
 def register_process(proc: GuestProcess) -> None:
     """Make ``proc`` the receiver of host signals (one guest process per host one)."""
     _PROCESS[:] = [proc]
+    try:
+        from .poll import signalfd_notify
+    except ImportError:
+        return
+    _SIGNALFD[:] = [signalfd_notify]
 
 
 def reset_host_signals() -> None:
@@ -162,6 +168,8 @@ def queue_signal(proc: GuestProcess, signo: int, info: bytes,
             return                                  # standard signals coalesce
         queue.append(info)
         proc.sig_flag = True
+    if _SIGNALFD:
+        _SIGNALFD[0](proc)
     for t in threads:
         if not t.sigmask & _bit(signo):
             t.kick()

@@ -35,3 +35,14 @@ def test_fpe_ill_bus_trap(guest, assert_same_as_qemu, arch: str, static: bool) -
     assert "unaligned exclusive load: SIGBUS BUS_ADRALN" in ours.stdout
     assert "raise SIGTRAP: caught SIGTRAP" in ours.stdout
     assert ours.returncode == 0
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@LINKS
+def test_signals_guest(guest, assert_same_as_qemu, arch: str, static: bool) -> None:
+    """sigaction/raise/kill/sigqueue/tgkill, masks and pending, sigtimedwait, SIG_IGN,
+    nested handlers, sigaltstack, setitimer/alarm SIGALRM, SIGCHLD from a forked child."""
+    _, ours = assert_same_as_qemu(arch, guest("signals", arch, static=static))
+    assert "SA_ONSTACK handler ran: 1 on the alternate stack: 1" in ours.stdout
+    assert "SIGCHLD: count=1 code=CLD_EXITED status=6" in ours.stdout
+    assert ours.returncode == 0
