@@ -1,5 +1,6 @@
-"""qcow2's full disk encryption (QEMU's block/qcow2.c: qcow2_update_options_prepare,
-qcow2_set_up_encryption, the crypto header read/init/write functions).
+"""qcow2's encryption (QEMU's block/qcow2.c: qcow2_update_options_prepare,
+qcow2_set_up_encryption, the crypto header read/init/write functions;
+crypto/block-qcow.c for the legacy AES method).
 
 A qcow2 image with ``crypt_method = 2`` keeps a LUKS header in clusters named
 by the "full disk encryption header" extension (offset and length, spec
@@ -7,9 +8,16 @@ section "Full disk encryption header pointer"). Guest data clusters hold the
 LUKS payload: each 512-byte sector is encrypted with the IV of its *host*
 sector number (QEMU's ``crypt_physical_offset``).
 
+``crypt_method = 1`` is the legacy AES method (``encrypt.format=aes`` /
+``encryption=on``, which qemu-img 7.2 still creates, reads and writes; only
+the system emulators refuse it): no header at all, the key is the passphrase
+cut or zero-padded to 16 bytes, AES-128-CBC per 512-byte sector with the
+plain64 IV of the *guest* sector number.
+
 The qcow2 driver calls in here through small hooks: :func:`open_crypto` on
 open, :func:`parse_create_options` and :func:`set_up_encryption` on create,
-:func:`info` for ``qemu-img info``.
+:func:`info` for ``qemu-img info``; ``Crypto.encrypt/decrypt`` with the host
+and the guest offset of whole sectors.
 """
 
 from __future__ import annotations
@@ -48,18 +56,42 @@ class Crypto:
         self.region = region
         #: the encrypt.key-secret the image was opened with
         self.secret_id = secret_id
+        #: the legacy AES method's cipher (LUKS: the volume's)
+        self.aes: Any = None
 
     @property
     def cipher(self) -> Any:
+        if self.aes is not None:
+            return self.aes
         if self.volume is None or self.volume.cipher is None:
             raise BlockError(self.missing or "Image is encrypted", errno.EACCES)
         return self.volume.cipher
 
-    def encrypt(self, host_offset: int, data: Any) -> bytes:
-        return self.cipher.encrypt(host_offset, data)
+    def _offset(self, host_offset: int, guest_offset: int | None) -> int:
+        """The offset whose sector numbers are the IVs: host for LUKS, guest for AES."""
+        if self.method == CRYPT_LUKS:
+            return host_offset
+        assert guest_offset is not None, "AES-encrypted qcow2 needs the guest offset"
+        return guest_offset
 
-    def decrypt(self, host_offset: int, data: Any) -> bytes:
-        return self.cipher.decrypt(host_offset, data)
+    def encrypt(
+        self, host_offset: int, data: Any, guest_offset: int | None = None
+    ) -> bytes | bytearray:
+        return self.cipher.encrypt(self._offset(host_offset, guest_offset), data)
+
+    def decrypt(
+        self, host_offset: int, data: Any, guest_offset: int | None = None
+    ) -> bytes | bytearray:
+        return self.cipher.decrypt(self._offset(host_offset, guest_offset), data)
+
+
+def aes_cipher(password: bytes) -> Any:
+    """The legacy method's cipher (qcrypto_block_qcow_init): AES-128-CBC, plain64
+    IVs, keyed with the passphrase's first 16 bytes, zero-padded."""
+    from . import luks
+
+    key = password.split(b"\0", 1)[0][:16].ljust(16, b"\0")
+    return luks.SectorCipher(luks.Params("aes-128", "cbc", "plain64", None, "sha256"), key)
 
 
 def _read_ext_region(file: Any, ext_data: bytes) -> tuple[int, int]:
@@ -85,11 +117,15 @@ def open_crypto(drv: Any, options: dict[str, Any], read_only: bool) -> Crypto:
 
     no_io = str(options.get(NO_IO_OPTION, "off")) == "on" or METADATA_ONLY.get()
     if method == CRYPT_AES:
-        if no_io:
-            return Crypto(method, None, "qcow2 legacy AES encryption is not supported by pyqemu")
-        raise UnsupportedFeature(
-            "qcow2 legacy AES encryption (crypt_method 1) is not supported by pyqemu"
-        )
+        secret_id = options.get("encrypt.key-secret")
+        if secret_id in (None, ""):
+            missing = "Parameter 'encrypt.key-secret' is required for cipher"
+            if not no_io:
+                raise BlockError(missing, errno.EINVAL)
+            return Crypto(method, None, missing)
+        crypto = Crypto(method, None, None, None, str(secret_id))
+        crypto.aes = aes_cipher(secret_utf8(str(secret_id)))
+        return crypto
     from ..qcow2.layout import Ext
     from . import luks
 
@@ -126,8 +162,10 @@ def parse_create_options(options: dict[str, Any]) -> dict[str, Any] | None:
     )
     fmt = enc.pop("format", None)
     if legacy:
-        if fmt not in (None, "", "aes"):
-            raise BlockError("Options " + "'encryption' and 'encrypt.format' are incompatible")
+        if fmt not in (None, ""):
+            raise BlockError(
+                "'encrypt.format' and its alias 'encryption' can't be used at the same time"
+            )
         fmt = "aes"
     if fmt in (None, ""):
         if enc:
@@ -135,10 +173,14 @@ def parse_create_options(options: dict[str, Any]) -> dict[str, Any] | None:
         return None
     if fmt not in ("aes", "luks"):
         raise BlockError(f"Parameter 'format' does not accept value '{fmt}'")
-    if fmt == "aes":
-        raise UnsupportedFeature(
-            "qcow2 legacy AES encryption is not supported by pyqemu (use encrypt.format=luks)"
-        )
+    if fmt == "aes":  # QCryptoBlockOptionsQCow: the key secret only
+        for key in enc:
+            if key != "key-secret":
+                raise BlockError(f"Parameter 'encrypt.{key}' is unexpected")
+        secret_id = enc.get("key-secret")
+        if secret_id in (None, ""):
+            raise BlockError("Parameter 'encrypt.key-secret' is required for cipher")
+        return {"format": "aes", "password": secret_utf8(str(secret_id))}
     for key in enc:
         if key not in (
             "key-secret",
@@ -165,7 +207,7 @@ def parse_create_options(options: dict[str, Any]) -> dict[str, Any] | None:
     if secret_id in (None, ""):
         raise BlockError("Parameter 'encrypt.key-secret' is required for cipher")
     password = secret_utf8(str(secret_id))
-    return {"params": params, "password": password, "iter_time": iter_time}
+    return {"format": "luks", "params": params, "password": password, "iter_time": iter_time}
 
 
 def measure_header_size(options: dict[str, Any], cluster_size: int) -> int:
@@ -201,6 +243,12 @@ def set_up_encryption(drv: Any, spec: dict[str, Any]) -> None:
     from ..qcow2.layout import Ext
     from . import luks
 
+    if spec["format"] == "aes":
+        drv.header.crypt_method = CRYPT_AES
+        drv._write_header()
+        drv.crypto = Crypto(CRYPT_AES, None, None)
+        drv.crypto.aes = aes_cipher(spec["password"])
+        return
     volume, area = luks.Volume.create(spec["params"], spec["password"], spec["iter_time"])
     cs = drv.cs
     length = len(area)

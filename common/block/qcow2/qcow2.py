@@ -758,7 +758,7 @@ class Qcow2(BlockDriver):
                     else:
                         view[:] = file.read(run.host, run.length)
                     if self.crypto is not None:
-                        view[:] = self.crypto.decrypt(run.host, view)
+                        view[:] = self.crypto.decrypt(run.host, view, run.start)
                 elif kind in (UNALLOC, UNALLOC_ALLOC):
                     if self.backing is None:
                         view[:] = _zeros(run.length)
@@ -951,7 +951,7 @@ class Qcow2(BlockDriver):
                 news[k] = host + (k - i) * cs
             i = j
         # data, coalesced into as few writes as possible
-        segments: list[tuple[int, list[Any]]] = []
+        segments: list[tuple[int, list[Any], int]] = []
         seg_end = -1
         for k, p in enumerate(plan):
             idx, s, e, ws, we, reuse = p[0], p[1], p[2], p[3], p[4], p[5]
@@ -979,15 +979,15 @@ class Qcow2(BlockDriver):
                     parts = parts[1:]
                 prev.extend(parts)
             else:
-                segments.append((host, parts))
+                segments.append((host, parts, cstart + ws))
             seg_end = host + (we - ws)
         assert self.file is not None
-        for host, parts in segments:
+        for host, parts, guest in segments:
             self.file.debug_event("write_aio")
             bufs = [data[p[0] : p[1]] if type(p) is tuple else p for p in parts]
             buf = bufs[0] if len(bufs) == 1 else b"".join(bufs)
             if self.crypto is not None:
-                buf = self.crypto.encrypt(host, buf)
+                buf = self.crypto.encrypt(host, buf, guest)
             self.file.write(host, buf)
         # L2 updates; a cluster rewritten in place leaves its table clean, as in
         # QEMU (no L2 write at the next flush)
@@ -1170,7 +1170,7 @@ class Qcow2(BlockDriver):
                 file.debug_event("write_aio")
                 chunk = mv[pos - offset : pos - offset + n]
                 if self.crypto is not None:
-                    chunk = memoryview(self.crypto.encrypt(host, chunk))
+                    chunk = memoryview(self.crypto.encrypt(host, chunk, pos))
                 file.write(host, chunk)
         except BaseException:
             self.cancel_write(extents)

@@ -285,7 +285,7 @@ def test_qcow2_open_errors(tmp_path: Path) -> None:
         ({**ENC, "encrypt.cipher-alg": "foo"}, "Parameter 'cipher-alg' does not accept value"),
         ({**ENC, "encrypt.iter-time": "abc"}, "Parameter 'encrypt.iter-time' expects a number"),
         ({"encrypt.format": "foo"}, "Parameter 'format' does not accept value 'foo'"),
-        ({"encryption": "on"}, "legacy AES encryption is not supported by pyqemu"),
+        ({"encryption": "on"}, "Parameter 'encrypt.key-secret' is required for cipher"),
     ],
 )
 def test_create_option_errors(tmp_path: Path, options: dict[str, str], message: str) -> None:
