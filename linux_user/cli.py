@@ -26,8 +26,10 @@ with a literal ``qemu:`` keep it. The default ``-L`` prefix is Debian's
 ``/etc/qemu-binfmt/<arch>``.
 
 Not supported yet (parsed, then refused with a clear message): ``-g`` (gdbstub) and
-``-plugin``. ``-dfilter`` and ``-trace`` are accepted and have no effect (pyqemu has no
-TCG trace events); ``-p``, ``-B`` and ``-R`` are parsed and checked as qemu does.
+``-plugin``. ``-dfilter`` ranges are parsed and checked as qemu does
+(:attr:`UserOptions.dfilter_ranges`); ``-trace`` and ``-d trace:PATTERN`` are checked as
+qemu does and give its "trace event does not exist" warnings, since pyqemu has no trace
+events; ``-p``, ``-B`` and ``-R`` are parsed and checked as qemu does.
 """
 
 from __future__ import annotations
@@ -140,6 +142,7 @@ class UserOptions:
     argv0: str | None = None
     gdb: str | None = None
     dfilter: str | None = None
+    dfilter_ranges: list[tuple[int, int]] = field(default_factory=list)  # inclusive
     trace: list[str] = field(default_factory=list)
     trace_patterns: list[str] = field(default_factory=list)   # -d trace:PATTERN
 
@@ -257,6 +260,7 @@ class _Parser:
         self.argv0: str | None = None
         self.gdb: str | None = None
         self.dfilter: str | None = None
+        self.dfilter_ranges: list[tuple[int, int]] = []
         self.trace: list[str] = []
         self.plugin: str | None = None
         # qemu's envlist: newest first
@@ -447,8 +451,7 @@ class _Parser:
                 items |= _LOG_NAMES
             elif word.startswith("trace:"):
                 pattern = word[len("trace:"):]
-                if pattern == "help":
-                    raise _Exit(0)          # pyqemu has no trace events to list
+                self.trace_event(pattern, f"{self.prog}: ")
                 patterns.append(pattern)
             elif word in _LOG_NAMES:
                 items.add(word)
@@ -462,7 +465,33 @@ class _Parser:
         self.trace_patterns = patterns
 
     def h_dfilter(self, arg: str | None) -> None:
+        """qemu_set_dfilter_ranges: ``a+len``, ``a-len`` or ``a..b``, comma separated."""
         self.dfilter = arg
+        ranges = []
+        for spec in (arg or "").split(","):
+            for op in ("-", "+", ".."):
+                at = spec.find(op)
+                if at >= 0:
+                    break
+            else:
+                self.fail(f"{self.prog}: Bad range specifier")
+            left, right = spec[:at], spec[at + len(op):]
+            lo, rest, overflow = _strto(left)
+            if rest == left or rest or overflow:
+                self.fail(f"{self.prog}: Invalid number to the left of {op}")
+            value, rest, overflow = _strto(right)
+            if rest == right or rest or overflow:
+                self.fail(f"{self.prog}: Invalid number to the right of {op}")
+            if op == "+":
+                lo, hi = lo, lo + value - 1
+            elif op == "-":
+                lo, hi = (lo - value) & ULONG_MASK, lo - 1
+            else:
+                hi = value
+            if hi < lo:
+                self.fail(f"{self.prog}: Invalid range")
+            ranges.append((lo, hi))
+        self.dfilter_ranges = ranges
 
     def h_log_file(self, arg: str | None) -> None:
         self.log_file = arg
@@ -483,7 +512,38 @@ class _Parser:
         self.seed_text = arg
 
     def h_trace(self, arg: str | None) -> None:
+        """``[[enable=]<pattern>][,events=<file>][,file=<file>]``: pyqemu has no trace
+        events, so a pattern without ``*`` gets qemu's "does not exist" warning."""
         self.trace.append(arg or "")
+        enable = events = None
+        for part in (arg or "").split(","):
+            key, eq, value = part.partition("=")
+            if not eq:
+                key, value = "enable", part
+            if key == "enable":
+                enable = value
+            elif key == "events":
+                events = value
+            elif key != "file":
+                self.fail(f"{self.prog}: Invalid parameter '{key}'")
+        if enable:
+            self.trace_event(enable, f"{self.prog}: ")
+        if events is not None:
+            try:
+                with open(events, encoding="utf-8", errors="replace") as f:
+                    lines = f.read().splitlines()
+            except OSError as e:
+                self.fail(f"{self.prog}:{events}: {os.strerror(e.errno or 2)}")
+            for number, line in enumerate(lines, 1):
+                name = line.strip()
+                if name and not name.startswith("#"):
+                    self.trace_event(name.lstrip("-"), f"{self.prog}:{events}:{number}: ")
+
+    def trace_event(self, pattern: str, where: str) -> None:
+        if pattern == "help":
+            raise _Exit(0)              # the (empty) list of trace events
+        if pattern and "*" not in pattern:
+            self.err.write(f"{where}warning: trace event '{pattern}' does not exist\n")
 
     def h_plugin(self, arg: str | None) -> None:
         self.plugin = arg
@@ -575,7 +635,8 @@ def parse_command_line(arch: str, argv: list[str], environ: Mapping[str, str], *
         strace=parser.strace, seed=_seed(parser), singlestep=parser.singlestep,
         uname_release=parser.uname, reserved_va=parser.reserved_va,
         guest_base=parser.guest_base, page_size=parser.page_size, argv0=parser.argv0,
-        gdb=parser.gdb, dfilter=parser.dfilter, trace=list(parser.trace),
+        gdb=parser.gdb, dfilter=parser.dfilter, dfilter_ranges=list(parser.dfilter_ranges),
+        trace=list(parser.trace),
         trace_patterns=list(parser.trace_patterns))
 
 

@@ -103,6 +103,10 @@ ERRORS = [
     ["-d", "IN_ASM"], ["-cpu", "bogus", "PROG"], ["-seed", "x", "PROG"],
     ["-seed", "-1", "PROG"], ["-d", "tid", "PROG"], ["-d", "all", "PROG"],
     ["-B", "0x1001", "PROG"], ["-hx"], ["---h"],
+    ["-dfilter", "0x1000", "PROG"], ["-dfilter", "0x1000+0", "PROG"], ["-dfilter", "x+1", "PROG"],
+    ["-dfilter", "1+2+3", "PROG"], ["-dfilter", "0x10..0x5", "PROG"], ["-dfilter", "5-10", "PROG"],
+    ["-dfilter", "1+2,", "PROG"], ["-dfilter", "1..2..3", "PROG"], ["-trace", "bar=1", "PROG"],
+    ["-trace", "events=/nonexistent", "PROG"],
 ]
 
 
@@ -133,6 +137,20 @@ def test_accepted_options_run_the_program(program: dict[str, Path], arch: str) -
         ours = run("pyqemu", arch, cmd, env)
         assert ref[0] == ours[0] == 0, (cmd, ref, ours)
         assert ours[1] == ref[1]
+
+
+def test_trace_and_dfilter_accepted(program: dict[str, Path], tmp_path: Path) -> None:
+    """pyqemu has no trace events: qemu's warnings for names that are not patterns."""
+    events = tmp_path / "events"
+    events.write_text("zzz\n# comment\n\nyy*\n-off\n")
+    prog = str(program["arm"])
+    for args in (["-trace", "foo"], ["-trace", "foo*"], ["-trace", f"foo,events={events},file=x"],
+                 ["-trace", "enable=a,enable=b", "-d", "trace:c*,trace:d"],
+                 ["-dfilter", "0x1000+0x10,0x2000..0x3000, 0x10-0x8"]):
+        status, _out, _err = compare("arm", args + [prog])
+        assert status == 0
+    opts = parse_command_line("arm", ["-dfilter", "0x1000+0x10,0x2000..0x3000,0x10-0x8", "p"], {})
+    assert opts.dfilter_ranges == [(0x1000, 0x100F), (0x2000, 0x3000), (0x8, 0xF)]
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +224,7 @@ words = st.one_of(
     st.sampled_from(["-h", "-L", "-s", "-cpu", "-E", "-U", "-0", "-r", "-B", "-R", "-d", "-D",
                      "-p", "-seed", "-g", "-strace", "-singlestep", "-version", "--", "-",
                      "help", "?", "0", "1M", "0x10", "in_asm", "A=1", "-trace", "-plugin",
-                     "-dfilter", "prog"]),
+                     "-dfilter", "1+2", "prog", "enable=x", "trace:y"]),
     st.text(max_size=6))
 
 
