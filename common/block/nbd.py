@@ -21,8 +21,11 @@ NBD_OPT_EXPORT_NAME instead. Block status comes from ``base:allocation``
 alignment (unaligned requests are widened, writes read-modify-write); requests
 longer than the maximum block size are split.
 
-Thread safety: one lock serialises each request with its replies, so the block
-layer may call from several threads (convert's workers).
+Thread safety: the block layer may call from several threads (convert's
+workers) and their requests are in flight together: each caller sends its
+request, then waits; one waiting caller at a time reads the socket and hands
+each reply to the caller of its cookie (no thread of its own: with a single
+caller, it reads its own reply as before). Over TLS one request at a time.
 
 TLS: ``tls-creds=ID`` names a ``tls-creds-x509`` or ``tls-creds-psk`` object
 (``--object``, :mod:`pyqemu.common.objects`); the client sends NBD_OPT_STARTTLS
@@ -365,13 +368,45 @@ def _io_error(detail: str = "") -> BlockError:
     return BlockError(strerror(errno.EIO), errno.EIO)
 
 
+class _Waiter:
+    """A request in flight: where its reply goes, and how it ended."""
+
+    __slots__ = ("offset", "length", "into", "status", "error", "done")
+
+    def __init__(self, offset: int, length: int, into: memoryview | None) -> None:
+        self.offset = offset
+        self.length = length
+        self.into = into
+        self.status: list[StructuredChunk] = []
+        self.error = 0
+        self.done = False
+
+
 class NBDClient:
-    """One negotiated NBD connection; :meth:`request` is thread-safe."""
+    """One negotiated NBD connection; :meth:`request` is thread-safe and
+    lets several callers' requests be in flight at once."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock: socket.socket = sock
         self.conn = ClientConnection()
+        #: guards the engine, the waiter table and the reader role
         self.lock = threading.Lock()
+        self.cv = threading.Condition(self.lock)
+        #: serialises writes to the socket (a request's bytes go out whole)
+        self.send_lock = threading.Lock()
+        #: requests in flight by cookie, each with where its reply goes
+        self.waiters: dict[int, _Waiter] = {}
+        #: one of the waiting callers reads the socket and hands replies out
+        self.reading = False
+        #: several requests in flight over a plain socket; one at a time over
+        #: TLS (an SSL object must not read and write from two threads at once)
+        self.pipelined = True
+        #: READs of more than RECV_SIZE in flight: while there are, the reader
+        #: receives headers exactly, so each payload lands in one buffer of its
+        #: own (else the engine joins a partial first piece and the rest: a copy)
+        self.big_reads = 0
+        #: the most requests that were in flight at once (for tests and traces)
+        self.peak_in_flight = 0
         self.size = 0
         self.flags = TransmissionFlag.NONE
         self.min_block = 1
@@ -513,6 +548,7 @@ class NBDClient:
             raise NBDConnectError("Unexpected data after STARTTLS reply", errno.EINVAL)
         try:
             self.sock = client_handshake(self.sock, tls, hostname)
+            self.pipelined = False
         except TLSError as exc:
             self.dead = True
             raise NBDConnectError(exc.message, errno.EINVAL) from None
@@ -584,35 +620,175 @@ class NBDClient:
     ) -> list[StructuredChunk]:
         """Send one command and wait for its whole reply; READ data lands in
         ``into``; BLOCK_STATUS chunks are returned. Server errors become
-        BlockError with the errno."""
+        BlockError with the errno. Thread-safe: callers' requests are in
+        flight together, one waiting caller at a time reads the socket and
+        hands each reply to its caller (by cookie)."""
+        if not self.pipelined:
+            with self.lock:
+                return self._request_alone(cmd, offset, length, flags, data, into)
+        w = _Waiter(offset, length, into)
+        big = cmd == Cmd.READ and length > RECV_SIZE
         with self.lock:
             if self.dead:
                 raise _io_error()
             self._cookie += 1
             cookie = self._cookie
-            self._send(Request(cmd, cookie, offset, length, flags, data))
-            status: list[StructuredChunk] = []
-            error = 0
-            for _ in range(1 << 32):
-                reply = self._event()
-                if isinstance(reply, Closed):
-                    self.dead = True
+            self.big_reads += big
+            try:
+                parts = self.conn.send_parts(Request(cmd, cookie, offset, length, flags, data))
+            except NBDError:
+                self._fail()
+                raise _io_error() from None
+            self.waiters[cookie] = w
+            self.peak_in_flight = max(self.peak_in_flight, len(self.waiters))
+        try:
+            with self.send_lock:
+                if len(parts) == 1:
+                    self.sock.sendall(parts[0])
+                else:
+                    for part in parts:
+                        self.sock.sendall(part)
+        except OSError:
+            with self.lock:
+                self._fail()
+            raise _io_error() from None
+        try:
+            self._wait(w)
+        finally:
+            if big:
+                with self.lock:
+                    self.big_reads -= 1
+        if w.error:
+            code = _ERRNO.get(w.error, errno.EINVAL)
+            raise BlockError(strerror(code), code)
+        return w.status
+
+    def _fail(self) -> None:
+        """The connection is broken: every waiter gives up (under the lock)."""
+        self.dead = True
+        self.cv.notify_all()
+
+    def _wait(self, w: _Waiter) -> None:
+        """Until ``w`` is answered: wait, or be the reader while nobody is."""
+        with self.lock:
+            for _ in iter(int, 1):  # until answered, or the reader role is ours
+                if w.done:
+                    return
+                if self.dead:
                     raise _io_error()
-                if reply.cookie != cookie:
-                    self.dead = True
+                if not self.reading:
+                    self.reading = True
+                    break
+                self.cv.wait()
+        try:
+            while not w.done:
+                self._dispatch(self._next_reply())
+        except BlockError:
+            with self.lock:
+                self._fail()
+            raise
+        finally:
+            with self.lock:
+                self.reading = False
+                self.cv.notify_all()  # another waiter takes over the reading
+
+    def _next_reply(self) -> Any:
+        """The next reply, reading the socket outside the lock (only the
+        reader reads; the engine is touched under the lock)."""
+        conn = self.conn
+        for _ in range(1 << 40):  # bounded by the socket: each pass reads or returns
+            with self.lock:
+                if self.dead:
                     raise _io_error()
-                if isinstance(reply, SimpleReply):
-                    error = int(reply.error)
-                    if not error and into is not None and reply.data is not None:
-                        into[:] = reply.data
-                    break
-                error = error or self._chunk(reply, offset, length, into, status)
-                if reply.done:
-                    break
-            if error:
-                code = _ERRNO.get(error, errno.EINVAL)
-                raise BlockError(strerror(code), code)
-            return status
+                try:
+                    event = conn.next_event()
+                except NBDError:
+                    raise _io_error() from None
+                want = conn.bytes_wanted
+                exact = self.big_reads > 0
+            if event is not NEED_DATA:
+                return event
+            try:
+                if want > RECV_SIZE:
+                    buf = bytearray(want)
+                    view = memoryview(buf)
+                    got = 0
+                    while got < want:
+                        n = self.sock.recv_into(view[got:])
+                        if n == 0:
+                            break
+                        got += n
+                    with self.lock:
+                        conn.receive_data(buf[:got] if got < want else buf)
+                        if got < want:
+                            conn.receive_data(b"")
+                else:
+                    data = self.sock.recv(want if exact else RECV_SIZE)
+                    with self.lock:
+                        conn.receive_data(data)
+            except OSError:
+                raise _io_error() from None
+        raise _io_error()
+
+    def _dispatch(self, reply: Any) -> None:
+        """Give ``reply`` to the caller waiting for its cookie."""
+        if isinstance(reply, Closed):
+            raise _io_error()
+        with self.lock:
+            w = self.waiters.get(reply.cookie)
+        if w is None:
+            raise _io_error()  # the engine knew the cookie: a bug, not the server
+        if isinstance(reply, SimpleReply):
+            w.error = int(reply.error)
+            if not w.error and w.into is not None and reply.data is not None:
+                w.into[:] = reply.data
+            done = True
+        else:
+            w.error = w.error or self._chunk(reply, w.offset, w.length, w.into, w.status)
+            done = reply.done
+        if done:
+            with self.lock:
+                del self.waiters[reply.cookie]
+                w.done = True
+                self.cv.notify_all()
+
+    def _request_alone(
+        self,
+        cmd: Cmd,
+        offset: int,
+        length: int,
+        flags: CmdFlag,
+        data: Any,
+        into: memoryview | None,
+    ) -> list[StructuredChunk]:
+        """One request and its whole reply, under the caller's lock (TLS)."""
+        if self.dead:
+            raise _io_error()
+        self._cookie += 1
+        cookie = self._cookie
+        self._send(Request(cmd, cookie, offset, length, flags, data))
+        status: list[StructuredChunk] = []
+        error = 0
+        for _ in range(1 << 32):
+            reply = self._event()
+            if isinstance(reply, Closed):
+                self.dead = True
+                raise _io_error()
+            if reply.cookie != cookie:
+                self.dead = True
+                raise _io_error()
+            if isinstance(reply, SimpleReply):
+                error = int(reply.error)
+                if not error and into is not None and reply.data is not None:
+                    into[:] = reply.data
+                break
+            error = error or self._chunk(reply, offset, length, into, status)
+            if reply.done:
+                break
+        if error:
+            code = _ERRNO.get(error, errno.EINVAL)
+            raise BlockError(strerror(code), code)
+        return status
 
     def _chunk(
         self,
@@ -644,7 +820,7 @@ class NBDClient:
 
     def disconnect(self) -> None:
         """NBD_CMD_DISC and close the socket."""
-        with self.lock:
+        with self.send_lock, self.lock:
             if not self.dead:
                 try:
                     self._send(Request(Cmd.DISC, 0))
