@@ -84,6 +84,10 @@ class Crypto:
     ) -> bytes | bytearray:
         return self.cipher.decrypt(self._offset(host_offset, guest_offset), data)
 
+    def decrypt_into(self, host_offset: int, buf: Any, guest_offset: int | None = None) -> None:
+        """Decrypt the writable buffer ``buf`` in place (whole sectors)."""
+        self.cipher.decrypt_into(self._offset(host_offset, guest_offset), buf)
+
 
 def aes_cipher(password: bytes) -> Any:
     """The legacy method's cipher (qcrypto_block_qcow_init): AES-128-CBC, plain64

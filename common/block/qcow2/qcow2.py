@@ -758,7 +758,7 @@ class Qcow2(BlockDriver):
                     else:
                         view[:] = file.read(run.host, run.length)
                     if self.crypto is not None:
-                        view[:] = self.crypto.decrypt(run.host, view, run.start)
+                        self.crypto.decrypt_into(run.host, view, run.start)
                 elif kind in (UNALLOC, UNALLOC_ALLOC):
                     if self.backing is None:
                         view[:] = _zeros(run.length)
