@@ -213,6 +213,15 @@ PROGRAMS: dict[str, Spec] = {
         notes="each blocked thread must release the CPU; the signalfd one needs the "
         "signal family to call poll.signalfd_notify() when it queues a blocked signal",
     ),
+    "io_layouts": Spec(
+        stdout=(
+            "sizeof struct epoll_event 16",
+            {"arm": "sizeof struct msghdr 28", "aarch64": "sizeof struct msghdr 56"},
+            {"arm": "sizeof struct cmsghdr 12", "aarch64": "sizeof struct cmsghdr 16"},
+            "sizeof struct flock64 32",
+        ),
+        notes="sizes and constants for tests/linux_user/test_io_layouts.py",
+    ),
     "signalfd": Spec(
         stdout=(
             "signalfd: signo=12 pid-ok=1 code=-6",
