@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ..memory import AddressSpace
     from .elf import LoadInfo
 
-__all__ = ["AT", "InitialStack", "build_initial_stack", "read_initial_stack"]
+__all__ = ["AT", "InitialStack", "build_initial_stack", "page_summary", "read_initial_stack"]
 
 #: auxiliary vector tags (include/uapi/linux/auxvec.h, elf.h)
 AT = {
@@ -195,3 +195,18 @@ def read_initial_stack(mem: AddressSpace, arch: ArchInfo, sp: int) -> InitialSta
     return InitialStack(sp, argc, [_cstring(mem, a) for a in argv_addrs],
                         [_cstring(mem, a) for a in envp_addrs], argv_addrs, envp_addrs,
                         auxv_addr, auxv)
+
+
+def page_summary(info: LoadInfo, arch: ArchInfo, sp: int, argc: int, envc: int) -> list[str]:
+    """The lines qemu-user's ``-d page`` prints after the page dump (start_brk ...
+    auxv_start), in its format: 8 hex digits for a 32-bit guest, 16 for 64-bit.
+    ``brk`` there is the unaligned end of the bss and ``entry`` where execution starts."""
+    word = arch.word_size
+    argv = sp + word
+    envp = argv + (argc + 1) * word
+    auxv = envp + (envc + 1) * word
+    rows = [("start_brk", 0), ("end_code", info.end_code), ("start_code", info.start_code),
+            ("start_data", info.start_data), ("end_data", info.end_data),
+            ("start_stack", sp), ("brk", info.end_bss or info.brk), ("entry", info.entry),
+            ("argv_start", argv), ("env_start", envp), ("auxv_start", auxv)]
+    return [f"{name:<12}0x{value:0{2 * word}x}" for name, value in rows]

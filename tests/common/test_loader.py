@@ -22,10 +22,15 @@ from pyqemu.common.loader.elf import (
     prefixed_path,
     read_elf_header,
 )
-from pyqemu.common.loader.stack import AT, build_initial_stack, read_initial_stack
+from pyqemu.common.loader.stack import (
+    AT,
+    build_initial_stack,
+    page_summary,
+    read_initial_stack,
+)
 from pyqemu.common.memory import PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE, GuestMemory
 
-from tests.guests.run import run_guest
+from tests.guests.run import run_guest, tool_path
 
 TRIPLET = {"arm": "arm-linux-gnueabihf", "aarch64": "aarch64-linux-gnu"}
 PAGE = 4096
@@ -308,3 +313,47 @@ def test_stack_matches_qemu(tmp_path: Path, arch_name: str, flags: list[str]) ->
     assert ours.stdout.replace(" v7l\n", " v8l\n") == ref.stdout, \
         f"{ref.describe()}\n{ours.describe()}"
     assert ours.returncode == 0
+
+
+@pytest.mark.parametrize("arch_name,flags", [("arm", ["-static"]), ("arm", ["-no-pie"]),
+                                             ("aarch64", ["-static"]), ("arm", ["-pie", "-fPIE"])])
+def test_load_info_equals_qemu_page_log(programs, memory, arch_name: str, flags: list[str]) -> None:
+    """qemu's own ``-d page`` numbers for the program (code/data bounds, end of bss,
+    entry of a static program) equal LoadInfo's, after the load bias."""
+    path = programs[(arch_name, " ".join(flags))]
+    proc = subprocess.run([tool_path("qemu", arch_name), "-d", "page", "-L",
+                           f"/usr/{TRIPLET[arch_name]}", str(path)],
+                          capture_output=True, env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    qemu = {}
+    for line in proc.stderr.decode().splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("end_code", "start_code", "start_data", "end_data", "brk", "entry",
+                    "start_stack", "argv_start", "env_start", "auxv_start", "start_brk"):
+            qemu[name] = int(value.strip(), 16)
+    arch = get_arch(arch_name)
+    info = load_program(memory(arch_name), str(path), arch, ld_prefix=f"/usr/{TRIPLET[arch_name]}")
+    with open(path, "rb") as f:
+        qemu_bias = qemu["start_code"] - min(
+            s["p_vaddr"] for s in ELFFile(f).iter_segments()
+            if s["p_type"] == "PT_LOAD" and s["p_flags"] & 1)
+    shift = info.load_bias - qemu_bias
+    for name, ours in (("end_code", info.end_code), ("start_code", info.start_code),
+                       ("start_data", info.start_data), ("end_data", info.end_data),
+                       ("brk", info.end_bss)):
+        assert ours == qemu[name] + shift, name
+    if info.interp_path is None:
+        assert info.entry == qemu["entry"] + shift
+    # the summary lines are qemu's, given qemu's stack pointer and the stack's shape
+    sp = qemu["start_stack"]
+    argc = 1
+    envc = (qemu["auxv_start"] - qemu["env_start"]) // arch.word_size - 1
+    lines = page_summary(info, arch, sp, argc, envc)
+    qemu_lines = [line for line in proc.stderr.decode().splitlines()
+                  if line.split(" ")[0] in ("start_brk", "start_stack", "argv_start",
+                                            "env_start", "auxv_start")]
+    assert [line for line in lines if line.split(" ")[0] in
+            ("start_brk", "start_stack", "argv_start", "env_start", "auxv_start")] == qemu_lines
+    if shift == 0 and info.interp_path is None:
+        assert lines == [line for line in proc.stderr.decode().splitlines()
+                         if line.split(" ")[0] in qemu]
