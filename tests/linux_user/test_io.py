@@ -47,3 +47,20 @@ def test_files_and_directories(guest, assert_same_as_qemu, arch: str, static: bo
                                tmp_path) -> None:
     out = _check(guest, assert_same_as_qemu, "files", arch, static, cwd=tmp_path)
     assert "failures: 0" in out
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@LINKS
+def test_signalfd(guest, assert_same_as_qemu, arch: str, static: bool) -> None:
+    out = _check(guest, assert_same_as_qemu, "signalfd", arch, static)
+    assert "first: signo=12 code=-6 int=0; second: signo=10" in out
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@LINKS
+def test_blocking_io_does_not_stall_other_threads(guest, assert_same_as_qemu, arch: str,
+                                                  static: bool) -> None:
+    # read, poll(-1), epoll_wait(-1), accept+recv and a signalfd poll block in five
+    # threads; the main thread can only feed them if none of them holds the CPU
+    out = _check(guest, assert_same_as_qemu, "io_threads", arch, static, timeout=60)
+    assert "failures: 0" in out
