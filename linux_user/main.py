@@ -29,9 +29,9 @@ def _prog() -> str:
 def _guest_random(seed: int | None) -> bytes:
     if seed is None:
         return os.urandom(16)
-    import random
+    from .log import seeded_random  # qemu's own sequence for -seed
 
-    return random.Random(seed).randbytes(16)
+    return seeded_random(seed)
 
 
 def start(opts: UserOptions) -> ExitInfo:
@@ -73,6 +73,19 @@ def start(opts: UserOptions) -> ExitInfo:
     t.set_reg(arch.reg_sp, sp)
     t.set_reg(arch.reg_args[0], 0)
     t.set_reg(arch.reg_pc, info.entry)
+    if arch.name == "arm":
+        # qemu's init_thread: r1 and r2 from the stack, r10 = start_data, flags clear
+        # (what a program sees at its entry point and -d cpu shows)
+        from unicorn.arm_const import UC_ARM_REG_R10
+
+        t.set_reg(arch.reg_args[1], int.from_bytes(mem.read(sp + 4, 4), "little"))
+        t.set_reg(arch.reg_args[2], int.from_bytes(mem.read(sp + 8, 4), "little"))
+        t.set_reg(UC_ARM_REG_R10, info.start_data)
+        t.set_reg(arch.reg_flags, t.reg(arch.reg_flags) & 0x0FFFFFFF)
+    if opts.log_items:
+        from .log import setup_logging
+
+        setup_logging(proc, t, opts, info, sp)
     return run_thread(t)
 
 
