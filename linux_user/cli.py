@@ -146,6 +146,12 @@ class UserOptions:
     trace: list[str] = field(default_factory=list)
     trace_patterns: list[str] = field(default_factory=list)   # -d trace:PATTERN
 
+    @property
+    def stack_mapping_size(self) -> int:
+        """The stack to map: ``stack_size`` raised to qemu's minimum (STACK_LOWER_LIMIT,
+        32 pages), page-aligned; ``-s`` itself is kept raw, as qemu prints it."""
+        return max(-(-self.stack_size // 4096) * 4096, 32 * 4096)
+
 
 class _Exit(Exception):
     def __init__(self, status: int) -> None:
@@ -620,7 +626,7 @@ def parse_command_line(arch: str, argv: list[str], environ: Mapping[str, str], *
     parser = _Parser(arch, prog, entries)
     try:
         index = parser.parse(list(argv), lookup)
-        _check(parser)
+        _check(parser, argv[index])
     except _Exit as e:
         _flush(parser)
         raise SystemExit(e.status) from None
@@ -661,16 +667,22 @@ def _seed(parser: _Parser) -> int | None:
     return _parse_uint_full(parser.seed_text)
 
 
-def _check(parser: _Parser) -> None:
-    """The checks qemu's main() makes after parse_args (before loading anything)."""
+def _check(parser: _Parser, program: str) -> None:
+    """The checks qemu's main() makes after parse_args.
+
+    qemu opens the log file, then the program, then looks up the CPU model and the
+    seed: when the log file or the program cannot be opened, the CPU and seed errors
+    are left alone here, so that the caller reports those first, as qemu does.
+    """
     prog = parser.prog
     if "tid" in parser.log_items and "%d" not in (parser.log_file or ""):
         parser.fail(f"{prog}: Filename template with '%d' required for 'tid'")
-    if parser.cpu is not None and parser.cpu not in CPU_MODELS[parser.arch]:
-        parser.fail(f"{prog}: unable to find CPU model '{parser.cpu}'")
-    if parser.seed_text is not None and _parse_uint_full(parser.seed_text) is None:
-        parser.fail(f"{prog}: cannot initialize crypto: Invalid seed number: "
-                    f"{parser.seed_text}")
+    if _openable(program) and (not parser.log_file or _log_openable(parser.log_file)):
+        if parser.cpu is not None and parser.cpu not in CPU_MODELS[parser.arch]:
+            parser.fail(f"{prog}: unable to find CPU model '{parser.cpu}'")
+        if parser.seed_text is not None and _parse_uint_full(parser.seed_text) is None:
+            parser.fail(f"{prog}: cannot initialize crypto: Invalid seed number: "
+                        f"{parser.seed_text}")
     if parser.reserved_va is not None and parser.arch == "arm" \
             and parser.reserved_va > 1 << 32:
         parser.fail("Reserved virtual address too big")
@@ -681,6 +693,20 @@ def _check(parser: _Parser) -> None:
         parser.fail(f"{prog}: -g {parser.gdb}: the gdbstub is not supported yet")
     if parser.plugin is not None:
         parser.fail(f"{prog}: -plugin: TCG plugins are not supported")
+
+
+def _openable(path: str) -> bool:
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK))
+    except OSError:
+        return False
+    return True
+
+
+def _log_openable(name: str) -> bool:
+    name = name.replace("%d", str(os.getpid()), 1)
+    return os.access(name, os.W_OK) if os.path.exists(name) else \
+        os.access(os.path.dirname(os.path.abspath(name)), os.W_OK | os.X_OK)
 
 
 def _flush(parser: _Parser) -> None:
