@@ -21,8 +21,8 @@ What each item writes, in qemu-user 7.2's words:
 - ``int``: accepted; qemu-user logs nothing for system calls, and guest faults are
   reported as signals, so there is nothing to write either.
 - ``page``: ``host mmap_min_addr=...``, ``guest_base``, the page layout after the
-  binary load (adjacent mappings of equal protection merged, as qemu's page_dump)
-  and the start_brk/end_code/... lines. qemu's pgb_* lines and the layout after each
+  binary load (one line per mapping: qemu's page_dump also keeps a file-backed part
+  and the anonymous bss after it apart) and the start_brk/end_code/... lines. qemu's pgb_* lines and the layout after each
   loader mmap describe its host reservation and are not printed; guest_base is 0
   (unicorn addresses guest memory directly).
 - ``strace``: as ``-strace`` (:mod:`.strace`); ``unimp`` and ``guest_errors`` are
@@ -370,14 +370,8 @@ def page_dump(proc: GuestProcess, info: LoadInfo, sp: int) -> str:
            "guest_base  (nil)\n" if wide else "guest_base  0x0\n",
            "page layout changed following binary load\n",
            f"{'start':<{w}} {'end':<{w}} {'size':<{w}} prot\n"]
-    runs: list[list[int]] = []
     for v in proc.mem.vmas:
-        prot = v.prot & 7
-        if runs and runs[-1][1] == v.start and runs[-1][2] == prot:
-            runs[-1][1] = v.end
-        else:
-            runs.append([v.start, v.end, prot])
-    for start, end, prot in runs:
+        start, end, prot = v.start, v.end, v.prot & 7
         text = ("r" if prot & 1 else "-") + ("w" if prot & 2 else "-") + \
             ("x" if prot & 4 else "-")
         out.append(f"{start:0{w}x}-{end:0{w}x} {end - start:0{w}x} {text}\n")

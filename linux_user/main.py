@@ -62,7 +62,7 @@ def start(opts: UserOptions) -> ExitInfo:
     log = sys.stderr
     if opts.log_file:
         # line-buffered: the process ends with os._exit, which flushes nothing
-        log = open(opts.log_file, "a", buffering=1)  # noqa: SIM115 - lives as long as we do
+        log = open(opts.log_file, "w", buffering=1)  # noqa: SIM115 - lives as long as we do
     proc = GuestProcess(
         arch, mem, exec_path=os.path.abspath(info.exec_path), argv0=opts.program,
         brk_start=info.brk, brk=info.brk, uname_release=opts.uname_release,
