@@ -92,6 +92,10 @@ timer_getoverrun timer_gettime timerfd_create timerfd_gettime timerfd_settime ti
 ugetrlimit uselib userfaultfd vfork vhangup vmsplice vserver wait4
 """.split())
 
+# qemu-user 7.2 has a printer of its own for these, pyqemu prints the generic form
+# (arm's _newselect; the others are not in the arm EABI or aarch64 tables)
+_NO_PRINTER = frozenset({"_newselect", "ipc", "socketcall"})
+
 # calls whose result qemu prints as an address (print_syscall_ret_addr)
 _RET_ADDR = frozenset({"brk", "mmap", "mmap2", "shmat"})
 
@@ -377,21 +381,41 @@ class Strace:
                 f"it_value={self.timespec(addr + size, True)},}}")
 
     def siginfo(self, addr: int) -> str | None:
+        """A guest siginfo at ``addr`` as qemu's print_siginfo (None: unreadable)."""
         try:
-            raw = self.mem.read(addr & self.mask, 32)
+            raw = self.mem.read(addr & self.mask, 128)
         except (GuestMemoryError, OSError, ValueError):
             return None
-        signo = int.from_bytes(raw[0:4], "little", signed=True)
-        code = int.from_bytes(raw[8:12], "little", signed=True)
-        fields = 16 if self.bits == 64 else 12
-        pid = int.from_bytes(raw[fields:fields + 4], "little")
-        uid = int.from_bytes(raw[fields + 4:fields + 8], "little")
+        return self.siginfo_text(raw)
+
+    def siginfo_text(self, raw: bytes, fault: bool = False) -> str:
+        """qemu's print_siginfo for the guest siginfo bytes ``raw``; the union member
+        shown is chosen as qemu does (faults: si_addr; SIGCHLD; kill/tkill/kernel;
+        SIGIO; otherwise a queued value)."""
+        def i32(off: int) -> int:
+            return int.from_bytes(raw[off:off + 4], "little", signed=True)
+
+        def word(off: int) -> int:
+            return self.sword(int.from_bytes(raw[off:off + self.bits // 8], "little"))
+
+        raw = bytes(raw) + bytes(128)
+        signo, code = i32(0), i32(8)
+        u = 16 if self.bits == 64 else 12
         text = f"{{si_signo={self.signal(signo)}, si_code={_SI_CODES.get(code, code)}"
-        if code in (0, -6, 0x80):
-            return text + f", si_pid={pid}, si_uid={uid}}}"
-        off = fields + 8 if self.bits == 32 else fields + 8
-        val = self.sword(int.from_bytes(raw[off:off + self.bits // 8], "little"))
-        return text + f", si_pid={pid}, si_uid={uid}, si_sigval={val}}}"
+        pid, uid = i32(u) & 0xFFFFFFFF, i32(u + 4) & 0xFFFFFFFF
+        if fault:
+            text += f", si_addr={self.ptr(word(u))}"
+        elif signo == 17 and code > 0:
+            w = self.bits // 8
+            text += (f", si_pid={pid}, si_uid={uid}, si_status={i32(u + 8)}, "
+                     f"si_utime={word(u + 8 + w)}, si_stime={word(u + 8 + 2 * w)}")
+        elif code in (0, -6, 0x80):
+            text += f", si_pid={pid}, si_uid={uid}"
+        elif signo == 29:
+            text += f", si_band={word(u)}, si_fd={i32(u + self.bits // 8)}"
+        else:
+            text += f", si_pid={pid}, si_uid={uid}, si_sigval={word(u + 8)}"
+        return text + "}"
 
     # --- the line ------------------------------------------------------------------
 
@@ -408,7 +432,8 @@ class Strace:
         fmt = self.formats.get(name)
         if fmt is not None:
             return self.printf(fmt, name, a)
-        if name in _GENERIC:
+        if name in _GENERIC or name in _NO_PRINTER:
+            # (_NO_PRINTER: qemu has its own printer there, we print the generic form)
             return name + "(" + ",".join(str(self.sword(x)) for x in a[:6]) + ")"
         return f"Unknown syscall {nr}\n"
 
@@ -610,6 +635,40 @@ def _p_sockaddr(s: Strace, addr: int, length: int) -> str:
     return text + str(length)
 
 
+def _p_mq_open(s: Strace, a: tuple[int, ...]) -> str:
+    text = f"{s.string(a[0])},{s.open_flags(a[1])}"
+    return text + f",{s.mode(a[2])},{s.ptr(a[3])}" if a[1] & 0o100 else text
+
+
+def _p_pidfd_send_signal(s: Strace, a: tuple[int, ...]) -> str:
+    info = s.siginfo(a[2])
+    return (f"{s.conv('d', a[0])},{s.signal(s.sword(a[1]))},{info or s.ptr(a[2])},"
+            f"{s.conv('u', a[3])}")
+
+
+def _p_semctl(s: Strace, a: tuple[int, ...]) -> str:
+    # qemu's print_ipc_cmd: cmd & 0xff against the IPC/MSG/SHM/SEM command values
+    cmd = a[2] & 0xFF
+    names = {0: "IPC_RMID", 1: "IPC_SET", 2: "IPC_STAT", 3: "IPC_INFO", 11: "MSG_STAT",
+             12: "MSG_INFO", 13: "SHM_STAT", 14: "SHM_INFO", 15: "GETZCNT", 16: "SETVAL",
+             17: "SETALL", 18: "SEM_STAT", 19: "SEM_INFO"}
+    return (f"{s.sword(a[0])},{s.sword(a[1])},{names.get(cmd, str(cmd))},"
+            f"0x{s.lx % (a[3] & s.mask)}")
+
+
+_SYSLOG = ("SYSLOG_ACTION_CLOSE", "SYSLOG_ACTION_OPEN", "SYSLOG_ACTION_READ",
+           "SYSLOG_ACTION_READ_ALL", "SYSLOG_ACTION_READ_CLEAR", "SYSLOG_ACTION_CLEAR",
+           "SYSLOG_ACTION_CONSOLE_OFF", "SYSLOG_ACTION_CONSOLE_ON",
+           "SYSLOG_ACTION_CONSOLE_LEVEL", "SYSLOG_ACTION_SIZE_UNREAD",
+           "SYSLOG_ACTION_SIZE_BUFFER")
+
+
+def _p_syslog(s: Strace, a: tuple[int, ...]) -> str:
+    v = a[0] & s.mask
+    action = _SYSLOG[v] if v < len(_SYSLOG) else s.conv("ld", a[0])
+    return f"{action},{s.ptr(a[1])},{s.conv('d', a[2])}"
+
+
 _CUSTOM: dict[str, Callable[[Strace, tuple[int, ...]], str]] = {
     "_llseek": _p_llseek,
     "lseek": _p_lseek,
@@ -700,6 +759,10 @@ _CUSTOM: dict[str, Callable[[Strace, tuple[int, ...]], str]] = {
     "mprotect": lambda s, a: f"{s.ptr(a[0])},{s.conv('d', a[1])},{s.flags(_PROT, a[2])}",
     "munmap": lambda s, a: f"{s.ptr(a[0])},{s.conv('d', a[1])}",
     "mq_unlink": lambda s, a: s.string(a[0]),
+    "mq_open": _p_mq_open,
+    "pidfd_send_signal": _p_pidfd_send_signal,
+    "semctl": _p_semctl,
+    "syslog": _p_syslog,
     "open": _p_open,
     "openat": _p_openat,
     "readlink": lambda s, a: f"{s.string(a[0])},{s.ptr(a[1])},{s.conv('u', a[2])}",
@@ -756,6 +819,15 @@ def _timezone(s: Strace, addr: int) -> str:
             f"{int.from_bytes(raw[4:], 'little', signed=True)}}}")
 
 
+def log_taken_signal(proc: GuestProcess, signo: int, info: bytes, *,
+                     fault: bool = False) -> None:
+    """qemu's ``--- SIGxxx {si_signo=...} ---`` line for a signal about to be delivered
+    to a guest handler (for the signal code to call when ``proc.strace`` is on)."""
+    st = get_strace(proc)
+    proc.log.write(f"--- {st.signal(signo)} {st.siginfo_text(info, fault)} ---\n")
+    proc.log.flush()
+
+
 def get_strace(proc: GuestProcess) -> Strace:
     """The process's formatter (made on first use)."""
     st = proc.extra.get("strace")
@@ -788,4 +860,4 @@ def traced_dispatch(t: GuestThread, nr: int, args: list[int]) -> int | None:
     return res
 
 
-__all__ = ["Strace", "get_strace", "strerror", "traced_dispatch"]
+__all__ = ["Strace", "get_strace", "log_taken_signal", "strerror", "traced_dispatch"]

@@ -200,3 +200,20 @@ def test_strace_formats_aarch64() -> None:
     assert st.result_text(mmap, 0x5502865000, (0,) * 6) == " = 0x0000005502865000\n"
     assert st.result_text(mmap, -12 & ((1 << 64) - 1), (0,) * 6) == \
         " = -1 errno=12 (Cannot allocate memory)\n"
+
+
+def test_taken_signal_lines() -> None:
+    st = _formatter("arm", _Mem({}, {}))
+
+    def info(*words: int) -> bytes:
+        return b"".join((w & 0xFFFFFFFF).to_bytes(4, "little") for w in words)
+
+    assert st.siginfo_text(info(10, 0, -6, 17191, 0)) == \
+        "{si_signo=SIGUSR1, si_code=SI_TKILL, si_pid=17191, si_uid=0}"
+    assert st.siginfo_text(info(10, 0, -1, 17191, 0, 42)) == \
+        "{si_signo=SIGUSR1, si_code=SI_QUEUE, si_pid=17191, si_uid=0, si_sigval=42}"
+    assert st.siginfo_text(info(17, 0, 1, 17196, 0, 6, 0, 0)) == (
+        "{si_signo=SIGCHLD, si_code=1, si_pid=17196, si_uid=0, si_status=6, "
+        "si_utime=0, si_stime=0}")
+    assert st.siginfo_text(info(14, 0, 0x80, 0, 0)) == \
+        "{si_signo=SIGALRM, si_code=SI_KERNEL, si_pid=0, si_uid=0}"
