@@ -38,6 +38,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TextIO
 
 __all__ = ["UserOptions", "parse_command_line", "cpu_models", "LOG_ITEMS",
            "QEMU_VERSION", "PYQEMU_VERSION", "open_log", "host_environ"]
@@ -157,6 +158,18 @@ class _Exit(Exception):
     def __init__(self, status: int) -> None:
         super().__init__(status)
         self.status = status
+
+
+def _emit(stream: TextIO, text: str) -> None:
+    """Write ``text`` as the bytes it came from (arguments that are not UTF-8 come
+    back as they were given, as qemu prints them)."""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
+        stream.write(text)
+        return
+    stream.flush()
+    buffer.write(os.fsencode(text))
+    buffer.flush()
 
 
 def _strtoul(text: str) -> tuple[int, str]:
@@ -318,7 +331,7 @@ class _Parser:
 
     # --- output helpers ---------------------------------------------------------------
     def usage(self, status: int) -> None:
-        self.out.write(self.usage_text())
+        _emit(self.out, self.usage_text())
         raise _Exit(status)
 
     def usage_text(self) -> str:
@@ -361,7 +374,7 @@ class _Parser:
         return "\n".join(lines) + "\n"
 
     def fail(self, message: str) -> None:
-        self.err.write(message + "\n")
+        _emit(self.err, message + "\n")
         raise _Exit(1)
 
     # --- envlist ----------------------------------------------------------------------
@@ -388,7 +401,7 @@ class _Parser:
         self.usage(0)
 
     def h_version(self, arg: str | None) -> None:
-        self.out.write(f"pyqemu-{self.arch} version {QEMU_VERSION} (pyqemu {PYQEMU_VERSION})"
+        _emit(self.out, f"pyqemu-{self.arch} version {QEMU_VERSION} (pyqemu {PYQEMU_VERSION})"
                        f"\n{COPYRIGHT}\n")
         raise _Exit(0)
 
@@ -411,7 +424,7 @@ class _Parser:
     def h_cpu(self, arg: str | None) -> None:
         self.cpu = arg
         if arg in ("help", "?"):
-            self.out.write("Available CPUs:\n"
+            _emit(self.out, "Available CPUs:\n"
                            + "".join(f"  {m}\n" for m in CPU_MODELS[self.arch]))
             raise _Exit(1)
 
@@ -465,7 +478,7 @@ class _Parser:
                 ok = False
                 break
         if not ok:
-            self.out.write(log_usage())
+            _emit(self.out, log_usage())
             raise _Exit(1)
         self.log_items = items
         self.trace_patterns = patterns
@@ -549,7 +562,7 @@ class _Parser:
         if pattern == "help":
             raise _Exit(0)              # the (empty) list of trace events
         if pattern and "*" not in pattern:
-            self.err.write(f"{where}warning: trace event '{pattern}' does not exist\n")
+            _emit(self.err, f"{where}warning: trace event '{pattern}' does not exist\n")
 
     def h_plugin(self, arg: str | None) -> None:
         self.plugin = arg
@@ -730,6 +743,6 @@ def open_log(opts: UserOptions, prog: str | None = None):  # noqa: ANN201 - a te
     try:
         return open(name, "w", buffering=1)  # noqa: SIM115 - lives with the process
     except OSError as e:
-        sys.stderr.write(f"{prog or 'pyqemu-' + opts.arch}: Error opening logfile "
+        _emit(sys.stderr, f"{prog or 'pyqemu-' + opts.arch}: Error opening logfile "
                          f"{name}: {os.strerror(e.errno or 2)}\n")
         raise SystemExit(1) from None

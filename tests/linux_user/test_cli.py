@@ -28,7 +28,8 @@ def run(tool: str, arch: str, args: list[str], env: dict[str, str] | None = None
     proc = subprocess.run([tool_path(tool, arch), *args], capture_output=True,
                           stdin=subprocess.DEVNULL, env={**ENV, **(env or {})},
                           timeout=60, cwd=cwd)
-    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+    return (proc.returncode, proc.stdout.decode("utf-8", "surrogateescape"),
+            proc.stderr.decode("utf-8", "surrogateescape"))
 
 
 def compare(arch: str, args: list[str], env: dict[str, str] | None = None,
@@ -108,6 +109,7 @@ ERRORS = [
     ["-dfilter", "1+2,", "PROG"], ["-dfilter", "1..2..3", "PROG"], ["-trace", "bar=1", "PROG"],
     ["-trace", "events=/nonexistent", "PROG"], ["-one-insn-per-tb", "PROG"],
     ["-cpu", "bogus", "-seed", "x", "/nonexistent"],
+    ["-\udcff"], ["-cpu", "\udcff", "PROG"],    # bytes that are not UTF-8 come back as given
 ]
 
 
