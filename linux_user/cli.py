@@ -650,8 +650,9 @@ def parse_command_line(arch: str, argv: list[str], environ: Mapping[str, str], *
     return UserOptions(
         arch=arch, program=program, argv=guest_argv, env=list(parser.env),
         ld_prefix=parser.ld_prefix, stack_size=parser.stack_size, cpu=parser.cpu,
-        log_items=set(parser.log_items), log_file=parser.log_file,
-        strace=parser.strace, seed=_seed(parser), singlestep=parser.singlestep,
+        # -strace and -d strace are the same thing in qemu 7.2 (LOG_STRACE)
+        log_items=set(parser.log_items) | ({"strace"} if parser.strace else set()),
+        log_file=parser.log_file, strace=parser.strace or "strace" in parser.log_items, seed=_seed(parser), singlestep=parser.singlestep,
         uname_release=parser.uname, reserved_va=parser.reserved_va,
         guest_base=parser.guest_base, page_size=parser.page_size, argv0=parser.argv0,
         gdb=parser.gdb, dfilter=parser.dfilter, dfilter_ranges=list(parser.dfilter_ranges),

@@ -200,6 +200,8 @@ def test_parse_values() -> None:
     assert (opts.reserved_va, opts.guest_base, opts.page_size) == (0x1000 << 20, 0x10000, 8192)
     assert opts.stack_mapping_size == 32 * 4096      # qemu's STACK_LOWER_LIMIT
     assert parse_command_line("arm", ["-s", "1M", "p"], {}).stack_mapping_size == 1 << 20
+    assert parse_command_line("arm", ["-d", "strace", "p"], {}).strace
+    assert parse_command_line("arm", ["-strace", "p"], {}).log_items == {"strace"}
     defaults = parse_command_line("aarch64", ["prog"], {})
     assert defaults.ld_prefix == "/etc/qemu-binfmt/aarch64"
     assert (defaults.cpu, defaults.seed, defaults.log_items, defaults.strace) == (None, None, set(), False)
