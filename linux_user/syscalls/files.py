@@ -91,10 +91,12 @@ def sys_read(t: GuestThread, fd: int, buf: int, count: int) -> int:
     if not count:
         return os.read(s32(fd), 0) and 0
     views = t.mem.views(buf, count, PROT_WRITE)
-    if len(t.process.threads) > 1:
-        with t.blocking():
-            return os.readv(s32(fd), views)
-    return os.readv(s32(fd), views)
+    try:
+        return os.preadv(s32(fd), views, -1, _RWF_NOWAIT)     # never blocks
+    except OSError as e:
+        if e.errno not in _NOWAIT_FALLBACK:
+            raise
+    return _read_blocking(t, s32(fd), views)
 
 
 @syscall("write")
@@ -110,7 +112,36 @@ def sys_write(t: GuestThread, fd: int, buf: int, count: int) -> int:
 
 @syscall("readv")
 def sys_readv(t: GuestThread, fd: int, iov: int, iovcnt: int) -> int:
-    return _io(t, os.readv, s32(fd), _iovecs(t, iov, iovcnt, PROT_WRITE))
+    views = _iovecs(t, iov, iovcnt, PROT_WRITE)
+    if not views:
+        return os.readv(s32(fd), views)
+    try:
+        return os.preadv(s32(fd), views, -1, _RWF_NOWAIT)
+    except OSError as e:
+        if e.errno not in _NOWAIT_FALLBACK:
+            raise
+    return _read_blocking(t, s32(fd), views)
+
+
+#: RWF_NOWAIT reads that must wait (EAGAIN) or that the file does not support
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 8)
+_NOWAIT_FALLBACK = {errno.EAGAIN, errno.EOPNOTSUPP, errno.EINVAL, errno.ESPIPE}
+_POLLIN = 1
+
+
+def _read_blocking(t: GuestThread, fd: int, views: list[memoryview]) -> int:
+    """A read that may have to wait: the wait is the host's poll together with the
+    thread's wake fd, so that a guest signal interrupts it (-ERESTARTSYS: the signal
+    family restarts the read after an SA_RESTART handler, else returns EINTR)."""
+    if not _fcntl.fcntl(fd, _fcntl.F_GETFL) & os.O_NONBLOCK:
+        from .poll import ERESTARTSYS, wait_fd
+
+        if wait_fd(t, fd, _POLLIN) < 0:
+            return -ERESTARTSYS
+    if len(t.process.threads) > 1:
+        with t.blocking():
+            return os.readv(fd, views)
+    return os.readv(fd, views)
 
 
 @syscall("writev")

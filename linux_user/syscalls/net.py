@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl as _fcntl
 import os
 import struct
 from typing import TYPE_CHECKING
@@ -66,7 +67,8 @@ SOL_SOCKET = 1
 SCM_RIGHTS, SCM_CREDENTIALS = 1, 2
 SO_RCVTIMEO_OLD, SO_SNDTIMEO_OLD = 20, 21
 SO_TIMESTAMP_OLD, SO_TIMESTAMPNS_OLD = 29, 35
-MSG_CTRUNC = 8
+MSG_CTRUNC, MSG_DONTWAIT, MSG_WAITALL = 8, 0x40, 0x100
+_POLLIN = 1
 UIO_MAXIOV = 1024
 
 
@@ -187,6 +189,9 @@ def sys_listen(t: GuestThread, fd: int, backlog: int) -> int:
 @syscall("accept4")
 def sys_accept4(t: GuestThread, fd: int, addr: int, lenp: int, flags: int) -> int:
     out = _AddrOut(t, addr, lenp)
+    woke = _wait_readable(t, s32(fd))
+    if woke <= 0:
+        return woke
     with t.blocking():
         ret = _accept4(s32(fd), *out.ptrs(), s32(flags))
     if ret < 0:
@@ -352,6 +357,27 @@ def _close_fds(data: bytes) -> None:
             pass
 
 
+def _wait_readable(t: GuestThread, fd: int) -> int:
+    """Before a blocking accept/recv: 1 when ``fd`` is readable (or non-blocking: the
+    call answers for itself), -EAGAIN when SO_RCVTIMEO passed, else the signal's
+    -ERESTARTSYS (-EINTR with a receive timeout, as sock_intr_errno)."""
+    from .poll import ERESTARTSYS, wait_fd
+
+    if _fcntl.fcntl(fd, _fcntl.F_GETFL) & os.O_NONBLOCK:
+        return 1
+    tv = ctypes.create_string_buffer(16)
+    tvlen = ctypes.c_uint32(16)
+    timeout = None
+    if _getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO_OLD, tv, ctypes.byref(tvlen)) == 0:
+        sec, usec = struct.unpack("<qq", tv.raw)
+        if sec or usec:
+            timeout = sec * 1_000_000_000 + usec * 1000
+    woke = wait_fd(t, fd, _POLLIN, timeout)
+    if woke < 0:
+        return -errno.EINTR if timeout is not None else -ERESTARTSYS
+    return 1 if woke else -errno.EAGAIN
+
+
 def _sendmsg(t: GuestThread, fd: int, pairs: list[tuple[int, int]], name: bytes | None,
              control: bytes, flags: int) -> int:
     iovs, n = _host_iovs(t, pairs, PROT_READ)
@@ -381,8 +407,18 @@ def _recvmsg(t: GuestThread, fd: int, pairs: list[tuple[int, int]], name: _AddrO
         size = 2 * control_room + 64
         ctl = ctypes.create_string_buffer(size)
         msg.control, msg.controllen = ctypes.addressof(ctl), size
-    with t.blocking():
-        ret = _c_recvmsg(s32(fd), ctypes.byref(msg), s32(flags))
+    sfd, fl = s32(fd), s32(flags)
+    ret = -1
+    if not fl & MSG_WAITALL:              # first without waiting (MSG_WAITALL wants all)
+        ret = _c_recvmsg(sfd, ctypes.byref(msg), fl | MSG_DONTWAIT)
+        if ret < 0 and (ctypes.get_errno() != errno.EAGAIN or fl & MSG_DONTWAIT):
+            return _err(), msg, b""
+    if ret < 0:
+        woke = _wait_readable(t, sfd)
+        if woke <= 0:
+            return woke, msg, b""
+        with t.blocking():
+            ret = _c_recvmsg(sfd, ctypes.byref(msg), fl)
     if ret < 0:
         return _err(), msg, b""
     raw = ctl.raw[:msg.controllen] if ctl is not None else b""

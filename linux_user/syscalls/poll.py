@@ -83,23 +83,33 @@ def _check(ret: int) -> int:
 
 
 class _GuestMask:
-    """Replace the thread's guest signal mask while waiting (ppoll/pselect6/epoll_pwait)."""
+    """Replace the thread's guest signal mask while waiting (ppoll/pselect6/epoll_pwait).
+
+    Set ``result`` before leaving: when the wait was interrupted (-EINTR) the temporary
+    mask stays for the signal's delivery and the thread's own comes back after the
+    handler (``saved_mask``, as sigsuspend does)."""
 
     def __init__(self, t: GuestThread, addr: int, size: int) -> None:
         self.t = t
         self.mask: int | None = None
+        self.result = 0
         if addr:
             if size != 8:
                 raise OSError(errno.EINVAL, "sigsetsize")
             self.mask = int.from_bytes(t.mem.read(addr, 8), "little")
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> _GuestMask:
         if self.mask is not None:
             self.saved = self.t.sigmask
             self.t.sigmask = self.mask & ~((1 << 8) | (1 << 18))     # SIGKILL, SIGSTOP
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.mask is not None:
+        if self.mask is None:
+            return
+        if self.result == -errno.EINTR and hasattr(self.t, "saved_mask"):
+            self.t.saved_mask = self.saved
+        else:
             self.t.sigmask = self.saved
 
 
@@ -130,6 +140,68 @@ def _may_block(ts: bytes | None) -> bool:
     return ts is None or ts != bytes(16)
 
 
+# ---- interruptible host waits ------------------------------------------------------------
+# A guest signal is queued by pyqemu, not by the host kernel, so it cannot interrupt a
+# host syscall by itself. Every wait that may block for long therefore also polls a
+# per-thread eventfd, which signalfd_notify() (called by the signal family whenever it
+# queues a signal) writes when the signal can be delivered to a waiting thread.
+ERESTARTSYS = 512              # the signal family restarts (SA_RESTART) or says EINTR
+_WAKE: dict[int, int] = {}                     # tid -> its wake eventfd
+_WAITING: dict[int, GuestThread] = {}          # tid -> thread in an interruptible wait
+_POLLIN = 1
+
+
+def _wake_fd(t: GuestThread) -> int:
+    fd = _WAKE.get(t.tid)
+    if fd is None:
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        _WAKE[t.tid] = fd
+    return fd
+
+
+def _deliverable(t: GuestThread) -> bool:
+    check = getattr(t, "deliverable", None)
+    return bool(check and check())
+
+
+def host_wait(t: GuestThread, pollfds: bytes, nfds: int,
+              ts: bytes | None) -> tuple[int, bytes, bytes | None]:
+    """Host ppoll over ``nfds`` raw pollfds, ended early by a deliverable guest signal.
+
+    Returns (result, pollfds with revents, host timespec left): result -EINTR when a
+    signal came first (the revents are then those seen at that moment)."""
+    wfd = _wake_fd(t)
+    buf = ctypes.create_string_buffer(pollfds + struct.pack("<ihh", wfd, _POLLIN, 0),
+                                      len(pollfds) + 8)
+    tsbuf = ctypes.create_string_buffer(ts, 16) if ts is not None else None
+    _WAITING[t.tid] = t
+    try:
+        if _deliverable(t):
+            return -errno.EINTR, pollfds, ts
+        with t.blocking():
+            ret = _host(_NR["ppoll"], buf, _L(nfds + 1), tsbuf, None, _L(8))
+    finally:
+        _WAITING.pop(t.tid, None)
+    raw = buf.raw
+    woken = ret > 0 and struct.unpack_from("<h", raw, 8 * nfds + 6)[0] != 0
+    if woken:
+        try:
+            os.read(wfd, 8)
+        except BlockingIOError:
+            pass
+        ret -= 1
+        if ret == 0:
+            ret = -errno.EINTR
+    return ret, raw[:8 * nfds], tsbuf.raw if tsbuf is not None else None
+
+
+def wait_fd(t: GuestThread, fd: int, events: int, timeout_ns: int | None = None) -> int:
+    """Wait until ``fd`` has ``events`` (1), the timeout passed (0) or a guest signal
+    can be delivered (-EINTR)."""
+    ts = None if timeout_ns is None else _TS64.pack(timeout_ns // _NS, timeout_ns % _NS)
+    return host_wait(t, struct.pack("<ihh", fd, events, 0), 1, ts)[0]
+
+
 # ---- poll ----------------------------------------------------------------------------------
 def _ppoll(t: GuestThread, fds: int, nfds: int, ts: bytes | None) -> tuple[int, object]:
     if nfds > 1 << 20:
@@ -137,15 +209,18 @@ def _ppoll(t: GuestThread, fds: int, nfds: int, ts: bytes | None) -> tuple[int, 
     if FD_READ_HOOKS:
         _refresh_signalfds(t)
     size = 8 * nfds
-    buf = ctypes.create_string_buffer(t.mem.read(fds, size), size) if size else None
+    raw = t.mem.read(fds, size) if size else b""
     tsbuf = ctypes.create_string_buffer(ts, 16) if ts is not None else None
     if _may_block(ts):
-        with t.blocking():
-            ret = _host(_NR["ppoll"], buf, _L(nfds), tsbuf, None, _L(8))
+        ret, raw, left = host_wait(t, raw, nfds, ts)
+        if tsbuf is not None and left is not None:
+            tsbuf.raw = left
     else:
+        buf = ctypes.create_string_buffer(raw, size) if size else None
         ret = _host(_NR["ppoll"], buf, _L(nfds), tsbuf, None, _L(8))
+        raw = buf.raw if buf is not None else b""
     if ret >= 0 and size:
-        t.mem.write(fds, buf.raw)            # type: ignore[union-attr]
+        t.mem.write(fds, raw)
     return ret, tsbuf
 
 
@@ -159,8 +234,9 @@ def sys_poll(t: GuestThread, fds: int, nfds: int, timeout: int) -> int:
 def _ppoll_guest(t: GuestThread, fds: int, nfds: int, tsp: int, sigmask: int, size: int,
                  time64: bool) -> int:
     ts = _read_timeout(t, tsp, time64)
-    with _GuestMask(t, sigmask, size):
+    with _GuestMask(t, sigmask, size) as gm:
         ret, tsbuf = _ppoll(t, fds, nfds, ts)
+        gm.result = ret
     if tsp and ret != -errno.EFAULT:
         _write_timeout(t, tsp, tsbuf, time64)        # type: ignore[arg-type]
     return ret
@@ -186,26 +262,48 @@ def _select(t: GuestThread, nfds: int, sets: tuple[int, int, int], tsp: int, tim
     n = min(n, 1 << 20)
     bits = 8 * t.arch.word_size
     gsize = (n + bits - 1) // bits * t.arch.word_size
-    hsize = (n + 63) // 64 * 8
+    ts = _read_timeout(t, tsp, time64, timeval)
+    blocking = _may_block(ts)
+    # a blocking select also watches the thread's wake eventfd (in the read set)
+    wfd = _wake_fd(t) if blocking else -1
+    hn = max(n, wfd + 1)
+    hsize = (hn + 63) // 64 * 8
     bufs = []
-    for addr in sets:
+    for i, addr in enumerate(sets):
         if addr and gsize:
             raw = t.mem.read(addr, gsize)
             bufs.append(ctypes.create_string_buffer(raw + bytes(hsize - gsize), hsize))
+        elif i == 0 and blocking:
+            bufs.append(ctypes.create_string_buffer(hsize))
         else:
             bufs.append(None)
-    ts = _read_timeout(t, tsp, time64, timeval)
     tsbuf = ctypes.create_string_buffer(ts, 16) if ts is not None else None
     if FD_READ_HOOKS:
         _refresh_signalfds(t)
-    if _may_block(ts):
-        with t.blocking():
-            ret = _host(_NR["pselect6"], _L(n), *bufs, tsbuf, None)
+    if blocking:
+        rbuf = bufs[0]
+        rbuf[wfd // 8] = rbuf.raw[wfd // 8] | 1 << (wfd % 8)       # type: ignore[index]
+        _WAITING[t.tid] = t
+        try:
+            if _deliverable(t):
+                ret = -errno.EINTR
+            else:
+                with t.blocking():
+                    ret = _host(_NR["pselect6"], _L(hn), *bufs, tsbuf, None)
+        finally:
+            _WAITING.pop(t.tid, None)
+        if ret > 0 and rbuf.raw[wfd // 8] >> (wfd % 8) & 1:       # type: ignore[union-attr]
+            rbuf[wfd // 8] = rbuf.raw[wfd // 8] & ~(1 << (wfd % 8))  # type: ignore[index]
+            try:
+                os.read(wfd, 8)
+            except BlockingIOError:
+                pass
+            ret = ret - 1 or -errno.EINTR
     else:
         ret = _host(_NR["pselect6"], _L(n), *bufs, tsbuf, None)
     if ret >= 0:
         for addr, buf in zip(sets, bufs, strict=True):
-            if buf is not None:
+            if addr and buf is not None:
                 t.mem.write(addr, buf.raw[:gsize])
     if tsp and ret != -errno.EFAULT:
         _write_timeout(t, tsp, tsbuf, time64, timeval)   # type: ignore[arg-type]
@@ -223,8 +321,9 @@ def _pselect6(t: GuestThread, nfds: int, sets: tuple[int, int, int], tsp: int, s
     if sig:
         fmt = "<II" if t.arch.word_size == 4 else "<QQ"
         sigmask, size = struct.unpack(fmt, t.mem.read(sig, struct.calcsize(fmt)))
-    with _GuestMask(t, sigmask, size):
-        return _select(t, nfds, sets, tsp, time64, False)
+    with _GuestMask(t, sigmask, size) as gm:
+        gm.result = _select(t, nfds, sets, tsp, time64, False)
+        return gm.result
 
 
 @syscall("pselect6")
@@ -273,16 +372,25 @@ def _epoll_wait(t: GuestThread, epfd: int, events: int, maxevents: int,
     buf = ctypes.create_string_buffer(n * hsz)
     if FD_READ_HOOKS:
         _refresh_signalfds(t)
-    ms = -1
-    if ts is not None:              # milliseconds, rounded up (epoll_pwait2 takes ns)
+    deadline = None
+    if ts is not None:
         sec, nsec = _TS64.unpack(ts)
-        ms = min(sec * 1000 + (nsec + 999_999) // 1_000_000, 0x7FFFFFFF)
-    with _GuestMask(t, sigmask, size):
-        if ms:
-            with t.blocking():
-                ret = _check(_epoll_wait_c(s32(epfd), buf, n, ms))
-        else:
+        deadline = time.monotonic_ns() + sec * _NS + nsec
+    # poll the epoll fd itself (readable while events are ready) together with the
+    # thread's wake eventfd, then take the events without waiting
+    with _GuestMask(t, sigmask, size) as gm:
+        while True:
             ret = _check(_epoll_wait_c(s32(epfd), buf, n, 0))
+            if ret != 0:
+                break
+            left = None if deadline is None else deadline - time.monotonic_ns()
+            if left is not None and left <= 0:
+                break
+            woke = wait_fd(t, s32(epfd), _POLLIN, left)
+            if woke < 0:
+                ret = woke
+                break
+        gm.result = ret
     if ret > 0:
         raw = buf.raw
         t.mem.write(events, b"".join(
@@ -382,9 +490,12 @@ def _refresh_signalfds(t: GuestThread) -> None:
 
 
 def signalfd_notify(proc: GuestProcess) -> None:
-    """Mark readable the signalfds whose signals are now pending in ``proc`` (any
-    thread's or the process's): the signal family calls this after queueing a signal,
-    so that a poll/epoll/select already waiting on a signalfd wakes up."""
+    """The signal family calls this after queueing a signal in ``proc``: it wakes the
+    threads waiting in an interruptible host wait that can now take a signal, and marks
+    readable the signalfds whose signals are pending (any thread's or the process's)."""
+    for tid, th in list(_WAITING.items()):
+        if th.process is proc and _deliverable(th):
+            os.eventfd_write(_WAKE[tid], 1)
     if not FD_READ_HOOKS:
         return
     pending = 0
@@ -457,10 +568,9 @@ def _signalfd_read(t: GuestThread, sfd: _SignalFd, fd: int, buf: int, count: int
             out.append(_siginfo_to_signalfd(t, *got))
         if out or nonblock:
             break
-        with t.blocking():                # wait for a signal to be queued
-            time.sleep(0.01)
-        if t.process.exit is not None:
-            return -errno.EINTR
+        # the eventfd turns readable when a signal of the mask is queued
+        if wait_fd(t, fd, _POLLIN) < 0:
+            return -ERESTARTSYS
     _refresh_signalfds(t)
     if not out:
         return -errno.EAGAIN

@@ -213,6 +213,17 @@ PROGRAMS: dict[str, Spec] = {
         notes="each blocked thread must release the CPU; the signalfd one needs the "
         "signal family to call poll.signalfd_notify() when it queues a blocked signal",
     ),
+    "io_eintr": Spec(
+        stdout=(
+            "ok: read interrupted without SA_RESTART: EINTR",
+            "ok: read restarted with SA_RESTART, gets the handler's byte",
+            "ok: epoll_wait: EINTR",
+            "ok: recv with SO_RCVTIMEO: EINTR despite SA_RESTART",
+            "handler ran inside ppoll: 1, SIGALRM blocked again: 1",
+            "handler calls: 9",
+            DONE,
+        ),
+    ),
     "io_layouts": Spec(
         stdout=(
             "sizeof struct epoll_event 16",

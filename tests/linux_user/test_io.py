@@ -64,3 +64,13 @@ def test_blocking_io_does_not_stall_other_threads(guest, assert_same_as_qemu, ar
     # threads; the main thread can only feed them if none of them holds the CPU
     out = _check(guest, assert_same_as_qemu, "io_threads", arch, static, timeout=60)
     assert "failures: 0" in out
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@LINKS
+def test_signals_interrupt_blocking_io(guest, assert_same_as_qemu, arch: str,
+                                       static: bool) -> None:
+    # SIGALRM ends blocked read/poll/select/epoll_wait/accept/recv/ppoll with EINTR, or
+    # restarts read and recv under SA_RESTART, exactly as qemu-user (the host kernel) does
+    out = _check(guest, assert_same_as_qemu, "io_eintr", arch, static, timeout=60)
+    assert "handler calls: 9" in out
