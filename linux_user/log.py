@@ -414,14 +414,19 @@ def setup_logging(proc: GuestProcess, t: GuestThread, opts: UserOptions, info: L
         logger = BlockLogger(proc, items, symbols, opts.singlestep)
         logger.attach(t)
         proc.extra["block_logger"] = logger
-        new_thread = proc.new_thread
+        # every engine made later (clone of a thread builds a GuestThread directly) gets
+        # the hook too; one guest process per host process, so wrapping the class's
+        # constructor here affects only this process's threads
+        from .process import GuestThread as _Thread
 
-        def new_thread_logged(*args: Any, **kwargs: Any) -> GuestThread:
-            nt = new_thread(*args, **kwargs)
-            logger.attach(nt)
-            return nt
+        init = _Thread.__init__
 
-        proc.new_thread = new_thread_logged  # type: ignore[method-assign]
+        def init_logged(self: GuestThread, *args: Any, **kwargs: Any) -> None:
+            init(self, *args, **kwargs)
+            if self.process is proc:
+                logger.attach(self)
+
+        _Thread.__init__ = init_logged  # type: ignore[method-assign]
 
 
 def guest_random(seed: int | None) -> bytes:
