@@ -81,17 +81,27 @@ class ElfError(Exception):
     ``str(err)`` is the message without the ``<prog>: `` prefix. When :attr:`errno` is
     set, qemu reports ``Error while loading <path>: <strerror(errno)>`` on stdout (which
     is the message here) and exits with status 1; otherwise it prints
-    ``<prog>: <message>`` on stderr and exits with status 255 (:attr:`exit_status`).
+    ``<prog>: <message>`` on stderr and exits with status 255 (:attr:`exit_status`),
+    except for the few messages qemu prints without the prefix (``prefixed`` False:
+    ``<path>: Argument list too long``). :meth:`format` gives the line either way.
     """
 
-    def __init__(self, message: str, errno: int | None = None) -> None:
+    def __init__(self, message: str, errno: int | None = None, *,
+                 prefixed: bool = True) -> None:
         super().__init__(message)
         self.message = message
         self.errno = errno
+        self.prefixed = prefixed    # False: qemu fprintf()s it without "<prog>: "
 
     @property
     def exit_status(self) -> int:
         return 1 if self.errno else 255
+
+    def format(self, prog: str) -> str:
+        """The line qemu prints (without the newline): see the class docstring."""
+        if self.errno or not self.prefixed:
+            return self.message
+        return f"{prog}: {self.message}"
 
     def __str__(self) -> str:
         return self.message

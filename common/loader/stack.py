@@ -80,7 +80,8 @@ def build_initial_stack(mem: AddressSpace, arch: ArchInfo, stack_top: int, argv:
     stack mapping); return the initial stack pointer (which points at argc).
 
     ``stack_limit`` (the lowest usable stack address), when given, makes a stack that
-    does not fit raise OverflowError (qemu: E2BIG).
+    does not fit raise qemu's ``<execfn>: Argument list too long`` (an ElfError printed
+    without the program prefix, exit status 255) before anything is written.
     """
     word = arch.word_size
     order = "<" if arch.byteorder == "little" else ">"
@@ -123,7 +124,12 @@ def build_initial_stack(mem: AddressSpace, arch: ArchInfo, stack_top: int, argv:
     nwords = 1 + len(argv) + 1 + len(envp) + 1 + 2 * len(auxv)
     sp = _down(p - nwords * word, STACK_ALIGNMENT)
     if stack_limit is not None and sp < stack_limit:
-        raise OverflowError("argument list too long for the stack")
+        import errno
+        import os
+
+        from .elf import ElfError
+
+        raise ElfError(f"{os.fsdecode(execfn)}: {os.strerror(errno.E2BIG)}", prefixed=False)
 
     ptrs: list[int] = [len(argv)]
     off = 0

@@ -231,6 +231,7 @@ def test_pie_at_mmap_base_and_ld_prefix_fallback(programs, memory, tmp_path: Pat
         load_program(mem, path, arch, ld_prefix=str(tmp_path))
     assert str(err.value) == "Could not open '/lib/ld-linux-armhf.so.3': No such file or directory"
     assert err.value.exit_status == 255 and err.value.errno is None
+    assert err.value.format("pyqemu-arm") == f"pyqemu-arm: {err.value}"
     mem2 = memory("arm")
     info = load_program(mem2, path, arch, ld_prefix="/usr/arm-linux-gnueabihf")
     assert info.load_addr == arch.mmap_base           # qemu-arm: 0x40000000
@@ -249,6 +250,7 @@ def test_read_elf_header(programs, tmp_path: Path) -> None:
     with pytest.raises(ElfError) as err:
         read_elf_header(str(text))
     assert err.value.errno == 8 and err.value.exit_status == 1
+    assert err.value.format("pyqemu-arm") == f"Error while loading {text}: Exec format error"
     with pytest.raises(ElfError) as err:
         read_elf_header(str(tmp_path / "missing"))
     assert str(err.value) == f"Error while loading {tmp_path}/missing: No such file or directory"
@@ -293,6 +295,23 @@ def test_initial_stack_layout(programs, memory, arch_name: str) -> None:
     assert st.aux(15) + arch.word_size * -(-4 // arch.word_size) == st.argv_addrs[0]
     assert st.aux(25) % 16 == 0 and st.aux(25) + 16 <= st.aux(15)
     assert st.auxv_addr + 2 * arch.word_size * len(st.auxv) <= st.aux(25)
+
+
+def test_initial_stack_too_big(programs, memory) -> None:
+    arch = get_arch("arm")
+    mem = memory("arm")
+    info = load_program(mem, str(programs[("arm", "-static")]), arch, ld_prefix=None)
+    base = mem.mmap(0, 8192, PROT_READ | PROT_WRITE, name="[stack]")
+    kw = dict(hwcap=0, hwcap2=0, platform=b"v7l", random16=bytes(16), execfn=b"./prog",
+              uid=0, euid=0, gid=0, egid=0, stack_limit=base)
+    with pytest.raises(ElfError) as err:
+        build_initial_stack(mem, arch, base + 8192, [b"y" * 100] * 90, [], info, **kw)
+    # qemu-arm prints this one without its own name, exit status 255
+    assert err.value.format("pyqemu-arm") == "./prog: Argument list too long"
+    assert err.value.exit_status == 255
+    assert mem.read(base, 8192) == bytes(8192)       # nothing written
+    sp = build_initial_stack(mem, arch, base + 8192, [b"y" * 100] * 70, [], info, **kw)
+    assert base <= sp < base + 8192
 
 
 STACK_ENV = {"A": "1", "BB": "22", "PATH": "/usr/bin:/bin"}
