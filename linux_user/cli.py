@@ -179,7 +179,9 @@ def _strtoul(text: str) -> tuple[int, str]:
     return value, rest
 
 
-def _strto(text: str) -> tuple[int, str, bool]:
+def _scan_number(text: str) -> tuple[bool, int, str]:
+    """The number strtol/strtoul (base 0) would read: (negative, magnitude, rest);
+    ``rest`` is all of ``text`` when there is no number."""
     i = 0
     while i < len(text) and text[i] in " \t\n\v\f\r":
         i += 1
@@ -198,24 +200,22 @@ def _strto(text: str) -> tuple[int, str, bool]:
     while j < len(text) and text[j].lower() in digits:
         j += 1
     if j == i:
-        return 0, text, False
-    value = int(text[i:j], base)
-    if value > ULONG_MASK:
-        return ULONG_MASK, text[j:], True
-    return (-value & ULONG_MASK if neg else value), text[j:], False
+        return False, 0, text
+    return neg, int(text[i:j], base), text[j:]
+
+
+def _strto(text: str) -> tuple[int, str, bool]:
+    """strtoul: (value mod 2**64 or ULONG_MAX on overflow, rest, overflowed)."""
+    neg, magnitude, rest = _scan_number(text)
+    if magnitude > ULONG_MASK:
+        return ULONG_MASK, rest, True
+    return (-magnitude & ULONG_MASK if neg else magnitude), rest, False
 
 
 def _strtol(text: str) -> int:
     """C's strtol(text, NULL, 0) on a 64-bit host (saturating)."""
-    stripped = text.lstrip(" \t\n\v\f\r")
-    neg = stripped.startswith("-")
-    body = stripped[1:] if stripped[:1] in ("+", "-") else stripped
-    if body[:1] in ("+", "-"):
-        return 0
-    value, _rest, _overflow = _strto(body)
-    if neg:
-        return -min(value, 1 << 63)
-    return min(value, (1 << 63) - 1)
+    neg, magnitude, _rest = _scan_number(text)
+    return max(-magnitude, -(1 << 63)) if neg else min(magnitude, (1 << 63) - 1)
 
 
 def _atoi(text: str) -> int:

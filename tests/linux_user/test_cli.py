@@ -257,3 +257,26 @@ def test_parse_never_raises_anything_but_exit(argv: list[str], env: dict[str, st
             assert "\n" not in err.getvalue().rstrip("\n")
         else:
             assert opts.program in argv and opts.argv[1:] == argv[len(argv) - len(opts.argv) + 1:]
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(text=st.text(alphabet=" \t+-0123456789abcdefxXkKMG", max_size=24))
+def test_number_parsing_is_the_c_library_s(text: str) -> None:
+    """-s/-R/-B/-p read numbers with strtoul/strtol/atoi: compare with the host libc."""
+    import ctypes
+
+    from pyqemu.linux_user import cli
+
+    libc = ctypes.CDLL(None)
+    libc.strtoul.restype = ctypes.c_ulong
+    libc.strtoul.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_int]
+    libc.strtol.restype = ctypes.c_long
+    libc.strtol.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_int]
+    libc.atoi.restype = ctypes.c_int
+    raw = ctypes.create_string_buffer(text.encode())
+    end = ctypes.c_char_p()
+    value = libc.strtoul(raw, ctypes.byref(end), 0)
+    consumed = ctypes.cast(end, ctypes.c_void_p).value - ctypes.addressof(raw)
+    assert cli._strtoul(text) == (value, text[consumed:])
+    assert cli._strtol(text) == libc.strtol(raw, None, 0)
+    assert cli._atoi(text) == libc.atoi(raw)
