@@ -340,6 +340,15 @@ def _load_numpy() -> Any:
     return numpy
 
 
+def _fold8_table(np: Any) -> Any:
+    """b * (x^7 + x^2 + x + 1) for every byte b: what the byte pushed out of a
+    128-bit value by a shift of 8 contributes back (carry-less, < 2^15)."""
+    table = [0] * 256
+    for b in range(256):
+        table[b] = b ^ (b << 1) ^ (b << 2) ^ (b << 7)
+    return np.array(table, dtype=np.uint64)
+
+
 #: 16-byte blocks per sector
 _BLOCKS = SECTOR_SIZE // 16
 #: bytes per bulk step
@@ -383,8 +392,8 @@ class SectorCipher:
         self.key = key
         self._np = np = _load_numpy()
         if np is not None:
-            shift = np.arange(_BLOCKS, dtype=np.uint64).reshape(1, _BLOCKS)
-            self._shifts = (shift, np.uint64(63) - shift, np.uint64(1))
+            shift = np.arange(8, dtype=np.uint64).reshape(1, 8)
+            self._shifts = (shift, np.uint64(63) - shift, np.uint64(1), _fold8_table(np))
         ecb = modes.ECB()
         self._essiv: Any = None
         if params.ivgen_alg == "essiv":
@@ -453,9 +462,11 @@ class SectorCipher:
     def _xts_tweaks(self, ivs: Any) -> Any:
         """Every block's XTS tweak: n x 32 x 2 little-endian u64 (lo, hi).
 
-        Block j's tweak is the first times x^j modulo x^128 + x^7 + x^2 + x + 1:
-        the 128-bit value shifted left by j, and the j bits pushed out at the
-        top (h) folded back in as h * (x^7 + x^2 + x + 1), all j at once."""
+        Block j's tweak is the first times x^j modulo x^128 + x^7 + x^2 + x + 1.
+        Blocks 0..7: the 128-bit value shifted left by j, the j bits pushed out
+        at the top (h) folded back in as h * (x^7 + x^2 + x + 1), all j at once.
+        Blocks 8..31: eight at a time from the eight before, times x^8: a shift
+        by one byte and the byte pushed out folded back by table lookup."""
         np = self._np
         u64 = np.dtype("<u8")
         n = len(ivs)
@@ -463,7 +474,7 @@ class SectorCipher:
         first = first.reshape(n, 2)
         lo = first[:, 0:1]
         hi = first[:, 1:2]
-        shift, rshift, one = self._shifts
+        shift, rshift, one, fold8 = self._shifts
         # (x >> 1) >> (63 - j): x >> (64 - j) without a shift by 64 at j = 0
         carry = (hi >> one) >> rshift
         fold = carry << np.uint64(7)
@@ -471,12 +482,20 @@ class SectorCipher:
         fold ^= carry << one
         fold ^= carry << np.uint64(2)
         t = np.empty((n, _BLOCKS, 2), u64)
-        t_lo = t[:, :, 0]
-        t_hi = t[:, :, 1]
-        np.left_shift(lo, shift, out=t_lo)
-        t_lo ^= fold
-        np.left_shift(hi, shift, out=t_hi)
-        t_hi |= (lo >> one) >> rshift
+        np.left_shift(lo, shift, out=t[:, :8, 0])
+        t[:, :8, 0] ^= fold
+        np.left_shift(hi, shift, out=t[:, :8, 1])
+        t[:, :8, 1] |= (lo >> one) >> rshift
+        byte = np.uint64(8)
+        top = np.uint64(56)
+        for k in range(8, _BLOCKS, 8):
+            prev_lo = t[:, k - 8 : k, 0]
+            prev_hi = t[:, k - 8 : k, 1]
+            pushed = (prev_hi >> top).astype(np.intp)
+            np.left_shift(prev_hi, byte, out=t[:, k : k + 8, 1])
+            t[:, k : k + 8, 1] |= prev_lo >> top
+            np.left_shift(prev_lo, byte, out=t[:, k : k + 8, 0])
+            t[:, k : k + 8, 0] ^= fold8[pushed]
         return t
 
     def _run_bulk(self, sector: int, mv: memoryview, encrypt: bool, out: Any) -> None:
