@@ -127,7 +127,7 @@ class UserOptions:
     program: str
     argv: list[str]             # the guest's argv (argv[0] replaced by -0)
     env: list[str]              # the guest's environment, "K=V", qemu's envlist order
-    ld_prefix: str | None
+    ld_prefix: str | None       # absolute; None when "" or "/" (no prefix)
     stack_size: int
     cpu: str | None
     log_items: set[str]
@@ -649,7 +649,10 @@ def parse_command_line(arch: str, argv: list[str], environ: Mapping[str, str], *
         guest_argv[0] = parser.argv0
     return UserOptions(
         arch=arch, program=program, argv=guest_argv, env=list(parser.env),
-        ld_prefix=parser.ld_prefix, stack_size=parser.stack_size, cpu=parser.cpu,
+        # qemu's init_paths: made absolute at start-up, "" or "/" is no prefix
+        ld_prefix=(os.path.abspath(parser.ld_prefix)
+                   if parser.ld_prefix not in ("", "/") else None),
+        stack_size=parser.stack_size, cpu=parser.cpu,
         # -strace and -d strace are the same thing in qemu 7.2 (LOG_STRACE)
         log_items=set(parser.log_items) | ({"strace"} if parser.strace else set()),
         log_file=parser.log_file, strace=parser.strace or "strace" in parser.log_items, seed=_seed(parser), singlestep=parser.singlestep,

@@ -7,6 +7,7 @@ argv the guest gets) is compared with the real tools.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -200,6 +201,8 @@ def test_parse_values() -> None:
     assert (opts.reserved_va, opts.guest_base, opts.page_size) == (0x1000 << 20, 0x10000, 8192)
     assert opts.stack_mapping_size == 32 * 4096      # qemu's STACK_LOWER_LIMIT
     assert parse_command_line("arm", ["-s", "1M", "p"], {}).stack_mapping_size == 1 << 20
+    assert parse_command_line("arm", ["-L", "rel", "p"], {}).ld_prefix == os.path.abspath("rel")
+    assert parse_command_line("arm", ["p"], {"QEMU_LD_PREFIX": ""}).ld_prefix is None
     assert parse_command_line("arm", ["-d", "strace", "p"], {}).strace
     assert parse_command_line("arm", ["-strace", "p"], {}).log_items == {"strace"}
     defaults = parse_command_line("aarch64", ["prog"], {})
