@@ -1,22 +1,26 @@
 """Sockets and threads around the engine.
 
-One thread per connection reads and parses; workers per connection carry out
-the requests, so a client's in-flight requests overlap with the reading (the
-block layer is synchronous and thread-safe; file I/O releases the GIL).
+One thread per connection reads and parses; an executor thread per connection
+carries out the requests (workers take the ones that wait on the disk), so a
+client's in-flight requests overlap with the reading (the block layer is
+synchronous and thread-safe; file I/O releases the GIL).
 
 * Reading: into one reusable buffer (``sock.recv(256 KiB)`` would allocate
   256 KiB per call); large WRITE payloads are read with ``recv_into``
-  straight into a buffer of their own.
-* Batches: the reader parses every request it holds, then posts the small
-  ones (under 64 KiB, no FUA) to the connection's executor thread, which takes
-  everything posted at each round and writes the replies in one ``sendmsg``
-  per 64 buffers: a wake-up only when the executor was idle, a few syscalls
-  per batch, not per request. A lone request with nothing else running is
-  served inline by the reader (queue depth 1: no hand-off at all). Large
-  requests, FUA writes and FLUSH go to up to :data:`WORKERS` workers, at most
-  :data:`MAX_IN_FLIGHT` of them (:data:`MAX_IN_FLIGHT_BYTES` of WRITE
-  payload) read ahead, and at most :data:`MAX_BATCHED` small requests are
-  queued: the memory one client can pin is bounded.
+  straight into a buffer of their own, and after a large WRITE the next
+  request header is read exactly, so that the next payload lands whole in its
+  own buffer too (no join of two pieces by the engine).
+* Batches: the reader parses every request it holds, then posts them to the
+  connection's executor thread, which takes everything posted at each round
+  and writes the replies in one ``sendmsg`` per 64 buffers (or at once for a
+  large READ payload): a wake-up only when the executor was idle, a few
+  syscalls per batch, not per request. A lone request with nothing else
+  running is served inline by the reader (queue depth 1: no hand-off at all).
+  FUA writes and FLUSH, which wait on the disk, go to up to :data:`WORKERS`
+  workers instead. At most :data:`MAX_BATCHED` requests and
+  :data:`MAX_IN_FLIGHT_BYTES` of WRITE payload are queued for the executor,
+  and :data:`MAX_IN_FLIGHT` (and as many bytes) for the workers: the memory
+  one client can pin is bounded.
 * Replies: each request's replies (all its structured chunks) are encoded
   under the engine's lock and written as one unit under the stream's lock, so
   two requests' chunks never interleave.
@@ -54,24 +58,25 @@ from .export import Export, Session
 RECV_SIZE = 256 * 1024
 #: payloads at least this large are read into a buffer of their own
 BIG = 64 * 1024
-#: large requests read ahead per connection, and their WRITE payload bytes:
-#: a client can pin at most this much memory (nbdcopy keeps 64 requests of
-#: 256 KiB in flight per connection: with qemu's NBD_MAX_REQUESTS of 16 the
-#: reader waited for a worker at every request)
+#: FUA/FLUSH requests read ahead per connection for the workers, and the WRITE
+#: payload bytes queued (for the workers, and for the executor): a client can
+#: pin at most this much memory (nbdcopy keeps 64 requests of 256 KiB in
+#: flight per connection: a bound of 16 requests as qemu's NBD_MAX_REQUESTS
+#: made the reader wait at every request)
 MAX_IN_FLIGHT = 64
 MAX_IN_FLIGHT_BYTES = 64 << 20
-#: reply buffers of inline requests gathered before one sendmsg
+#: reply buffers gathered before one sendmsg
 FLUSH_PARTS = 64
-#: worker threads per connection
+#: worker threads per connection (FUA writes and FLUSH)
 WORKERS = 8
 _FUA = int(CmdFlag.FUA)
-#: small requests queued to workers per connection before the reader waits
+#: requests queued to the executor per connection before the reader waits
 MAX_BATCHED = 256
 
 
-def _heavy(req: Request) -> bool:
-    """Large, durable or flushing: such a request gets a worker of its own."""
-    return req.length >= BIG or req.cmd == Cmd.FLUSH or bool(int(req.flags) & _FUA)
+def _durable(req: Request) -> bool:
+    """FLUSH or a FUA write: it waits on the disk, so it gets a worker of its own."""
+    return req.cmd == Cmd.FLUSH or bool(int(req.flags) & _FUA)
 
 
 def sendmsg_all(sock: socket.socket, parts: list[Any]) -> None:
@@ -209,8 +214,9 @@ class Server:
                 pass
 
 
-def _recv(stream: Stream, conn: ServerConnection, lock: threading.Lock) -> bool:
-    """Read what the engine needs next; False at EOF (already fed)."""
+def _recv(stream: Stream, conn: ServerConnection, lock: threading.Lock, exact: bool) -> bool:
+    """Read what the engine needs next, no more than it wants when ``exact``;
+    False at EOF (already fed)."""
     want = conn.bytes_wanted
     if want >= BIG:
         buf = bytearray(want)
@@ -227,16 +233,16 @@ def _recv(stream: Stream, conn: ServerConnection, lock: threading.Lock) -> bool:
         with lock:
             conn.receive_data(buf)
         return True
-    data = stream.recv(RECV_SIZE)
+    data = stream.recv(want if exact else RECV_SIZE)
     with lock:
         conn.receive_data(data)
     return bool(data)
 
 
 class _Requests:
-    """The transmission phase of one connection: small requests run inline in
-    the reader with their replies batched; heavy ones go to workers started as
-    needed; a bound on requests read ahead."""
+    """The transmission phase of one connection: batches of requests for the
+    executor thread (a lone one inline in the reader), FUA writes and FLUSH
+    for workers started as needed, bounds on what is read ahead."""
 
     def __init__(self, stream: Stream, conn: ServerConnection, session: Session,
                  lock: threading.Lock) -> None:  # fmt: skip
@@ -249,9 +255,10 @@ class _Requests:
         self.busy = 0
         #: their WRITE payload bytes
         self.busy_bytes = 0
-        #: small requests handed to the executor and not answered yet
+        #: requests handed to the executor and not answered yet, their WRITE bytes
         self.queued = 0
-        #: the executor's mailbox: small requests it has not taken yet (the
+        self.queued_bytes = 0
+        #: the executor's mailbox: requests it has not taken yet (the
         #: reader appends; a busy executor takes them all at its next round,
         #: so only an idle one costs a wake-up)
         self.mail: list[Request] = []
@@ -264,15 +271,15 @@ class _Requests:
         #: reply buffers of inline requests not written yet: the reader sends
         #: them in one sendmsg before it would wait for more bytes
         self.pending: list[Any] = []
-        #: small requests parsed and not yet run (see dispatch)
+        #: requests parsed and not yet run (see dispatch)
         self.batch: list[Request] = []
 
     def submit(self, req: Request) -> None:
-        """Take one request from the reader. Small ones join the batch that
-        :meth:`dispatch` runs when the reader has parsed all it holds; large
-        ones, FUA writes and FLUSH go to a worker of their own, unless nothing
-        else is queued or running."""
-        if not _heavy(req):
+        """Take one request from the reader. Most join the batch that
+        :meth:`dispatch` posts to the executor when the reader has parsed all
+        it holds; FUA writes and FLUSH go to a worker of their own (they wait
+        on the disk), unless nothing else is queued or running."""
+        if not _durable(req):
             self.batch.append(req)
             return
         with self.idle:
@@ -290,8 +297,8 @@ class _Requests:
         self._queue([req])
 
     def dispatch(self) -> None:
-        """The reader is about to wait for bytes: run the batch of small
-        requests. Inline (no thread hand-off) when it is one request and
+        """The reader is about to wait for bytes: run the batch of requests
+        parsed. Inline (no thread hand-off) when it is one request and
         nothing else runs (queue depth 1: latency); else the connection's
         executor thread takes them, so the reader goes on receiving and parsing
         while their I/O runs (measured: +15-25% IOPS at queue depth 32 over
@@ -308,11 +315,15 @@ class _Requests:
         self.flush()
 
     def _post(self, batch: list[Request]) -> None:
-        """Give small requests to the executor thread."""
+        """Give requests to the executor thread."""
+        size = sum(len(r.data) for r in batch if r.data is not None)
         with self.idle:
-            while self.queued >= MAX_BATCHED:  # bound what one client can queue
+            while self.queued and (
+                self.queued >= MAX_BATCHED or self.queued_bytes + size > MAX_IN_FLIGHT_BYTES
+            ):  # bound what one client can queue
                 self.idle.wait()
             self.queued += len(batch)
+            self.queued_bytes += size
             self.mail += batch
             if self.sleeping:
                 self.idle.notify_all()
@@ -331,10 +342,11 @@ class _Requests:
                     self.sleeping = False
                 batch, self.mail = self.mail, []
             self._answer(batch)
+            size = sum(len(r.data) for r in batch if r.data is not None)
             with self.idle:
                 self.queued -= len(batch)
-                if not self.queued or self.queued + len(batch) >= MAX_BATCHED:
-                    self.idle.notify_all()  # drain() or a reader held back by the bound
+                self.queued_bytes -= size
+                self.idle.notify_all()  # drain() or a reader held back by the bound
 
     def _queue(self, batch: list[Request]) -> None:
         with self.idle:
@@ -438,6 +450,7 @@ def serve_connection(sock: socket.socket, session: Session, tls: Any = None) -> 
     lock = threading.Lock()
     stream.send_parts([conn.send(Greeting())])
     requests: _Requests | None = None
+    big_writes = False
     try:
         for _ in iter(int, 1):  # until the client leaves
             try:
@@ -450,11 +463,16 @@ def serve_connection(sock: socket.socket, session: Session, tls: Any = None) -> 
                     requests.dispatch()  # answer what was read before waiting for more
                     if requests.failed:
                         return
-                _recv(stream, conn, lock)
+                _recv(stream, conn, lock, big_writes)
                 continue  # at EOF next_event gives Closed or an error
             if isinstance(ev, Closed):
                 return
             if isinstance(ev, Request):
+                # after a large WRITE the next header is read exactly, so the
+                # next payload lands whole in a buffer of its own (else the
+                # engine joins the piece that came with the header and the
+                # rest: a copy of the payload; halves the CPU under nbdcopy)
+                big_writes = ev.cmd == Cmd.WRITE and ev.length >= BIG
                 if requests is None:
                     requests = _Requests(stream, conn, session, lock)
                 if ev.cmd == Cmd.DISC:

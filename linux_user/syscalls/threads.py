@@ -17,7 +17,6 @@ ends the wait (``GuestThread.kick``) with EINTR.
 from __future__ import annotations
 
 import errno
-import os
 import struct
 import threading
 import time
@@ -119,77 +118,9 @@ def sys_clone(t: GuestThread, flags: int, newsp: int, ptid: int, tls: int, ctid:
     # arm and arm64 both use the CLONE_BACKWARDS order: flags, stack, ptid, tls, ctid
     if flags & CLONE_THREAD:
         return _clone_thread(t, flags, newsp, ptid, tls, ctid)
-    from . import process as _process
+    from .process import clone_process
 
-    fork = getattr(_process, "clone_process", None) or fork_process
-    return fork(t, flags, newsp, ptid, tls, ctid)
-
-
-def fork_process(t: GuestThread, flags: int, newsp: int, ptid: int, tls: int,
-                 ctid: int) -> int:
-    """clone without CLONE_THREAD: a host fork() (vfork runs as a fork, as under
-    qemu-user). The child is this whole emulator with the calling thread only.
-
-    A fallback until the process family (syscalls/process.py) provides
-    ``clone_process``; exit signals other than SIGCHLD are not supported."""
-    if flags & CLONE_THREAD or flags & CSIGNAL not in (0, 17):
-        return -errno.EINVAL
-    proc = t.process
-    with proc.sig_lock, proc.futex_lock:
-        pid = os.fork()
-    if pid:
-        if flags & CLONE_PARENT_SETTID:
-            t.mem.write(ptid, _U32.pack(pid))
-        return pid
-    proc.after_fork(t)
-    if newsp:
-        t.set_reg(t.arch.reg_sp, newsp)
-    if flags & CLONE_SETTLS:
-        t.set_tls(tls)
-    if flags & CLONE_CHILD_SETTID:
-        t.mem.write(ctid, _U32.pack(t.tid))
-    if flags & CLONE_CHILD_CLEARTID:
-        t.clear_child_tid = ctid
-    return 0
-
-
-@syscall("fork", arch="arm")
-def sys_fork(t: GuestThread) -> int:
-    return fork_process(t, 17, 0, 0, 0, 0)
-
-
-@syscall("vfork", arch="arm")
-def sys_vfork(t: GuestThread) -> int:
-    return fork_process(t, 17, 0, 0, 0, 0)
-
-
-def _rusage(t: GuestThread, ru: os.struct_rusage | None) -> bytes:
-    word = t.arch.word_size
-    fmt = "<" + ("i" if word == 4 else "q") * 18
-    if ru is None:
-        return bytes(struct.calcsize(fmt))
-    ut, st = ru.ru_utime, ru.ru_stime
-    return struct.pack(fmt, int(ut), int(ut % 1 * 1e6), int(st), int(st % 1 * 1e6),
-                       ru.ru_maxrss, ru.ru_ixrss, ru.ru_idrss, ru.ru_isrss, ru.ru_minflt,
-                       ru.ru_majflt, ru.ru_nswap, ru.ru_inblock, ru.ru_oublock,
-                       ru.ru_msgsnd, ru.ru_msgrcv, ru.ru_nsignals, ru.ru_nvcsw,
-                       ru.ru_nivcsw)
-
-
-@syscall("wait4")
-def sys_wait4(t: GuestThread, pid: int, status: int, options: int, rusage: int) -> int:
-    """wait4 over the host's (guest children are host children); blocking waits
-    let the other guest threads run. A fallback until the process family has one."""
-    if options & os.WNOHANG:
-        got, st, ru = os.wait4(s32(pid), options)
-    else:
-        with t.blocking():
-            got, st, ru = os.wait4(s32(pid), options)
-    if got and status:
-        t.mem.write(status, _U32.pack(st & 0xFFFFFFFF))
-    if got and rusage:
-        t.mem.write(rusage, _rusage(t, ru))
-    return got
+    return clone_process(t, flags, newsp, ptid, tls, ctid)   # fork, vfork, wait4: there
 
 
 @syscall("gettid")
