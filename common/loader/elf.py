@@ -15,9 +15,10 @@ qemu-aarch64 7.2):
 
 Loading: the whole image span is reserved (PROT_NONE) first, ET_EXEC at its own
 addresses, ET_DYN (PIE) at the architecture's mmap base (qemu's TASK_UNMAPPED_BASE:
-0x40000000 for arm) and the interpreter wherever the address space chooses; the main
-program's reservation is followed by 16 MiB kept free for brk while the interpreter is
-placed, as qemu 7.2 does. Each PT_LOAD maps the pages holding its file bytes from the
+0x40000000 for arm, 0x5500000000 for aarch64) and the interpreter wherever the address
+space chooses; the main program's reservation includes 16 MiB (32 MiB for 64-bit
+guests) after its bss, kept while the stack and the interpreter are placed and released
+at the end, as qemu 7.2 does. Each PT_LOAD maps the pages holding its file bytes from the
 file (a host file mapping when the address space offers one, else bytes written into
 anonymous pages), zeroes the rest of its last file page when it has a bss, and maps
 the remaining bss pages anonymous.
@@ -60,8 +61,11 @@ PROT_NONE, PROT_READ, PROT_WRITE, PROT_EXEC = 0, 1, 2, 4
 #: qemu-user reads this much of the file first (BPRM_BUF_SIZE); headers inside it
 #: come from that buffer, zero-padded past the end of a short file
 BPRM_BUF_SIZE = 1024
-#: room kept free after the main program while the interpreter is placed (qemu 7.2)
-BRK_RESERVE = 16 << 20
+#: room kept free after the main program's bss while the stack and the interpreter
+#: are placed (qemu 7.2's reserve_brk: 16 MiB for 32-bit guests, 32 MiB for 64-bit)
+BRK_RESERVE = {32: 16 << 20, 64: 32 << 20}
+#: qemu's STACK_LOWER_LIMIT, in pages
+STACK_MIN_PAGES = 32
 
 # fields after e_ident: e_type e_machine e_version e_entry e_phoff e_shoff e_flags
 # e_ehsize e_phentsize e_phnum e_shentsize e_shnum e_shstrndx
@@ -132,6 +136,8 @@ class LoadInfo:
     interp_host_path: str | None = None   # the interpreter file opened (under -L or not)
     interp_bias: int = 0
     stack_flags: int | None = None  # p_flags of PT_GNU_STACK (None: no such header)
+    stack_limit: int = 0            # load_program(stack_size=): lowest usable stack byte
+    stack_top: int = 0              # ... and the end of the stack mapping
 
     @property
     def exec_stack(self) -> bool:
@@ -302,6 +308,8 @@ def _map_image(mem: AddressSpace, img: _Image, arch: ArchInfo, *, hint: int,
     if hiaddr < loaddr or loaddr % page:
         raise _fail(img.name, f"Error mapping file: {os.strerror(errno.EINVAL)}")
     span = -(-(hiaddr + 1 - loaddr) // page) * page
+    if brk_room:
+        span += BRK_RESERVE[arch.elf_class]
     name = os.path.realpath(img.host_path)
     file_maps = _takes_fd(mem)
     try:
@@ -310,16 +318,6 @@ def _map_image(mem: AddressSpace, img: _Image, arch: ArchInfo, *, hint: int,
         else:
             load_addr = mem.mmap(hint, span, PROT_NONE)
         reserve_end = load_addr + span
-        if brk_room:
-            try:
-                got = mem.mmap(reserve_end, BRK_RESERVE, PROT_NONE)
-            except GuestMemoryError:
-                pass
-            else:
-                if got == reserve_end:
-                    reserve_end += BRK_RESERVE
-                else:
-                    mem.munmap(got, BRK_RESERVE)
         bias = (load_addr - loaddr) & mask
         out = _Loaded(load_addr, bias, (img.entry + bias) & mask, mask, 0, mask, 0, 0,
                       reserve_end)
@@ -401,9 +399,15 @@ def _pie_base(arch: ArchInfo) -> int:
 
 
 def load_program(mem: AddressSpace, path: str, arch: ArchInfo, *,
-                 ld_prefix: str | None) -> LoadInfo:
+                 ld_prefix: str | None, stack_size: int | None = None) -> LoadInfo:
     """Map the program ``path`` (and its PT_INTERP, looked up under ``ld_prefix``
-    first) into ``mem``; raise :class:`ElfError` in qemu-user's words."""
+    first) into ``mem``; raise :class:`ElfError` in qemu-user's words.
+
+    With ``stack_size``, the stack is mapped too, in qemu's order (after the program,
+    before the interpreter, while the brk room is still held), so that the layout is
+    qemu-user's: ``size`` raised to 32 pages, one PROT_NONE guard page below it;
+    :attr:`LoadInfo.stack_limit`/:attr:`LoadInfo.stack_top` say where it is.
+    """
     fd, buf = _open_program(path, arch)
     try:
         img = _parse(path, path, fd, buf, arch, want_interp=True)
@@ -420,6 +424,8 @@ def load_program(mem: AddressSpace, path: str, arch: ArchInfo, *,
         for seg in img.segments:
             if seg.type == PT_GNU_STACK:
                 info.stack_flags = seg.flags
+        if stack_size is not None:
+            _map_stack(mem, stack_size, info)
         if img.interp is not None:
             _load_interp(mem, img.interp, arch, ld_prefix, info)
         # the brk room goes back to the address space
@@ -429,6 +435,22 @@ def load_program(mem: AddressSpace, path: str, arch: ArchInfo, *,
     finally:
         os.close(fd)
     return info
+
+
+def _map_stack(mem: AddressSpace, size: int, info: LoadInfo) -> None:
+    """qemu's setup_arg_pages: ``size + guard`` read-write, the lowest page PROT_NONE."""
+    from ..memory import GuestMemoryError
+
+    page = mem.page_size
+    size = max(-(-size // page) * page, STACK_MIN_PAGES * page)
+    try:
+        base = mem.mmap(0, size + page, PROT_READ | PROT_WRITE, name="[stack]")
+        mem.mprotect(base, page, PROT_NONE)
+    except (GuestMemoryError, OverflowError) as e:
+        err = getattr(e, "errno", None) or errno.ENOMEM
+        raise ElfError(f"mmap stack: {os.strerror(err)}", prefixed=False) from None
+    info.stack_limit = base + page
+    info.stack_top = base + page + size
 
 
 def _load_interp(mem: AddressSpace, name: str, arch: ArchInfo, ld_prefix: str | None,

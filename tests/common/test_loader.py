@@ -376,3 +376,45 @@ def test_load_info_equals_qemu_page_log(programs, memory, arch_name: str, flags:
     if shift == 0 and info.interp_path is None:
         assert lines == [line for line in proc.stderr.decode().splitlines()
                          if line.split(" ")[0] in qemu]
+
+
+def _qemu_layout(arch_name: str, path: Path) -> list[tuple[int, int, str]]:
+    """qemu's ``-d page`` mappings after the binary load: (start, end, prot)."""
+    proc = subprocess.run([tool_path("qemu", arch_name), "-d", "page", "-L",
+                           f"/usr/{TRIPLET[arch_name]}", str(path)],
+                          capture_output=True, env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    text = proc.stderr.decode().split("page layout changed following binary load\n")[1]
+    rows = []
+    for line in text.splitlines()[1:]:
+        if line.startswith("start_brk"):
+            break
+        span, _size, prot = line.split()
+        start, end = (int(x, 16) for x in span.split("-"))
+        rows.append((start, end, prot))
+    return rows
+
+
+@pytest.mark.parametrize("arch_name,flags", [("arm", ["-pie", "-fPIE"]),
+                                             ("aarch64", ["-pie", "-fPIE"]),
+                                             ("aarch64", ["-static"])])
+def test_layout_equals_qemu(programs, memory, arch_name: str, flags: list[str]) -> None:
+    """Program, brk room, stack and interpreter land where qemu-user puts them (with
+    the same 8 MiB stack; qemu's signal trampoline page is not the loader's)."""
+    path = programs[(arch_name, " ".join(flags))]
+    arch = get_arch(arch_name)
+    mem = memory(arch_name)
+    info = load_program(mem, str(path), arch, ld_prefix=f"/usr/{TRIPLET[arch_name]}",
+                        stack_size=8 << 20)
+    ours = [(v.start, v.end, "".join(c if v.prot & b else "-" for c, b in
+                                     (("r", PROT_READ), ("w", PROT_WRITE), ("x", PROT_EXEC))))
+            for v in mem.vmas]
+    # not the loader's: arm's kuser helper page, and qemu's signal trampoline (one
+    # anonymous r-x page it maps once the loader is done)
+    qemu = [row for row in _qemu_layout(arch_name, path) if row[0] != 0xFFFF0000]
+    trampoline = [row for row in qemu
+                  if row[2] == "r-x" and row[1] - row[0] == PAGE and row not in ours]
+    assert len(trampoline) == 1
+    qemu.remove(trampoline[0])
+    assert ours == qemu
+    assert (info.stack_top - info.stack_limit, mem.find_vma(info.stack_limit - 1).prot) == \
+        (8 << 20, PROT_NONE)
