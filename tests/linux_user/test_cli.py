@@ -283,3 +283,18 @@ def test_number_parsing_is_the_c_library_s(text: str) -> None:
     assert cli._strtoul(text) == (value, text[consumed:])
     assert cli._strtol(text) == libc.strtol(raw, None, 0)
     assert cli._atoi(text) == libc.atoi(raw)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_cpu_models_are_unicorn_models(arch: str) -> None:
+    """Every -cpu name maps onto a CPU model unicorn 2.1.4 really creates."""
+    import unicorn
+    from pyqemu.linux_user.cli import uc_cpu_model
+
+    uc_arch = unicorn.UC_ARCH_ARM if arch == "arm" else unicorn.UC_ARCH_ARM64
+    for name in cpu_models(arch):
+        model = uc_cpu_model(arch, name)
+        uc = unicorn.Uc(uc_arch, unicorn.UC_MODE_ARM)
+        uc.ctl_set_cpu_model(model)
+        uc.mem_map(0x1000, 0x1000)     # the CPU is created on first use
+        assert uc.ctl_get_cpu_model() == model
