@@ -1,4 +1,15 @@
-"""Process and identity syscalls: exit, ids, uname, limits, TLS, getrandom.
+"""Process and identity syscalls: exit, ids, uname, limits, TLS, getrandom; fork,
+vfork and clone as a process, wait4/waitid, execve/execveat.
+
+A guest process is a host process: fork is the host's ``fork()`` (the child keeps the
+calling thread only, as Linux's does), so guest children are host children and wait4
+and waitid are the host's with their structs translated. vfork runs as a fork whose
+parent waits until the child has exec'd or ended (a close-on-exec pipe tells it).
+
+execve of a guest ELF (arm or aarch64, whichever this emulator is) re-executes
+pyqemu-<arch> on it with the same -L, -d, -strace, -r and -cpu options, ``-0`` for the
+guest's argv[0] and exactly the guest's environment; anything else (a host ELF, a
+script) is the host's execve, so a ``#!`` script's interpreter runs natively.
 
 rseq is deliberately not registered: -ENOSYS with the "Unsupported syscall" line under
 -d unimp, exactly as qemu-user 7.2 (glibc then goes on without it).
@@ -9,8 +20,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import platform
 import resource
+import signal
 import struct
+import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import syscall
@@ -235,3 +250,298 @@ def sys_sched_getaffinity(t: GuestThread, pid: int, size: int, mask: int) -> int
     bits = sum(1 << c for c in cpus)
     t.mem.write(mask, bits.to_bytes(nbytes, "little"))
     return nbytes
+
+
+# ---- fork, vfork, clone as a process ---------------------------------------------------
+CLONE_VM = 0x100
+CLONE_VFORK = 0x4000
+CLONE_THREAD = 0x10000
+CLONE_SETTLS = 0x80000
+CLONE_PARENT_SETTID = 0x100000
+CLONE_CHILD_CLEARTID = 0x200000
+CLONE_CHILD_SETTID = 0x1000000
+CSIGNAL = 0xFF
+SIGCHLD = 17
+_U32 = struct.Struct("<I")
+_VFORK_FD = "vfork_fd"          # proc.extra key: the child's end of the vfork pipe
+
+
+def _drop_vfork_fd(proc: object) -> None:
+    fd = proc.extra.pop(_VFORK_FD, None)  # type: ignore[attr-defined]
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def fork_process(t: GuestThread, flags: int, child_stack: int, ptid: int, ctid: int,
+                 tls: int) -> int:
+    """clone without CLONE_THREAD (and fork, vfork): a host fork. Returns the child's
+    pid in the parent, 0 in the child, or -errno. The child is this whole emulator
+    with the calling thread only (Linux's semantics too); CLONE_VFORK makes the parent
+    wait for the child's exec or exit. Exit signals: SIGCHLD or none (a host child
+    always signals SIGCHLD; another signal is refused with EINVAL)."""
+    if flags & CLONE_THREAD or flags & CSIGNAL not in (0, SIGCHLD):
+        return -errno.EINVAL
+    proc = t.process
+    gate = None
+    if flags & CLONE_VFORK:
+        rd, wr = os.pipe2(os.O_CLOEXEC)
+        # out of the guest's usual fd range (guest fds are host fds)
+        gate = (os.dup2(rd, 1000 + rd) if rd < 1000 else rd,
+                os.dup2(wr, 1000 + wr) if wr < 1000 else wr)
+        for fd, keep in ((rd, gate[0]), (wr, gate[1])):
+            if fd != keep:
+                os.close(fd)
+    with proc.sig_lock, proc.futex_lock:
+        pid = os.fork()
+    if pid:
+        if gate is not None:
+            os.close(gate[1])
+            try:
+                with t.blocking():
+                    while os.read(gate[0], 1):
+                        pass
+            finally:
+                os.close(gate[0])
+        if flags & CLONE_PARENT_SETTID:
+            t.mem.write(ptid, _U32.pack(pid))
+        return pid
+    # the child
+    _drop_vfork_fd(proc)            # a vfork child forking again: not the grandchild's
+    proc.after_fork(t)
+    if gate is not None:
+        os.close(gate[0])
+        proc.extra[_VFORK_FD] = gate[1]
+    if child_stack:
+        t.set_reg(t.arch.reg_sp, child_stack)
+    if flags & CLONE_SETTLS:
+        t.set_tls(tls)
+    if flags & CLONE_CHILD_SETTID:
+        t.mem.write(ctid, _U32.pack(t.tid))
+    if flags & CLONE_CHILD_CLEARTID:
+        t.clear_child_tid = ctid
+    return 0
+
+
+def clone_process(t: GuestThread, flags: int, newsp: int, ptid: int, tls: int,
+                  ctid: int) -> int:
+    """The clone handler's entry (its argument order: flags, stack, ptid, tls, ctid)."""
+    return fork_process(t, flags, newsp, ptid, ctid, tls)
+
+
+@syscall("fork", arch="arm")
+def sys_fork(t: GuestThread) -> int:
+    return fork_process(t, SIGCHLD, 0, 0, 0, 0)
+
+
+@syscall("vfork", arch="arm")
+def sys_vfork(t: GuestThread) -> int:
+    return fork_process(t, CLONE_VM | CLONE_VFORK | SIGCHLD, 0, 0, 0, 0)
+
+
+# ---- wait4, waitid ---------------------------------------------------------------------
+def rusage_bytes(t: GuestThread, ru: os.struct_rusage | None) -> bytes:
+    """A guest ``struct rusage``: two timevals and 14 longs, all of the guest's word."""
+    fmt = "<" + ("i" if t.arch.word_size == 4 else "q") * 18
+    if ru is None:
+        return bytes(struct.calcsize(fmt))
+    ut, st = ru.ru_utime, ru.ru_stime
+    return struct.pack(fmt, int(ut), int(ut % 1 * 1e6), int(st), int(st % 1 * 1e6),
+                       ru.ru_maxrss, ru.ru_ixrss, ru.ru_idrss, ru.ru_isrss, ru.ru_minflt,
+                       ru.ru_majflt, ru.ru_nswap, ru.ru_inblock, ru.ru_oublock,
+                       ru.ru_msgsnd, ru.ru_msgrcv, ru.ru_nsignals, ru.ru_nvcsw,
+                       ru.ru_nivcsw)
+
+
+@syscall("wait4")
+def sys_wait4(t: GuestThread, pid: int, status: int, options: int, rusage: int) -> int:
+    """The host's wait4 (guest children are host children); a blocking wait lets the
+    other guest threads run."""
+    if options & os.WNOHANG:
+        got, st, ru = os.wait4(s32(pid), s32(options))
+    else:
+        with t.blocking():
+            got, st, ru = os.wait4(s32(pid), s32(options))
+    if got and status:
+        t.mem.write(status, _U32.pack(st & 0xFFFFFFFF))
+    if got and rusage:
+        t.mem.write(rusage, rusage_bytes(t, ru))
+    return got
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_SYS_WAITID = {"x86_64": 247, "aarch64": 95}.get(platform.machine(), 247)
+
+
+class _HostRusage(ctypes.Structure):
+    _fields_ = [("tv", ctypes.c_long * 4), ("rest", ctypes.c_long * 14)]
+
+
+@syscall("waitid")
+def sys_waitid(t: GuestThread, idtype: int, upid: int, infop: int, options: int,
+               rusage: int) -> int:
+    """The host's waitid (a 64-bit host siginfo: pid/uid/status at 16, utime/stime at
+    32), translated to the guest's siginfo and rusage."""
+    hinfo = ctypes.create_string_buffer(128)
+    hru = _HostRusage()
+    args = (ctypes.c_long(_SYS_WAITID), ctypes.c_long(s32(idtype)), ctypes.c_long(s32(upid)),
+            hinfo, ctypes.c_long(s32(options)), ctypes.byref(hru))
+    if options & os.WNOHANG:
+        res = _libc.syscall(*args)
+    else:
+        with t.blocking():
+            res = _libc.syscall(*args)
+    if res < 0:
+        return -ctypes.get_errno()
+    raw = hinfo.raw
+    signo, _err, code = struct.unpack_from("<iii", raw, 0)
+    pid, uid, st = struct.unpack_from("<iIi", raw, 16)
+    utime, stime = struct.unpack_from("<qq", raw, 32)
+    if infop:
+        from ..sigframe import pack_siginfo
+
+        t.mem.write(infop, pack_siginfo(t.arch.word_size, signo, code, pid=pid, uid=uid,
+                                        status=st, utime=utime, stime=stime))
+    if rusage:
+        tv = hru.tv
+        word = t.arch.word_size
+        fmt = "<" + ("i" if word == 4 else "q") * 18
+        t.mem.write(rusage, struct.pack(fmt, tv[0], tv[1], tv[2], tv[3], *hru.rest))
+    return res
+
+
+# ---- execve, execveat ------------------------------------------------------------------
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+AT_SYMLINK_NOFOLLOW = 0x100
+_GUEST_MACHINES = {(1, 40): "arm", (2, 183): "aarch64"}   # (ELF class, e_machine)
+
+
+def _string_array(t: GuestThread, addr: int) -> list[bytes]:
+    word = t.arch.word_size
+    out: list[bytes] = []
+    if not addr:
+        return out
+    while True:
+        ptr = int.from_bytes(t.mem.read(addr, word), "little")
+        if not ptr:
+            return out
+        out.append(t.mem.read_cstring(ptr))
+        addr += word
+
+
+def guest_elf_arch(head: bytes) -> str | None:
+    """The guest architecture of an ELF header ("arm", "aarch64"), None otherwise."""
+    if len(head) < 20 or head[:4] != b"\x7fELF" or head[5] != 1:
+        return None
+    return _GUEST_MACHINES.get((head[4], int.from_bytes(head[18:20], "little")))
+
+
+def _emulator_argv(t: GuestThread, arch: str, path: bytes, argv: list[bytes]) -> list[bytes]:
+    """The command line that runs guest program ``path`` under pyqemu-<arch> with this
+    emulator's options."""
+    proc = t.process
+    opts = proc.extra.get("options")
+    cmd = [os.fsencode(sys.executable), b"-I", b"-c",
+           b"import sys; sys.argv[0] = 'pyqemu-%s'; from pyqemu.linux_user.main import run; "
+           b"run('%s', sys.argv[1:])" % (arch.encode(), arch.encode())]
+    if proc.ld_prefix:
+        cmd += [b"-L", os.fsencode(proc.ld_prefix)]
+    if proc.uname_release:
+        cmd += [b"-r", os.fsencode(proc.uname_release)]
+    if proc.strace:
+        cmd.append(b"-strace")
+    items = sorted(i for i in proc.log_items if i != "strace")
+    if items:
+        cmd += [b"-d", ",".join(items).encode()]
+    if opts is not None and getattr(opts, "cpu", None) and arch == proc.arch.name:
+        cmd += [b"-cpu", os.fsencode(opts.cpu)]
+    cmd += [b"-0", argv[0] if argv else path, b"--", path]
+    return cmd + argv[1:]
+
+
+def _prepare_host_exec(t: GuestThread) -> Callable[[], None]:
+    """What the new program inherits from this process: the guest's signal mask, and
+    SIG_IGN where the guest ignores a signal (default everywhere else). Returns the
+    function that undoes it (when the exec fails)."""
+    from .signals import SIG_IGN, action
+
+    saved_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    saved: dict[int, object] = {}
+    for signo in range(1, 65):
+        if signo in (signal.SIGKILL, signal.SIGSTOP) or 32 <= signo < signal.SIGRTMIN:
+            continue
+        try:
+            saved[signo] = signal.getsignal(signo)
+            ignore = action(t.process, signo).handler == SIG_IGN
+            signal.signal(signo, signal.SIG_IGN if ignore else signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    mask = {s for s in range(1, 65) if t.sigmask >> (s - 1) & 1
+            and s not in (signal.SIGKILL, signal.SIGSTOP) and not 32 <= s < signal.SIGRTMIN}
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    def undo() -> None:
+        for signo, handler in saved.items():
+            try:
+                signal.signal(signo, handler)  # type: ignore[arg-type]
+            except (OSError, ValueError, TypeError):
+                pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
+
+    return undo
+
+
+def _execve(t: GuestThread, dfd: int, path: bytes, argv: list[bytes], envp: list[bytes],
+            flags: int) -> int:
+    proc = t.process
+    if path in (b"/proc/self/exe", b"/proc/%d/exe" % proc.pid):
+        path = os.fsencode(proc.exec_path)
+    if not path:
+        if not flags & AT_EMPTY_PATH:
+            return -errno.ENOENT
+        fd = dfd
+    else:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (
+            os.O_NOFOLLOW if flags & AT_SYMLINK_NOFOLLOW else 0),
+            dir_fd=None if dfd == AT_FDCWD or path.startswith(b"/") else dfd)
+    try:
+        st = os.fstat(fd)
+        if not (st.st_mode & 0o170000 == 0o100000) or not os.access(
+                f"/proc/self/fd/{fd}", os.X_OK):
+            return -errno.EACCES
+        head = os.pread(fd, 64, 0)
+        if not path:
+            path = os.fsencode(os.readlink(f"/proc/self/fd/{fd}"))
+        elif dfd != AT_FDCWD and not path.startswith(b"/"):
+            path = os.fsencode(os.readlink(f"/proc/self/fd/{fd}"))
+    finally:
+        if fd != dfd:
+            os.close(fd)
+    arch = guest_elf_arch(head)
+    env = dict(e.split(b"=", 1) if b"=" in e else (e, b"") for e in envp)
+    _drop_vfork_fd(proc)
+    cmd = _emulator_argv(t, arch, path, argv) if arch is not None else None
+    undo = _prepare_host_exec(t)
+    try:
+        if cmd is not None:
+            os.execve(cmd[0], cmd, env)
+        os.execve(path, argv or [path], env)
+    finally:
+        undo()             # only when the exec failed
+    return -errno.ENOEXEC  # not reached
+
+
+@syscall("execve")
+def sys_execve(t: GuestThread, path: int, argv: int, envp: int) -> int:
+    return _execve(t, AT_FDCWD, t.mem.read_cstring(path), _string_array(t, argv),
+                   _string_array(t, envp), 0)
+
+
+@syscall("execveat")
+def sys_execveat(t: GuestThread, dfd: int, path: int, argv: int, envp: int,
+                 flags: int) -> int:
+    return _execve(t, s32(dfd), t.mem.read_cstring(path), _string_array(t, argv),
+                   _string_array(t, envp), flags)
