@@ -298,3 +298,25 @@ def test_cpu_models_are_unicorn_models(arch: str) -> None:
         uc.ctl_set_cpu_model(model)
         uc.mem_map(0x1000, 0x1000)     # the CPU is created on first use
         assert uc.ctl_get_cpu_model() == model
+
+
+def test_open_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """open_log: qemu's -D (truncated, %d is the pid) and its message when it fails."""
+    from pyqemu.linux_user.cli import open_log
+
+    assert open_log(parse_command_line("arm", ["p"], {})) is sys.stderr
+    old = tmp_path / "log"
+    old.write_text("old contents\n")
+    stream = open_log(parse_command_line("arm", ["-D", str(old), "p"], {}))
+    stream.write("new\n")
+    stream.close()
+    assert old.read_text() == "new\n"
+    per_pid = open_log(parse_command_line("arm", ["-D", str(tmp_path / "l.%d"), "p"], {}))
+    per_pid.close()
+    assert (tmp_path / f"l.{os.getpid()}").exists()
+    missing = tmp_path / "no" / "log"
+    with pytest.raises(SystemExit) as exit_:
+        open_log(parse_command_line("arm", ["-D", str(missing), "p"], {}), "pyqemu-arm")
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == \
+        f"pyqemu-arm: Error opening logfile {missing}: No such file or directory\n"
