@@ -18,6 +18,7 @@ lines of ``-p`` follow the bytes copied, not the job's internal iterations.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections import deque
 from typing import Any
@@ -121,22 +122,28 @@ def commit_ranges(
     """
     total = sum(n for _, n in runs) or 1
     readinto = getattr(top, "readinto", None)
+    write_from = getattr(base, "write_from", None)
     planned = list(_commit_pieces(top, runs))
     pieces = iter([p for p in planned if p[2]] + [p for p in planned if not p[2]])
-    pending: deque[tuple[Job | None, int, int, bytearray | None]] = deque()
+    pending: deque[tuple[Job | None, int, int, Any]] = deque()
     buffers: list[bytearray | None] = [None] * DEPTH
     workers = Workers(WORKERS) if readinto is not None else None
     count = 0
     done = 0
+    # no cyclic garbage here: collections would only walk every object again
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
     try:
         while True:
             while len(pending) < DEPTH:
                 piece = next(pieces, None)
                 if piece is None:
                     break
-                pos, n, zero = piece
+                pos, n, zero, where = piece
                 if zero:
                     pending.append((None, pos, n, None))
+                elif where is not None and write_from is not None:
+                    pending.append((None, pos, n, where))  # copied file to file
                 elif workers is None:
                     pending.append((None, pos, n, bytearray(top.read(pos, n))))
                 else:
@@ -151,6 +158,10 @@ def commit_ranges(
             job, pos, n, buf = pending[0]
             if buf is None:
                 base.write_zeroes(pos, n, may_unmap=True)
+            elif type(buf) is tuple:
+                write_from(pos, buf[0], buf[1], n)
+                if limit is not None:
+                    limit.throttle(n)
             else:
                 if job is not None:
                     job.result()
@@ -166,11 +177,15 @@ def commit_ranges(
                 job.wait()
         if workers is not None:
             workers.shutdown()
+        if gc_was_enabled:
+            gc.enable()
 
 
 def _commit_pieces(top: Any, runs: list[tuple[int, int]]) -> Any:
-    """Yield (offset, length, zero) over ``runs`` by the chain's block status:
-    adjacent zero ranges joined, data in pieces of at most CHUNK bytes."""
+    """Yield (offset, length, zero, where) over ``runs`` by the chain's block
+    status: adjacent zero ranges joined, data in pieces of at most CHUNK
+    bytes; ``where`` is (protocol node, host offset) of data that lies
+    contiguous in a host file (the base copies it file to file), else None."""
     from ..common.block import block_status_above
 
     zero_start = zero_end = -1
@@ -183,17 +198,20 @@ def _commit_pieces(top: Any, runs: list[tuple[int, int]]) -> Any:
             if run.zero and not run.data:
                 if zero_end != pos:
                     if zero_end > zero_start:
-                        yield zero_start, zero_end - zero_start, True
+                        yield zero_start, zero_end - zero_start, True, None
                     zero_start = pos
                 zero_end = pos + n
             else:
                 if zero_end > zero_start:
-                    yield zero_start, zero_end - zero_start, True
+                    yield zero_start, zero_end - zero_start, True, None
                     zero_start = zero_end = -1
-                yield pos, n, False
+                where = None
+                if run.data and run.offset is not None and run.file is not None:
+                    where = (run.file, run.offset)
+                yield pos, n, False, where
             pos += n
     if zero_end > zero_start:
-        yield zero_start, zero_end - zero_start, True
+        yield zero_start, zero_end - zero_start, True, None
 
 
 def run(args: list[str]) -> int:

@@ -16,6 +16,7 @@ specified"). ``-t``/``-T`` are validated; every cache mode acts as writeback.
 from __future__ import annotations
 
 import errno
+import gc
 import re
 from collections import deque
 from typing import Any
@@ -27,6 +28,8 @@ from .commit import check_cache_mode, find_backing_image, is_allocated_above
 #: qemu-img's IO_BUF_SIZE: the step of the safe-mode loop
 IO_BUF_SIZE = 2 << 20
 SECTOR = 512
+#: the longest range one block status query of the image covers
+STATUS_SPAN = 64 << 20
 #: the most bytes one worker reads and compares at once (whole steps)
 CHUNK = 4 << 20
 #: reader threads, and chunks in flight (read ahead of the writes)
@@ -34,16 +37,16 @@ WORKERS = 2
 DEPTH = 4
 
 _ZEROS = bytes(CHUNK)
-_ZEROS_VIEW = memoryview(_ZEROS)
 _EQUAL_RUNS = re.compile(b"\\x00+")
 
 
 def differing_runs(
-    old: bytes | bytearray, new: bytes | bytearray, n: int | None = None
+    old: bytes | bytearray, new: bytes | bytearray, n: int | None = None, start: int = 0
 ) -> list[tuple[int, int]]:
-    """Runs (start, length) of the 512-byte sectors where the first ``n`` bytes
-    (default: all) of ``old`` and ``new`` differ (qemu-img's compare_buffers);
-    a short last sector counts as one.
+    """Runs (offset, length) of the 512-byte sectors where ``n`` bytes from
+    ``start`` (default: all) of ``old`` and ``new`` differ (qemu-img's
+    compare_buffers); sectors count from ``start``, a short last one counts
+    as one; offsets are positions in the buffers.
 
     Coarse to fine, every comparison a ``memcmp``: the whole range first; then
     the first and the last byte of every sector are sampled (strided copies,
@@ -52,43 +55,47 @@ def differing_runs(
     to single sectors where they differ.
     """
     if n is None:
-        n = len(old)
+        n = len(old) - start
     mn = memoryview(new)
-    if old.startswith(mn[:n]):
+    startswith = old.startswith
+    if startswith(mn[start : start + n], start):
         return []
     mo = memoryview(old)
     full = n - n % SECTOR
     runs: list[tuple[int, int]] = []
     if full:
         nsec = full // SECTOR
-        first = int.from_bytes(mo[0:full:SECTOR].tobytes(), "big") ^ int.from_bytes(
-            mn[0:full:SECTOR].tobytes(), "big"
+        a0 = start
+        b0 = start + full
+        first = int.from_bytes(mo[a0:b0:SECTOR].tobytes(), "big") ^ int.from_bytes(
+            mn[a0:b0:SECTOR].tobytes(), "big"
         )
-        last = int.from_bytes(mo[SECTOR - 1 : full : SECTOR].tobytes(), "big") ^ int.from_bytes(
-            mn[SECTOR - 1 : full : SECTOR].tobytes(), "big"
+        a1 = start + SECTOR - 1
+        last = int.from_bytes(mo[a1:b0:SECTOR].tobytes(), "big") ^ int.from_bytes(
+            mn[a1:b0:SECTOR].tobytes(), "big"
         )
         samples = (first | last).to_bytes(nsec, "big")
         pos = 0  # sectors before ``pos`` are settled
-        startswith = old.startswith
         for match in _EQUAL_RUNS.finditer(samples):
             stack = [match.span()]
             while stack:
                 a, b = stack.pop()
-                if startswith(mn[a * SECTOR : b * SECTOR], a * SECTOR):
+                if startswith(mn[start + a * SECTOR : start + b * SECTOR], start + a * SECTOR):
                     if a > pos:
-                        runs.append((pos * SECTOR, (a - pos) * SECTOR))
+                        runs.append((start + pos * SECTOR, (a - pos) * SECTOR))
                     pos = b
                 elif b - a > 1:
                     mid = (a + b) >> 1
                     stack.append((mid, b))
                     stack.append((a, mid))
         if pos < nsec:
-            runs.append((pos * SECTOR, full - pos * SECTOR))
-    if full < n and not old.startswith(mn[full:n], full):
-        if runs and runs[-1][0] + runs[-1][1] == full:
-            runs[-1] = (runs[-1][0], n - runs[-1][0])
+            runs.append((start + pos * SECTOR, full - pos * SECTOR))
+    end = start + n
+    if full < n and not startswith(mn[start + full : end], start + full):
+        if runs and runs[-1][0] + runs[-1][1] == start + full:
+            runs[-1] = (runs[-1][0], end - runs[-1][0])
         else:
-            runs.append((full, n - full))
+            runs.append((start + full, n - full))
     return runs
 
 
@@ -204,12 +211,16 @@ def _copy_differences(top: Any, new_pair: tuple[Any, bool], prefix: Any, prog: P
 
     old = top.backing
     new = new_pair[0]
+    write_from = getattr(top, "write_from", None)
     pairs: list[tuple[bytearray, bytearray] | None] = [None] * DEPTH
     pending: deque[tuple[Any, tuple[int, int, bool, int]]] = deque()
     workers = Workers(WORKERS)
     plan_error: CliError | None = None
     plan = _plan_chunks(top, old, new, prefix)
     count = 0
+    # no cyclic garbage here: collections would only walk every object again
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
     try:
         while True:
             while plan_error is None and len(pending) < DEPTH:
@@ -232,12 +243,18 @@ def _copy_differences(top: Any, new_pair: tuple[Any, bool], prefix: Any, prog: P
             job, (offset, n, old_is_zero, steps) = pending[0]
             buf_old, runs = job.result()
             pending.popleft()
-            for start, length in runs:
+            for start, length, old_reads_zero, where in runs:
+                # as qemu-img: zero writes past the old chain's end, else data
+                # (zeroes where the old chain reads as zero); old data that
+                # lies in a host file is copied file to file
+                source = _ZEROS if old_reads_zero else buf_old
                 try:
                     if old_is_zero:
                         top.write_zeroes(offset + start, length)
+                    elif where is not None and write_from is not None:
+                        write_from(offset + start, where[0], where[1], length)
                     else:
-                        top.write(offset + start, memoryview(buf_old)[start : start + length])
+                        top.write(offset + start, memoryview(source)[start : start + length])
                 except QemuError as exc:
                     raise CliError(
                         f"Error while writing to COW image: {strerror(exc.errno or errno.EIO)}"
@@ -250,6 +267,8 @@ def _copy_differences(top: Any, new_pair: tuple[Any, bool], prefix: Any, prog: P
         for job, _ in pending:  # nothing may still read when the images close
             job.wait()
         workers.shutdown()
+        if gc_was_enabled:
+            gc.enable()
 
 
 def _plan_chunks(top: Any, old: Any, new: Any, prefix: Any) -> Any:
@@ -270,21 +289,27 @@ def _plan_chunks(top: Any, old: Any, new: Any, prefix: Any) -> Any:
     delta = (100.0 / (size // min(size, IO_BUF_SIZE))) if size else 0.0
     chunk: list[Any] | None = None  # [offset, length, old_is_zero, new_is_zero, steps]
     offset = 0
+    free_end = 0  # the end of the last range found unallocated in ``top``
     while offset < size:
-        # qemu-img's step: the status of (at most) IO_BUF_SIZE bytes from here
-        try:
-            run = node_status(top, offset, min(size - offset, IO_BUF_SIZE))
-        except QemuError as exc:
-            if chunk is not None:
-                yield tuple(chunk[:3]) + (chunk[4],)
-                chunk = None
-            raise CliError(
-                f"error while reading image metadata: {strerror(exc.errno or errno.EIO)}"
-            ) from None
-        n = run.length
-        if run.flags & Status.ALLOCATED:
-            offset += n
-            continue
+        # qemu-img's step: the status of (at most) IO_BUF_SIZE bytes from here;
+        # one longer query answers every step of an unallocated range
+        if offset < free_end:
+            n = min(IO_BUF_SIZE, size - offset, free_end - offset)
+        else:
+            try:
+                run = node_status(top, offset, min(size - offset, STATUS_SPAN))
+            except QemuError as exc:
+                if chunk is not None:
+                    yield tuple(chunk[:3]) + (chunk[4],)
+                    chunk = None
+                raise CliError(
+                    f"error while reading image metadata: {strerror(exc.errno or errno.EIO)}"
+                ) from None
+            if run.flags & Status.ALLOCATED:
+                offset += run.length
+                continue
+            free_end = offset + run.length
+            n = min(IO_BUF_SIZE, run.length)
         if prefix is not None:
             allocated, n = is_allocated_above(old, prefix, offset, n)
             if not allocated:
@@ -322,55 +347,122 @@ def _compare_chunk(
     chunk: tuple[int, int, bool, list[float]],
     buf_old: bytearray,
     buf_new: bytearray,
-) -> tuple[bytes | bytearray, list[tuple[int, int]]]:
-    """Worker: read both sides of a chunk and find the sectors that differ.
-    Returns (the old side's buffer, differing runs)."""
+) -> tuple[bytearray, list[tuple[int, int, bool, Any]]]:
+    """Worker: find the sectors of a chunk where the old chain and the new
+    backing file differ. Returns (the buffer of the old side's data, runs
+    (offset in the chunk, length, whether the old side reads as zero there,
+    (protocol node, host offset) of the old side's data or None)).
+
+    Both sides are cut where their chains' block status changes between
+    zero and data: ranges zero on both sides are neither read nor compared;
+    a side that is zero is compared as the shared zero buffer, not read."""
     from ..common.errors import QemuError
 
     offset, n, old_is_zero, _ = chunk
-    old_side: bytes | bytearray = _ZEROS
-    new_side: bytes | bytearray = _ZEROS
-    if not old_is_zero:
+    if old_is_zero:
+        old_runs: list[tuple[int, int, bool, Any]] = [(0, n, True, None)]
+    else:
         try:
-            old_side = _read(old, offset, n, buf_old)
+            old_runs = _extents(old, offset, n)
         except QemuError:
             raise CliError("error while reading from old backing file") from None
-    if new is not None and offset < new.size:
+    if new is None or offset >= new.size:
+        new_runs: list[tuple[int, int, bool, Any]] = [(0, n, True, None)]
+    else:
         try:
-            new_side = _read(new, offset, n, buf_new)
+            new_runs = _extents(new, offset, n)
         except QemuError:
             raise CliError("error while reading from new backing file") from None
-    return old_side, differing_runs(old_side, new_side, n)
+    out: list[tuple[int, int, bool, Any]] = []
+    i = j = 0
+    pos = 0
+    while pos < n:
+        old_start, old_end, old_zero, old_at = old_runs[i]
+        new_end, new_zero = new_runs[j][1], new_runs[j][2]
+        end = min(old_end, new_end)
+        if not (old_zero and new_zero):
+            side_old: bytes | bytearray = _ZEROS
+            side_new: bytes | bytearray = _ZEROS
+            if not old_zero:
+                try:
+                    _read_into(old, offset, pos, end, buf_old)
+                except QemuError:
+                    raise CliError("error while reading from old backing file") from None
+                side_old = buf_old
+            if not new_zero:
+                try:
+                    _read_into(new, offset, pos, end, buf_new)
+                except QemuError:
+                    raise CliError("error while reading from new backing file") from None
+                side_new = buf_new
+            for start, length in differing_runs(side_old, side_new, end - pos, pos):
+                where = None
+                if old_at is not None:
+                    where = (old_at[0], old_at[1] + start - old_start)
+                last = out[-1] if out else None
+                if (
+                    last is not None
+                    and last[2] == old_zero
+                    and last[0] + last[1] == start
+                    and (where is None) == (last[3] is None)
+                    and (
+                        where is None
+                        or (where[0] is last[3][0] and last[3][1] + last[1] == where[1])
+                    )
+                ):
+                    out[-1] = (last[0], last[1] + length, old_zero, last[3])
+                else:
+                    out.append((start, length, old_zero, where))
+        pos = end
+        if pos == old_end:
+            i += 1
+        if pos == new_end:
+            j += 1
+    return buf_old, out
 
 
-def _read(node: Any, offset: int, n: int, buf: bytearray) -> bytes | bytearray:
-    """``n`` bytes of ``node`` (and its chain) at ``offset``, in ``buf`` where the
-    driver can read into it. Ranges the chain's block status reports as zero
-    are filled here, not read (or, all zero, give the shared zero buffer)."""
+def _extents(node: Any, offset: int, n: int) -> list[tuple[int, int, bool, Any]]:
+    """The chain of ``node`` over [offset, offset+n) as (start, end, reads as
+    zero, (protocol node, host offset) of data contiguous in a host file or
+    None) relative to ``offset``, adjacent ones of one kind merged (data
+    only while the host offsets stay contiguous in one file)."""
     from ..common.block import block_status_above
 
-    readinto = getattr(node, "readinto", None)
-    if readinto is None:
-        return node.read(offset, n)
-    runs: list[tuple[int, int, bool]] = []
+    runs: list[tuple[int, int, bool, Any]] = []
     pos = 0
     while pos < n:
         run = block_status_above(node, offset + pos, n - pos)
         zero = run.zero
+        at = None
+        if run.data and not zero and run.offset is not None and run.file is not None:
+            at = (run.file, run.offset)
         if runs and runs[-1][2] == zero:
-            runs[-1] = (runs[-1][0], pos + run.length, zero)
-        else:
-            runs.append((pos, pos + run.length, zero))
+            last = runs[-1]
+            if zero or (
+                at is not None
+                and last[3] is not None
+                and last[3][0] is at[0]
+                and last[3][1] + (pos - last[0]) == at[1]
+            ):
+                runs[-1] = (last[0], pos + run.length, zero, last[3])
+                pos += run.length
+                continue
+            if at is None and last[3] is None:
+                runs[-1] = (last[0], pos + run.length, zero, None)
+                pos += run.length
+                continue
+        runs.append((pos, pos + run.length, zero, at))
         pos += run.length
-    if len(runs) == 1 and runs[0][2]:
-        return _ZEROS
-    view = memoryview(buf)
-    for start, end, zero in runs:
-        if zero:
-            view[start:end] = _ZEROS_VIEW[: end - start]
-        else:
-            readinto(offset + start, view[start:end])
-    return buf
+    return runs
+
+
+def _read_into(node: Any, offset: int, start: int, end: int, buf: bytearray) -> None:
+    """Read [offset+start, offset+end) of ``node``'s chain into ``buf[start:end]``."""
+    readinto = getattr(node, "readinto", None)
+    if readinto is not None:
+        readinto(offset + start, memoryview(buf)[start:end])
+    else:
+        buf[start:end] = node.read(offset + start, end - start)
 
 
 def _change_backing(top: Any, out_base: str | None, out_fmt: str | None) -> str | None:

@@ -103,6 +103,8 @@ class FileProtocol(BlockDriver):
         self.is_block_device = stat.S_ISBLK(st.st_mode)
         self.total_size = self._host_size()
         self._seek_hole_ok = True
+        #: copy_file_range works between host files (cleared on EXDEV/ENOSYS/...)
+        self._copy_range_ok = True
         #: writers from several threads (convert) grow total_size under this
         self._size_lock = threading.Lock()
 
@@ -237,6 +239,42 @@ class FileProtocol(BlockDriver):
             with self._size_lock:  # never lower it: another thread may have grown it
                 if offset > self.total_size:
                     self.total_size = offset
+
+    def copy_from(self, offset: int, src: BlockDriver, src_offset: int, length: int) -> None:
+        """Write ``length`` bytes at ``offset`` with the bytes at ``src_offset`` of
+        the protocol node ``src``: by the kernel (copy_file_range, no copy
+        through user space) when ``src`` is a host file too, else (or where
+        the kernel refuses) read and written."""
+        self._check_range(offset, length)
+        self._check_writable()
+        if not length:
+            return
+        try:
+            done = 0
+            if isinstance(src, FileProtocol) and self._copy_range_ok:
+                try:
+                    while done < length:
+                        n = os.copy_file_range(
+                            src.fd, self.fd, length - done, src_offset + done, offset + done
+                        )
+                        if not n:  # the source ends: the rest reads as zeroes
+                            break
+                        done += n
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                        raise BlockError(
+                            f"Could not write: {strerror(exc.errno)}", exc.errno
+                        ) from None
+                    self._copy_range_ok = False
+                end = offset + done
+                if end > self.total_size:
+                    with self._size_lock:
+                        if end > self.total_size:
+                            self.total_size = end
+            if done < length:
+                self._pwrite(offset + done, src.read(src_offset + done, length - done))
+        finally:
+            self.write_gen += 1
 
     def _pwrite_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
         end = offset + length

@@ -250,19 +250,160 @@ def _join(steps: list[tuple[int, int, bool]], chunks: list) -> list[tuple[int, i
     return out
 
 
-def test_read_skips_zero_ranges(tmp_path: Path, qemu_img: str, qemu_io: str) -> None:
-    """Reads that fill status-zero ranges themselves equal plain reads."""
+def test_compare_chunk_equals_plain_reads(tmp_path: Path, qemu_img: str, qemu_io: str) -> None:
+    """The worker's comparison, which reads neither side where its chain's
+    block status says zero, finds the sectors a comparison of plain reads
+    finds; where the old side has data its buffer holds the old content;
+    stale buffer content never leaks through."""
     from pyqemu.common.block import open_image
-    from pyqemu.img_tool.rebase import CHUNK, _read
+    from pyqemu.img_tool.rebase import CHUNK, _compare_chunk
 
     _chain(tmp_path, qemu_img, qemu_io)
     top = open_image(str(tmp_path / "top.qcow2"))
+    new = open_image(str(tmp_path / "new.qcow2"))
+    rng = random.Random(5)
     try:
-        buf = bytearray(b"\xff" * CHUNK)  # stale content must not leak through
-        for node in (top, top.backing):
-            for offset in range(0, node.size, 1 << 20):
-                n = min(CHUNK, node.size - offset)
-                got = _read(node, offset, n, buf)
-                assert bytes(memoryview(got)[:n]) == node.read(offset, n)
+        old = top.backing
+        for other in (new, None):
+            for _ in range(40):
+                offset = rng.randrange(0, old.size // SECTOR) * SECTOR
+                n = min(old.size - offset, rng.choice([SECTOR, 65536, 1 << 20, CHUNK]))
+                if other is not None:
+                    n = min(n, max(SECTOR, other.size - offset))
+                buf_old = bytearray(b"\xff" * CHUNK)
+                buf_new = bytearray(b"\xee" * CHUNK)
+                got_buf, runs = _compare_chunk(old, other, (offset, n, False, []), buf_old, buf_new)
+                want_old = old.read(offset, n)
+                if other is None or offset >= other.size:
+                    want_new = bytes(n)
+                else:
+                    want_new = other.read(offset, n)
+                assert [(a, b) for a, b, _ in _merge(runs)] == model_runs(want_old, want_new, n)
+                for start, length, old_zero, where in runs:
+                    want = want_old[start : start + length]
+                    if old_zero:
+                        assert want == bytes(length)
+                        assert where is None
+                    else:
+                        assert got_buf[start : start + length] == want
+                        if where is not None:  # where the old data lies in a host file
+                            assert where[0].read(where[1], length) == want
     finally:
         top.close()
+        new.close()
+
+
+def _merge(runs: list[tuple[int, int, bool, object]]) -> list[tuple[int, int, bool]]:
+    """Adjacent runs joined whatever their kind (the model does not know it)."""
+    out: list[tuple[int, int, bool]] = []
+    for start, length, zero, _ in runs:
+        if out and out[-1][0] + out[-1][1] == start:
+            out[-1] = (out[-1][0], out[-1][1] + length, zero)
+        else:
+            out.append((start, length, zero))
+    return out
+
+
+# ----------------------------------------------------------------------
+# every kind of cluster under multi-cluster writes (the run-wise write path
+# of the qcow2 driver, file-to-file copies, and their fallbacks)
+
+K64 = 65536
+
+
+def _mixed_chain(folder: Path, qemu_img: str, qemu_io: str) -> None:
+    """base (8M, 64 KiB clusters) holding data, compressed, allocated-zero,
+    plain-zero and unallocated clusters <- mid (compressed and plain data
+    spanning those) <- top (8M: long unaligned writes, compressed clusters,
+    zero clusters); new.qcow2 (6M) for a safe rebase."""
+    _qemu(qemu_img, "create", "-q", "-f", "qcow2", "base.qcow2", "8M", cwd=folder)
+    _qemu(qemu_img, "create", "-q", "-f", "qcow2", "new.qcow2", "6M", cwd=folder)
+    # (qemu-io writes compressed clusters only where nothing is allocated yet)
+    base = ["write -c -P 12 1M 64k", "write -c -P 13 1152k 64k", "write -c -P 16 4160k 64k"]
+    base += ["write -P 11 0 1M", "write -P 14 2M 512k", "write -z 2112k 128k"]
+    base += ["write -z 3M 128k", "write -P 15 4M 64k", "write -P 15 4224k 960k"]
+    base += ["write -P 0 6M 256k"]
+    new = ["write -P 11 0 512k", "write -P 21 1M 2M", "write -z 4M 64k", "write -P 15 4M 1M"]
+    for name, cmds in (("base.qcow2", base), ("new.qcow2", new)):
+        io = [qemu_io]
+        for c in cmds:
+            io += ["-c", c]
+        _qemu(*io, name, cwd=folder)
+    for name, backing in (("mid.qcow2", "base.qcow2"), ("top.qcow2", "mid.qcow2")):
+        _qemu(
+            *[qemu_img, "create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2", name],
+            cwd=folder,
+        )
+    mid = ["write -c -P 32 3M 64k", "write -P 31 960k 320k", "write -P 33 5M 1M"]
+    top = ["write -c -P 42 2560k 64k", "write -P 41 100k 2100k", "write -z 3200k 192k"]
+    top += ["write -P 43 3900k 700k", "write -P 44 7M 1M"]
+    for name, cmds in (("mid.qcow2", mid), ("top.qcow2", top)):
+        io = [qemu_io]
+        for c in cmds:
+            io += ["-c", c]
+        _qemu(*io, name, cwd=folder)
+
+
+@pytest.mark.parametrize(
+    ("args", "results"),
+    [
+        (["commit", "-q", "top.qcow2"], ["mid.qcow2", "top.qcow2"]),
+        (["commit", "-q", "-b", "base.qcow2", "top.qcow2"], ["base.qcow2"]),
+        (["rebase", "-q", "-b", "", "top.qcow2"], ["top.qcow2"]),
+        (["rebase", "-q", "-b", "new.qcow2", "-F", "qcow2", "top.qcow2"], ["top.qcow2"]),
+        (["rebase", "-q", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2"], ["top.qcow2"]),
+    ],
+)
+def test_every_cluster_kind(twins: Twins, args: list[str], results: list[str]) -> None:
+    twins.setup(lambda folder: _mixed_chain(folder, twins.ref, twins.qemu_io))
+    twins.same(*args)
+    for name in results:
+        _same_result(twins, name)
+
+
+def test_write_from_equals_write(tmp_path: Path, qemu_img: str, qemu_io: str) -> None:
+    """A guest write whose data come from a host file (copied file to file
+    where whole clusters go to host clusters) leaves the image as a plain
+    write of the same bytes does: same content, same layout, clean check."""
+    from pyqemu.common.block import open_image
+
+    rng = random.Random(9)
+    src = tmp_path / "src.bin"
+    src.write_bytes(rng.randbytes(3 << 20))
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        _mixed_chain(folder, qemu_img, qemu_io)
+    # disjoint (guest offset, source offset, length): aligned and not, over
+    # data, compressed, allocated-zero, plain-zero and unallocated clusters
+    requests = [(0, 0, 1216 * 1024), (1300 * 1024, 4096, 5 * K64), (2 << 20, 100, 700000)]
+    requests += [(3 << 20, 0, 1 << 20), (4 << 20, 1 << 20, 2 << 20)]
+    requests += [(6 << 20, 512, K64 + 512), (7 << 20, 0, 1 << 20)]
+    source = open_image(str(src), "raw", read_only=True)
+    try:
+        for name in ("a", "b"):
+            image = open_image(str(tmp_path / name / "base.qcow2"), read_only=False)
+            try:
+                for offset, src_offset, length in requests:
+                    if name == "a":
+                        image.write_from(offset, source.file, src_offset, length)
+                    else:
+                        image.write(offset, source.read(src_offset, length))
+                for offset, src_offset, length in requests:
+                    assert image.read(offset, length) == source.read(src_offset, length)
+            finally:
+                image.close()
+    finally:
+        source.close()
+    a, b = (str(tmp_path / n / "base.qcow2") for n in ("a", "b"))
+    assert subprocess.run([qemu_img, "compare", a, b], capture_output=True).returncode == 0
+    maps = []
+    for path in (a, b):
+        assert subprocess.run([qemu_img, "check", path], capture_output=True).returncode == 0
+        out = subprocess.run(
+            [qemu_img, "map", "--output=json", path], capture_output=True, text=True, check=True
+        )
+        from .test_commit_rebase import _layout
+
+        maps.append(_layout(out.stdout))
+    assert maps[0] == maps[1]

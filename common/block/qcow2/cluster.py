@@ -281,7 +281,9 @@ def same_entries(table: array, index: int, count: int, entry: int, step: int) ->
     """
     done = 1
     while done < count:
-        probe = min(done << 1, count)
+        # a short window is checked whole at once; longer ones gallop, so a
+        # run costs in proportion to its own length, not to ``count``
+        probe = count if count <= 64 else min(max(done << 1, 32), count)
         if step:
             start = entry + done * step
             want = array("Q", range(start, start + (probe - done) * step, step))

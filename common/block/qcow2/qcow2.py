@@ -112,6 +112,44 @@ def _is_pow2(n: int) -> bool:
 #: IntFlag ``|`` runs Python code; block status is asked once per extent)
 _DATA_AT = Status.DATA | Status.OFFSET_VALID
 _ZERO_AT = Status.ZERO | Status.OFFSET_VALID
+_LAZY_REFCOUNTS = int(Compat.LAZY_REFCOUNTS)
+
+
+class _FileData:
+    """The data of a guest write that lie in a host file (``write_from``):
+    ``length`` bytes at ``offset`` of the protocol node ``node``. A slice is
+    the sub-range (no I/O); :func:`_in_memory` reads it."""
+
+    __slots__ = ("node", "offset", "length")
+
+    def __init__(self, node: BlockDriver, offset: int, length: int) -> None:
+        self.node = node
+        self.offset = offset
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key: slice) -> _FileData:
+        start, stop, _ = key.indices(self.length)
+        return _FileData(self.node, self.offset + start, max(0, stop - start))
+
+
+def _in_memory(data: Any) -> memoryview:
+    """``data`` as bytes in memory (a :class:`_FileData` is read)."""
+    if type(data) is _FileData:
+        return memoryview(data.node.read(data.offset, data.length))
+    return data
+
+
+def _put(file: BlockDriver, host: int, data: Any) -> None:
+    """Write guest data at ``host`` of the image file: file to file for a
+    :class:`_FileData`, else from memory."""
+    file.debug_event("write_aio")
+    if type(data) is _FileData:
+        file.copy_from(host, data.node, data.offset, data.length)  # type: ignore[attr-defined]
+    else:
+        file.write(host, data)
 
 
 class Qcow2(BlockDriver):
@@ -486,7 +524,8 @@ class Qcow2(BlockDriver):
 
     @property
     def lazy_refcounts(self) -> bool:
-        return bool(self.header.compatible_features & Compat.LAZY_REFCOUNTS)
+        # int arithmetic: IntFlag's ``&`` runs Python code (asked per write)
+        return bool(int(self.header.compatible_features) & _LAZY_REFCOUNTS)
 
     @property
     def encrypted(self) -> bool:
@@ -821,8 +860,23 @@ class Qcow2(BlockDriver):
             self._release([old])
         return table, new
 
+    def write_from(self, offset: int, src: BlockDriver, src_offset: int, length: int) -> None:
+        """Guest write of ``length`` bytes at ``offset`` whose data are the bytes
+        at ``src_offset`` of the protocol node ``src`` (a host file): whole
+        clusters that go to host clusters are copied file to file by the
+        kernel (the file node's ``copy_from``), without passing through
+        Python buffers; the rest is read and written as by :meth:`write`."""
+        if (
+            self.crypto is not None
+            or self.extended
+            or getattr(self.file, "copy_from", None) is None
+        ):
+            self.write(offset, src.read(src_offset, length))
+            return
+        self.write(offset, _FileData(src, src_offset, length))  # type: ignore[arg-type]
+
     def _pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        mv = memoryview(data).cast("B")
+        mv: Any = data if type(data) is _FileData else memoryview(data).cast("B")
         length = len(mv)
         if self.bitmaps is not None:
             self.bitmaps.mark(offset, length)
@@ -858,18 +912,18 @@ class Qcow2(BlockDriver):
         table, l2_offset = self._l2_for_write(offset >> self.map.l1_shift)
         end = offset + len(data)
         if self.extended or self.crypto is not None or len(data) < 2 * cs:
-            self._write_clusters(table, l2_offset, offset, data)
+            self._write_clusters(table, l2_offset, offset, _in_memory(data))
             return
         a = (offset + cs - 1) & ~(cs - 1)
         b = end if end >= self.total_size else end & ~(cs - 1)
         if b - a < cs:
-            self._write_clusters(table, l2_offset, offset, data)
+            self._write_clusters(table, l2_offset, offset, _in_memory(data))
             return
         if a > offset:
-            self._write_clusters(table, l2_offset, offset, data[: a - offset])
+            self._write_clusters(table, l2_offset, offset, _in_memory(data[: a - offset]))
         self._write_whole_clusters(table, l2_offset, a, data[a - offset : b - offset])
         if b < end:
-            self._write_clusters(table, l2_offset, b, data[b - offset :])
+            self._write_clusters(table, l2_offset, b, _in_memory(data[b - offset :]))
 
     def _write_clusters(self, table: array, l2_offset: int, offset: int, data: memoryview) -> None:
         """The general write within one L2 table: per cluster, in place or
@@ -1026,9 +1080,7 @@ class Qcow2(BlockDriver):
         if freed:
             self._release(freed)
 
-    def _write_whole_clusters(
-        self, table: array, l2_offset: int, offset: int, data: memoryview
-    ) -> None:
+    def _write_whole_clusters(self, table: array, l2_offset: int, offset: int, data: Any) -> None:
         """Write whole clusters (the last one may end at the image's end) with
         standard L2 entries, by runs of entries rather than per cluster: a run
         of clusters we own, contiguous on the host, is rewritten in place by
@@ -1059,8 +1111,7 @@ class Qcow2(BlockDriver):
                 self._mark_dirty()
                 host = self.refs.alloc_clusters(count * cs)
                 self._overlap_check(host, count * cs)
-                file.debug_event("write_aio")
-                file.write(host, data[new_from * cs : k * cs])
+                _put(file, host, data[new_from * cs : k * cs])
                 new = host | OFLAG_COPIED
                 table[i0 + new_from : i0 + k] = array("Q", range(new, new + count * cs, cs))
                 self.map.cache.mark_dirty(l2_offset)
@@ -1075,11 +1126,11 @@ class Qcow2(BlockDriver):
                 and not host & (cs - 1)
             ):
                 count = same_entries(entries, k, n - k, entry, cs)
-                file.debug_event("write_aio")
-                file.write(host, data[k * cs : (k + count) * cs])
+                _put(file, host, data[k * cs : (k + count) * cs])
             else:
                 count = 1
-                self._write_clusters(table, l2_offset, offset + k * cs, data[k * cs : (k + 1) * cs])
+                piece = _in_memory(data[k * cs : (k + 1) * cs])
+                self._write_clusters(table, l2_offset, offset + k * cs, piece)
             k += count
         self._last_compressed = None
 
