@@ -37,6 +37,12 @@ def _pick(line: Line, arch: str) -> str:
     return line if isinstance(line, str) else line[arch]
 
 
+# Guests that only make sense driven by their own test (signals sent from outside,
+# input fed on cue ...): name -> the test that runs them. They have no Spec.
+DRIVEN: dict[str, str] = {
+    "sig_external": "tests/linux_user/test_signals_external.py",
+}
+
 MACHINE = {"arm": "uname machine: armv7l", "aarch64": "uname machine: aarch64"}
 DONE = "failures: 0"
 

@@ -62,12 +62,24 @@ class GuestRun:
 
 
 def tool_path(tool: str, arch: str) -> str:
-    """Path of qemu-<arch> or pyqemu-<arch>; HarnessError when it is not installed."""
+    """Path of qemu-<arch> or pyqemu-<arch>; HarnessError when it is not installed.
+
+    ``$PYQEMU_USER_DIR``, when set, is the directory pyqemu-<arch> is taken from
+    (e.g. wrappers running another checkout); it is not passed to the guest.
+    """
     if tool not in TOOLS:
         raise HarnessError(f"unknown tool {tool!r} (known: {', '.join(TOOLS)})")
     name = f"{tool}-{arch}"
     found = None
-    if tool == "pyqemu":  # prefer the one next to the running interpreter (a venv)
+    if tool == "pyqemu":
+        # $PYQEMU_USER_DIR names another build to test; else prefer the one next
+        # to the running interpreter (a venv), then PATH
+        override = os.environ.get("PYQEMU_USER_DIR")
+        if override:
+            found = shutil.which(name, path=override)
+            if found is None:
+                raise HarnessError(f"{name} is not in $PYQEMU_USER_DIR ({override})")
+            return found
         found = shutil.which(name, path=str(Path(sys.executable).parent))
     found = found or shutil.which(name)
     if found is None:
