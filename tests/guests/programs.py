@@ -41,6 +41,7 @@ def _pick(line: Line, arch: str) -> str:
 # input fed on cue ...): name -> the test that runs them. They have no Spec.
 DRIVEN: dict[str, str] = {
     "sig_external": "tests/linux_user/test_signals_external.py",
+    "exec_self": "tests/linux_user/test_guests_exec.py",
 }
 
 MACHINE = {"arm": "uname machine: armv7l", "aarch64": "uname machine: aarch64"}
