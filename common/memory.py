@@ -323,6 +323,7 @@ class GuestMemory:
         self.tables: _ArmTables | _Arm64Tables = tables_cls(self)
         self.phys = _PhysAllocator(tables_cls.DATA_START, self.ram_size)
         self.mmap_base = arch.mmap_base
+        self.mmap_next = arch.mmap_base          # qemu's mmap_next_start (bottom-up)
         self.va_limit = arch.va_limit
         self.reserved: list[tuple[int, int]] = []   # never chosen for non-fixed mmaps
         if arch.name == "aarch64":
@@ -433,7 +434,10 @@ class GuestMemory:
                 end = start
             if end - length >= low:
                 return end - length
-        for lo in (max(page_align(hint), low) if hint else self.mmap_base, low):
+        # bottom-up without a hint: from qemu 7.2's mmap_next_start, which each such
+        # mapping moves past itself (so the brk room a program leaves after its bss,
+        # once released, stays free for brk instead of taking the next small mmaps)
+        for lo in (max(page_align(hint), low) if hint else self.mmap_next, low):
             addr = lo
             for start, stop in self._busy():
                 if stop <= addr:
@@ -442,6 +446,8 @@ class GuestMemory:
                     break
                 addr = page_align(stop)
             if addr + length <= self.va_limit:
+                if not hint and lo == self.mmap_next:
+                    self.mmap_next = addr + length
                 return addr
         raise GuestMemoryError("no free guest address range", errno.ENOMEM)
 
@@ -470,6 +476,11 @@ class GuestMemory:
             try:
                 if fd is not None:
                     self._map_file(vma, fd, offset, length)
+                elif shared:
+                    # MAP_SHARED|MAP_ANONYMOUS: a host shared mapping over the RAM range,
+                    # so forked children share it (_release makes it private again)
+                    _host_mmap(self.host + pa, length, _RW, _mmap.MAP_SHARED
+                               | _mmap.MAP_ANONYMOUS | _MAP_FIXED, -1, 0)
             except GuestMemoryError:
                 self.phys.free(pa, length)
                 raise

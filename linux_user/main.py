@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 
 # signals for which qemu's dump_core_and_abort reports "core dumped" (core_dump_signal)
 _CORE_SIGNALS = {4, 5, 6, 7, 8, 11, 24, 25, 3, 31}
-GUARD = 4096
 
 
 def _prog() -> str:
@@ -40,34 +39,35 @@ def start(opts: UserOptions) -> ExitInfo:
     from ..common.cpu import get_arch
     from ..common.loader.elf import load_program
     from ..common.loader.stack import build_initial_stack
-    from ..common.memory import PROT_NONE, PROT_READ, PROT_WRITE, GuestMemory
+    from ..common.memory import GuestMemory
+    from .cli import open_log
     from .loop import run_thread
     from .process import GuestProcess, map_kuser_page
     from .syscalls.signals import reset_host_signals
 
+    # qemu's order: the log file (-D) opens first, then the program
+    log = open_log(opts, _prog())
     arch = get_arch(opts.arch)
     mem = GuestMemory(arch)
     if arch.name == "arm":
         map_kuser_page(mem)
-    info = load_program(mem, opts.program, arch, ld_prefix=opts.ld_prefix)
-    size = opts.stack_size
-    base = mem.mmap(0, size + GUARD, PROT_READ | PROT_WRITE, name="[stack]")
-    mem.mprotect(base, GUARD, PROT_NONE)
+    # the stack is placed by the loader while the brk room is held (qemu's layout)
+    info = load_program(mem, opts.program, arch, ld_prefix=opts.ld_prefix,
+                        stack_size=opts.stack_size)
     argv = [os.fsencode(a) for a in opts.argv]
     sp = build_initial_stack(
-        mem, arch, base + GUARD + size, argv, [os.fsencode(e) for e in opts.env], info,
+        mem, arch, info.stack_top, argv, [os.fsencode(e) for e in opts.env], info,
         hwcap=arch.hwcap, hwcap2=arch.hwcap2, platform=arch.platform,
         random16=_guest_random(opts.seed), execfn=os.fsencode(opts.program),
-        uid=os.getuid(), euid=os.geteuid(), gid=os.getgid(), egid=os.getegid())
-    log = sys.stderr
-    if opts.log_file:
-        # line-buffered: the process ends with os._exit, which flushes nothing
-        log = open(opts.log_file, "w", buffering=1)  # noqa: SIM115 - lives as long as we do
+        uid=os.getuid(), euid=os.geteuid(), gid=os.getgid(), egid=os.getegid(),
+        stack_limit=info.stack_limit)
     proc = GuestProcess(
         arch, mem, exec_path=os.path.abspath(info.exec_path), argv0=opts.program,
         brk_start=info.brk, brk=info.brk, uname_release=opts.uname_release,
         ld_prefix=opts.ld_prefix, log_items=set(opts.log_items), log=log,
         strace=opts.strace)
+    proc.extra["initial_sp"] = sp          # /proc/self/{auxv,cmdline,stat} (procfs.py)
+    proc.extra["options"] = opts
     t = proc.new_thread()
     reset_host_signals()
     t.set_reg(arch.reg_sp, sp)
@@ -132,7 +132,7 @@ def run(arch: str, argv: list[str] | None = None) -> NoReturn:
                     sys.stdout.write(f"{e}\n")
                     sys.stdout.flush()
             else:
-                sys.stderr.write(f"{_prog()}: {e}\n")
+                sys.stderr.write(e.format(_prog()) + "\n")
                 sys.stderr.flush()
             os._exit(e.exit_status)
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ...common.memory import PROT_READ, PROT_WRITE
+from ..procfs import open_special
 from . import syscall
 from .structs import (
     AT_EACCESS,
@@ -186,13 +187,18 @@ def sys_llseek(t: GuestThread, fd: int, hi: int, lo: int, result: int, whence: i
 # ---- open / close / dup --------------------------------------------------------------------
 @syscall("openat")
 def sys_openat(t: GuestThread, dfd: int, path: int, flags: int, mode: int) -> int:
-    return os.open(guest_path(t, path), open_flags_to_host(flags), mode & 0o7777,
+    name = t.mem.read_cstring(path)
+    if name.startswith(b"/proc/"):          # the guest's /proc views (procfs.py)
+        fd = open_special(t, name, flags)
+        if fd is not None:
+            return fd
+    return os.open(host_path(t, name), open_flags_to_host(flags), mode & 0o7777,
                    dir_fd=dirfd(t, dfd))
 
 
 @syscall("open")
 def sys_open(t: GuestThread, path: int, flags: int, mode: int) -> int:
-    return os.open(guest_path(t, path), open_flags_to_host(flags), mode & 0o7777)
+    return sys_openat(t, 0xFFFFFF9C, path, flags, mode)
 
 
 @syscall("close")
