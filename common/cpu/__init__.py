@@ -24,7 +24,7 @@ ARM_HWCAP = {
 }
 AARCH64_HWCAP = {
     "fp": 1 << 0, "asimd": 1 << 1, "aes": 1 << 3, "pmull": 1 << 4, "sha1": 1 << 5,
-    "sha2": 1 << 6, "crc32": 1 << 7,
+    "sha2": 1 << 6, "crc32": 1 << 7, "cpuid": 1 << 11,
 }
 
 
@@ -77,7 +77,10 @@ def _arm() -> ArchInfo:
         reg_args=tuple(c.UC_ARM_REG_R0 + i for i in range(7)), reg_ret=c.UC_ARM_REG_R0,
         reg_tls=c.UC_ARM_REG_C13_C0_3, reg_flags=c.UC_ARM_REG_CPSR, uname_machine="armv7l",
         platform=b"v7l",
-        # what unicorn's default CPU (Cortex-A15) implements: glibc picks ifuncs from it
+        # what unicorn's default CPU (Cortex-A15) implements: glibc picks ifuncs from it.
+        # qemu-arm -cpu cortex-a15 reports the same plus thumbee, which unicorn 2.1.4
+        # refuses (ENTERX is an invalid instruction); v8 AArch32 (lda, crc32, aese,
+        # vrint...) also needs unicorn's "max", hence v7l and no AT_HWCAP2 bits
         hwcap=(hw["swp"] | hw["half"] | hw["thumb"] | hw["fast_mult"] | hw["vfp"] | hw["edsp"]
                | hw["neon"] | hw["vfpv3"] | hw["tls"] | hw["vfpv4"] | hw["idiva"] | hw["idivt"]
                | hw["vfpd32"] | hw["lpae"]),
@@ -99,9 +102,12 @@ def _aarch64() -> ArchInfo:
         reg_args=tuple(c.UC_ARM64_REG_X0 + i for i in range(6)), reg_ret=c.UC_ARM64_REG_X0,
         reg_tls=c.UC_ARM64_REG_TPIDR_EL0, reg_flags=c.UC_ARM64_REG_NZCV,
         uname_machine="aarch64", platform=b"aarch64",
-        # unicorn's default CPU (Cortex-A72)
+        # unicorn's default CPU (Cortex-A72): what qemu-aarch64 -cpu cortex-a72 reports
+        # (cpuid: EL0 reads of MIDR_EL1/ID_* registers work, with the A72's values).
+        # Measured: no LSE (ldadd/cas), LRCPC, dot product, FP16, JSCVT... on this CPU
+        # (they need unicorn's "max"), so qemu's default-CPU bits are not advertised
         hwcap=(hw["fp"] | hw["asimd"] | hw["aes"] | hw["pmull"] | hw["sha1"] | hw["sha2"]
-               | hw["crc32"]),
+               | hw["crc32"] | hw["cpuid"]),
         hwcap2=0,
         # T0SZ=25: 39-bit VA (see common/memory.py); mmaps from where qemu-aarch64 7.2 on
         # a 64-bit host puts them (and PIE programs), upwards

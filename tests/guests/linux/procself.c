@@ -31,6 +31,11 @@ static char big[1 << 20];
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "hwcap") == 0) {
+        say("AT_HWCAP=%#lx AT_HWCAP2=%#lx AT_PLATFORM=%s", getauxval(AT_HWCAP),
+            getauxval(AT_HWCAP2), (char *)getauxval(AT_PLATFORM));
+        return 0;
+    }
     char exe[4096] = {0};
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     CHECK(n > 0, "readlink /proc/self/exe");
