@@ -425,7 +425,7 @@ def load_program(mem: AddressSpace, path: str, arch: ArchInfo, *,
             if seg.type == PT_GNU_STACK:
                 info.stack_flags = seg.flags
         if stack_size is not None:
-            _map_stack(mem, stack_size, info)
+            _map_stack(mem, stack_size, info, arch)
         if img.interp is not None:
             _load_interp(mem, img.interp, arch, ld_prefix, info)
         # the brk room goes back to the address space
@@ -437,20 +437,67 @@ def load_program(mem: AddressSpace, path: str, arch: ArchInfo, *,
     return info
 
 
-def _map_stack(mem: AddressSpace, size: int, info: LoadInfo) -> None:
-    """qemu's setup_arg_pages: ``size + guard`` read-write, the lowest page PROT_NONE."""
+def _map_stack(mem: AddressSpace, size: int, info: LoadInfo, arch: ArchInfo) -> None:
+    """qemu's setup_arg_pages: ``size + guard`` read-write, the lowest page PROT_NONE.
+
+    The size is an abi_ulong in qemu (cut to 32 bits for a 32-bit guest, so ``-s``
+    of 4 GiB is the 32-page minimum and a size whose guard page wraps to 0 is EINVAL).
+    Where the guest address space is qemu's reserved_va (arm: :attr:`mmap_topdown`),
+    the place is qemu's mmap_find_vma_reserved from TASK_UNMAPPED_BASE:
+    ``[base, base + size)`` when free (a fixed-address program), else the highest free
+    range below what is in the way, else the top of the address space.
+    """
     from ..memory import GuestMemoryError
 
     page = mem.page_size
-    size = max(-(-size // page) * page, STACK_MIN_PAGES * page)
+    mask = (1 << arch.elf_class) - 1
+    size = max(-(-(size & mask) // page) * page, STACK_MIN_PAGES * page) & mask
+    length = (size + page) & mask
     try:
-        base = mem.mmap(0, size + page, PROT_READ | PROT_WRITE, name="[stack]")
+        if length == 0:
+            raise GuestMemoryError("mmap of 0 bytes", errno.EINVAL)
+        hint = _reserved_va_place(mem, arch, length) if length > size else None
+        if hint is None and length > size and getattr(arch, "mmap_topdown", False) \
+                and hasattr(mem, "vmas"):
+            raise GuestMemoryError("no room for the stack", errno.ENOMEM)
+        base = mem.mmap(hint or 0, length, PROT_READ | PROT_WRITE, name="[stack]")
         mem.mprotect(base, page, PROT_NONE)
     except (GuestMemoryError, OverflowError) as e:
         err = getattr(e, "errno", None) or errno.ENOMEM
         raise ElfError(f"mmap stack: {os.strerror(err)}", prefixed=False) from None
     info.stack_limit = base + page
     info.stack_top = base + page + size
+
+
+def _reserved_va_place(mem: AddressSpace, arch: ArchInfo, length: int) -> int | None:
+    """qemu 7.2's mmap_find_vma_reserved(TASK_UNMAPPED_BASE, length) over ``mem``'s
+    mappings, for arches whose guest space qemu reserves (None: not such an arch, or
+    no room). The search goes down from ``start + length``: past anything in the way,
+    and once from the top of the reserved space (4 GiB less a page) when it reaches 0.
+    """
+    vmas = getattr(mem, "vmas", None)
+    if not getattr(arch, "mmap_topdown", False) or vmas is None:
+        return None
+    page = mem.page_size
+    top = getattr(mem, "va_limit", 1 << 32) - page
+    busy = sorted([(v.start, v.end) for v in vmas] + list(getattr(mem, "reserved", [])))
+    start = arch.mmap_base
+    if length > top:
+        return None
+    end, looped = start + length, False
+    if start > top - length:
+        end, looped = top, True
+    while True:
+        low = end - length
+        if low < page:                  # qemu's page walk reached 0: wrap once
+            if looped:
+                return None
+            end, looped = top, True
+            continue
+        blocking = [b for b, e in busy if b < end and e > low]
+        if not blocking:
+            return low
+        end = max(blocking) // page * page
 
 
 def _load_interp(mem: AddressSpace, name: str, arch: ArchInfo, ld_prefix: str | None,
