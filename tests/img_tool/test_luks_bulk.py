@@ -158,3 +158,12 @@ def test_bulk_interop(
         outs.append(out.read_bytes())
     assert len(outs[0]) == 3 << 20 and outs[0] == outs[1]
     assert outs[0][700 * 1024 : 701 * 1024] == b"\x22" * 1024
+
+
+@pytest.mark.parametrize("hash_alg", ["md5", "sha1", "sha224", "sha256", "sha384", "sha512"])
+def test_pbkdf2_equals_hashlib(hash_alg: str) -> None:
+    """luks.pbkdf2 runs through cryptography (faster); hashlib is the reference."""
+    salt = os.urandom(32)
+    for length in (16, 20, 64):
+        ref = luks.hashlib.pbkdf2_hmac(hash_alg, b"pass phrase", salt, 1500, length)
+        assert luks.pbkdf2(hash_alg, b"pass phrase", salt, 1500, length) == ref
