@@ -2,6 +2,8 @@
 
 - ``all_guests``: every program of tests/guests/programs.PROGRAMS built for
   both arches, static and dynamic (Go: static), keyed by (name, arch, link).
+- ``qemu_reference(name, arch, link)``: that program's qemu-user run (once per
+  session, shared by the tests that check the program and compare pyqemu with it).
 - ``guest(name, arch, static=False, pie=None)`` builds (cached) a C guest of
   tests/guests/linux/ and returns its path; ``go_guest(name, arch)`` a Go one.
 - ``run_guest(tool, arch, binary, args=(), ...)`` runs it under "qemu"
@@ -56,6 +58,29 @@ def all_guests() -> dict[tuple[str, str, str], Path]:
     except GuestBuildError as exc:
         pytest.fail(str(exc))
     return dict(zip(params, paths, strict=True))
+
+
+@pytest.fixture(scope="session")
+def qemu_reference(
+    all_guests: dict[tuple[str, str, str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str, str, str], GuestRun]:
+    """reference(name, arch, link): the program's run under qemu-<arch> with its spec's
+    arguments, in a fresh directory (which it must leave empty); run once per session."""
+    runs: dict[tuple[str, str, str], GuestRun] = {}
+
+    def reference(name: str, arch: str, link: str) -> GuestRun:
+        key = (name, arch, link)
+        if key not in runs:
+            cwd = tmp_path_factory.mktemp(f"qemu-{name}-{arch}-{link}")
+            try:
+                result = _run_guest("qemu", arch, all_guests[key], PROGRAMS[name].args, cwd=cwd)
+            except HarnessError as exc:
+                pytest.fail(str(exc))
+            assert list(cwd.iterdir()) == [], f"{name} left files behind under qemu"
+            runs[key] = result
+        return runs[key]
+
+    return reference
 
 
 @pytest.fixture(scope="session")

@@ -65,16 +65,9 @@ def test_static_pie_hello(arch: str, run_guest) -> None:
 
 
 @pytest.mark.parametrize(("name", "arch", "link"), guest_params())
-def test_guest_under_qemu(
-    all_guests: dict[tuple[str, str, str], Path],
-    run_guest,
-    tmp_path: Path,
-    name: str,
-    arch: str,
-    link: str,
-) -> None:
+def test_guest_under_qemu(qemu_reference, name: str, arch: str, link: str) -> None:
     spec = PROGRAMS[name]
-    result = run_guest("qemu", arch, all_guests[name, arch, link], spec.args, cwd=tmp_path)
+    result = qemu_reference(name, arch, link)
     lines = result.lines()
     for line in spec.expected_stdout(arch):
         assert line in lines, f"missing line {line!r}\n{result.describe()}"
@@ -83,4 +76,3 @@ def test_guest_under_qemu(
     for line in spec.expected_stderr(arch):
         assert line in err, f"missing stderr line {line!r}\n{result.describe()}"
     assert result.returncode == spec.exit, result.describe()
-    assert list(tmp_path.iterdir()) == [], "the guest left files behind"
