@@ -22,6 +22,7 @@ import ctypes
 import errno
 import os
 import signal
+import struct
 import sys
 import threading
 from typing import TYPE_CHECKING, NoReturn
@@ -107,6 +108,25 @@ def install_hooks(t: GuestThread) -> None:
     t.hook_handle = (handle, cb)      # keep the C callback alive
 
 
+def _after_wait_hint(t: GuestThread) -> bool:
+    """unicorn 2.1.4 ends emu_start with UC_ERR_INSN_INVALID after an arm YIELD, WFE or
+    WFI hint (qemu's EXCP_YIELD/EXCP_HLT), the PC already past it (measured): True when
+    the instruction just before the PC is one (Go's procyield spins on YIELD)."""
+    if t.arch.name != "arm":
+        return False
+    pc = t.reg(t.arch.reg_pc)
+    try:
+        if t.reg(t.arch.reg_flags) & 0x20:                      # Thumb
+            if int.from_bytes(t.mem.read(pc - 2, 2), "little") in (0xBF10, 0xBF20, 0xBF30):
+                return True
+            hi, lo = struct.unpack("<HH", t.mem.read(pc - 4, 4))
+            return hi == 0xF3AF and lo in (0x8001, 0x8002, 0x8003)
+        insn = int.from_bytes(t.mem.read(pc - 4, 4), "little")
+    except Exception:  # noqa: BLE001 - unreadable: not a hint
+        return False
+    return insn & 0x0FFFFFFF in (0x0320F001, 0x0320F002, 0x0320F003)
+
+
 def _fault_signal(t: GuestThread, intno: int, pc: int) -> int:
     if intno == EXCP_BKPT:
         return signal.SIGTRAP
@@ -160,9 +180,12 @@ def run_thread(t: GuestThread) -> ExitInfo:
             try:
                 uc.emu_start(t.pc, 0)
             except UcError as e:
-                signo = signal.SIGILL if e.errno == UC_ERR_INSN_INVALID else signal.SIGSEGV
-                _handle_fault(t, signo, t.reg(t.arch.reg_pc), None)
-                continue
+                if e.errno == UC_ERR_INSN_INVALID and _after_wait_hint(t):
+                    pass        # arm YIELD/WFE/WFI: done, PC past it; a switch point
+                else:
+                    signo = signal.SIGILL if e.errno == UC_ERR_INSN_INVALID else signal.SIGSEGV
+                    _handle_fault(t, signo, t.reg(t.arch.reg_pc), None)
+                    continue
             if t.stop_reason is not None:
                 reason, t.stop_reason = t.stop_reason, None
                 raise reason
