@@ -46,6 +46,13 @@ def _is_self(proc: GuestProcess, who: bytes) -> bool:
     return who in (b"self", b"thread-self") or (who.isdigit() and int(who) == proc.pid)
 
 
+def is_self_exe(t: GuestThread, path: bytes) -> bool:
+    """True for /proc/self/exe and its aliases (/proc/<our pid>/exe...): the guest
+    program, not the emulator."""
+    m = _SELF.match(path)
+    return m is not None and m.group(2) == b"exe" and _is_self(t.process, m.group(1))
+
+
 def open_special(t: GuestThread, path: bytes, flags: int) -> int | None:
     """A host fd serving the guest's view of ``path`` (opened read-only), or None when
     ``path`` is an ordinary file for the host to open."""

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ...common.memory import PROT_READ, PROT_WRITE
-from ..procfs import open_special
+from ..procfs import is_self_exe, open_special
 from . import syscall
 from .structs import (
     AT_EACCESS,
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 _libc = ctypes.CDLL(None, use_errno=True)
 _SYS_GETDENTS64 = {"x86_64": 217, "aarch64": 61}.get(platform.machine(), 217)
 _SYS_STATX = {"x86_64": 332, "aarch64": 291}.get(platform.machine(), 332)
-_SELF_EXE = (b"/proc/self/exe", b"/proc/%d/exe" % os.getpid())
 
 
 def guest_path(t: GuestThread, addr: int) -> bytes:
@@ -48,7 +47,7 @@ def guest_path(t: GuestThread, addr: int) -> bytes:
 
 def host_path(t: GuestThread, path: bytes) -> bytes:
     """``path`` as the host should open it."""
-    if path in _SELF_EXE:
+    if path.startswith(b"/proc/") and is_self_exe(t, path):
         return t.process.exec_path.encode()
     prefix = t.process.ld_prefix
     if prefix and path.startswith(b"/"):
@@ -438,7 +437,7 @@ def sys_statx(t: GuestThread, dfd: int, path: int, flags: int, mask: int, buf: i
 @syscall("readlinkat")
 def sys_readlinkat(t: GuestThread, dfd: int, path: int, buf: int, size: int) -> int:
     name = t.mem.read_cstring(path)
-    if name in _SELF_EXE:
+    if name.startswith(b"/proc/") and is_self_exe(t, name):
         target = os.path.abspath(t.process.exec_path).encode()
     else:
         target = os.readlink(host_path(t, name), dir_fd=dirfd(t, dfd))

@@ -3,6 +3,7 @@
  * getrandom.
  */
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sched.h>
 #include <signal.h>
@@ -88,6 +89,17 @@ int main(int argc, char **argv)
     CHECK(wait4(child, &status, 0, &ru) == child, "wait4");
     say("wait4: exited=%d status=%d", WIFEXITED(status), WEXITSTATUS(status));
     CHECK_ERR(wait4(-1, &status, WNOHANG, NULL), ECHILD, "wait4 without children: ECHILD");
+
+    child = fork();
+    if (child == 0) {
+        char self[4096] = {0}, bypid[4096] = {0}, path[64];
+        snprintf(path, sizeof path, "/proc/%d/exe", (int)getpid());
+        ssize_t a = readlink("/proc/self/exe", self, sizeof self - 1);
+        ssize_t b = readlink(path, bypid, sizeof bypid - 1);
+        _exit(a > 0 && a == b && memcmp(self, bypid, a) == 0 && strstr(self, "proc") ? 0 : 1);
+    }
+    CHECK(waitpid(child, &status, 0) == child, "waitpid");
+    say("child's /proc/<pid>/exe is /proc/self/exe: %d", WIFEXITED(status) && WEXITSTATUS(status) == 0);
 
     child = fork();
     if (child == 0)
