@@ -451,11 +451,19 @@ def _emulator_argv(t: GuestThread, arch: str, path: bytes, argv: list[bytes]) ->
         cmd += [b"-L", os.fsencode(proc.ld_prefix)]
     if proc.uname_release:
         cmd += [b"-r", os.fsencode(proc.uname_release)]
-    if proc.strace:
-        cmd.append(b"-strace")
-    items = sorted(i for i in proc.log_items if i != "strace")
-    if items:
-        cmd += [b"-d", ",".join(items).encode()]
+    log_file = getattr(opts, "log_file", None)
+    # -D: passed on when it names a file per process (%d) or a non-regular file; the
+    # child would truncate a shared regular log file (qemu's -D truncates), so then
+    # the exec'd program runs without logging
+    same_log = not log_file or "%d" in log_file or not os.path.isfile(log_file)
+    if same_log:
+        if proc.strace:
+            cmd.append(b"-strace")
+        items = sorted(i for i in proc.log_items if i != "strace")
+        if items:
+            cmd += [b"-d", ",".join(items).encode()]
+        if log_file:
+            cmd += [b"-D", os.fsencode(log_file)]
     if opts is not None and getattr(opts, "cpu", None) and arch == proc.arch.name:
         cmd += [b"-cpu", os.fsencode(opts.cpu)]
     cmd += [b"-0", argv[0] if argv else path, b"--", path]
