@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 # signals for which qemu's dump_core_and_abort reports "core dumped" (core_dump_signal)
 _CORE_SIGNALS = {4, 5, 6, 7, 8, 11, 24, 25, 3, 31}
+_STDIO_BUFSIZ = 4096      # glibc's stdout buffer on a pipe or a file (st_blksize)
 
 
 def _prog() -> str:
@@ -127,10 +128,14 @@ def run(arch: str, argv: list[str] | None = None) -> NoReturn:
         except ElfError as e:
             if e.errno:
                 # qemu-user printf()s this one to stdout and _exit()s without flushing:
-                # it shows only when stdout is a terminal (line-buffered)
-                if sys.stdout.isatty():
-                    sys.stdout.write(f"{e}\n")
+                # all of it shows when stdout is a terminal (line-buffered), otherwise
+                # only the whole buffers (BUFSIZ) stdio wrote out (a very long path)
+                line = os.fsencode(f"{e}\n")
+                if not sys.stdout.isatty():
+                    line = line[:len(line) // _STDIO_BUFSIZ * _STDIO_BUFSIZ]
+                if line:
                     sys.stdout.flush()
+                    os.write(sys.stdout.fileno(), line)
             else:
                 sys.stderr.write(e.format(_prog()) + "\n")
                 sys.stderr.flush()

@@ -441,7 +441,8 @@ def _map_stack(mem: AddressSpace, size: int, info: LoadInfo, arch: ArchInfo) -> 
     """qemu's setup_arg_pages: ``size + guard`` read-write, the lowest page PROT_NONE.
 
     The size is an abi_ulong in qemu (cut to 32 bits for a 32-bit guest, so ``-s``
-    of 4 GiB is the 32-page minimum and a size whose guard page wraps to 0 is EINVAL).
+    of 4 GiB is the 32-page minimum and a size whose guard page wraps to 0 is EINVAL)
+    and is not rounded: the stack's top is ``stack_limit + size`` inside the last page.
     Where the guest address space is qemu's reserved_va (arm: :attr:`mmap_topdown`),
     the place is qemu's mmap_find_vma_reserved from TASK_UNMAPPED_BASE:
     ``[base, base + size)`` when free (a fixed-address program), else the highest free
@@ -451,14 +452,18 @@ def _map_stack(mem: AddressSpace, size: int, info: LoadInfo, arch: ArchInfo) -> 
 
     page = mem.page_size
     mask = (1 << arch.elf_class) - 1
-    size = max(-(-(size & mask) // page) * page, STACK_MIN_PAGES * page) & mask
-    length = (size + page) & mask
+    size = max(size & mask, STACK_MIN_PAGES * page)
+    length = (size + page) & mask     # mmap rounds it up; the stack's top is not
     try:
         if length == 0:
             raise GuestMemoryError("mmap of 0 bytes", errno.EINVAL)
-        hint = _reserved_va_place(mem, arch, length) if length > size else None
-        if hint is None and length > size and getattr(arch, "mmap_topdown", False) \
-                and hasattr(mem, "vmas"):
+        if length <= size:
+            # the guard page wrapped the length to less than a page: qemu maps that
+            # page and then crashes writing the stack; refused here instead
+            raise GuestMemoryError("stack size wraps", errno.ENOMEM)
+        length = -(-length // page) * page
+        hint = _reserved_va_place(mem, arch, length)
+        if hint is None and getattr(arch, "mmap_topdown", False) and hasattr(mem, "vmas"):
             raise GuestMemoryError("no room for the stack", errno.ENOMEM)
         base = mem.mmap(hint or 0, length, PROT_READ | PROT_WRITE, name="[stack]")
         mem.mprotect(base, page, PROT_NONE)

@@ -42,6 +42,7 @@ def _pick(line: Line, arch: str) -> str:
 DRIVEN: dict[str, str] = {
     "sig_external": "tests/linux_user/test_signals_external.py",
     "exec_self": "tests/linux_user/test_guests_exec.py",
+    "stack": "tests/linux_user/test_main.py",
 }
 
 MACHINE = {"arm": "uname machine: armv7l", "aarch64": "uname machine: aarch64"}
@@ -306,18 +307,6 @@ PROGRAMS: dict[str, Spec] = {
             "master read: to-master",
             DONE,
         ),
-    ),
-    "bench_sha256": Spec(
-        args=("1",),
-        stdout=(
-            "sha256(abc) = ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
-            "sha256(1 MiB stream) = 96ba43225ea1b4411dbe7a35f517d8ad07a12e978349ae18fc08bc8b34e6ff56",
-            "integer loop: 2a86e1b36c74bb80",
-        ),
-    ),
-    "bench_syscalls": Spec(
-        args=("2000",),
-        stdout=("getpid: 2000 of 2000", "1-byte writes: 2000 of 2000", "stat: 2000 of 2000"),
     ),
     # guests of benchmarks/bench_user.py
     "bench_cpu": Spec(
