@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <sched.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -137,6 +138,20 @@ int main(int argc, char **argv)
     say("execve /bin/sh: status=%d", WEXITSTATUS(status));
     char *bad[] = {"nope", NULL};
     CHECK_ERR(execve("/nonexistent/program", bad, bad + 1), ENOENT, "execve of a missing file: ENOENT");
+
+    /* glibc's system/popen/posix_spawn: clone(CLONE_VM|CLONE_VFORK) on a new stack,
+     * a fork under qemu-user (so a failing exec is not reported to posix_spawn) */
+    int r = system("echo from system; exit 3");
+    say("system: %d", WEXITSTATUS(r));
+    FILE *pp = popen("echo from popen", "r");
+    char pbuf[64] = {0};
+    CHECK(pp && fgets(pbuf, sizeof pbuf, pp), "popen read");
+    say("popen read: %s", strtok(pbuf, "\n"));
+    say("pclose: %d", pclose(pp));
+    char *spawn_argv[] = {"sh", "-c", "exit 4", NULL};
+    CHECK(posix_spawn(&child, "/bin/sh", NULL, NULL, spawn_argv, environ) == 0, "posix_spawn");
+    CHECK(waitpid(child, &status, 0) == child, "waitpid after posix_spawn");
+    say("posix_spawn status: %d", WEXITSTATUS(status));
 
     struct rlimit rl, old;
     CHECK(getrlimit(RLIMIT_NOFILE, &old) == 0, "getrlimit RLIMIT_NOFILE");
