@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 # signals for which qemu's dump_core_and_abort reports "core dumped" (core_dump_signal)
 _CORE_SIGNALS = {4, 5, 6, 7, 8, 11, 24, 25, 3, 31}
+# the guest space qemu-arm reserves (reserved_va); for aarch64, pyqemu's RAM buffer
+_GUEST_SPACE = {"arm": 0xfffff000, "aarch64": 8 << 30}
 _STDIO_BUFSIZ = 4096      # glibc's stdout buffer on a pipe or a file (st_blksize)
 
 
@@ -40,7 +42,7 @@ def start(opts: UserOptions) -> ExitInfo:
     from ..common.cpu import get_arch
     from ..common.loader.elf import load_program
     from ..common.loader.stack import build_initial_stack
-    from ..common.memory import GuestMemory
+    from ..common.memory import GuestMemory, GuestMemoryError
     from .cli import open_log
     from .loop import run_thread
     from .process import GuestProcess, map_kuser_page
@@ -49,7 +51,18 @@ def start(opts: UserOptions) -> ExitInfo:
     # qemu's order: the log file (-D) opens first, then the program
     log = open_log(opts, _prog())
     arch = get_arch(opts.arch)
-    mem = GuestMemory(arch)
+    try:
+        mem = GuestMemory(arch)
+    except GuestMemoryError as e:
+        # the host refused the guest RAM (ulimit -v): qemu's words for its reservation
+        size = _GUEST_SPACE.get(arch.name, 0)
+        sys.stderr.write(
+            f"{_prog()}: Unable to reserve 0x{size:x} bytes of virtual address space at "
+            f"0x1000 ({os.strerror(e.errno)}) for use as guest address space (check "
+            "your virtual memory ulimit setting, min_mmap_addr or reserve less using "
+            "-R option)\n")
+        sys.stderr.flush()
+        os._exit(1)
     if arch.name == "arm":
         map_kuser_page(mem)
     # the stack is placed by the loader while the brk room is held (qemu's layout)

@@ -222,3 +222,23 @@ def test_wrong_arch_program(run_guest, guest) -> None:
     ref, _ = both(run_guest, "arm", guest("hello", "aarch64", static=True))
     assert ref.returncode == 255 and "Invalid ELF image" in ref.stderr
     assert os.path.exists(SYSROOT["arm"])
+
+
+def test_guest_space_refused_by_the_host(guest) -> None:
+    # ulimit -v 2 GB: qemu-arm cannot reserve its 4 GiB guest space, pyqemu-arm its RAM
+    import resource
+    import subprocess
+
+    from tests.guests.run import GUEST_ENV, tool_path
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    binary = str(guest("hello", "arm", static=True))
+    runs = [subprocess.run([tool_path(tool, "arm"), binary], capture_output=True, text=True,
+                           env=GUEST_ENV, preexec_fn=limit, timeout=60)
+            for tool in ("qemu", "pyqemu")]
+    assert runs[0].returncode == runs[1].returncode == 1
+    assert runs[0].stdout == runs[1].stdout == ""
+    assert runs[1].stderr == runs[0].stderr.replace("qemu-arm:", "pyqemu-arm:")
+    assert "Unable to reserve 0xfffff000 bytes" in runs[1].stderr
