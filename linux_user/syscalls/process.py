@@ -502,6 +502,27 @@ def _prepare_host_exec(t: GuestThread) -> Callable[[], None]:
     return undo
 
 
+def _guest_interpreter(t: GuestThread, head: bytes, path: bytes,
+                       argv: list[bytes]) -> list[bytes] | None:
+    """A ``#!`` script whose interpreter is a guest ELF: the command that runs it under
+    pyqemu with the argv the kernel would build (interpreter, its one optional
+    argument, the script, the script's arguments). None for a host interpreter."""
+    line = head[2:].split(b"\n", 1)[0].strip(b" \t")
+    if not line:
+        return None
+    parts = line.split(None, 1)
+    interp = parts[0]
+    try:
+        with open(interp, "rb") as f:
+            iarch = guest_elf_arch(f.read(64))
+    except OSError:
+        return None
+    if iarch is None:
+        return None
+    extra = [parts[1].strip(b" \t")] if len(parts) > 1 else []
+    return _emulator_argv(t, iarch, interp, [interp, *extra, path, *argv[1:]])
+
+
 def _execve(t: GuestThread, dfd: int, path: bytes, argv: list[bytes], envp: list[bytes],
             flags: int) -> int:
     proc = t.process
@@ -520,7 +541,7 @@ def _execve(t: GuestThread, dfd: int, path: bytes, argv: list[bytes], envp: list
         if not (st.st_mode & 0o170000 == 0o100000) or not os.access(
                 f"/proc/self/fd/{fd}", os.X_OK):
             return -errno.EACCES
-        head = os.pread(fd, 64, 0)
+        head = os.pread(fd, 256, 0)           # the kernel's BINPRM_BUF_SIZE
         if not path:
             path = os.fsencode(os.readlink(f"/proc/self/fd/{fd}"))
         elif dfd != AT_FDCWD and not path.startswith(b"/"):
@@ -532,6 +553,8 @@ def _execve(t: GuestThread, dfd: int, path: bytes, argv: list[bytes], envp: list
     env = dict(e.split(b"=", 1) if b"=" in e else (e, b"") for e in envp)
     _drop_vfork_fd(proc)
     cmd = _emulator_argv(t, arch, path, argv) if arch is not None else None
+    if arch is None and head.startswith(b"#!"):
+        cmd = _guest_interpreter(t, head, path, argv)
     undo = _prepare_host_exec(t)
     try:
         if cmd is not None:

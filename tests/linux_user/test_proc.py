@@ -146,3 +146,22 @@ def test_unicorn_cpus_lack_what_is_not_advertised() -> None:
     assert not runs(UC_ARCH_ARM64, 0x88A07C41)       # cas w0, w1, [x2]
     assert runs(UC_ARCH_ARM64, 0x1AC24020)           # crc32b
     assert runs(UC_ARCH_ARM64, 0x4E284820)           # aese
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_exec_script_with_guest_interpreter(guest, run_guest, tmp_path, arch: str) -> None:
+    """A #! script whose interpreter is a guest program runs that program under pyqemu
+    with the kernel's argv: interpreter, its argument, the script, the arguments."""
+    binary = guest("proc", arch, static=True)
+    script = tmp_path / "script"
+    script.write_text(f"#!{binary} exec-child\nnot read by anyone\n")
+    script.chmod(0o755)
+    ours = run_guest("pyqemu", arch, binary, ("exec-guest", str(script)))
+    lines = ours.lines()
+    end = lines.index("exec of the script: exited=1 status=5")
+    start = lines.index("exec child argc=4 argv0=" + str(binary))
+    assert lines[start + 1:end] == ["exec child argv[1]=exec-child",
+                                     f"exec child argv[2]={script}",
+                                     "exec child argv[3]=two words",
+                                     "exec child env: ONLY=this", "ok: waitpid"]
+    assert lines[-1] == "failures: 0"

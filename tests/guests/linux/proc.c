@@ -33,7 +33,7 @@ static int exec_child(int argc, char **argv)
 /* "exec-guest": execve this guest program itself (a guest binary): by its real path and
  * through /proc/self/exe, with a new argv[0] and a two-variable environment. Under
  * qemu-user that needs binfmt_misc; pyqemu runs it under pyqemu-<arch> itself. */
-static int exec_guest(void)
+static int exec_guest(int argc, char **argv)
 {
     char self[4096] = {0};
     CHECK(readlink("/proc/self/exe", self, sizeof self - 1) > 0, "readlink /proc/self/exe");
@@ -52,6 +52,19 @@ static int exec_guest(void)
         say("exec of %s: exited=%d status=%d", k ? "/proc/self/exe" : "the program",
             WIFEXITED(status), WEXITSTATUS(status));
     }
+    if (argc > 2) {             /* a script (whose interpreter is a guest program) */
+        pid_t child = fork();
+        if (child == 0) {
+            char *argv2[] = {"script-argv0", "two words", NULL};
+            char *envp[] = {"ONLY=this", NULL};
+            execve(argv[2], argv2, envp);
+            say("execve failed: %s", errname(errno));
+            _exit(127);
+        }
+        int status = 0;
+        CHECK(waitpid(child, &status, 0) == child, "waitpid");
+        say("exec of the script: exited=%d status=%d", WIFEXITED(status), WEXITSTATUS(status));
+    }
     int fd = open("/dev/null", O_RDONLY);
     CHECK(fd >= 0 && fcntl(fd, F_SETFD, 0) == 0, "/dev/null without FD_CLOEXEC");
     char *nx[] = {"x", NULL};
@@ -64,7 +77,7 @@ int main(int argc, char **argv)
     if (argc > 1 && strcmp(argv[1], "exec-child") == 0)
         return exec_child(argc, argv);
     if (argc > 1 && strcmp(argv[1], "exec-guest") == 0)
-        return exec_guest();
+        return exec_guest(argc, argv);
     pid_t me = getpid();
     CHECK(me > 1, "getpid is a real pid");
     CHECK(syscall(SYS_gettid) == me, "gettid equals getpid in the main thread");
