@@ -71,3 +71,33 @@ def test_same_as_qemu(
         assert line in lines, f"missing line {line!r}\n{ours.describe()}"
     assert ours.returncode == spec.exit, ours.describe()
     assert list(tmp_path.iterdir()) == [], "the guest left files behind under pyqemu"
+
+
+# hello built other ways: fixed-address dynamic, static-PIE (AArch64: Debian's
+# armhf glibc has no rcrt1.o), ARM state instead of Thumb-2 on 32-bit ARM
+VARIANTS = [
+    ("arm", False, False, ()),
+    ("aarch64", False, False, ()),
+    ("aarch64", True, True, ()),
+    ("arm", False, None, ("-marm",)),
+    ("arm", True, None, ("-marm",)),
+]
+
+
+@pytest.mark.parametrize(
+    ("arch", "static", "pie", "extra"),
+    VARIANTS,
+    ids=[
+        "arm-dyn-nopie",
+        "aarch64-dyn-nopie",
+        "aarch64-static-pie",
+        "arm-dyn-marm",
+        "arm-static-marm",
+    ],
+)
+def test_hello_variants(
+    guest, assert_same_as_qemu, tmp_path: Path, arch: str, static: bool, pie, extra
+) -> None:
+    binary = guest("hello", arch, static=static, pie=pie, extra=extra)
+    ref, ours = assert_same_as_qemu(arch, binary, cwd=tmp_path, compare_stderr=True)
+    assert ours.stdout == "hello from the guest\n" and ours.returncode == 0, ours.describe()
