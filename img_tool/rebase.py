@@ -65,16 +65,17 @@ def differing_runs(
     runs: list[tuple[int, int]] = []
     if full:
         nsec = full // SECTOR
-        a0 = start
         b0 = start + full
-        first = int.from_bytes(mo[a0:b0:SECTOR].tobytes(), "big") ^ int.from_bytes(
-            mn[a0:b0:SECTOR].tobytes(), "big"
-        )
-        a1 = start + SECTOR - 1
-        last = int.from_bytes(mo[a1:b0:SECTOR].tobytes(), "big") ^ int.from_bytes(
-            mn[a1:b0:SECTOR].tobytes(), "big"
-        )
-        samples = (first | last).to_bytes(nsec, "big")
+        samples = 0
+        for a0 in (start, start + SECTOR - 1):  # first and last bytes
+            for side in (mo, mn):
+                if side.obj is not _ZEROS:  # the zero buffer's samples are 0
+                    samples ^= int.from_bytes(side[a0:b0:SECTOR].tobytes(), "big") << (
+                        0 if a0 == start else 8 * nsec
+                    )
+        # a sector differs where its first or its last sample differs
+        mask = (1 << (8 * nsec)) - 1
+        samples = ((samples & mask) | (samples >> (8 * nsec))).to_bytes(nsec, "big")
         pos = 0  # sectors before ``pos`` are settled
         for match in _EQUAL_RUNS.finditer(samples):
             stack = [match.span()]
