@@ -67,9 +67,15 @@ def test_convert_compare(kind: str, server, tmp_path: Path, ours: str) -> None: 
     assert run("qemu-img", "compare", uri, str(out)) == (0, "Images are identical.\n", "")
     assert run(ours, "compare", uri, str(out)) == (0, "Images are identical.\n", "")
     assert run("qemu-img", "check", str(out))[0] == 0
-    assert run("qemu-img", "map", "--output=json", str(out)) == run(
-        "qemu-img", "map", "--output=json", str(ref)
-    )
+
+    # -W: clusters are allocated in the order the reads complete (the nbd
+    # client keeps several in flight), so the host offsets may differ from
+    # qemu-img's in-order layout; the guest map must not
+    def guest_map(path: Path) -> list[dict]:
+        runs = json.loads(run("qemu-img", "map", "--output=json", str(path))[1])
+        return [{k: v for k, v in r.items() if k != "offset"} for r in runs]
+
+    assert guest_map(out) == guest_map(ref)
     # and back into the export, then compare again
     assert run(ours, "convert", "-n", "-O", "raw", str(out), uri)[0] == 0
     assert run("qemu-img", "compare", uri, str(ref))[0] == 0
