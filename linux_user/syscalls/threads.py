@@ -50,6 +50,7 @@ FUTEX_CLOCK_REALTIME = 256
 FUTEX_BITSET_MATCH_ANY = 0xFFFFFFFF
 _NS = 1_000_000_000
 _U32 = struct.Struct("<I")
+ERESTARTSYS = 512                       # the kernel's: never seen by the guest
 
 
 class _Waiter:
@@ -227,7 +228,11 @@ def futex_wait(t: GuestThread, addr: int, val: int, bitset: int, wait: float | N
     if w.woken:
         return 0
     if ok or event.is_set() or proc.exit is not None:
-        return -errno.EINTR               # a signal (or the process's end) ended the wait
+        # a signal (or the process's end) ended the wait: without a timeout the kernel
+        # restarts the wait after an SA_RESTART handler (ERESTARTSYS), else EINTR
+        if wait is None and proc.exit is None and t.deliverable():
+            return -ERESTARTSYS
+        return -errno.EINTR
     return -errno.ETIMEDOUT
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 
 import pytest
 
@@ -28,6 +29,8 @@ def _drive(tool: str, arch: str, binary: str) -> tuple[list[str], int]:
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=dict(GUEST_ENV), text=True)
     lines: list[str] = []
+    guard = threading.Timer(120, proc.kill)        # a hung guest fails, never hangs
+    guard.start()
     try:
         steps = iter(SEQUENCE)
         want, sig = next(steps)
@@ -39,6 +42,7 @@ def _drive(tool: str, arch: str, binary: str) -> tuple[list[str], int]:
                 want, sig = next(steps, ("\0", 0))
         proc.wait(timeout=60)
     finally:
+        guard.cancel()
         if proc.poll() is None:
             proc.kill()
             proc.wait()

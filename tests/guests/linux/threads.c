@@ -1,5 +1,6 @@
 /* Threads: 8 pthreads; a mutex-protected counter and an atomic counter, both
- * contended; a condition-variable start gate; thread-local storage; distinct
+ * contended, and one incremented by compare-and-swap (the kuser cmpxchg helper
+ * on ARM); a condition-variable start gate; thread-local storage; distinct
  * tids; join values; a barrier; pthread_once; a detached thread.
  */
 #include <pthread.h>
@@ -16,6 +17,7 @@ static pthread_cond_t ready_cv = PTHREAD_COND_INITIALIZER, go_cv = PTHREAD_COND_
 static int ready, go;
 static long counter;
 static long atomic_counter;
+static int cas_counter;
 static __thread int tls_id = -1;
 static __thread long tls_sum;
 static pid_t tids[NTHREADS];
@@ -27,6 +29,24 @@ static int serial_count;
 static void once_fn(void)
 {
     once_runs++;
+}
+
+/* One increment by compare-and-swap: through the kernel's __kuser_cmpxchg helper at
+ * 0xffff0fc0 on 32-bit ARM (returns 0 when the store happened), a CAS loop on AArch64. */
+static void cas_increment(void)
+{
+#ifdef __arm__
+    typedef int (kuser_cmpxchg_t)(int oldval, int newval, volatile int *ptr);
+    kuser_cmpxchg_t *cmpxchg = (kuser_cmpxchg_t *)0xffff0fc0;
+    int old;
+    do
+        old = *(volatile int *)&cas_counter;
+    while (cmpxchg(old, old + 1, &cas_counter) != 0);
+#else
+    int old = __atomic_load_n(&cas_counter, __ATOMIC_RELAXED);
+    while (!__atomic_compare_exchange_n(&cas_counter, &old, old + 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
+        ;
+#endif
 }
 
 static void *worker(void *arg)
@@ -46,6 +66,7 @@ static void *worker(void *arg)
         counter++;
         pthread_mutex_unlock(&lock);
         __atomic_fetch_add(&atomic_counter, 1, __ATOMIC_SEQ_CST);
+        cas_increment();
         tls_sum += id;
         if ((i & 1023) == 0)
             sched_yield();
@@ -90,6 +111,7 @@ int main(void)
     say("join values sum: %ld", joined);
     say("mutex counter: %ld", counter);
     say("atomic counter: %ld", atomic_counter);
+    say("cmpxchg counter: %d", cas_counter);
     say("main thread's TLS untouched: %d", tls_id);
     say("pthread_once ran %d time(s); barrier serial threads: %d", once_runs, serial_count);
     int distinct = 1;
