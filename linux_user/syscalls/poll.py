@@ -174,25 +174,46 @@ def host_wait(t: GuestThread, pollfds: bytes, nfds: int,
     buf = ctypes.create_string_buffer(pollfds + struct.pack("<ihh", wfd, _POLLIN, 0),
                                       len(pollfds) + 8)
     tsbuf = ctypes.create_string_buffer(ts, 16) if ts is not None else None
-    _WAITING[t.tid] = t
-    try:
-        if _deliverable(t):
-            return -errno.EINTR, pollfds, ts
-        with t.blocking():
-            ret = _host(_NR["ppoll"], buf, _L(nfds + 1), tsbuf, None, _L(8))
-    finally:
-        _WAITING.pop(t.tid, None)
-    raw = buf.raw
-    woken = ret > 0 and struct.unpack_from("<h", raw, 8 * nfds + 6)[0] != 0
-    if woken:
+    while True:
+        _WAITING[t.tid] = t
+        try:
+            if _deliverable(t):
+                return -errno.EINTR, pollfds, ts
+            with t.blocking():
+                ret = _host(_NR["ppoll"], buf, _L(nfds + 1), tsbuf, None, _L(8))
+        finally:
+            _WAITING.pop(t.tid, None)
+        raw = buf.raw
+        if ret <= 0 or not struct.unpack_from("<h", raw, 8 * nfds + 6)[0]:
+            break
         try:
             os.read(wfd, 8)
         except BlockingIOError:
             pass
         ret -= 1
-        if ret == 0:
+        if ret:
+            break
+        if _deliverable(t):
             ret = -errno.EINTR
+            break
+        # a stale wake-up (the signal went to another thread meanwhile): wait again
+        buf = ctypes.create_string_buffer(pollfds + struct.pack("<ihh", wfd, _POLLIN, 0),
+                                          len(pollfds) + 8)
     return ret, raw[:8 * nfds], tsbuf.raw if tsbuf is not None else None
+
+
+def _forget_waits() -> None:
+    """In a fork()ed child: the parent's threads and wake fds are not ours."""
+    _WAITING.clear()
+    for fd in _WAKE.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _WAKE.clear()
+
+
+os.register_at_fork(after_in_child=_forget_waits)
 
 
 def wait_fd(t: GuestThread, fd: int, events: int, timeout_ns: int | None = None) -> int:
