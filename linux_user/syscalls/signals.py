@@ -251,11 +251,6 @@ def _run_handler(t: GuestThread, signo: int, info: bytes, act: SigAction, *,
     saved = t.saved_mask if t.saved_mask is not None else t.sigmask
     t.saved_mask = None
     setup_rt_frame(t, signo, info, act, saved, pc=pc, fault_addr=fault_addr)
-    # inside the syscall hook: stop and let the run loop restart at the handler. unicorn
-    # 2.1.4 runs on from a PC written in a hook, and when an emu_stop from the watchdog
-    # is pending it can stop after the handler's first TB with the PC still at its
-    # entry: the handler's push ran twice (measured on arm, Go's SIGURG preemption)
-    t.stop()
     t.sigmask |= act.mask | (0 if act.flags & SA_NODEFER else _bit(signo))
     t.sigmask &= ~_UNBLOCKABLE
     if act.flags & SA_RESETHAND:
@@ -471,7 +466,6 @@ def sys_rt_sigreturn(t: GuestThread) -> None:
     t.sigmask = mask & ~_UNBLOCKABLE
     if t.deliverable():
         t.process.sig_flag = True
-    t.stop()                    # restart at the restored PC (see _run_handler)
     return None
 
 
