@@ -43,6 +43,7 @@ DRIVEN: dict[str, str] = {
     "sig_external": "tests/linux_user/test_signals_external.py",
     "exec_self": "tests/linux_user/test_guests_exec.py",
     "stack": "tests/linux_user/test_main.py",
+    "threads_spin": "tests/linux_user/test_threads.py",
 }
 
 MACHINE = {"arm": "uname machine: armv7l", "aarch64": "uname machine: aarch64"}
