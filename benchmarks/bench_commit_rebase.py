@@ -13,7 +13,9 @@ fresh copies of the same images:
 * ``rebase -b "" top.qcow2`` (flatten)
 
 and reports the best wall time of N runs (the tools alternate; each run's
-images are copied and synced to disk first) and the ratio pyqemu/qemu. Every
+images are copied and synced to disk first) and the ratio pyqemu/qemu, and
+the same for CPU time (user + system; on a shared host the steadier figure:
+wall time also holds waiting for a CPU that other jobs hold). Every
 result is checked with ``qemu-img compare`` (what the chain showed before must
 be what it shows after), so a fast wrong answer can't win.
 
@@ -30,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 
-from _common import img_tools, make_mixed_raw, parse_size, timed
+from _common import img_tools, make_mixed_raw, measure, parse_size
 
 
 def overlay_changes(size: int, seed: int) -> list[str]:
@@ -62,6 +64,16 @@ def fresh_copy(templates: str, run_dir: str) -> None:
             ["cp", "--sparse=always", os.path.join(templates, name), run_dir], check=True
         )
     os.sync()
+
+
+def measure_in(cmd: list[str], cwd: str) -> tuple[float, int, float]:
+    """:func:`_common.measure` (wall s, peak RSS KiB, CPU s) run in ``cwd``."""
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return measure(cmd)
+    finally:
+        os.chdir(here)
 
 
 def main() -> None:
@@ -112,16 +124,19 @@ def main() -> None:
             ),
             ("rebase -b '' (flatten)", ["rebase", "-q", "-b", "", "top.qcow2"], "top.qcow2"),
         ]
-        print("| case | qemu-img s | pyqemu-img s | ratio |")
-        print("|---|---|---|---|")
+        print(
+            "| case | qemu-img s | pyqemu-img s | ratio | qemu-img CPU s | pyqemu-img CPU s | CPU ratio |"
+        )
+        print("|---|---|---|---|---|---|---|")
         for name, cmd, result in cases:
             best: dict[str, float] = {}
+            best_cpu: dict[str, float] = {}
             # the tools alternate, so that a change of the host's load hits both
             for _ in range(args.repeat):
                 for tool_name, tool in (("qemu", qemu_img), ("py", pyqemu_img)):
                     run_dir = os.path.join(work, "run")
                     fresh_copy(tpl, run_dir)
-                    wall = timed([tool, *cmd], run_dir)
+                    wall, _, cpu = measure_in([tool, *cmd], run_dir)
                     cmp = subprocess.run(
                         [qemu_img, "compare", "-f", "raw", "-F", "qcow2", top_raw, result],
                         cwd=run_dir,
@@ -136,8 +151,13 @@ def main() -> None:
                     if chk.returncode != 0:
                         sys.exit(f"{tool_name} {name}: check failed: {chk.stdout}{chk.stderr}")
                     best[tool_name] = min(best.get(tool_name, wall), wall)
+                    best_cpu[tool_name] = min(best_cpu.get(tool_name, cpu), cpu)
             q, p = best["qemu"], best["py"]
-            print(f"| {name} | {q:.2f} | {p:.2f} | {p / q:.2f}x |", flush=True)
+            qc, pc = best_cpu["qemu"], best_cpu["py"]
+            print(
+                f"| {name} | {q:.2f} | {p:.2f} | {p / q:.2f}x | {qc:.2f} | {pc:.2f} | {pc / qc:.2f}x |",
+                flush=True,
+            )
         print(f"# load average {os.getloadavg()[0]:.2f} at end")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -30,11 +30,13 @@ IO_BUF_SIZE = 2 << 20
 SECTOR = 512
 #: the longest range one block status query of the image covers
 STATUS_SPAN = 64 << 20
-#: the most bytes one worker reads and compares at once (whole steps)
-CHUNK = 4 << 20
+#: the most bytes one worker reads and compares at once (whole steps): one
+#: qemu-img step; few, small buffers stay in the CPU caches between the read
+#: into them, the comparison and the write from them
+CHUNK = 2 << 20
 #: reader threads, and chunks in flight (read ahead of the writes)
 WORKERS = 2
-DEPTH = 4
+DEPTH = 3
 
 _ZEROS = bytes(CHUNK)
 _EQUAL_RUNS = re.compile(b"\\x00+")
@@ -379,20 +381,20 @@ def _compare_chunk(
     pos = 0
     while pos < n:
         old_start, old_end, old_zero, old_at = old_runs[i]
-        new_end, new_zero = new_runs[j][1], new_runs[j][2]
+        new_start, new_end, new_zero, new_at = new_runs[j]
         end = min(old_end, new_end)
         if not (old_zero and new_zero):
             side_old: bytes | bytearray = _ZEROS
             side_new: bytes | bytearray = _ZEROS
             if not old_zero:
                 try:
-                    _read_into(old, offset, pos, end, buf_old)
+                    _read_into(old, offset, pos, end, buf_old, old_at, pos - old_start)
                 except QemuError:
                     raise CliError("error while reading from old backing file") from None
                 side_old = buf_old
             if not new_zero:
                 try:
-                    _read_into(new, offset, pos, end, buf_new)
+                    _read_into(new, offset, pos, end, buf_new, new_at, pos - new_start)
                 except QemuError:
                     raise CliError("error while reading from new backing file") from None
                 side_new = buf_new
@@ -457,8 +459,17 @@ def _extents(node: Any, offset: int, n: int) -> list[tuple[int, int, bool, Any]]
     return runs
 
 
-def _read_into(node: Any, offset: int, start: int, end: int, buf: bytearray) -> None:
-    """Read [offset+start, offset+end) of ``node``'s chain into ``buf[start:end]``."""
+def _read_into(
+    node: Any, offset: int, start: int, end: int, buf: bytearray, at: Any, skip: int
+) -> None:
+    """Read [offset+start, offset+end) of ``node``'s chain into ``buf[start:end]``;
+    straight from the host file where ``at`` (protocol node, host offset, as
+    :func:`_extents` found, ``skip`` bytes before ``start``) says it lies."""
+    if at is not None:
+        file_readinto = getattr(at[0], "readinto", None)
+        if file_readinto is not None:
+            file_readinto(at[1] + skip, memoryview(buf)[start:end])
+            return
     readinto = getattr(node, "readinto", None)
     if readinto is not None:
         readinto(offset + start, memoryview(buf)[start:end])
