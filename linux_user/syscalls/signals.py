@@ -251,6 +251,12 @@ def _run_handler(t: GuestThread, signo: int, info: bytes, act: SigAction, *,
     saved = t.saved_mask if t.saved_mask is not None else t.sigmask
     t.saved_mask = None
     setup_rt_frame(t, signo, info, act, saved, pc=pc, fault_addr=fault_addr)
+    # inside the syscall hook: stop, the run loop restarts at the handler. unicorn 2.1.4
+    # runs on from a PC written in a hook, and with a watchdog emu_stop pending it can
+    # stop after the handler's first block with the PC still at the handler's entry:
+    # the handler's push then runs twice and its sigreturn reads a frame 8 bytes off
+    # (measured on arm: Go's SIGURG preemption, a C handler under a 2 ms itimer)
+    t.stop()
     t.sigmask |= act.mask | (0 if act.flags & SA_NODEFER else _bit(signo))
     t.sigmask &= ~_UNBLOCKABLE
     if act.flags & SA_RESETHAND:
@@ -466,6 +472,7 @@ def sys_rt_sigreturn(t: GuestThread) -> None:
     t.sigmask = mask & ~_UNBLOCKABLE
     if t.deliverable():
         t.process.sig_flag = True
+    t.stop()                    # restart at the restored PC (see _run_handler)
     return None
 
 
