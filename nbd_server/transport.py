@@ -512,13 +512,35 @@ def serve_connection(sock: socket.socket, session: Session, tls: Any = None) -> 
 
 
 def unix_listener(path: str) -> socket.socket:
+    """A listening unix socket at ``path``. It is bound under a temporary name
+    in the same folder and renamed once listening: whoever sees ``path`` appear
+    can connect at once (between bind and listen a connect is refused)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
-    sock.bind(path)
-    sock.listen(128)
+    folder, name = os.path.split(path)
+    temp = os.path.join(folder, f".{name}.{os.getpid()}")
+    try:
+        os.unlink(temp)
+    except OSError:
+        pass
+    if len(os.fsencode(temp)) >= 108:  # sun_path: too long for the temporary name
+        temp = path
+    try:
+        sock.bind(temp)
+        sock.listen(128)
+        if temp != path:
+            os.rename(temp, path)
+    except OSError:
+        sock.close()
+        if temp != path:
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+        raise
     return sock
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,9 +29,22 @@ def _peers() -> None:
         pytest.fail(f"missing peer tools: {missing}")
 
 
+def _listening(path: Path) -> bool:
+    """True once a connect to ``path`` succeeds (qemu-nbd creates its socket
+    file before it listens; a probe that never negotiates counts for nothing)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 def _wait_socket(proc: subprocess.Popen, path: Path) -> None:
     for _ in range(400):  # bounded: 20 s
-        if path.exists():
+        if path.exists() and _listening(path):
             return
         if proc.poll() is not None:
             out = proc.stderr.read() if proc.stderr else ""

@@ -10,6 +10,7 @@ import hashlib
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +41,18 @@ def served(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
                 p.wait()
 
 
+def _listening(path: Path) -> bool:
+    """qemu-nbd creates its socket file before it listens: probe it."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 def start(kind: str, procs: list, tmp_path: Path, image: Path) -> str:
     sock = tmp_path / f"{kind}.sock"
     cmd = ["qemu-nbd"] if kind == "qemu" else [sys.executable, "-m", "pyqemu.nbd_server.main"]
@@ -47,7 +60,7 @@ def start(kind: str, procs: list, tmp_path: Path, image: Path) -> str:
                             stderr=subprocess.DEVNULL)  # fmt: skip
     procs.append(proc)
     for _ in range(400):  # bounded: 20 s
-        if sock.exists():
+        if sock.exists() and _listening(sock):
             return f"nbd+unix:///?socket={sock}"
         assert proc.poll() is None, f"{kind} exited"
         time.sleep(0.05)
