@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -41,6 +42,19 @@ def _command(kind: str, sock: Path, args: tuple[str, ...]) -> list[str]:
     return ["nbdkit", "-f", "-P", f"{sock}.pid", "-U", str(sock), *args]
 
 
+def _listening(path: Path) -> bool:
+    """True once a connect to ``path`` succeeds: qemu-nbd creates its socket file
+    before it listens (a probe that never negotiates does not count as a client)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Start]:
     """server(kind, *args) -> socket path; kind is "py", "qemu" or "nbdkit"."""
@@ -54,7 +68,7 @@ def server(tmp_path: Path) -> Iterator[Start]:
         procs.append(proc)
         for _ in range(400):  # bounded: 20 s
             ready = sock.parent / f"{sock.name}.pid" if kind == "nbdkit" else sock
-            if ready.exists():
+            if ready.exists() and (kind == "nbdkit" or _listening(sock)):
                 return str(sock)
             if proc.poll() is not None:
                 raise RuntimeError(f"{kind} server exited: {proc.stderr.read()!r}")  # type: ignore[union-attr]
