@@ -7,8 +7,8 @@ SIGURG for preemption, epoll with non-blocking sockets, sched_getaffinity, mmap
 reservations, and on arm the YIELD hint its spin loops use.
 
 arm runs with GODEBUG=asyncpreemptoff=1 (under both emulators): with asynchronous
-preemption on, about one run in three dies with corrupted registers after a SIGURG
-delivered between two arbitrary instructions (reported to the signal family).
+preemption on (SIGURG delivered at the watchdog's stops) about one run in eight still
+dies with a corrupted runtime state (reported to the signal family).
 """
 
 from __future__ import annotations
