@@ -37,8 +37,8 @@ def _pick(line: Line, arch: str) -> str:
     return line if isinstance(line, str) else line[arch]
 
 
-# Guests that only make sense driven by their own test (signals sent from outside,
-# input fed on cue ...): name -> the test that runs them. They have no Spec.
+# Guests run only by their own test (signals sent from outside, input fed on cue,
+# time slicing ...): name -> that test. They have no Spec.
 DRIVEN: dict[str, str] = {
     "sig_external": "tests/linux_user/test_signals_external.py",
     "exec_self": "tests/linux_user/test_guests_exec.py",
