@@ -123,37 +123,48 @@ class ExecLock:
 TIME_SLICE = 0.01
 
 
-def _watchdog(proc: GuestProcess) -> None:
-    """Time-slice the guest threads of ``proc`` (a daemon host thread).
+#: slices a thread may keep the lock without reaching a syscall, once asked to yield,
+#: before the watchdog stops its engine asynchronously
+ASYNC_AFTER = 20
 
-    arm: ``emu_stop`` on the running engine. aarch64: unicorn 2.1.4 does not write
-    the PC back when ``emu_stop`` ends a chain of linked translation blocks
-    (cpu_tb_exec skips synchronize_from_tb while stop_request is set), so a resumed
-    engine would re-run instructions (measured: sha256 went wrong or crashed under
-    a 0.5 ms stop hammer). There the running thread is only asked to yield
-    (``proc.preempt``) at its next syscall, where the PC is exact.
+
+def _watchdog(proc: GuestProcess) -> None:
+    """Time-slice the guest threads of ``proc`` and get pending signals delivered (a
+    daemon host thread).
+
+    The running thread is first asked to yield at its next syscall (``proc.preempt``),
+    where its PC is exact. Only a thread that makes no syscall for ``ASYNC_AFTER``
+    slices gets ``emu_stop``: unicorn 2.1.4 does not write the PC back when
+    ``emu_stop`` ends a chain of linked translation blocks (cpu_tb_exec skips
+    synchronize_from_tb while stop_request is set), so a resumed engine may re-run a
+    few instructions. Measured: sha256 on aarch64 went wrong or crashed under a
+    0.5 ms stop hammer, and Go's runtime on arm deadlocked in 1 run of 6 with an
+    emu_stop every slice; with stops at syscalls both are exact.
     """
     lock = proc.exec_lock
-    async_stop = proc.arch.name == "arm"
     last = -1
+    asked = 0
     while proc.exit is None:
         time.sleep(TIME_SLICE)
         grants = lock.grants
-        if grants == last and (lock.contended() or proc.sig_flag):
-            running = proc.running
-            if running is not None:
-                if async_stop:
-                    running.uc.emu_stop()
-                elif lock.contended():
-                    proc.preempt = True
-                    proc.sig_flag = True
-        last = grants
-
-
-def can_stop_async(arch: ArchInfo) -> bool:
-    """Whether an engine of ``arch`` may be stopped from another host thread (see
-    :func:`_watchdog`)."""
-    return arch.name == "arm"
+        if grants != last:
+            last = grants
+            asked = 0
+            continue
+        running = proc.running
+        if running is None:
+            continue
+        contended = lock.contended()
+        if not contended and not (proc.sig_flag and running.deliverable()):
+            asked = 0
+            continue
+        if contended:
+            proc.preempt = True
+        proc.sig_flag = True
+        asked += 1
+        if asked >= ASYNC_AFTER:
+            asked = 0
+            running.uc.emu_stop()
 
 
 @dataclass

@@ -6,7 +6,7 @@ thread takes them with ``sigwaitinfo`` (so the guest sees the real si_code, si_p
 si_uid and, for SIGCHLD, si_status). A signal whose guest action is the default
 "terminate" ends the process at once, as the kernel does for a fatal signal; an
 ignored one is dropped; anything else is queued for the guest and the running engine
-is asked to stop (arm: ``emu_stop``; aarch64: at its next syscall, see
+is asked to stop at its next syscall (or, failing that, by ``emu_stop``; see
 ``process._watchdog``). SIGPIPE stays a host signal that mirrors the guest's
 SIG_DFL/SIG_IGN (the guest's write then dies of it or gets EPIPE).
 
@@ -173,11 +173,7 @@ def queue_signal(proc: GuestProcess, signo: int, info: bytes,
     for t in threads:
         t.kick()            # blocked ones too: sigtimedwait waits for blocked signals
     if from_host:
-        from ..process import can_stop_async
-
-        running = proc.running
-        if running is not None and can_stop_async(proc.arch):
-            running.uc.emu_stop()
+        proc.start_watchdog()         # it gets the running thread to a delivery point
 
 
 def _recompute_flag(proc: GuestProcess) -> None:
