@@ -210,6 +210,7 @@ def _rewind(t: GuestThread, arg0: int) -> None:
     t.set_reg(t.arch.reg_ret, arg0)
     pc = t.pc
     t.set_reg(t.arch.reg_pc, pc - _syscall_insn_size(t))
+    t.stop()                    # restart at the written PC (see _run_handler)
 
 
 def deliver_pending(t: GuestThread, restart: int | None = None) -> None:
