@@ -142,6 +142,11 @@ def thread_exited(t: GuestThread) -> None:
     """Kernel work when a thread ends: clear_child_tid, futex wake, bookkeeping; the
     process ends with its last thread."""
     proc = t.process
+    if t.robust_list[0] and proc.exit is None:
+        try:
+            _exit_robust_list(t)
+        except Exception:  # noqa: BLE001 - a bad list is the guest's problem (as Linux)
+            pass
     if t.clear_child_tid and proc.exit is None:
         try:
             t.mem.write(t.clear_child_tid, bytes(4))
@@ -151,6 +156,38 @@ def thread_exited(t: GuestThread) -> None:
     proc.threads.pop(t.tid, None)
     if not proc.threads:
         proc.set_exit(t.exit_status)
+
+
+FUTEX_WAITERS, FUTEX_OWNER_DIED, FUTEX_TID_MASK = 0x80000000, 0x40000000, 0x3FFFFFFF
+_ROBUST_LIST_LIMIT = 2048
+
+
+def _exit_robust_list(t: GuestThread) -> None:
+    """Mark the robust futexes the exiting thread still holds OWNER_DIED and wake a
+    waiter of each (the kernel's exit_robust_list)."""
+    word = t.arch.word_size
+    fmt = "<IiI" if word == 4 else "<QqQ"
+    head = t.robust_list[0]
+    nxt, offset, pending = struct.unpack(fmt, t.mem.read(head, struct.calcsize(fmt)))
+    wf = "<I" if word == 4 else "<Q"
+
+    def handle(entry: int) -> None:
+        addr = (entry + offset) & t.arch.mask
+        (val,) = _U32.unpack(t.mem.read(addr, 4))
+        if val & FUTEX_TID_MASK == t.tid:
+            t.mem.write(addr, _U32.pack((val & FUTEX_WAITERS) | FUTEX_OWNER_DIED))
+            if val & FUTEX_WAITERS:
+                futex_wake(t, addr, 1, FUTEX_BITSET_MATCH_ANY)
+
+    entry, seen = nxt & ~1, 0
+    while entry != head and entry and seen < _ROBUST_LIST_LIMIT:
+        (following,) = struct.unpack(wf, t.mem.read(entry, word))
+        if entry != pending:
+            handle(entry)
+        entry = following & ~1
+        seen += 1
+    if pending:
+        handle(pending & ~1)
 
 
 # ---- futex -----------------------------------------------------------------------------
