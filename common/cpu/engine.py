@@ -202,6 +202,16 @@ class FastRegs:
         self._read(self._uch, reg, self._one_ref)
         return self._one.value
 
+    def setter(self, reg: int) -> Callable[[int], None]:
+        """A one-argument function setting ``reg`` to a value already cut to the word
+        size (for the syscall result: a C-level call, no Python frame, when ``reg`` is
+        a general register accessed directly; about 450 host instructions less per
+        call than :meth:`write`, measured with callgrind)."""
+        i = self._slot.get(reg)
+        if i is not None:
+            return functools.partial(self._gpr.__setitem__, i)     # type: ignore[union-attr]
+        return functools.partial(self.write, reg)
+
     def write(self, reg: int, value: int) -> None:
         """Set one register."""
         i = self._slot.get(reg)

@@ -93,3 +93,14 @@ def test_second_engine_reuses_the_layout() -> None:
     regs1.write(arch.reg_args[0], 11)
     regs2.write(arch.reg_args[0], 22)
     assert (uc1.reg_read(arch.reg_args[0]), uc2.reg_read(arch.reg_args[0])) == (11, 22)
+
+
+@pytest.mark.parametrize("name", ["arm", "aarch64"])
+def test_setter_writes_the_register(name: str) -> None:
+    arch, uc, regs, _mem = _setup(name)
+    set_ret = regs.setter(arch.reg_ret)
+    set_ret(arch.mask - 3)                        # -4 as the guest sees it
+    assert uc.reg_read(arch.reg_ret) == arch.mask - 3
+    set_tls = regs.setter(arch.reg_tls)           # not a general register: C API
+    set_tls(0x2000)
+    assert uc.reg_read(arch.reg_tls) == 0x2000
