@@ -66,8 +66,8 @@ def install_hooks(t: GuestThread) -> None:
         from .strace import traced_dispatch as call
         handlers = {}
     read_batch = t.regs.read_batch
-    write = t.regs.write
-    reg_ret, mask = arch.reg_ret, arch.mask
+    set_ret = t.regs.setter(arch.reg_ret)      # C-level when r0/x0 is accessed directly
+    mask = arch.mask
     from .syscalls.signals import after_syscall
 
     def on_intr(_handle: int, intno: int, _data: int) -> None:
@@ -86,7 +86,7 @@ def install_hooks(t: GuestThread) -> None:
                     except GuestMemoryError as e:
                         res = -e.errno
                 if res is not None:
-                    write(reg_ret, res & mask)
+                    set_ret(res & mask)
                 if proc.sig_flag:
                     after_syscall(t, res, vals)
             else:
