@@ -112,8 +112,11 @@ def commit_ranges(
     limit: RateLimit | None = None,
 ) -> None:
     """Copy the allocated ``runs`` of ``top``'s chain into ``base``: zero ranges as
-    zero writes (unmapping allowed), data read by worker threads into reused
-    buffers while the main thread writes earlier pieces, in order.
+    zero writes (unmapping allowed); data that block status locates in a host
+    file copied file to file (``base.write_from``: copy_file_range, no Python
+    buffer); other data (compressed clusters, drivers without host offsets)
+    read by worker threads into reused buffers while the main thread writes
+    earlier pieces, in order.
 
     The zero ranges go first: a zero write that frees clusters of ``base``
     makes its driver write metadata and flush (and punch holes), which is

@@ -206,9 +206,11 @@ def _copy_differences(top: Any, new_pair: tuple[Any, bool], prefix: Any, prog: P
 
     The steps are qemu-img's (2 MiB, cut where the image's allocation or a
     backing file's end is); consecutive steps of the same kind form a chunk
-    that a worker thread reads (old and new side, into reused buffers) and
-    compares while the main thread writes the sectors of earlier chunks that
-    differ, in order, as few large writes.
+    that a worker thread reads (old and new side, into reused buffers, only
+    where not both read as zero) and compares while the main thread writes
+    the sectors of earlier chunks that differ, in order, as few large writes:
+    old data from the host file that holds it (copy_file_range) where block
+    status located it, else from the buffer.
     """
     from ..common.errors import QemuError, strerror
 
