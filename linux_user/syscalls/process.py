@@ -38,16 +38,6 @@ _RLIMIT_KEEP = {resource.RLIMIT_AS, resource.RLIMIT_DATA, resource.RLIMIT_STACK}
 _RLIM_INF = (1 << 64) - 1
 
 
-@syscall("exit")
-def sys_exit(t: GuestThread, status: int) -> None:
-    proc = t.process
-    t.exited = True
-    if len(proc.threads) <= 1:
-        proc.set_exit(status & 0xFF)
-    t.stop()
-    return None
-
-
 @syscall("exit_group")
 def sys_exit_group(t: GuestThread, status: int) -> None:
     t.exited = True
@@ -64,11 +54,6 @@ def sys_getpid(t: GuestThread) -> int:
 @syscall("getppid")
 def sys_getppid(t: GuestThread) -> int:
     return os.getppid()
-
-
-@syscall("gettid")
-def sys_gettid(t: GuestThread) -> int:
-    return t.tid
 
 
 @syscall("getuid", "getuid32")
