@@ -110,9 +110,12 @@ def _find_gprs(uc: Any, arch: ArchInfo) -> int | None:
     pattern = b"".join(v.to_bytes(width, "little") for v in marks)
     found = None
     try:
+        fd = os.open("/proc/self/mem", os.O_RDONLY)
+    except OSError:                     # no /proc: the C API it is
+        return None
+    try:
         for r, v in zip(ids, marks, strict=True):
             uc.reg_write(r, v)
-        fd = os.open("/proc/self/mem", os.O_RDONLY)
         try:
             head = _peek(fd, uch, _SEARCH_HEAD)
             known = _LAYOUT.get(arch.name)
@@ -135,6 +138,12 @@ def _find_gprs(uc: Any, arch: ArchInfo) -> int | None:
                     _LAYOUT[arch.name] = (cpu_off, at)
                     found = cpu + at
                     break
+            if found is not None:
+                # the registers live there, not a copy: a change through the API shows
+                probe = marks[0] ^ ((1 << (8 * width)) - 1)
+                uc.reg_write(ids[0], probe)
+                if _peek(fd, found, width) != probe.to_bytes(width, "little"):
+                    found = None
         finally:
             os.close(fd)
     finally:
