@@ -7,8 +7,6 @@ import errno
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +17,8 @@ from pathlib import Path
 import pytest
 from pyqemu.common.block import BlockError, open_image
 from pyqemu.common.block.nbd import NBDProtocol, canonical_filename, resolve_options
+
+from tests.servers import stop_all, unix_listening
 
 PEERS = ("qemu-nbd", "qemu-img", "qemu-io", "nbdkit")
 
@@ -42,19 +42,6 @@ def _command(kind: str, sock: Path, args: tuple[str, ...]) -> list[str]:
     return ["nbdkit", "-f", "-P", f"{sock}.pid", "-U", str(sock), *args]
 
 
-def _listening(path: Path) -> bool:
-    """True once a connect to ``path`` succeeds: qemu-nbd creates its socket file
-    before it listens (a probe that never negotiates does not count as a client)."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Start]:
     """server(kind, *args) -> socket path; kind is "py", "qemu" or "nbdkit"."""
@@ -68,7 +55,7 @@ def server(tmp_path: Path) -> Iterator[Start]:
         procs.append(proc)
         for _ in range(400):  # bounded: 20 s
             ready = sock.parent / f"{sock.name}.pid" if kind == "nbdkit" else sock
-            if ready.exists() and (kind == "nbdkit" or _listening(sock)):
+            if ready.exists() and (kind == "nbdkit" or unix_listening(sock)):
                 return str(sock)
             if proc.poll() is not None:
                 raise RuntimeError(f"{kind} server exited: {proc.stderr.read()!r}")  # type: ignore[union-attr]
@@ -78,15 +65,8 @@ def server(tmp_path: Path) -> Iterator[Start]:
     try:
         yield start
     finally:
+        stop_all(procs)
         for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
             if p.stderr:
                 p.stderr.close()
 

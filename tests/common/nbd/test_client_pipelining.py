@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +19,8 @@ from pathlib import Path
 import pytest
 from pyqemu.common.block import open_image
 
+from tests.servers import stop_all, unix_listening
+
 SIZE = 16 << 20
 
 
@@ -30,27 +30,7 @@ def served(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
     try:
         yield procs
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-def _listening(path: Path) -> bool:
-    """qemu-nbd creates its socket file before it listens: probe it."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
+        stop_all(procs)
 
 
 def start(kind: str, procs: list, tmp_path: Path, image: Path) -> str:
@@ -60,7 +40,7 @@ def start(kind: str, procs: list, tmp_path: Path, image: Path) -> str:
                             stderr=subprocess.DEVNULL)  # fmt: skip
     procs.append(proc)
     for _ in range(400):  # bounded: 20 s
-        if sock.exists() and _listening(sock):
+        if sock.exists() and unix_listening(sock):
             return f"nbd+unix:///?socket={sock}"
         assert proc.poll() is None, f"{kind} exited"
         time.sleep(0.05)
