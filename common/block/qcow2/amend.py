@@ -9,7 +9,7 @@ version downgrade last. Each step leaves an image that checks clean:
   in one write; the old structure's clusters become free;
 * downgrade v3 -> v2: refused when a v3-only feature is in use (QEMU's
   words), or a snapshot's size differs from the image's (QEMU's words);
-  refused when a snapshot's L2 tables hold zero clusters (not done yet);
+  zero clusters in snapshots' L2 tables get host clusters of zeros;
   zero clusters are expanded into clusters holding zeros (QEMU
   deallocates those of an image without backing file instead: same data);
 * lazy refcounts: the compatible bit (the image was made clean on open);
@@ -176,6 +176,8 @@ def downgrade(node: Any, progress: ProgressCb = None) -> None:
         raise BlockError(f"Cannot downgrade an image with incompatible features {incompat:#x} set")
     _expand_zero_clusters(node, progress)
     node.flush()
+    if hdr.nb_snapshots:
+        _expand_snapshot_zero_clusters(node)
     hdr.compatible_features = 0
     hdr.autoclear_features = 0
     hdr.incompatible_features = 0
@@ -185,16 +187,31 @@ def downgrade(node: Any, progress: ProgressCb = None) -> None:
 
 def _check_snapshots_for_v2(node: Any) -> None:
     """qcow2_downgrade's rule: every snapshot must have the image's size and a
-    VM state that fits 32 bits. Zero clusters inside snapshots would have to be
-    expanded in their (possibly shared) L2 tables: refused, not done yet."""
-    from .cache import table_from_bytes
-    from .layout import L1E_OFFSET_MASK, OFLAG_ZERO
-    from .snapshot import _read_l1, read_table
+    VM state that fits 32 bits."""
+    from .snapshot import read_table
 
     snaps, _ = read_table(node)
     for sn in snaps:
         if sn.vm_state_size > 0xFFFFFFFF or sn.disk_size != node.size:
             raise UnsupportedFeature("Internal snapshots prevent downgrade of image")
+
+
+def _expand_snapshot_zero_clusters(node: Any) -> None:
+    """Give every zero cluster in the snapshots' L2 tables a host cluster of zeros
+    (qcow2_expand_zero_clusters' pass over the inactive L1 tables).
+
+    An L2 table referenced by several L1 tables is changed once, in place: a new
+    data cluster then takes as many references as the table has, so every image
+    that shares the table also shares the cluster. The zeros and the refcounts are
+    on disk before the L2 table that points at them is written."""
+    from .cache import table_from_bytes, table_to_bytes
+    from .layout import L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED, OFLAG_ZERO
+    from .snapshot import _read_l1, read_table
+
+    snaps, _ = read_table(node)
+    cs = node.cs
+    bits = cs.bit_length() - 1
+    refs = node.refs
     seen: set[int] = set()
     for sn in snaps:
         for l1e in _read_l1(node, sn.l1_table_offset, sn.l1_size):
@@ -202,12 +219,23 @@ def _check_snapshots_for_v2(node: Any) -> None:
             if not l2_offset or l2_offset in seen:
                 continue
             seen.add(l2_offset)
-            l2 = table_from_bytes(node.file.read(l2_offset, node.cs))
-            if any(e & OFLAG_ZERO for e in l2):
-                raise UnsupportedFeature(
-                    "pyqemu-img amend: downgrading an image whose internal snapshots "
-                    "hold zero clusters is not supported yet"
-                )
+            l2 = table_from_bytes(node.file.read(l2_offset, cs))
+            zero_at = [j for j, e in enumerate(l2) if e & OFLAG_ZERO]
+            if not zero_at:
+                continue
+            l2_refcount = refs.get(l2_offset >> bits)
+            for j in zero_at:
+                host = l2[j] & L2E_OFFSET_MASK
+                if not host:
+                    host = refs.alloc_clusters(cs)
+                    if l2_refcount > 1:
+                        refs.update(host, cs, l2_refcount - 1)
+                node.file.write_zeroes(host, cs, may_unmap=False)
+                copied = l2_refcount == 1 and refs.get(host >> bits) == 1
+                l2[j] = host | (OFLAG_COPIED if copied else 0)
+            node.flush()             # data and refcounts first, then the table
+            node.file.write(l2_offset, table_to_bytes(l2))
+            node.file.flush()
 
 
 def _has_compressed(node: Any) -> bool:
