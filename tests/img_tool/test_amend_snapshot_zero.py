@@ -1,6 +1,6 @@
 """amend -o compat=0.10 on images whose internal snapshots hold zero clusters:
-the result must be v2, check clean under qemu-img, and every snapshot must read
-back as qemu-img's own downgrade of the same image reads back."""
+the result must be v2 and check clean under qemu-img, every snapshot must read
+back as before the downgrade, and the output must be qemu-img's."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ CASES = {
                       ["write -P 5 4M 64k", "write -z 4M 64k"]],
     # zero clusters that keep their host cluster (write -z over allocated data)
     "allocated-zero": [["write -P 6 0 1M", "write -z 0 512k"], ["write -P 7 128k 64k"]],
+    # a data cluster of s0 that the image then zeroes without unmapping: s1's zero
+    # entry shares it with s0's data, which must survive (qemu-img 7.2 zeroes it)
+    "zeroed-shared-data": [["write -P 8 0 128k"], ["write -z 0 64k"],
+                           ["write -P 9 1M 64k"]],
 }
 
 
@@ -53,6 +57,8 @@ def _raw(folder: Path, snapshot: str | None) -> bytes:
 def test_downgrade_with_snapshot_zero_clusters(twins: Twins, case: str) -> None:
     names: list[str] = []
     twins.setup(lambda folder: names.extend(_build(folder, CASES[case])))
+    snaps = [None, *dict.fromkeys(names)]
+    before = {snap: _raw(twins.ours_dir, snap) for snap in snaps}
     twins.same("amend", "-o", "compat=0.10", "a.qcow2")
     check = subprocess.run(["qemu-img", "check", "a.qcow2"], cwd=twins.ours_dir,
                            capture_output=True, text=True)  # fmt: skip
@@ -61,14 +67,13 @@ def test_downgrade_with_snapshot_zero_clusters(twins: Twins, case: str) -> None:
     info = subprocess.run(["qemu-img", "info", "a.qcow2"], cwd=twins.ours_dir,
                           capture_output=True, text=True, check=True)  # fmt: skip
     assert "compat: 0.10" in info.stdout
-    for snap in [None, *dict.fromkeys(names)]:
-        assert _raw(twins.ours_dir, snap) == _raw(twins.ref_dir, snap), snap
+    for snap in snaps:
+        assert _raw(twins.ours_dir, snap) == before[snap], snap
     # applying each snapshot with qemu-img keeps the image clean and its data right
-    for snap in dict.fromkeys(names):
-        for folder in (twins.ours_dir, twins.ref_dir):
-            subprocess.run(["qemu-img", "snapshot", "-a", snap, "a.qcow2"], cwd=folder,
-                           check=True)  # fmt: skip
-        assert _raw(twins.ours_dir, None) == _raw(twins.ref_dir, None), snap
+    for snap in snaps[1:]:
+        subprocess.run(["qemu-img", "snapshot", "-a", snap, "a.qcow2"], cwd=twins.ours_dir,
+                       check=True)  # fmt: skip
+        assert _raw(twins.ours_dir, None) == before[snap], snap
         check = subprocess.run(["qemu-img", "check", "a.qcow2"], cwd=twins.ours_dir,
                                capture_output=True, text=True)  # fmt: skip
         assert check.returncode == 0, check.stdout

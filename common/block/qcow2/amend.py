@@ -224,8 +224,14 @@ def _expand_snapshot_zero_clusters(node: Any) -> None:
             if not zero_at:
                 continue
             l2_refcount = refs.get(l2_offset >> bits)
+            drop: list[int] = []
             for j in zero_at:
                 host = l2[j] & L2E_OFFSET_MASK
+                if host and refs.get(host >> bits) > l2_refcount:
+                    # the cluster is also referenced through another table, where it
+                    # may hold data: this table's entries get a cluster of their own
+                    drop.append(host)
+                    host = 0
                 if not host:
                     host = refs.alloc_clusters(cs)
                     if l2_refcount > 1:
@@ -236,6 +242,8 @@ def _expand_snapshot_zero_clusters(node: Any) -> None:
             node.flush()             # data and refcounts first, then the table
             node.file.write(l2_offset, table_to_bytes(l2))
             node.file.flush()
+            for host in drop:        # the table no longer points there
+                refs.update(host, cs, -l2_refcount)
 
 
 def _has_compressed(node: Any) -> bool:
