@@ -50,7 +50,7 @@ def start(opts: UserOptions) -> ExitInfo:
 
     # qemu's order: the log file (-D) opens first, then the program
     log = open_log(opts, _prog())
-    arch = get_arch(opts.arch)
+    arch = get_arch(opts.arch, opts.cpu)
     try:
         mem = GuestMemory(arch)
     except GuestMemoryError as e:

@@ -38,7 +38,8 @@ AARCH64_FEATURES = ("fp", "asimd", "evtstrm", "aes", "pmull", "sha1", "sha2", "c
                     "asimdfhm", "dit", "uscat", "ilrcpc", "flagm", "ssbs", "sb", "paca",
                     "pacg")
 AARCH64_FEATURES2 = ("dcpodp", "sve2", "sveaes", "svepmull", "svebitperm", "svesha3",
-                     "svesm4", "flagm2", "frint")
+                     "svesm4", "flagm2", "frint", "svei8mm", "svef32mm", "svef64mm",
+                     "svebf16", "i8mm", "bf16", "dgh", "rng", "bti", "mte")
 AT_NULL = 0
 
 
@@ -149,25 +150,27 @@ def _features(bits: int, names: tuple[str, ...]) -> list[str]:
 
 
 def cpuinfo(proc: GuestProcess) -> bytes:
-    """/proc/cpuinfo as a real ARMv7 or AArch64 Linux prints it for the CPU pyqemu
-    emulates (unicorn's Cortex-A15 / Cortex-A72), one block per CPU the guest sees."""
+    """/proc/cpuinfo as a real ARMv7/ARMv8 or AArch64 Linux prints it for the CPU pyqemu
+    emulates (the -cpu model's unicorn CPU, its MIDR and hwcaps), one block per CPU the
+    guest sees."""
     arch = proc.arch
     ncpu = max(1, len(os.sched_getaffinity(0)))
+    midr = arch.midr
+    ident = (f"CPU implementer\t: 0x{midr >> 24 & 0xFF:02x}\n"
+             f"CPU architecture: {{arch}}\n"
+             f"CPU variant\t: 0x{midr >> 20 & 0xF:x}\n"
+             f"CPU part\t: 0x{midr >> 4 & 0xFFF:03x}\n"
+             f"CPU revision\t: {midr & 0xF}\n\n")
     out = []
     if arch.name == "arm":
         feats = _features(arch.hwcap, ARM_FEATURES) + _features(arch.hwcap2, ARM_FEATURES2)
         v8 = arch.platform.startswith(b"v8")
         for n in range(ncpu):
             out.append(f"processor\t: {n}\n"
-                       f"model name\t: ARMv{8 if v8 else 7} Processor rev {0 if v8 else 4} "
+                       f"model name\t: ARMv{8 if v8 else 7} Processor rev {midr & 0xF} "
                        f"({arch.platform.decode()})\n"
                        "BogoMIPS\t: 100.00\n"
-                       f"Features\t: {' '.join(feats)}\n"
-                       "CPU implementer\t: 0x41\n"
-                       f"CPU architecture: {8 if v8 else 7}\n"
-                       "CPU variant\t: 0x2\n"
-                       f"CPU part\t: {'0xd08' if v8 else '0xc0f'}\n"
-                       f"CPU revision\t: {0 if v8 else 4}\n\n")
+                       f"Features\t: {' '.join(feats)}\n" + ident.format(arch=8 if v8 else 7))
         out.append("Hardware\t: pyqemu\nRevision\t: 0000\nSerial\t\t: 0000000000000000\n")
     else:
         feats = _features(arch.hwcap, AARCH64_FEATURES) + _features(arch.hwcap2,
@@ -175,11 +178,6 @@ def cpuinfo(proc: GuestProcess) -> bytes:
         for n in range(ncpu):
             out.append(f"processor\t: {n}\n"
                        "BogoMIPS\t: 100.00\n"
-                       f"Features\t: {' '.join(feats)}\n"
-                       "CPU implementer\t: 0x41\n"
-                       "CPU architecture: 8\n"
-                       "CPU variant\t: 0x0\n"
-                       "CPU part\t: 0xd08\n"
-                       "CPU revision\t: 3\n\n")
+                       f"Features\t: {' '.join(feats)}\n" + ident.format(arch=8))
     return "".join(out).encode()
 

@@ -22,10 +22,20 @@ ARM_HWCAP = {
     "edsp": 1 << 7, "neon": 1 << 12, "vfpv3": 1 << 13, "tls": 1 << 15, "vfpv4": 1 << 16,
     "idiva": 1 << 17, "idivt": 1 << 18, "vfpd32": 1 << 19, "lpae": 1 << 20,
 }
+ARM_HWCAP2 = {"aes": 1 << 0, "pmull": 1 << 1, "sha1": 1 << 2, "sha2": 1 << 3, "crc32": 1 << 4}
 AARCH64_HWCAP = {
     "fp": 1 << 0, "asimd": 1 << 1, "aes": 1 << 3, "pmull": 1 << 4, "sha1": 1 << 5,
-    "sha2": 1 << 6, "crc32": 1 << 7, "cpuid": 1 << 11,
+    "sha2": 1 << 6, "crc32": 1 << 7, "atomics": 1 << 8, "fphp": 1 << 9, "asimdhp": 1 << 10,
+    "cpuid": 1 << 11, "asimdrdm": 1 << 12, "jscvt": 1 << 13, "fcma": 1 << 14, "lrcpc": 1 << 15,
+    "dcpop": 1 << 16, "sha3": 1 << 17, "sm3": 1 << 18, "sm4": 1 << 19, "asimddp": 1 << 20,
+    "sha512": 1 << 21, "sve": 1 << 22, "asimdfhm": 1 << 23, "ilrcpc": 1 << 26, "flagm": 1 << 27,
+    "sb": 1 << 29, "paca": 1 << 30, "pacg": 1 << 31,
 }
+AARCH64_HWCAP2 = {"dcpodp": 1 << 0, "flagm2": 1 << 7, "frint": 1 << 8, "rng": 1 << 16,
+                  "bti": 1 << 17}
+
+#: the -cpu model each emulator runs without -cpu: qemu-user 7.2's default ("max")
+DEFAULT_CPU = "max"
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,9 @@ class ArchInfo:
     mmap_base: int              # where non-fixed mmaps start looking (qemu's TASK_UNMAPPED_BASE)
     va_limit: int               # end of the guest virtual address space
     mmap_topdown: bool = False  # non-fixed mmaps search down from mmap_base first
+    cpu: str = DEFAULT_CPU      # the -cpu model name this record describes
+    uc_cpu: int | None = None   # unicorn's CPU model (UC_CPU_ARM_* / UC_CPU_ARM64_*)
+    midr: int = 0               # MIDR of that model (/proc/cpuinfo's implementer, part...)
 
     @property
     def mask(self) -> int:
@@ -65,10 +78,28 @@ class ArchInfo:
         return (1 << (8 * self.word_size)) - 1
 
 
-def _arm() -> ArchInfo:
+def _arm(cpu: str) -> ArchInfo:
     from unicorn import arm_const as c
 
-    hw = ARM_HWCAP
+    hw, hw2 = ARM_HWCAP, ARM_HWCAP2
+    # what unicorn's Cortex-A15 implements: glibc picks ifuncs from it. qemu-arm -cpu
+    # cortex-a15 reports the same plus thumbee, which unicorn 2.1.4 refuses (ENTERX is
+    # an invalid instruction)
+    v7 = (hw["swp"] | hw["half"] | hw["thumb"] | hw["fast_mult"] | hw["vfp"] | hw["edsp"]
+          | hw["neon"] | hw["vfpv3"] | hw["tls"] | hw["vfpv4"] | hw["idiva"] | hw["idivt"]
+          | hw["vfpd32"] | hw["lpae"])
+    if cpu in ("max", "any"):
+        # unicorn's "max" (a Cortex-A15 with the ARMv8 AArch32 features): executes lda,
+        # crc32b, aese, vmull.p64, sha1h, sha256h and vrint (measured, see
+        # tests/linux_user/test_proc.py), which is exactly qemu-arm 7.2's default: v8l,
+        # AT_HWCAP 0x1fb0d7, AT_HWCAP2 aes pmull sha1 sha2 crc32
+        platform, hwcap, hwcap2 = b"v8l", v7, (hw2["aes"] | hw2["pmull"] | hw2["sha1"]
+                                                | hw2["sha2"] | hw2["crc32"])
+        uc_cpu = c.UC_CPU_ARM_MAX
+    else:
+        # -cpu cortex-a15, and the models whose features were not measured (older
+        # pyqemu ignored -cpu): unicorn's Cortex-A15, v7l, no AT_HWCAP2 bits
+        platform, hwcap, hwcap2, uc_cpu = b"v7l", v7, 0, c.UC_CPU_ARM_CORTEX_A15
     return ArchInfo(
         name="arm", uc_arch=UC_ARCH_ARM, uc_mode=UC_MODE_ARM, cs_arch=CS_ARCH_ARM,
         cs_mode=CS_MODE_ARM, cs_mode_thumb=CS_MODE_THUMB, elf_machine=40, elf_class=32,
@@ -76,24 +107,41 @@ def _arm() -> ArchInfo:
         reg_sp=c.UC_ARM_REG_SP, reg_lr=c.UC_ARM_REG_LR, reg_syscall_nr=c.UC_ARM_REG_R7,
         reg_args=tuple(c.UC_ARM_REG_R0 + i for i in range(7)), reg_ret=c.UC_ARM_REG_R0,
         reg_tls=c.UC_ARM_REG_C13_C0_3, reg_flags=c.UC_ARM_REG_CPSR, uname_machine="armv7l",
-        platform=b"v7l",
-        # what unicorn's default CPU (Cortex-A15) implements: glibc picks ifuncs from it.
-        # qemu-arm -cpu cortex-a15 reports the same plus thumbee, which unicorn 2.1.4
-        # refuses (ENTERX is an invalid instruction); v8 AArch32 (lda, crc32, aese,
-        # vrint...) also needs unicorn's "max", hence v7l and no AT_HWCAP2 bits
-        hwcap=(hw["swp"] | hw["half"] | hw["thumb"] | hw["fast_mult"] | hw["vfp"] | hw["edsp"]
-               | hw["neon"] | hw["vfpv3"] | hw["tls"] | hw["vfpv4"] | hw["idiva"] | hw["idivt"]
-               | hw["vfpd32"] | hw["lpae"]),
+        platform=platform, hwcap=hwcap, hwcap2=hwcap2,
         # qemu-arm 7.2 on a 64-bit host: mmaps (and the stack) go down from 0x40000000,
         # PIE programs start there
-        hwcap2=0, mmap_base=0x40000000, va_limit=1 << 32, mmap_topdown=True,
+        mmap_base=0x40000000, va_limit=1 << 32, mmap_topdown=True,
+        # unicorn 2.1.4's max keeps the Cortex-A15's MIDR (qemu 5.0's arm max)
+        cpu=cpu, uc_cpu=uc_cpu, midr=0x412FC0F1,
     )
 
 
-def _aarch64() -> ArchInfo:
+def _aarch64(cpu: str) -> ArchInfo:
     from unicorn import arm64_const as c
 
-    hw = AARCH64_HWCAP
+    hw, hw2 = AARCH64_HWCAP, AARCH64_HWCAP2
+    # unicorn's Cortex-A72 (and -A53/-A57: same features): what qemu-aarch64 -cpu
+    # cortex-a72 reports (cpuid: EL0 reads of MIDR_EL1/ID_* registers work)
+    a72 = (hw["fp"] | hw["asimd"] | hw["aes"] | hw["pmull"] | hw["sha1"] | hw["sha2"]
+           | hw["crc32"] | hw["cpuid"])
+    if cpu in ("max", "any"):
+        # unicorn's "max" (qemu 5.0's): each bit below was measured by executing a
+        # representative instruction (tests/linux_user/test_proc.py). qemu-aarch64 7.2's
+        # max also has, and pyqemu does not advertise: sve/sve2 and SVE matrix bits
+        # (unicorn traps SVE at EL3 and its vector length is 128 bits, qemu-user's 512),
+        # paca/pacg (pacga traps in unicorn; no keys are set up), i8mm, bf16 (undefined
+        # in unicorn), bti (pages are never guarded), mte, sme (undefined in unicorn)
+        hwcap = a72 | (hw["atomics"] | hw["fphp"] | hw["asimdhp"] | hw["asimdrdm"]
+                       | hw["jscvt"] | hw["fcma"] | hw["lrcpc"] | hw["dcpop"] | hw["sha3"]
+                       | hw["sm3"] | hw["sm4"] | hw["asimddp"] | hw["sha512"]
+                       | hw["asimdfhm"] | hw["ilrcpc"] | hw["flagm"] | hw["sb"])
+        hwcap2 = hw2["dcpodp"] | hw2["flagm2"] | hw2["frint"] | hw2["rng"]
+        uc_cpu, midr = c.UC_CPU_ARM64_MAX, 0x000F0510
+    else:
+        uc_cpu = {"cortex-a53": c.UC_CPU_ARM64_A53,
+                  "cortex-a57": c.UC_CPU_ARM64_A57}.get(cpu, c.UC_CPU_ARM64_A72)
+        midr = {"cortex-a53": 0x410FD034, "cortex-a57": 0x411FD070}.get(cpu, 0x410FD083)
+        hwcap, hwcap2 = a72, 0
     return ArchInfo(
         name="aarch64", uc_arch=UC_ARCH_ARM64, uc_mode=UC_MODE_ARM, cs_arch=CS_ARCH_ARM64,
         cs_mode=CS_MODE_ARM, cs_mode_thumb=None, elf_machine=183, elf_class=64,
@@ -101,29 +149,24 @@ def _aarch64() -> ArchInfo:
         reg_sp=c.UC_ARM64_REG_SP, reg_lr=c.UC_ARM64_REG_LR, reg_syscall_nr=c.UC_ARM64_REG_X8,
         reg_args=tuple(c.UC_ARM64_REG_X0 + i for i in range(6)), reg_ret=c.UC_ARM64_REG_X0,
         reg_tls=c.UC_ARM64_REG_TPIDR_EL0, reg_flags=c.UC_ARM64_REG_NZCV,
-        uname_machine="aarch64", platform=b"aarch64",
-        # unicorn's default CPU (Cortex-A72): what qemu-aarch64 -cpu cortex-a72 reports
-        # (cpuid: EL0 reads of MIDR_EL1/ID_* registers work, with the A72's values).
-        # Measured: no LSE (ldadd/cas), LRCPC, dot product, FP16, JSCVT... on this CPU
-        # (they need unicorn's "max"), so qemu's default-CPU bits are not advertised
-        hwcap=(hw["fp"] | hw["asimd"] | hw["aes"] | hw["pmull"] | hw["sha1"] | hw["sha2"]
-               | hw["crc32"] | hw["cpuid"]),
-        hwcap2=0,
+        uname_machine="aarch64", platform=b"aarch64", hwcap=hwcap, hwcap2=hwcap2,
         # T0SZ=25: 39-bit VA (see common/memory.py); mmaps from where qemu-aarch64 7.2 on
         # a 64-bit host puts them (and PIE programs), upwards
-        mmap_base=0x5500000000, va_limit=1 << 39,
+        mmap_base=0x5500000000, va_limit=1 << 39, cpu=cpu, uc_cpu=uc_cpu, midr=midr,
     )
 
 
 _FACTORIES = {"arm": _arm, "aarch64": _aarch64}
-_CACHE: dict[str, ArchInfo] = {}
+_CACHE: dict[tuple[str, str], ArchInfo] = {}
 
 
-def get_arch(name: str) -> ArchInfo:
-    """The record of ``name`` ("arm" or "aarch64"); KeyError for others."""
-    info = _CACHE.get(name)
+def get_arch(name: str, cpu: str | None = None) -> ArchInfo:
+    """The record of ``name`` ("arm" or "aarch64"; KeyError for others) running the
+    ``-cpu`` model ``cpu`` (qemu's default, "max", when None)."""
+    key = (name, cpu or DEFAULT_CPU)
+    info = _CACHE.get(key)
     if info is None:
-        info = _CACHE[name] = _FACTORIES[name]()
+        info = _CACHE[key] = _FACTORIES[name](key[1])
     return info
 
 

@@ -34,6 +34,8 @@ def new_engine(arch: ArchInfo) -> Any:
     from unicorn import Uc
 
     uc = Uc(arch.uc_arch, arch.uc_mode)
+    if arch.uc_cpu is not None:       # the -cpu model (before anything initialises the CPU)
+        uc.ctl_set_cpu_model(arch.uc_cpu)
     # before anything initialises the engine: unicorn's arm targets default to 1 KiB
     # pages (ARMv5 tiny pages), which cuts translation blocks at every 1 KiB and sends
     # every jump across such a boundary through helper_lookup_tb_ptr instead of a

@@ -28,7 +28,6 @@ NOT_YET: dict[str, str] = {
     " test: an ldrex/strex sequence is not atomic across guest threads",
     "threads/arm": "now and then 'atomic counter: 160001' (1 in ~10 runs): an ldrex/strex"
     " increment is applied twice, the same atomicity bug as goroutines/arm",
-    "procself/arm": "AT_PLATFORM is v7l; qemu-arm 7.2 says v8l (its default CPU is max)",
 }
 
 
