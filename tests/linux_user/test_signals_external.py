@@ -6,9 +6,10 @@ signal left at SIG_DFL kills it, under qemu-user and pyqemu alike.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
-import threading
+import time
 
 import pytest
 
@@ -20,32 +21,69 @@ SEQUENCE = (("ready for SIGUSR1", signal.SIGUSR1), ("ready for SIGINT", signal.S
             ("ready for SIGTERM", signal.SIGTERM), ("ready for the last SIGINT", signal.SIGINT))
 
 
+#: the whole run of one tool, after which it fails instead of hanging
+DEADLINE = 120
+
+
+def _killpg(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def _drive(tool: str, arch: str, binary: str) -> tuple[list[str], int]:
-    """Run the guest, send each signal when its line shows; (lines, return code)."""
+    """Run the guest, send each signal when its line shows; (lines, return code).
+
+    Never blocks without a deadline: the tool runs in its own process group (so a
+    descendant holding the pipes dies with it), its output is read through select()
+    with a timeout, and past DEADLINE the whole group is killed and the pipes closed.
+    """
     cmd = [tool_path(tool, arch)]
     if is_dynamic(binary):
         cmd += ["-L", sysroot(arch)]
     cmd.append(binary)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=dict(GUEST_ENV), text=True)
+                            stderr=subprocess.PIPE, env=dict(GUEST_ENV),
+                            start_new_session=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    deadline = time.monotonic() + DEADLINE
     lines: list[str] = []
-    guard = threading.Timer(120, proc.kill)        # a hung guest fails, never hangs
-    guard.start()
+    pending = b""
+    steps = iter(SEQUENCE)
+    want, sig = next(steps)
+    open_fds = {proc.stdout.fileno(): "out", proc.stderr.fileno(): "err"}
     try:
-        steps = iter(SEQUENCE)
-        want, sig = next(steps)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
-            if line.startswith(want):
-                os.kill(proc.pid, sig)
-                want, sig = next(steps, ("\0", 0))
-        proc.wait(timeout=60)
+        while open_fds:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            ready, _, _ = select.select(list(open_fds), [], [], min(left, 1.0))
+            for fd in ready:
+                data = os.read(fd, 65536)
+                if not data:
+                    del open_fds[fd]
+                elif open_fds[fd] == "out":
+                    pending += data
+                    while b"\n" in pending:
+                        raw, pending = pending.split(b"\n", 1)
+                        line = raw.decode(errors="replace")
+                        lines.append(line)
+                        if line.startswith(want):
+                            os.kill(proc.pid, sig)
+                            want, sig = next(steps, ("\0", 0))
+        if pending:
+            lines.append(pending.decode(errors="replace"))
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
     finally:
-        guard.cancel()
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            _killpg(proc)
+            proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
     return lines, proc.returncode
 
 
