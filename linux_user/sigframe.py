@@ -24,6 +24,14 @@ AArch64 (arch/arm64/kernel/signal.c, arch/arm64/include/uapi/asm/sigcontext.h)::
 The handler is entered with r0/x0 = signal, r1/x1 = &info, r2/x2 = &uc, sp = the
 frame, lr/x30 = the restorer (SA_RESTORER's, else the trampoline page that
 :func:`trampoline` maps, as qemu-user's sigtramp page does).
+
+ARM handlers installed without SA_SIGINFO get the non-rt frame instead (the kernel's
+and qemu's setup_frame), which ``sigreturn`` (119) restores::
+
+    struct sigframe { struct ucontext uc;           /*   0, uc_flags 0x5ac3c35a */
+                      unsigned long retcode[4]; }   /* 744: 760 bytes, 8-aligned */
+
+and only r0 = signal is set for the handler.
 """
 
 from __future__ import annotations
@@ -51,10 +59,12 @@ _TRAMP = {"arm": struct.pack("<4I", 0xE3A07077, 0xEF000000, 0xE3A070AD, 0xEF0000
 _TRAMP_RT_OFFSET = {"arm": 8, "aarch64": 0}
 
 _ARM_FRAME = 888
+_ARM_FRAME_NONRT = 760
 _ARM_UC = 128
-_ARM_SC = _ARM_UC + 20
-_ARM_MASK = _ARM_UC + 104
-_ARM_REGSPACE = _ARM_UC + 232
+_ARM_SC = 20                    # the offsets in the ucontext
+_ARM_MASK = 104
+_ARM_REGSPACE = 232
+_ARM_NONRT_UC_FLAGS = 0x5AC3C35A  # "a value which sc.trap_no would never have"
 _ARM_VFP_MAGIC, _ARM_VFP_SIZE = 0x56465001, 288
 _A64_FRAME = 4688
 _A64_UC = 128
@@ -110,8 +120,9 @@ def siginfo_signo(info: bytes) -> int:
     return struct.unpack_from("<i", info, 0)[0]
 
 
-def trampoline(proc: GuestProcess) -> int:
-    """Address of the rt_sigreturn trampoline (one read+exec page, mapped once)."""
+def trampoline(proc: GuestProcess, *, rt: bool = True) -> int:
+    """Address of the rt_sigreturn trampoline (one read+exec page, mapped once); with
+    ``rt=False`` the arm sigreturn one."""
     addr = proc.extra.get("sigtramp")
     if addr is None:
         from ..common.memory import PROT_EXEC, PROT_READ, PROT_WRITE
@@ -121,7 +132,7 @@ def trampoline(proc: GuestProcess) -> int:
         mem.write(base, _TRAMP[proc.arch.name])
         mem.mprotect(base, mem.page_size, PROT_READ | PROT_EXEC)
         addr = proc.extra["sigtramp"] = base + _TRAMP_RT_OFFSET[proc.arch.name]
-    return addr
+    return addr if rt else addr - _TRAMP_RT_OFFSET[proc.arch.name]
 
 
 def on_altstack(t: GuestThread, sp: int) -> bool:
@@ -158,8 +169,13 @@ def setup_rt_frame(t: GuestThread, signo: int, info: bytes, act: SigAction, mask
 def restore_rt_frame(t: GuestThread) -> int:
     """rt_sigreturn: restore the CPU from the frame at sp; returns the saved mask."""
     if t.arch.name == "arm":
-        return _restore_arm(t)
+        return _restore_arm(t, _ARM_UC, _ARM_FRAME)
     return _restore_a64(t)
+
+
+def restore_frame(t: GuestThread) -> int:
+    """arm sigreturn: restore the CPU from the non-rt frame at sp; returns the mask."""
+    return _restore_arm(t, 0, _ARM_FRAME_NONRT)
 
 
 # ---- ARM ------------------------------------------------------------------------------
@@ -180,28 +196,33 @@ def _setup_arm(t: GuestThread, signo: int, info: bytes, act: SigAction, mask: in
     cpsr = uc.reg_read(r_cpsr)
     if pc is None:
         pc = t.pc
-    frame = (_stack_top(t, act) - _ARM_FRAME) & ~7
-    buf = bytearray(_ARM_FRAME)
-    buf[0:SIGINFO_SIZE] = info
-    ss = _uc_stack(t, sp)
-    struct.pack_into("<II3I", buf, _ARM_UC, 0, 0, *ss)
+    rt = bool(act.flags & SA_SIGINFO)
+    size, base = (_ARM_FRAME, _ARM_UC) if rt else (_ARM_FRAME_NONRT, 0)
+    frame = (_stack_top(t, act) - size) & ~7
+    buf = bytearray(size)
+    if rt:
+        buf[0:SIGINFO_SIZE] = info
+        struct.pack_into("<II3I", buf, base, 0, 0, *_uc_stack(t, sp))
+    else:
+        struct.pack_into("<I", buf, base, _ARM_NONRT_UC_FLAGS)
     user_cpsr = (cpsr & ~0x1F) | 0x10
     if pc & 1:
         user_cpsr |= 0x20
     sc = [0, 0, mask & 0xFFFFFFFF] + [uc.reg_read(r) for r in gprs] + [
         sp, uc.reg_read(r_lr), pc & ~1, user_cpsr, fault_addr]
-    struct.pack_into("<21I", buf, _ARM_SC, *(v & 0xFFFFFFFF for v in sc))
-    struct.pack_into("<Q", buf, _ARM_MASK, mask)
-    vfp = _ARM_REGSPACE
+    struct.pack_into("<21I", buf, base + _ARM_SC, *(v & 0xFFFFFFFF for v in sc))
+    struct.pack_into("<Q", buf, base + _ARM_MASK, mask)
+    vfp = base + _ARM_REGSPACE
     struct.pack_into("<II", buf, vfp, _ARM_VFP_MAGIC, _ARM_VFP_SIZE)
     struct.pack_into("<32Q", buf, vfp + 8, *(uc.reg_read(r_d0 + i) for i in range(32)))
     struct.pack_into("<I", buf, vfp + 264, uc.reg_read(r_fpscr))
     struct.pack_into("<3I", buf, vfp + 272, uc.reg_read(c.UC_ARM_REG_FPEXC), 0, 0)
     t.mem.write(frame, buf)
-    restorer = act.restorer if act.flags & SA_RESTORER else trampoline(t.process)
+    restorer = act.restorer if act.flags & SA_RESTORER else trampoline(t.process, rt=rt)
     uc.reg_write(c.UC_ARM_REG_R0, signo)
-    uc.reg_write(c.UC_ARM_REG_R1, frame)
-    uc.reg_write(c.UC_ARM_REG_R2, frame + _ARM_UC)
+    if rt:
+        uc.reg_write(c.UC_ARM_REG_R1, frame)
+        uc.reg_write(c.UC_ARM_REG_R2, frame + _ARM_UC)
     uc.reg_write(r_sp, frame)
     uc.reg_write(r_lr, restorer)
     # as setup_return: flags and the IT state cleared, Thumb from the handler's bit 0
@@ -212,16 +233,16 @@ def _setup_arm(t: GuestThread, signo: int, info: bytes, act: SigAction, mask: in
     uc.reg_write(r_pc, act.handler)
 
 
-def _restore_arm(t: GuestThread) -> int:
+def _restore_arm(t: GuestThread, base: int, size: int) -> int:
 
     uc = t.uc
     gprs, r_sp, r_lr, r_pc, r_cpsr, r_d0, r_fpscr = _arm_regs()
     frame = uc.reg_read(r_sp)
     if frame & 7:
         raise BadFrame(f"unaligned frame {frame:#x}")
-    buf = t.mem.read(frame, _ARM_FRAME)
-    sc = struct.unpack_from("<21I", buf, _ARM_SC)
-    (mask,) = struct.unpack_from("<Q", buf, _ARM_MASK)
+    buf = t.mem.read(frame, size)
+    sc = struct.unpack_from("<21I", buf, base + _ARM_SC)
+    (mask,) = struct.unpack_from("<Q", buf, base + _ARM_MASK)
     for reg, v in zip(gprs, sc[3:16], strict=True):
         uc.reg_write(reg, v)
     sp, lr, pc, cpsr = sc[16:20]
@@ -229,9 +250,9 @@ def _restore_arm(t: GuestThread) -> int:
     uc.reg_write(r_cpsr, (cpsr & ~0x1DF) | (cur & 0x1DF) | (cpsr & 0x20))
     uc.reg_write(r_sp, sp)
     uc.reg_write(r_lr, lr)
-    vfp = _ARM_REGSPACE
-    magic, size = struct.unpack_from("<II", buf, vfp)
-    if magic == _ARM_VFP_MAGIC and size == _ARM_VFP_SIZE:
+    vfp = base + _ARM_REGSPACE
+    magic, vfp_size = struct.unpack_from("<II", buf, vfp)
+    if magic == _ARM_VFP_MAGIC and vfp_size == _ARM_VFP_SIZE:
         for i, v in enumerate(struct.unpack_from("<32Q", buf, vfp + 8)):
             uc.reg_write(r_d0 + i, v)
         uc.reg_write(r_fpscr, struct.unpack_from("<I", buf, vfp + 264)[0])

@@ -29,6 +29,7 @@ import signal
 import struct
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..sigframe import (
@@ -41,6 +42,7 @@ from ..sigframe import (
     SigAction,
     on_altstack,
     pack_siginfo,
+    restore_frame,
     restore_rt_frame,
     setup_rt_frame,
 )
@@ -460,8 +462,18 @@ def sys_rt_sigtimedwait64(t: GuestThread, uset: int, uinfo: int, uts: int, size:
 
 @syscall("rt_sigreturn")
 def sys_rt_sigreturn(t: GuestThread) -> None:
+    return _sigreturn(t, restore_rt_frame)
+
+
+@syscall("sigreturn", arch="arm")
+def sys_sigreturn(t: GuestThread) -> None:
+    """The non-rt frame of a handler installed without SA_SIGINFO (sigframe.py)."""
+    return _sigreturn(t, restore_frame)
+
+
+def _sigreturn(t: GuestThread, restore: Callable[[GuestThread], int]) -> None:
     try:
-        mask = restore_rt_frame(t)
+        mask = restore(t)
     except (BadFrame, Exception) as e:  # noqa: BLE001 - the kernel's badframe: SIGSEGV
         from ..loop import GuestFault
 

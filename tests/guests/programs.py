@@ -138,6 +138,8 @@ PROGRAMS: dict[str, Spec] = {
             "after unblock: count=5",
             "handler not run for the waited signal: count=5",
             "nested: usr1=1 usr2-inside=1",
+            "plain handler: sig=12 x=78.00 y=85",
+            "after the signal() handler: ran=1 k=42 f=3.0 usr2-blocked=0",
             "SA_ONSTACK handler ran: 1 on the alternate stack: 1",
             "without the alternate stack: on it=0",
             "SIGALRM from setitimer: count=1 code=SI_KERNEL",

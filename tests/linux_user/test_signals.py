@@ -41,8 +41,25 @@ def test_fpe_ill_bus_trap(guest, assert_same_as_qemu, arch: str, static: bool) -
 @LINKS
 def test_signals_guest(guest, assert_same_as_qemu, arch: str, static: bool) -> None:
     """sigaction/raise/kill/sigqueue/tgkill, masks and pending, sigtimedwait, SIG_IGN,
-    nested handlers, sigaltstack, setitimer/alarm SIGALRM, SIGCHLD from a forked child."""
+    nested handlers, sigaltstack, setitimer/alarm SIGALRM, SIGCHLD from a forked child,
+    a signal() handler."""
     _, ours = assert_same_as_qemu(arch, guest("signals", arch, static=static))
     assert "SA_ONSTACK handler ran: 1 on the alternate stack: 1" in ours.stdout
     assert "SIGCHLD: count=1 code=CLD_EXITED status=6" in ours.stdout
+    # signal(): no SA_SIGINFO (arm: the non-rt frame and sigreturn)
+    assert "plain handler: sig=12 x=78.00 y=85" in ours.stdout
+    assert "after the signal() handler: ran=1 k=42 f=3.0 usr2-blocked=0" in ours.stdout
     assert ours.returncode == 0
+
+
+
+@LINKS
+def test_arm_signal_without_siginfo(guest, run_guest, static: bool) -> None:
+    """A handler installed with signal() (no SA_SIGINFO; compared with qemu in
+    test_signals_guest) gets the non-rt frame on arm and returns through glibc's
+    sigreturn (119) restorer, which restores registers, VFP state and mask."""
+    run = run_guest("pyqemu", "arm", guest("signals", "arm", static=static),
+                    options=("-strace",))
+    assert "after the signal() handler: ran=1 k=42 f=3.0 usr2-blocked=0" in run.stdout
+    returns = [x for x in run.stderr.splitlines() if " sigreturn(" in x]
+    assert len(returns) >= 3 and all("errno=513" in x for x in returns), returns

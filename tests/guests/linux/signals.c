@@ -1,7 +1,8 @@
 /* Signals: sigaction with SA_SIGINFO, raise, kill and sigqueue to self,
  * sigprocmask and sigpending, the handler's mask, SIG_IGN, sigaltstack,
  * SIGALRM from setitimer, alarm, SIGCHLD, sigtimedwait, sigsuspend, nested
- * signals, tgkill.
+ * signals, tgkill; a handler installed with signal() (no SA_SIGINFO: on arm the
+ * non-rt frame and glibc's sigreturn restorer).
  */
 #include <signal.h>
 #include <stdint.h>
@@ -46,6 +47,17 @@ static void nest_handler(int sig)
         raise(SIGUSR2);
         nested = count[SIGUSR2];
     }
+}
+
+static volatile int plain_ran;
+
+static void plain_handler(int sig)
+{
+    /* clobbers integer and VFP registers: the interrupted code must get its own back */
+    volatile double x = sig * 3.25;
+    volatile long y = sig * 7;
+    say("plain handler: sig=%d x=%.2f y=%ld", sig, x * 2, y + 1);
+    plain_ran++;
 }
 
 static void chld_handler(int sig, siginfo_t *si, void *uc)
@@ -121,6 +133,16 @@ int main(void)
     int before = count[SIGUSR1];
     raise(SIGUSR1);
     say("nested: usr1=%d usr2-inside=%d", count[SIGUSR1] - before, nested);
+
+    /* signal(): glibc installs it without SA_SIGINFO */
+    CHECK(signal(SIGUSR2, plain_handler) != SIG_ERR, "signal(SIGUSR2, handler)");
+    volatile double f = 1.5;
+    volatile long k = 41;
+    CHECK(raise(SIGUSR2) == 0, "raise SIGUSR2");
+    sigset_t now;
+    sigprocmask(SIG_SETMASK, NULL, &now);
+    say("after the signal() handler: ran=%d k=%ld f=%.1f usr2-blocked=%d", plain_ran, k + 1,
+        f * 2, sigismember(&now, SIGUSR2));
 
     /* sigaltstack */
     alt_size = 64 * 1024;
