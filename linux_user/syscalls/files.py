@@ -104,10 +104,20 @@ def sys_write(t: GuestThread, fd: int, buf: int, count: int) -> int:
     if not count:
         return os.write(s32(fd), b"")
     views = t.mem.views(buf, count, PROT_READ)
-    if len(t.process.threads) > 1:
-        with t.blocking():
-            return os.writev(s32(fd), views)
-    return os.writev(s32(fd), views)
+    try:
+        if len(t.process.threads) > 1:
+            with t.blocking():
+                return os.writev(s32(fd), views)
+        return os.writev(s32(fd), views)
+    except BrokenPipeError:
+        _sigpipe(t)
+        raise
+
+
+def _sigpipe(t: GuestThread) -> None:
+    from .signals import send_sigpipe
+
+    send_sigpipe(t)
 
 
 @syscall("readv")
@@ -146,7 +156,11 @@ def _read_blocking(t: GuestThread, fd: int, views: list[memoryview]) -> int:
 
 @syscall("writev")
 def sys_writev(t: GuestThread, fd: int, iov: int, iovcnt: int) -> int:
-    return _io(t, os.writev, s32(fd), _iovecs(t, iov, iovcnt, PROT_READ))
+    try:
+        return _io(t, os.writev, s32(fd), _iovecs(t, iov, iovcnt, PROT_READ))
+    except BrokenPipeError:
+        _sigpipe(t)
+        raise
 
 
 @syscall("pread64", arch="arm")

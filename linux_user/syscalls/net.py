@@ -86,6 +86,9 @@ _HOST_CMSG = struct.Struct("<Qii")            # x86-64 / arm64 hosts
 _HOST_CMSG_ALIGN = 8
 
 
+MSG_NOSIGNAL = 0x4000
+
+
 def _err() -> int:
     return -ctypes.get_errno()
 
@@ -391,7 +394,14 @@ def _sendmsg(t: GuestThread, fd: int, pairs: list[tuple[int, int]], name: bytes 
         msg.control, msg.controllen = ctypes.addressof(ctl), len(control)
     with t.blocking():
         ret = _c_sendmsg(s32(fd), ctypes.byref(msg), s32(flags))
-    return _err() if ret < 0 else ret
+    if ret >= 0:
+        return ret
+    ret = _err()
+    if ret == -errno.EPIPE and not flags & MSG_NOSIGNAL:
+        from .signals import send_sigpipe
+
+        send_sigpipe(t)
+    return ret
 
 
 def _recvmsg(t: GuestThread, fd: int, pairs: list[tuple[int, int]], name: _AddrOut | None,

@@ -7,8 +7,9 @@ si_uid and, for SIGCHLD, si_status). A signal whose guest action is the default
 "terminate" ends the process at once, as the kernel does for a fatal signal; an
 ignored one is dropped; anything else is queued for the guest and the running engine
 is asked to stop at its next syscall (or, failing that, by ``emu_stop``; see
-``process._watchdog``). SIGPIPE stays a host signal that mirrors the guest's
-SIG_DFL/SIG_IGN (the guest's write then dies of it or gets EPIPE).
+``process._watchdog``). The host's SIGPIPE is ignored: a write or send that gets
+EPIPE (without MSG_NOSIGNAL) queues the guest's SIGPIPE (:func:`send_sigpipe`), so
+a guest handler runs, SIG_DFL kills, and a blocked one stays pending as on Linux.
 
 Guest side: signals are queued per thread (tgkill, faults) or per process (kill,
 host signals); standard signals coalesce, real-time ones queue. Delivery happens with
@@ -68,8 +69,6 @@ ASYNC = frozenset([signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
                    signal.SIGURG, signal.SIGVTALRM, signal.SIGPROF, signal.SIGWINCH,
                    signal.SIGIO, signal.SIGPWR, signal.SIGXCPU, signal.SIGXFSZ]
                   + list(range(signal.SIGRTMIN, signal.SIGRTMAX + 1)))
-#: host signals that mirror the guest's SIG_DFL / SIG_IGN on the host itself
-MIRRORED = (signal.SIGPIPE,)
 # default actions (signal(7)); everything else terminates
 _IGNORED_BY_DEFAULT = {signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH, signal.SIGCONT}
 _STOPPING = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
@@ -96,10 +95,11 @@ def register_process(proc: GuestProcess) -> None:
 
 
 def reset_host_signals() -> None:
-    """Start as a fresh process does (Python catches SIGINT and ignores SIGPIPE), then
-    block :data:`ASYNC` in this (the first) host thread and start the watcher."""
-    for sig in (*MIRRORED, signal.SIGINT):
-        signal.signal(sig, signal.SIG_DFL)
+    """SIGINT back to the default (Python catches it), SIGPIPE ignored (the guest's is
+    synthesized on EPIPE), then block :data:`ASYNC` in this (the first) host thread
+    and start the watcher."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_BLOCK, ASYNC)
     start_watcher()
 
@@ -327,8 +327,6 @@ def sys_rt_sigaction(t: GuestThread, sig: int, act: int, oact: int, setsize: int
     if new is not None:
         proc.sigactions[sig] = new
         handler = int.from_bytes(new[:t.arch.word_size], "little")
-        if sig in MIRRORED:
-            signal.signal(sig, signal.SIG_DFL if handler == SIG_DFL else signal.SIG_IGN)
         if handler == SIG_IGN or (handler == SIG_DFL and sig in _IGNORED_BY_DEFAULT):
             with proc.sig_lock:                 # pending ones are discarded
                 proc.sig_pending.pop(sig, None)
@@ -522,6 +520,13 @@ def _send_self(t: GuestThread, sig: int, code: int, target: GuestThread | None,
                             uid=os.getuid(), value=value)
     queue_signal(t.process, sig, info, target)
     return 0
+
+
+def send_sigpipe(t: GuestThread) -> None:
+    """A write to a pipe or socket whose reader is gone (EPIPE): the kernel sends the
+    writer SIGPIPE (send_sig: SI_USER from the process itself). pyqemu ignores the
+    host's SIGPIPE, so the guest's is made here."""
+    _send_self(t, signal.SIGPIPE, SI_USER, t)
 
 
 @syscall("kill")

@@ -42,13 +42,20 @@ def test_fpe_ill_bus_trap(guest, assert_same_as_qemu, arch: str, static: bool) -
 def test_signals_guest(guest, assert_same_as_qemu, arch: str, static: bool) -> None:
     """sigaction/raise/kill/sigqueue/tgkill, masks and pending, sigtimedwait, SIG_IGN,
     nested handlers, sigaltstack, setitimer/alarm SIGALRM, SIGCHLD from a forked child,
-    a signal() handler."""
+    a signal() handler, SIGPIPE on EPIPE."""
     _, ours = assert_same_as_qemu(arch, guest("signals", arch, static=static))
     assert "SA_ONSTACK handler ran: 1 on the alternate stack: 1" in ours.stdout
     assert "SIGCHLD: count=1 code=CLD_EXITED status=6" in ours.stdout
     # signal(): no SA_SIGINFO (arm: the non-rt frame and sigreturn)
     assert "plain handler: sig=12 x=78.00 y=85" in ours.stdout
     assert "after the signal() handler: ran=1 k=42 f=3.0 usr2-blocked=0" in ours.stdout
+    # SIGPIPE on EPIPE: the handler runs, MSG_NOSIGNAL sends none, blocked stays pending,
+    # SIG_DFL kills a child
+    for line in ("SIGPIPE from write: count=1 code=SI_USER pid-ok=1",
+                 "after send with MSG_NOSIGNAL: count=1", "after send: count=2",
+                 "after write to the socket: count=3", "ok: SIGPIPE pending while blocked",
+                 "child writing to a broken pipe: signaled=1 sig=13"):
+        assert line in ours.lines()
     assert ours.returncode == 0
 
 
@@ -63,3 +70,14 @@ def test_arm_signal_without_siginfo(guest, run_guest, static: bool) -> None:
     assert "after the signal() handler: ran=1 k=42 f=3.0 usr2-blocked=0" in run.stdout
     returns = [x for x in run.stderr.splitlines() if " sigreturn(" in x]
     assert len(returns) >= 3 and all("errno=513" in x for x in returns), returns
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@LINKS
+def test_sigpipe_default_action(guest, assert_same_as_qemu, arch: str, static: bool) -> None:
+    """A write to a pipe without a reader, SIGPIPE at SIG_DFL: the process dies of
+    SIGPIPE (no qemu line: not a core-dumping signal) before printing again."""
+    _, ours = assert_same_as_qemu(arch, guest("signals", arch, static=static), ("sigpipe",),
+                                  compare_stderr=True)
+    assert ours.returncode == -13
+    assert "still alive after the write" not in ours.stdout

@@ -2,11 +2,15 @@
  * sigprocmask and sigpending, the handler's mask, SIG_IGN, sigaltstack,
  * SIGALRM from setitimer, alarm, SIGCHLD, sigtimedwait, sigsuspend, nested
  * signals, tgkill; a handler installed with signal() (no SA_SIGINFO: on arm the
- * non-rt frame and glibc's sigreturn restorer).
+ * non-rt frame and glibc's sigreturn restorer); SIGPIPE on EPIPE from write/send
+ * (handled, MSG_NOSIGNAL, default action in a child).
+ * "signals sigpipe" only writes to a pipe without a reader, SIGPIPE at SIG_DFL: the
+ * process dies of it.
  */
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -49,6 +53,7 @@ static void nest_handler(int sig)
     }
 }
 
+static const char *code_name(int code);
 static volatile int plain_ran;
 
 static void plain_handler(int sig)
@@ -58,6 +63,68 @@ static void plain_handler(int sig)
     volatile long y = sig * 7;
     say("plain handler: sig=%d x=%.2f y=%ld", sig, x * 2, y + 1);
     plain_ran++;
+}
+
+static volatile int pipe_count, pipe_code, pipe_pid_ok;
+
+static void pipe_handler(int sig, siginfo_t *si, void *uc)
+{
+    (void)uc;
+    (void)sig;
+    pipe_count++;
+    pipe_code = si->si_code;
+    pipe_pid_ok = si->si_pid == getpid();
+}
+
+static void sigpipe_tests(void)
+{
+    struct sigaction pa = {0};
+    pa.sa_sigaction = pipe_handler;
+    pa.sa_flags = SA_SIGINFO;
+    CHECK(sigaction(SIGPIPE, &pa, NULL) == 0, "sigaction SIGPIPE");
+    int p[2];
+    CHECK(pipe(p) == 0, "pipe");
+    close(p[0]);
+    CHECK_ERR(write(p[1], "x", 1), EPIPE, "write to a pipe without a reader: EPIPE");
+    say("SIGPIPE from write: count=%d code=%s pid-ok=%d", pipe_count, code_name(pipe_code),
+        pipe_pid_ok);
+    close(p[1]);
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0, "socketpair");
+    close(sv[1]);
+    CHECK_ERR(send(sv[0], "x", 1, MSG_NOSIGNAL), EPIPE, "send MSG_NOSIGNAL to a closed peer: EPIPE");
+    say("after send with MSG_NOSIGNAL: count=%d", pipe_count);
+    CHECK_ERR(send(sv[0], "x", 1, 0), EPIPE, "send to a closed peer: EPIPE");
+    say("after send: count=%d", pipe_count);
+    CHECK_ERR(write(sv[0], "x", 1), EPIPE, "write to a closed peer: EPIPE");
+    say("after write to the socket: count=%d", pipe_count);
+    close(sv[0]);
+    /* blocked at SIG_DFL: EPIPE, and SIGPIPE stays pending (the process lives) */
+    sigset_t pset, pend;
+    sigemptyset(&pset);
+    sigaddset(&pset, SIGPIPE);
+    signal(SIGPIPE, SIG_DFL);
+    sigprocmask(SIG_BLOCK, &pset, NULL);
+    CHECK(pipe(p) == 0, "pipe");
+    close(p[0]);
+    CHECK_ERR(write(p[1], "x", 1), EPIPE, "write with SIGPIPE blocked: EPIPE");
+    CHECK(sigpending(&pend) == 0 && sigismember(&pend, SIGPIPE), "SIGPIPE pending while blocked");
+    close(p[1]);
+    signal(SIGPIPE, SIG_IGN);       /* discards the pending one */
+    sigprocmask(SIG_UNBLOCK, &pset, NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        signal(SIGPIPE, SIG_DFL);
+        int q[2];
+        if (pipe(q) == 0) {
+            close(q[0]);
+            write(q[1], "x", 1);
+        }
+        _exit(0);
+    }
+    int status;
+    CHECK(waitpid(pid, &status, 0) == pid, "reap the SIGPIPE child");
+    say("child writing to a broken pipe: signaled=%d sig=%d", WIFSIGNALED(status), WTERMSIG(status));
 }
 
 static void chld_handler(int sig, siginfo_t *si, void *uc)
@@ -80,8 +147,16 @@ static const char *code_name(int code)
     }
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "sigpipe") == 0) {
+        int p[2];
+        CHECK(pipe(p) == 0, "pipe");
+        close(p[0]);
+        write(p[1], "x", 1);
+        say("still alive after the write");
+        return 3;
+    }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = handler;
@@ -221,5 +296,6 @@ int main(void)
     }
     waitpid(pid, &status, 0);
     say("child raising SIGTERM: signaled=%d sig=%d", WIFSIGNALED(status), WTERMSIG(status));
+    sigpipe_tests();
     return guest_done();
 }
