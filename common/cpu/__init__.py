@@ -95,11 +95,20 @@ def _arm(cpu: str) -> ArchInfo:
         # AT_HWCAP 0x1fb0d7, AT_HWCAP2 aes pmull sha1 sha2 crc32
         platform, hwcap, hwcap2 = b"v8l", v7, (hw2["aes"] | hw2["pmull"] | hw2["sha1"]
                                                 | hw2["sha2"] | hw2["crc32"])
-        uc_cpu = c.UC_CPU_ARM_MAX
+        uc_cpu, midr = c.UC_CPU_ARM_MAX, 0x412FC0F1   # unicorn's max keeps the A15's MIDR
+    elif cpu in ("cortex-a8", "cortex-a9"):
+        # no sdiv/udiv, no vfma (measured): qemu's bits for them less thumbee
+        platform, hwcap, hwcap2 = b"v7l", v7 & ~(hw["vfpv4"] | hw["idiva"] | hw["idivt"]
+                                                 | hw["lpae"]), 0
+        uc_cpu, midr = ((c.UC_CPU_ARM_CORTEX_A8, 0x410FC080) if cpu == "cortex-a8"
+                        else (c.UC_CPU_ARM_CORTEX_A9, 0x410FC090))
     else:
-        # -cpu cortex-a15, and the models whose features were not measured (older
-        # pyqemu ignored -cpu): unicorn's Cortex-A15, v7l, no AT_HWCAP2 bits
-        platform, hwcap, hwcap2, uc_cpu = b"v7l", v7, 0, c.UC_CPU_ARM_CORTEX_A15
+        # -cpu cortex-a15 / cortex-a7 (the same bits), and the models whose features
+        # were not measured (pre-v7 and M/R profiles, which Debian's armhf glibc cannot
+        # run anyway): unicorn's Cortex-A15, v7l, no AT_HWCAP2 bits
+        platform, hwcap, hwcap2 = b"v7l", v7, 0
+        uc_cpu, midr = ((c.UC_CPU_ARM_CORTEX_A7, 0x410FC075) if cpu == "cortex-a7"
+                        else (c.UC_CPU_ARM_CORTEX_A15, 0x412FC0F1))
     return ArchInfo(
         name="arm", uc_arch=UC_ARCH_ARM, uc_mode=UC_MODE_ARM, cs_arch=CS_ARCH_ARM,
         cs_mode=CS_MODE_ARM, cs_mode_thumb=CS_MODE_THUMB, elf_machine=40, elf_class=32,
@@ -111,8 +120,7 @@ def _arm(cpu: str) -> ArchInfo:
         # qemu-arm 7.2 on a 64-bit host: mmaps (and the stack) go down from 0x40000000,
         # PIE programs start there
         mmap_base=0x40000000, va_limit=1 << 32, mmap_topdown=True,
-        # unicorn 2.1.4's max keeps the Cortex-A15's MIDR (qemu 5.0's arm max)
-        cpu=cpu, uc_cpu=uc_cpu, midr=0x412FC0F1,
+        cpu=cpu, uc_cpu=uc_cpu, midr=midr,
     )
 
 

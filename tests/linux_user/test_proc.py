@@ -64,8 +64,10 @@ def test_mem_guest_shared_across_fork(guest, assert_same_as_qemu, arch: str,
     assert ours.returncode == 0
 
 
-#: an explicit -cpu per arch: unicorn's own default models (v7l on arm, A72's hwcaps)
+#: an explicit -cpu per arch: unicorn's own default models (v7l on arm, A72's hwcaps),
+#: and an older model (arm: no idiv/vfpv4/lpae)
 EXPLICIT_CPU = {"arm": "cortex-a15", "aarch64": "cortex-a72"}
+OLDER_CPU = {"arm": "cortex-a9", "aarch64": "cortex-a53"}
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -94,7 +96,7 @@ UNMATCHED = {"arm": (0, 0), "aarch64": ((1 << 22) | (1 << 30) | (1 << 31), 0x7F8
 
 
 @pytest.mark.parametrize("arch", ARCHES)
-@pytest.mark.parametrize("cpu", [None, "explicit"])
+@pytest.mark.parametrize("cpu", [None, "explicit", "older"])
 def test_hwcaps_are_qemus(guest, run_guest, arch: str, cpu: str | None) -> None:
     """AT_HWCAP/AT_HWCAP2/AT_PLATFORM are qemu's for the same -cpu (qemu's default, max,
     without -cpu), less what unicorn cannot execute (arm cortex-a15: thumbee, ENTERX is
@@ -108,7 +110,8 @@ def test_hwcaps_are_qemus(guest, run_guest, arch: str, cpu: str | None) -> None:
     )
 
     binary = guest("procself", arch, static=True)
-    opts = ("-cpu", EXPLICIT_CPU[arch]) if cpu else ()
+    model = {"explicit": EXPLICIT_CPU, "older": OLDER_CPU}.get(cpu or "", {}).get(arch)
+    opts = ("-cpu", model) if model else ()
     ref = _auxv_line(run_guest("qemu", arch, binary, ("hwcap",), options=opts))
     ours = _auxv_line(run_guest("pyqemu", arch, binary, ("hwcap",), options=opts))
     if cpu:
@@ -238,3 +241,17 @@ def test_unicorn_cpus_run_what_is_advertised(arch_name: str) -> None:
         assert not _runs(explicit, insn)
     assert _runs(explicit, probes[("hwcap", "idiva" if arch_name == "arm" else "crc32")])
     assert explicit.hwcap2 == 0 and explicit.platform in (b"v7l", b"aarch64")
+    if arch_name == "arm":
+        # Cortex-A8/-A9: no integer divide, no VFPv4 (hence no idiva/idivt/vfpv4); the
+        # Cortex-A7 has both, as the A15
+        for name in ("cortex-a8", "cortex-a9"):
+            older = get_arch("arm", name)
+            assert not _runs(older, ARM_PROBES[("hwcap", "idiva")])
+            assert not _runs(older, ARM_PROBES[("hwcap", "vfpv4")])
+            assert _runs(older, ARM_PROBES[("hwcap", "neon")])
+            assert _runs(older, ARM_PROBES[("hwcap", "vfpd32")])
+            assert not older.hwcap & (ARM_HWCAP["idiva"] | ARM_HWCAP["vfpv4"])
+        a7 = get_arch("arm", "cortex-a7")
+        assert _runs(a7, ARM_PROBES[("hwcap", "idiva")])
+        assert _runs(a7, ARM_PROBES[("hwcap", "vfpv4")])
+        assert a7.hwcap == explicit.hwcap
