@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -73,9 +74,10 @@ def test_long_option_prefix_and_equals(twins: Twins) -> None:
     twins.same("info", "a.img", "--output", "json")  # permutation
 
 
-def test_every_qemu_img_command_is_dispatched(pyqemu_img: list[str]) -> None:
+def test_every_qemu_img_command_is_dispatched(pyqemu_img: list[str], tmp_path: Path) -> None:
     # bench was the last "not supported yet" command: it now opens the image
-    out = subprocess.run([*pyqemu_img, "bench", "x"], capture_output=True, text=True)
+    out = subprocess.run([*pyqemu_img, "bench", "x"], capture_output=True, text=True,
+                         cwd=tmp_path)  # fmt: skip
     assert out.returncode == 1
     assert out.stderr.startswith("pyqemu-img: Could not open 'x': ")
 
