@@ -276,12 +276,22 @@ def test_amend_with_snapshots(twins: Twins, qemu_img: str) -> None:
 
 
 def test_amend_downgrade_zero_clusters_in_snapshot(ours: str, tmp_path: Path) -> None:
-    """Not done yet: refused, and the image is left as it was."""
+    """The snapshot's zero clusters are expanded: v2, clean, the snapshot's data kept
+    (more shapes in test_amend_snapshot_zero.py)."""
     _snapshot_images(tmp_path)
-    before = (tmp_path / "zsnap.qcow2").read_bytes()
+
+    def raw(snapshot: str) -> bytes:
+        subprocess.run(["qemu-img", "convert", "-l", snapshot, "-O", "raw", "zsnap.qcow2",
+                        "snap.raw"], cwd=tmp_path, check=True)  # fmt: skip
+        return (tmp_path / "snap.raw").read_bytes()
+
+    before = raw("a")
     out = subprocess.run(
         [ours, "amend", "-o", "compat=0.10", "zsnap.qcow2"], cwd=tmp_path, capture_output=True
     )
-    assert out.returncode == 1
-    assert out.stderr.startswith(b"qemu-img: ") and b"not supported yet" in out.stderr
-    assert (tmp_path / "zsnap.qcow2").read_bytes() == before
+    assert (out.returncode, out.stdout, out.stderr) == (0, b"", b"")
+    check = subprocess.run(["qemu-img", "check", "zsnap.qcow2"], cwd=tmp_path,
+                           capture_output=True, text=True)  # fmt: skip
+    assert check.returncode == 0 and "No errors were found" in check.stdout
+    assert (tmp_path / "zsnap.qcow2").read_bytes()[4:8] == (2).to_bytes(4, "big")
+    assert raw("a") == before
