@@ -96,7 +96,7 @@ DISCARD_SCRIPT = [
 @pytest.mark.parametrize("rule", ["write-enospc", "write-once", "flush", "state"])
 @pytest.mark.parametrize("cache", [None, "writeback"])
 def test_discard_under_injection(
-    golden, images, tmp_path: Path, rule: str, cache: str | None
+    golden, images, tmp_path: Path, rule: str, cache: str | None  # noqa: F811
 ) -> None:  # noqa: F811
     """Discards and unmapping zero writes drop clusters in the metadata caches only;
     the metadata reaches the file at the next flush, so a rule on write_aio

@@ -77,7 +77,7 @@ def opts(sock: str, extra: str = ",tls-creds=tls0") -> str:
 @pytest.mark.parametrize("who", ["py", "qemu"])
 @pytest.mark.parametrize("kind", ["x509", "psk"])
 def test_info_and_convert_match_qemu_img(
-    server,
+    server,  # noqa: F811 (the imported fixture)
     who: str,
     kind: str,
     creds: dict[str, Path],
@@ -99,7 +99,7 @@ def test_info_and_convert_match_qemu_img(
 
 @pytest.mark.parametrize("who", ["py", "qemu"])
 def test_write_and_large_read_in_process(
-    server,
+    server,  # noqa: F811 (the imported fixture)
     who: str,
     creds: dict[str, Path],
     disk: Path,
@@ -129,7 +129,7 @@ def _err(proc: subprocess.CompletedProcess[str]) -> str:
     ["plain", "wrong-host", "no-host", "unknown-id", "server-endpoint"],
 )
 def test_errors_as_qemu_img(
-    server,
+    server,  # noqa: F811 (the imported fixture)
     case: str,
     creds: dict[str, Path],
     disk: Path,  # noqa: F811
