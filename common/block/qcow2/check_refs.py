@@ -178,12 +178,19 @@ def read_snapshots(file: BlockDriver, offset: int, count: int) -> tuple[list[Sna
         extra = fields["extra_data_size"]
         if extra > MAX_SNAPSHOT_EXTRA_DATA:
             raise ImageCorrupt(f"Too much extra metadata in snapshot table entry {i}")
-        body_len = extra + fields["id_str_size"] + fields["name_size"]
+        id_len = fields["id_str_size"]
+        body_len = extra + id_len + fields["name_size"]
         if pos + head_size + body_len > file.size:
             raise ImageCorrupt("Failed to read snapshot table")
-        entry = layout.parse_snapshot_table(file.read(pos, head_size + body_len), 1)[0]
+        body = file.read(pos + head_size, body_len)
         snapshots.append(
-            SnapshotInfo(entry.id_str, entry.name, entry.l1_table_offset, entry.l1_size, extra)
+            SnapshotInfo(
+                body[extra : extra + id_len].decode("utf-8", "replace"),
+                body[extra + id_len :].decode("utf-8", "replace"),
+                fields["l1_table_offset"],
+                fields["l1_size"],
+                extra,
+            )
         )
         pos += head_size + body_len
     return snapshots, pos - offset
