@@ -30,6 +30,16 @@ from typing import TYPE_CHECKING
 
 from . import syscall
 from .structs import s32
+from .threads import (
+    CLONE_CHILD_CLEARTID,
+    CLONE_CHILD_SETTID,
+    CLONE_PARENT_SETTID,
+    CLONE_SETTLS,
+    CLONE_THREAD,
+    CLONE_VFORK,
+    CLONE_VM,
+    CSIGNAL,
+)
 
 if TYPE_CHECKING:
     from ..process import GuestThread
@@ -238,14 +248,6 @@ def sys_sched_getaffinity(t: GuestThread, pid: int, size: int, mask: int) -> int
 
 
 # ---- fork, vfork, clone as a process ---------------------------------------------------
-CLONE_VM = 0x100
-CLONE_VFORK = 0x4000
-CLONE_THREAD = 0x10000
-CLONE_SETTLS = 0x80000
-CLONE_PARENT_SETTID = 0x100000
-CLONE_CHILD_CLEARTID = 0x200000
-CLONE_CHILD_SETTID = 0x1000000
-CSIGNAL = 0xFF
 SIGCHLD = 17
 _U32 = struct.Struct("<I")
 _VFORK_FD = "vfork_fd"          # proc.extra key: the child's end of the vfork pipe
