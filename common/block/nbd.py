@@ -431,6 +431,20 @@ class NBDClient:
             self.dead = True
             raise _io_error() from None
 
+    def _recv_up_to(self, want: int) -> bytearray:
+        """``want`` bytes from the socket into one buffer, fewer only at end of file."""
+        buf = bytearray(want)
+        view = memoryview(buf)
+        got = 0
+        while got < want:
+            n = self.sock.recv_into(view[got:])
+            if n == 0:
+                del view
+                del buf[got:]
+                break
+            got += n
+        return buf
+
     def _event(self) -> Any:
         """The next message from the server (reading as needed)."""
         conn = self.conn
@@ -445,16 +459,9 @@ class NBDClient:
             want = conn.bytes_wanted
             try:
                 if want > RECV_SIZE:
-                    buf = bytearray(want)
-                    view = memoryview(buf)
-                    got = 0
-                    while got < want:
-                        n = self.sock.recv_into(view[got:])
-                        if n == 0:
-                            break
-                        got += n
-                    conn.receive_data(buf[:got] if got < want else buf)
-                    if got < want:
+                    buf = self._recv_up_to(want)
+                    conn.receive_data(buf)
+                    if len(buf) < want:
                         conn.receive_data(b"")
                 else:
                     conn.receive_data(self.sock.recv(RECV_SIZE))
@@ -710,17 +717,10 @@ class NBDClient:
                 return event
             try:
                 if want > RECV_SIZE:
-                    buf = bytearray(want)
-                    view = memoryview(buf)
-                    got = 0
-                    while got < want:
-                        n = self.sock.recv_into(view[got:])
-                        if n == 0:
-                            break
-                        got += n
+                    buf = self._recv_up_to(want)
                     with self.lock:
-                        conn.receive_data(buf[:got] if got < want else buf)
-                        if got < want:
+                        conn.receive_data(buf)
+                        if len(buf) < want:
                             conn.receive_data(b"")
                 else:
                     data = self.sock.recv(want if exact else RECV_SIZE)
