@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.servers import stop_all, unix_listening
 
 PEERS = ("qemu-nbd", "qemu-img", "qemu-io", "nbdinfo", "nbdcopy", "nbdsh")
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -29,22 +29,9 @@ def _peers() -> None:
         pytest.fail(f"missing peer tools: {missing}")
 
 
-def _listening(path: Path) -> bool:
-    """True once a connect to ``path`` succeeds (qemu-nbd creates its socket
-    file before it listens; a probe that never negotiates counts for nothing)."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
 def _wait_socket(proc: subprocess.Popen, path: Path) -> None:
     for _ in range(400):  # bounded: 20 s
-        if path.exists() and _listening(path):
+        if path.exists() and unix_listening(path):
             return
         if proc.poll() is not None:
             out = proc.stderr.read() if proc.stderr else ""
@@ -71,15 +58,8 @@ def server(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen, str
     try:
         yield start
     finally:
+        stop_all(procs)
         for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
             if p.stderr:
                 p.stderr.close()
 
