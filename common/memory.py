@@ -140,7 +140,25 @@ class _PhysAllocator:
             runs.insert(i, [pa, end])
 
 
-class _ArmTables:
+class _PageTables:
+    """What both table formats share: a page entry from a base descriptor plus the
+    read-only and never-execute bits of the format (``_BASE``, ``_RO``, ``_NX``)."""
+
+    _BASE = _RO = _NX = 0
+
+    def entry(self, pa: int, prot: int) -> int:
+        """The page descriptor mapping ``pa`` with ``prot`` (0: a fault entry)."""
+        if not prot:
+            return 0
+        value = pa | self._BASE
+        if not prot & PROT_WRITE:
+            value |= self._RO
+        if not prot & PROT_EXEC:
+            value |= self._NX
+        return value
+
+
+class _ArmTables(_PageTables):
     """ARMv7 short-descriptor tables: fixed L1, linear coarse L2 (see module doc)."""
 
     L1 = 0
@@ -149,23 +167,13 @@ class _ArmTables:
     # small page: bit1 set; B, C and TEX=001: normal write-back memory; S; AP[1:0]=11
     _BASE = 0b10 | (1 << 2) | (1 << 3) | (1 << 6) | (1 << 10) | (0b11 << 4)
     _RO = 1 << 9            # AP[2]: read-only at every level
-    _XN = 1
+    _NX = 1                 # XN
 
     def __init__(self, mem: GuestMemory) -> None:
         self.view = mem.ram
         l1 = memoryview(self.view)[self.L1:self.L1 + 0x4000].cast("I")
         for i in range(4096):
             l1[i] = (self.L2_BASE + i * 0x400) | 0b01   # coarse table, domain 0
-
-    def entry(self, pa: int, prot: int) -> int:
-        if not prot:
-            return 0
-        value = pa | self._BASE
-        if not prot & PROT_WRITE:
-            value |= self._RO
-        if not prot & PROT_EXEC:
-            value |= self._XN
-        return value
 
     def set_range(self, va: int, npages: int, pa: int | None, prot: int) -> None:
         """Map ``npages`` from ``va`` onto ``pa`` (None or prot 0: fault entries)."""
@@ -194,7 +202,7 @@ class _ArmTables:
         uc.cpr_write(15, 0, 1, 0, 0, 0, False, sctlr | 1)       # SCTLR.M
 
 
-class _Arm64Tables:
+class _Arm64Tables(_PageTables):
     """AArch64 4 KiB-granule tables, T0SZ=25: fixed L1, one L2 per L1 entry, pooled L3."""
 
     L1 = 0
@@ -205,7 +213,7 @@ class _Arm64Tables:
     # page descriptor: valid+page, AttrIndx 0 (MAIR attr0: normal WB), SH inner, AF
     _BASE = 0b11 | (0b11 << 8) | (1 << 10)       # (UXN would stop EL1 fetches too)
     _RO = 0b10 << 6                  # AP[2:1]=10: EL1 read-only (EL1 RW otherwise)
-    _PXN = 1 << 53
+    _NX = 1 << 53                    # PXN
     # the stub: msr mair_el1,x0; msr tcr_el1,x1; msr ttbr0_el1,x2; isb;
     #           mrs x3,sctlr_el1; orr x3,x3,#1; msr sctlr_el1,x3; isb
     STUB_CODE = bytes.fromhex("00a218d5412018d5022018d5df3f03d5"
@@ -224,16 +232,6 @@ class _Arm64Tables:
         self.l3: dict[int, int] = {}        # va >> 21 -> PA of its L3 table
         self.l3_next = self.L3_POOL[0]
         self.view[self.STUB:self.STUB + len(self.STUB_CODE)] = self.STUB_CODE
-
-    def entry(self, pa: int, prot: int) -> int:
-        if not prot:
-            return 0
-        value = pa | self._BASE
-        if not prot & PROT_WRITE:
-            value |= self._RO
-        if not prot & PROT_EXEC:
-            value |= self._PXN
-        return value
 
     def _l3(self, va: int, create: bool) -> int | None:
         key = va >> 21
