@@ -9,7 +9,6 @@ import ctypes
 import errno
 import fcntl as _fcntl
 import os
-import platform
 import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -22,6 +21,7 @@ from .structs import (
     AT_EMPTY_PATH,
     AT_REMOVEDIR,
     AT_SYMLINK_NOFOLLOW,
+    HOST_MACHINE,
     dirfd,
     open_flags_to_guest,
     open_flags_to_host,
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from ..process import GuestThread
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_SYS_GETDENTS64 = {"x86_64": 217, "aarch64": 61}.get(platform.machine(), 217)
-_SYS_STATX = {"x86_64": 332, "aarch64": 291}.get(platform.machine(), 332)
+_SYS_GETDENTS64 = {"x86_64": 217, "aarch64": 61}.get(HOST_MACHINE, 217)
+_SYS_STATX = {"x86_64": 332, "aarch64": 291}.get(HOST_MACHINE, 332)
 
 
 def guest_path(t: GuestThread, addr: int) -> bytes:
@@ -720,10 +720,10 @@ def sys_utimensat64(t: GuestThread, dfd: int, path: int, times: int, flags: int)
 
 
 # ---- renameat2 flags, file systems, space and copies -------------------------------------
-_SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276}.get(platform.machine(), 316)
-_SYS_STATFS = {"x86_64": 137, "aarch64": 43}.get(platform.machine(), 137)
-_SYS_FSTATFS = {"x86_64": 138, "aarch64": 44}.get(platform.machine(), 138)
-_SYS_TEE = {"x86_64": 276, "aarch64": 77}.get(platform.machine(), 276)
+_SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276}.get(HOST_MACHINE, 316)
+_SYS_STATFS = {"x86_64": 137, "aarch64": 43}.get(HOST_MACHINE, 137)
+_SYS_FSTATFS = {"x86_64": 138, "aarch64": 44}.get(HOST_MACHINE, 138)
+_SYS_TEE = {"x86_64": 276, "aarch64": 77}.get(HOST_MACHINE, 276)
 # struct statfs (include/uapi/asm-generic/statfs.h): the 64-bit one (arm64, x86-64 host),
 # arm's with 32-bit words, and arm's statfs64 (packed, aligned 4: 84 bytes)
 STATFS_64 = struct.Struct("<qqQQQQQiiqqq4q")

@@ -29,7 +29,6 @@ import ctypes
 import errno
 import fcntl as _fcntl
 import os
-import platform
 import select
 import struct
 import time
@@ -37,13 +36,13 @@ from typing import TYPE_CHECKING
 
 from . import syscall
 from .files import FD_READ_HOOKS
-from .structs import s32, timespec_struct
+from .structs import HOST_MACHINE, s32, timespec_struct
 
 if TYPE_CHECKING:
     from ..process import GuestProcess, GuestThread
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_HOST = platform.machine()
+_HOST = HOST_MACHINE
 # host syscall numbers (x86-64 / arm64 hosts)
 _NR = {
     "x86_64": {"pselect6": 270, "ppoll": 271, "epoll_pwait": 281, "signalfd4": 289,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import resource
 import signal
 import struct
@@ -29,7 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import syscall
-from .structs import s32
+from .structs import HOST_MACHINE, s32
 from .threads import (
     CLONE_CHILD_CLEARTID,
     CLONE_CHILD_SETTID,
@@ -359,7 +358,7 @@ def sys_wait4(t: GuestThread, pid: int, status: int, options: int, rusage: int) 
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_SYS_WAITID = {"x86_64": 247, "aarch64": 95}.get(platform.machine(), 247)
+_SYS_WAITID = {"x86_64": 247, "aarch64": 95}.get(HOST_MACHINE, 247)
 
 
 class _HostRusage(ctypes.Structure):

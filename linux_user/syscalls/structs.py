@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import struct
 from typing import TYPE_CHECKING
 
@@ -32,7 +31,9 @@ _GUEST_O = {0o40000: "O_DIRECTORY", 0o100000: "O_NOFOLLOW", 0o200000: "O_DIRECT"
 _O_DIFF = [(g, getattr(os, n, 0)) for g, n in _GUEST_O.items()]
 _O_MASK_G = sum(_GUEST_O)
 _O_MASK_H = sum(h for _, h in _O_DIFF)
-_HOST_LARGEFILE = 0o100000 if platform.machine() in ("x86_64", "i686") else 0
+#: the host CPU (for host syscall numbers and flag values that differ per host arch)
+HOST_MACHINE = os.uname().machine
+_HOST_LARGEFILE = 0o100000 if HOST_MACHINE in ("x86_64", "i686") else 0
 
 
 def open_flags_to_host(flags: int) -> int:
