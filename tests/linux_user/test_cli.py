@@ -156,7 +156,7 @@ def test_trace_and_dfilter_accepted(program: dict[str, Path], tmp_path: Path) ->
     for args in (["-trace", "foo"], ["-trace", "foo*"], ["-trace", f"foo,events={events},file=x"],
                  ["-trace", "enable=a,enable=b", "-d", "trace:c*,trace:d"],
                  ["-dfilter", "0x1000+0x10,0x2000..0x3000, 0x10-0x8"]):
-        status, _out, _err = compare("arm", args + [prog])
+        status, _out, _err = compare("arm", args + [prog], cwd=tmp_path)  # file=x lands here
         assert status == 0
     opts = parse_command_line("arm", ["-dfilter", "0x1000+0x10,0x2000..0x3000,0x10-0x8", "p"], {})
     assert opts.dfilter_ranges == [(0x1000, 0x100F), (0x2000, 0x3000), (0x8, 0xF)]
