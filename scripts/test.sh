@@ -30,6 +30,9 @@ APT_PACKAGES=(
     libc6-dev-arm64-cross # AArch64 glibc headers, static libs and the -L sysroot
     golang-go # builds the Go guest programs (GOARCH=arm, arm64)
     gdb-multiarch # gdb for ARM/AArch64 guests: the gdbstub's peer
+    qemu-system-x86 # qemu-system-x86_64: the peer of pyqemu-system-x86_64
+    seabios # bios-256k.bin, the PC BIOS pyqemu-system-x86_64 boots by default
+    nasm # assembles the x86 boot sector and Multiboot entry of tests/guests/x86/
 )
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
