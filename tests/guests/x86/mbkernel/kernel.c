@@ -13,6 +13,8 @@
  *                                   eip minus the trigger function's address
  *   MBK bench start / MBK bench done iters=N hash=H   only with "bench" or
  *                                   "bench=<millions>" on the command line
+ *   MBK spin                        only with "spin" on the command line: then
+ *                                   the function spin() loops for ever
  *   MBK DONE                        the last line; then power off through the
  *                                   ACPI PM1a control register (0x604) that
  *                                   SeaBIOS sets up, or cli; hlt
@@ -318,13 +320,17 @@ struct mb_info {
     u32 boot_loader_name;
 };
 
-static const char *find_bench(const char *s)
+static const char *find_word(const char *s, const char *w)
 {
-    /* "bench" as a whole word, optionally followed by =<millions> */
+    /* w as a whole word of s, optionally followed by =value: returns what follows */
     for (const char *p = s; *p; p++) {
-        if ((p == s || p[-1] == ' ') && p[0] == 'b' && p[1] == 'e' && p[2] == 'n' &&
-            p[3] == 'c' && p[4] == 'h' && (p[5] == 0 || p[5] == ' ' || p[5] == '='))
-            return p + 5;
+        if (p != s && p[-1] != ' ')
+            continue;
+        u32 n = 0;
+        while (w[n] && p[n] == w[n])
+            n++;
+        if (!w[n] && (p[n] == 0 || p[n] == ' ' || p[n] == '='))
+            return p + n;
     }
     return 0;
 }
@@ -384,6 +390,14 @@ static u32 bench(u32 iters)
     return h;
 }
 
+/* "spin" on the command line: loop here for ever, interrupts on (QMP tests) */
+static volatile u32 spin_count;
+static void __attribute__((noinline, noreturn)) spin(void)
+{
+    for (;;)
+        spin_count++;
+}
+
 void kmain(u32 magic, const struct mb_info *mbi);
 void kmain(u32 magic, const struct mb_info *mbi)
 {
@@ -424,7 +438,7 @@ void kmain(u32 magic, const struct mb_info *mbi)
     seen_vector = seen_err = seen_cr2 = 0;
     report("int80", (u32)trigger_int80, trigger_int80(20));
 
-    const char *b = find_bench(cmdline);
+    const char *b = find_word(cmdline, "bench");
     if (b) {
         u32 millions = 200;
         if (*b == '=') {
@@ -439,6 +453,10 @@ void kmain(u32 magic, const struct mb_info *mbi)
         puts(" hash=");
         put_hex(h);
         puts("\n");
+    }
+    if (find_word(cmdline, "spin")) {
+        puts("MBK spin\n");
+        spin();
     }
     puts("MBK DONE\n");
     /* power off: ACPI PM1a control at 0x604 as SeaBIOS sets the PIIX4 PM up */
