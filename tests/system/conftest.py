@@ -9,6 +9,7 @@ failure, never a skip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -189,3 +190,9 @@ async def qmp_wait_status(
         if time.monotonic() > deadline:
             vm.fail(f"status stayed {reply['status']!r}, never {status!r}")
         await asyncio.sleep(0.1)
+
+
+async def qmp_disconnect(client: Any) -> None:
+    """Disconnect; the server closing first (after quit) is expected, not an error."""
+    with contextlib.suppress(EOFError, ConnectionResetError, BrokenPipeError):
+        await client.disconnect()

@@ -20,6 +20,7 @@ from tests.system.conftest import (
     RunningVM,
     fnv1a32,
     qmp_connect,
+    qmp_disconnect,
     qmp_wait_status,
     run_vm,
 )
@@ -152,7 +153,7 @@ async def _multiboot_session(vm: RunningVM, sock: Path) -> tuple[dict, list[str]
         shutdown = [e["data"] for e in listener.history if e["event"] == "SHUTDOWN"]
         await client.execute("quit")
     finally:
-        await client.disconnect()
+        await qmp_disconnect(client)
     assert shutdown == [{"guest": True, "reason": "guest-shutdown"}], listener.history
     return status, events, vga
 

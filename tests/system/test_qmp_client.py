@@ -15,7 +15,7 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
-from tests.system.conftest import RunningVM, qmp_connect, qmp_wait_status
+from tests.system.conftest import RunningVM, qmp_connect, qmp_disconnect, qmp_wait_status
 
 
 def symbol_range(elf_path: Path, name: str) -> range:
@@ -72,7 +72,7 @@ async def qmp_script(vm: RunningVM, sock: Path, serial: Path, spin: range) -> li
         await qmp_wait_status(client, vm, "running")
         await client.execute("quit")
     finally:
-        await client.disconnect()
+        await qmp_disconnect(client)
     return [{"event": e["event"], "data": e.get("data", {})} for e in listener.history]
 
 
