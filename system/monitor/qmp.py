@@ -1,0 +1,387 @@
+"""QMP, the JSON machine protocol of qemu-system-x86_64 7.2 (docs/interop/qmp-spec.txt).
+
+Pure engine: :class:`QmpSession` is fed bytes and returns the bytes to send back; it
+does no I/O (the transport is :mod:`.server`). What it does, in qemu's words:
+
+- greeting ``{"QMP": {"version": {"qemu": {"micro", "minor", "major"}, "package"},
+  "capabilities": ["oob"]}}``; capabilities negotiation mode, where only
+  ``qmp_capabilities`` runs (anything else: CommandNotFound "Expecting capabilities
+  negotiation with 'qmp_capabilities'"); events are sent only after it.
+- framing as qemu's JSON streamer: a message is complete when its braces and brackets
+  balance, whatever the line breaks; qemu's JSON extension of 'single-quoted' strings
+  is accepted; parse errors come back as ``JSON parse error, ...`` with qemu's texts.
+- message checks (``QMP input must be a JSON object``, ``QMP input member 'x' is
+  unexpected``, ``... must be a string``, ``... lacks member 'execute'``), argument
+  checks (``Parameter 'x' is unexpected``, ``Parameter 'x' is missing``, ``Invalid
+  parameter type for 'x', expected: string``), ``id`` echoed in every reply.
+- commands: qmp_capabilities, query-status, query-version, query-name,
+  query-commands, query-block, query-chardev, query-cpus-fast, stop, cont,
+  system_reset, quit, human-monitor-command.
+- events: :meth:`QmpSession.event` adds qemu's wall-clock ``timestamp``.
+
+Key order in replies is qemu's (its dictionaries print in hash order): ``{"return":
+..., "id": ...}`` and ``{"id": ..., "error": {"class", "desc"}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .hmp import QEMU_PACKAGE, QEMU_VERSION, Hmp, cpu_thread_id
+
+
+class QmpError(Exception):
+    """A command failed: the reply's error class and description."""
+
+    def __init__(self, desc: str, cls: str = "GenericError") -> None:
+        super().__init__(desc)
+        self.desc = desc
+        self.cls = cls
+
+
+# --- JSON framing (qemu's json-lexer + json-streamer) -----------------------------------
+
+
+_DELIMS = set(" \t\r\n{}[],:\"'")
+
+
+class JsonStreamer:
+    """Splits a byte stream into top-level JSON texts (or error messages).
+
+    :meth:`feed` returns a list of items: ``("value", obj)`` or ``("error", desc)``."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._text: list[str] = []      # the current message, single quotes rewritten
+        self._depth = 0
+        self._quote = ""                # inside a string: its quote char
+        self._escape = False
+        self._bare = ""                 # a top-level bare token being read
+
+    def _emit(self, out: list[tuple[str, Any]]) -> None:
+        text = "".join(self._text)
+        self._text = []
+        out.append(_parse(text))
+
+    def feed(self, data: bytes) -> list[tuple[str, Any]]:
+        raw = self._pending + data
+        # keep an incomplete UTF-8 sequence for the next read
+        cut = len(raw)
+        for back in range(1, min(4, len(raw)) + 1):
+            b = raw[-back]
+            if b & 0xC0 == 0x80:
+                continue
+            if b >= 0xC0:
+                need = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
+                if back < need:
+                    cut = len(raw) - back
+            break
+        self._pending = raw[cut:]
+        out: list[tuple[str, Any]] = []
+        for ch in raw[:cut].decode("utf-8", errors="replace"):
+            self._char(ch, out)
+        return out
+
+    def _char(self, ch: str, out: list[tuple[str, Any]]) -> None:
+        if self._bare:
+            if ch not in _DELIMS:
+                self._bare += ch
+                return
+            self._text = [self._bare]
+            self._bare = ""
+            self._emit(out)
+        if self._quote:
+            if self._escape:
+                self._escape = False
+                if self._quote == "'" and ch == "'":
+                    self._text[-1] = "'"          # \' in a single-quoted string
+                    return
+                self._text.append(ch)
+                return
+            if ch == "\\":
+                self._escape = True
+                self._text.append(ch)
+                return
+            if ch == self._quote:
+                self._quote = ""
+                self._text.append('"')
+                if self._depth == 0:
+                    self._emit(out)
+                return
+            self._text.append('\\"' if ch == '"' else ch)
+            return
+        if ch in ('"', "'"):
+            self._quote = ch
+            self._text.append('"')
+            return
+        if ch in "{[":
+            self._depth += 1
+            self._text.append(ch)
+            return
+        if ch in "}]":
+            if self._depth == 0:
+                out.append(("error", "JSON parse error, expecting value"))
+                return
+            self._depth -= 1
+            self._text.append(ch)
+            if self._depth == 0:
+                self._emit(out)
+            return
+        if self._depth == 0:
+            if ch in " \t\r\n":
+                return
+            if ch.isalnum() or ch in "-+.":
+                self._bare = ch
+                return
+            out.append(("error", "JSON parse error, stray '%s'" % ch))
+            return
+        self._text.append(ch)
+
+
+def _parse(text: str) -> tuple[str, Any]:
+    try:
+        return "value", json.loads(text)
+    except json.JSONDecodeError as e:
+        return "error", "JSON parse error, " + _json_error(text, e)
+    except RecursionError:
+        return "error", "JSON parse error, too many nested data structures"
+
+
+def _json_error(text: str, e: json.JSONDecodeError) -> str:
+    msg = e.msg
+    at = text[e.pos:e.pos + 1]
+    if msg.startswith("Expecting value"):
+        word = ""
+        for c in text[e.pos:]:
+            if not c.isalpha():
+                break
+            word += c
+        if word:
+            return "invalid keyword '%s'" % word
+        if at and at not in "{}[],:\"-0123456789 \t\r\n":
+            return "stray '%s'" % at
+        return "expecting value"
+    if msg.startswith("Expecting ':'"):
+        return "missing : in object pair"
+    if msg.startswith("Expecting property name"):
+        if at and (at.isdigit() or at in "-{[tfn"):
+            return "key is not a string in object"
+        return "expecting value"
+    if msg.startswith("Expecting ',' delimiter"):
+        depth = []
+        for c in text[:e.pos]:
+            if c in "{[":
+                depth.append(c)
+            elif c in "}]" and depth:
+                depth.pop()
+        return "expected separator in %s" % ("dict" if depth and depth[-1] == "{" else "list")
+    return "expecting value"
+
+
+# --- commands -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str            # "str", "int", "bool", "list", "any"
+    optional: bool = False
+
+
+_TYPE_NAMES = {"str": "string", "int": "integer", "bool": "boolean", "list": "array"}
+
+
+def check_args(args: dict[str, Any], params: list[Param]) -> None:
+    """qemu's QAPI input visitor checks, in its wording."""
+    known = {p.name: p for p in params}
+    for p in params:
+        if p.name not in args:
+            if not p.optional:
+                raise QmpError("Parameter '%s' is missing" % p.name)
+            continue
+        v = args[p.name]
+        ok = {"str": isinstance(v, str),
+              "int": isinstance(v, int) and not isinstance(v, bool),
+              "bool": isinstance(v, bool),
+              "list": isinstance(v, list)}.get(p.type, True)
+        if not ok:
+            raise QmpError("Invalid parameter type for '%s', expected: %s"
+                           % (p.name, _TYPE_NAMES[p.type]))
+    for name in args:
+        if name not in known:
+            raise QmpError("Parameter '%s' is unexpected" % name)
+
+
+def version_info() -> dict[str, Any]:
+    major, minor, micro = QEMU_VERSION
+    return {"qemu": {"micro": micro, "minor": minor, "major": major}, "package": QEMU_PACKAGE}
+
+
+def status_info(status: str) -> dict[str, Any]:
+    return {"status": status, "singlestep": False, "running": status == "running"}
+
+
+def chardev_entry(info: dict[str, Any]) -> dict[str, Any]:
+    return {"frontend-open": info.get("frontend-open", True), "filename": info["filename"],
+            "label": info["label"]}
+
+
+class QmpCommands:
+    """The commands, over one machine (:class:`pyqemu.system.machine.PcMachine`)."""
+
+    def __init__(self, machine: Any, hmp: Hmp | None = None) -> None:
+        self.machine = machine
+        self.hmp = hmp if hmp is not None else Hmp(machine)
+        self.table: dict[str, tuple[list[Param], Callable[[dict[str, Any]], Any]]] = {
+            "qmp_capabilities": ([Param("enable", "list", True)], self._no_op),
+            "query-status": ([], lambda a: status_info(self.machine.status)),
+            "query-version": ([], lambda a: version_info()),
+            "query-name": ([], self.query_name),
+            "query-commands": ([], self.query_commands),
+            "query-block": ([], lambda a: list(self.machine.block_info())),
+            "query-chardev": ([], lambda a: [chardev_entry(c)
+                                             for c in self.machine.chardev_info()]),
+            "query-cpus-fast": ([], self.query_cpus_fast),
+            "stop": ([], lambda a: self._call(self.machine.stop)),
+            "cont": ([], lambda a: self._call(self.machine.cont)),
+            "system_reset": ([], lambda a: self._call(self.machine.system_reset)),
+            "quit": ([], lambda a: self._call(self.machine.quit)),
+            "human-monitor-command": ([Param("command-line", "str"),
+                                       Param("cpu-index", "int", True)], self.hmp_command),
+        }
+
+    @staticmethod
+    def _no_op(args: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    @staticmethod
+    def _call(fn: Callable[[], Any]) -> dict[str, Any]:
+        try:
+            fn()
+        except QmpError:
+            raise
+        except Exception as e:           # e.g. cont after a shutdown with -no-shutdown
+            raise QmpError(str(e)) from e
+        return {}
+
+    def query_name(self, args: dict[str, Any]) -> dict[str, Any]:
+        name = getattr(self.machine, "name", None)
+        return {"name": name} if name else {}
+
+    def query_commands(self, args: dict[str, Any]) -> list[dict[str, str]]:
+        return [{"name": n} for n in self.table]
+
+    def query_cpus_fast(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"thread-id": cpu_thread_id(self.machine),
+                 "props": {"core-id": 0, "thread-id": 0, "socket-id": 0},
+                 "qom-path": "/machine/unattached/device[0]", "cpu-index": 0,
+                 "target": "x86_64"}]
+
+    def hmp_command(self, args: dict[str, Any]) -> str:
+        if args.get("cpu-index", 0) != 0:
+            raise QmpError("Parameter 'cpu-index' expects a CPU number")
+        return self.hmp.run(args["command-line"]).replace("\n", "\r\n")
+
+
+_ALLOWED_MEMBERS = ("execute", "exec-oob", "arguments", "id")
+
+
+class QmpSession:
+    """One QMP connection: bytes in -> bytes out, no I/O."""
+
+    def __init__(self, commands: QmpCommands) -> None:
+        self.commands = commands
+        self.streamer = JsonStreamer()
+        self.negotiated = False
+        self.oob = False
+
+    @staticmethod
+    def encode(obj: dict[str, Any]) -> bytes:
+        return json.dumps(obj).encode() + b"\r\n"
+
+    def greeting(self) -> bytes:
+        return self.encode({"QMP": {"version": version_info(), "capabilities": ["oob"]}})
+
+    def event(self, name: str, data: dict[str, Any] | None,
+              when: float | None = None) -> bytes | None:
+        """The event line for this client (None while still negotiating)."""
+        if not self.negotiated:
+            return None
+        t = time.time() if when is None else when
+        us = int(round(t * 1_000_000))
+        msg: dict[str, Any] = {"timestamp": {"seconds": us // 1_000_000,
+                                             "microseconds": us % 1_000_000},
+                               "event": name}
+        if data:
+            msg["data"] = data
+        return self.encode(msg)
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        """Parse input; returns the complete messages as "requests": each is either a
+        reply ready to send (key ``"reply"``) or a command to run with :meth:`run`."""
+        items = []
+        for kind, value in self.streamer.feed(data):
+            if kind == "error":
+                items.append({"reply": {"error": {"class": "GenericError", "desc": value}}})
+            else:
+                items.append({"request": value})
+        return items
+
+    def _error(self, req: dict[str, Any] | None, err: QmpError) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if isinstance(req, dict) and "id" in req:
+            out["id"] = req["id"]
+        out["error"] = {"class": err.cls, "desc": err.desc}
+        return out
+
+    def run(self, req: Any) -> dict[str, Any]:
+        """Execute one parsed request; returns the reply object."""
+        try:
+            if not isinstance(req, dict):
+                raise QmpError("QMP input must be a JSON object")
+            for key, value in req.items():
+                if key not in _ALLOWED_MEMBERS or (key == "exec-oob" and not self.oob):
+                    raise QmpError("QMP input member '%s' is unexpected" % key)
+                if key in ("execute", "exec-oob") and not isinstance(value, str):
+                    raise QmpError("QMP input member '%s' must be a string" % key)
+                if key == "arguments" and not isinstance(value, dict):
+                    raise QmpError("QMP input member 'arguments' must be an object")
+            if "execute" in req and "exec-oob" in req:
+                raise QmpError("QMP input must not have both 'execute' and 'exec-oob'")
+            name = req.get("execute", req.get("exec-oob"))
+            if name is None:
+                raise QmpError("QMP input lacks member 'execute'")
+            if "exec-oob" in req:
+                raise QmpError("The command %s does not support OOB" % name)
+            args = req.get("arguments", {})
+            if not self.negotiated:
+                if name != "qmp_capabilities":
+                    raise QmpError("Expecting capabilities negotiation with "
+                                   "'qmp_capabilities'", "CommandNotFound")
+            elif name == "qmp_capabilities":
+                raise QmpError("Capabilities negotiation is already complete, command "
+                               "ignored", "CommandNotFound")
+            entry = self.commands.table.get(name)
+            if entry is None:
+                raise QmpError("The command %s has not been found" % name, "CommandNotFound")
+            params, handler = entry
+            check_args(args, params)
+            if name == "qmp_capabilities":
+                for cap in args.get("enable", []):
+                    if cap != "oob":
+                        raise QmpError("Parameter 'null' does not accept value '%s'" % cap)
+                result = handler(args)
+                self.negotiated = True
+                self.oob = "oob" in args.get("enable", [])
+            else:
+                result = handler(args)
+        except QmpError as e:
+            return self._error(req, e)
+        out = {"return": result}
+        if "id" in req:
+            out["id"] = req["id"]
+        return out
