@@ -1,0 +1,187 @@
+"""The QMP engine (system/monitor/qmp.py) against the real qemu-system-x86_64 7.2.
+
+The same bytes go to qemu's QMP socket and to our engine; the reply lines are compared
+byte for byte (key order included). These inputs never reach the machine: framing,
+JSON errors, message checks, capabilities negotiation, argument checks, unknown
+commands, ``id`` echoing, human-monitor-command with machine-free HMP commands.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyqemu.system.monitor import hmp as H
+from pyqemu.system.monitor import qmp as Q
+
+SYNC = b'{"execute": "query-version", "id": "sync"}\n'
+
+
+class QmpPeer:
+    """A qemu-system-x86_64 -S with -qmp on a unix socket."""
+
+    def __init__(self, qemu: str, sock_path: Path) -> None:
+        self.proc = subprocess.Popen(
+            [qemu, "-S", "-display", "none", "-nodefaults", "-qmp",
+             f"unix:{sock_path},server=on,wait=off"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX)
+                self.sock.connect(str(sock_path))
+                break
+            except OSError:
+                self.sock.close()
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("qemu QMP did not start") from None
+                time.sleep(0.05)
+        self.sock.settimeout(60)
+        self.file = self.sock.makefile("rb")
+        self.greeting = self.file.readline()
+
+    def exchange(self, data: bytes) -> list[bytes]:
+        """Send ``data`` then a sync command; the reply lines before the sync reply."""
+        self.sock.sendall(data + SYNC)
+        lines = []
+        while True:
+            line = self.file.readline()
+            assert line, f"qemu closed QMP after {lines!r}"
+            if b'"sync"' in line:
+                return lines
+            lines.append(line)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def qemu_qmp(qemu_system: str, tmp_path: Path) -> Iterator[QmpPeer]:
+    peer = QmpPeer(qemu_system, tmp_path / "qmp.sock")
+    yield peer
+    peer.close()
+
+
+class OurQmp:
+    """Our engine fed the same way (machine-free inputs only), with HMP's remembered
+    /fmt defaults at qemu's start values (x, word), as a fresh qemu has them."""
+
+    def __init__(self) -> None:
+        H.FORMAT_DEFAULTS.format, H.FORMAT_DEFAULTS.size = "x", 4
+        self.session = Q.QmpSession(Q.QmpCommands(machine=None))
+
+    def exchange(self, data: bytes, *, bytewise: bool = False) -> list[bytes]:
+        chunks = [data[i:i + 1] for i in range(len(data))] if bytewise else [data]
+        out = []
+        for chunk in chunks + [SYNC]:
+            for item in self.session.feed(chunk):
+                reply = item["reply"] if "reply" in item else self.session.run(item["request"])
+                out.append(Q.QmpSession.encode(reply))
+        assert b'"sync"' in out[-1], out
+        return out[:-1]
+
+
+NEGOTIATION = [
+    b'{"execute":"query-status"}\n',
+    b'{"execute":"foo","id":1}\n',
+    b'{"execute":"stop","id":"x"}\n',
+    b'garbage\n',
+    b'{"foo":1}\n',
+    b'[1]\n',
+    b'{}\n',
+    b'{"id":1}\n',
+    b'{"execute": }\n',
+    b'{"a" 1}\n',
+    b'{,}\n',
+    b'}\n',
+    b'"str"\n',
+    b'1\n',
+    b'true\n',
+    b'null\n',
+    b'{"execute":"a" "b"}\n',
+    b'[1 2]\n',
+    b'@\n',
+    b'{1:2}\n',
+    b'{"execute":1}\n',
+    b'{"execute":"stop","arguments":[]}\n',
+    b'{"exec-oob":"query-status"}\n',
+    b'{"execute":"stop", "extra": 1}\n',
+    b'{"execute":"qmp_capabilities","arguments":{"x":1}}\n',
+    b'{"execute":"qmp_capabilities","arguments":{"enable":["foo"]}}\n',
+    b'{"execute":"qmp_capabilities","arguments":{"enable":"oob"}}\n',
+    b'{"execute":"query-status","id":[1,{"a":null}]}{"execute":"stop","id":2.5}',
+    b'\n\n   \t',
+]
+
+COMMAND_MODE = [
+    b'{"execute":"qmp_capabilities"}\n',
+    b'{"execute":"foo","id":1}\n',
+    b'{"execute":"query-status","arguments":{"x":1}}\n',
+    b'{"execute":"stop","arguments":{"a":1},"id":"s"}\n',
+    b'{"execute":"human-monitor-command","arguments":{}}\n',
+    b'{"execute":"human-monitor-command"}\n',
+    b'{"execute":"human-monitor-command","arguments":{"command-line":1}}\n',
+    b'{"execute":"human-monitor-command","arguments":{"command-line":"p 1+2"},"id":7}\n',
+    b'{"execute":"human-monitor-command","arguments":{"command-line":"help x"}}\n',
+    b'{"execute":"human-monitor-command","arguments":{"command-line":"foo"}}\n',
+    b'{"execute":"human-monitor-command","arguments":{"command-line":"p /c 27"}}\n',
+    b'{"execute":"human-monitor-command","arguments":{"command-line":"p 1 2"}}\n',
+    b'{"execute":"human-monitor-command","arguments":{"command-line":"p 4",'
+    b'"cpu-index":0}}\n',
+    b'{"execute":"human-monitor-command","arguments":{"command-line":"p 4",'
+    b'"cpu-index":3}}\n',
+    b'{"execute":"query-name","arguments":{"x":1}}\n',
+    b"{'execute':'human-monitor-command','arguments':{'command-line':'p \\'\"\\''}}\n",
+    b'{"execute":"query-version","arguments":{"a":1}}\n',
+    b'{"execute":"system_reset","arguments":{"a":1}}\n',
+    b'{"execute":"quit","arguments":{"a":1}}\n',
+    b'{"execute":"cont","arguments":{"a":1}}\n',
+    b'{"exec-oob":"query-status"}\n',
+]
+
+
+def test_negotiation_and_errors_match_qemu(qemu_qmp: QmpPeer) -> None:
+    ours = OurQmp()
+    assert json.loads(ours.session.greeting())["QMP"]["capabilities"] == ["oob"]
+    theirs = json.loads(qemu_qmp.greeting)
+    mine = json.loads(ours.session.greeting())
+    assert list(mine["QMP"]) == list(theirs["QMP"])
+    assert list(mine["QMP"]["version"]["qemu"]) == list(theirs["QMP"]["version"]["qemu"])
+    assert ours.session.greeting().endswith(b"}\r\n") and qemu_qmp.greeting.endswith(b"}\r\n")
+    for data in NEGOTIATION:
+        assert ours.exchange(data) == qemu_qmp.exchange(data), data
+    for data in COMMAND_MODE:
+        assert ours.exchange(data) == qemu_qmp.exchange(data), data
+    # events, once negotiated: qemu's timestamp layout
+    assert ours.session.event("STOP", None, when=1.5) == (
+        b'{"timestamp": {"seconds": 1, "microseconds": 500000}, "event": "STOP"}\r\n')
+    assert Q.QmpSession(Q.QmpCommands(machine=None)).event("STOP", None) is None
+
+
+def test_framing_bytewise(qemu_qmp: QmpPeer) -> None:
+    """Messages split at every byte, and several in one write, give the same replies."""
+    ours = OurQmp()
+    stream = b"".join(NEGOTIATION) + b"".join(COMMAND_MODE)
+    assert ours.exchange(stream, bytewise=True) == qemu_qmp.exchange(stream)
+
+
+def test_query_version_shape(qemu_qmp: QmpPeer) -> None:
+    ours = OurQmp()
+    ours.exchange(b'{"execute":"qmp_capabilities"}')
+    qemu_qmp.exchange(b'{"execute":"qmp_capabilities"}')
+    q = b'{"execute":"query-version","id":"v"}'
+    (mine,) = ours.exchange(q)
+    (theirs,) = qemu_qmp.exchange(q)
+    m, t = json.loads(mine), json.loads(theirs)
+    assert list(m) == list(t) == ["return", "id"]
+    assert list(m["return"]) == list(t["return"])
+    assert list(m["return"]["qemu"]) == list(t["return"]["qemu"])
+    assert (m["return"]["qemu"]["major"], m["return"]["qemu"]["minor"]) == (
+        t["return"]["qemu"]["major"], t["return"]["qemu"]["minor"])
