@@ -33,6 +33,7 @@ APT_PACKAGES=(
     qemu-system-x86 # qemu-system-x86_64: the peer of pyqemu-system-x86_64
     seabios # bios-256k.bin, the PC BIOS pyqemu-system-x86_64 boots by default
     nasm # assembles the x86 boot sector and Multiboot entry of tests/guests/x86/
+    gcc # host gcc -m32 -c (freestanding, no multilib) and ld -m elf_i386 for tests/guests/x86/mbkernel/
 )
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
