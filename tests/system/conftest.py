@@ -30,7 +30,7 @@ EMULATORS = (QEMU_SYSTEM, PYQEMU_SYSTEM)
 
 # Generous: pyqemu boots SeaBIOS in a CPU emulator driven from Python, on two
 # shared cores. Only a hang reaches it; nothing is asserted about time.
-VM_TIMEOUT = 180.0
+VM_TIMEOUT = 90.0
 
 
 def emulator_path(name: str) -> str:
