@@ -93,9 +93,13 @@ class MonitorFrontend:
         else:
             self.session = HmpSession(self.hmp)
 
-    def _open(self) -> None:
+    def _open(self, *, event: bool = False) -> None:
+        """qemu's CHR_EVENT_OPENED: HMP prints its banner (on every open: a socket
+        client that comes back sees it again), and its prompt unless the mux focus is
+        elsewhere; QMP starts a new session with its greeting. ``event`` False: the
+        open found at attach time (or first input), only if not open yet."""
         with self._lock:
-            if self._opened:
+            if self._opened and not event:
                 return
             self._opened = True
             if self.kind == "qmp":
@@ -112,7 +116,7 @@ class MonitorFrontend:
 
     def _on_chardev_event(self, name: str) -> None:
         if name == "opened":
-            self._open()
+            self._open(event=True)
         elif name == "closed":
             with self._lock:
                 self._opened = False

@@ -193,3 +193,108 @@ def test_readline_echo_matches_qemu(qemu_hmp: HmpPeer, fresh_defaults: None) -> 
             if line is not None:
                 ours += session.after_command(session.hmp.run(line))
         assert ours == qemu_hmp.send(keys), keys
+
+
+# --- the monitor as a chardev front end (system/monitor/server.py) ----------------------
+
+
+def _connect(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(path))
+    s.settimeout(60)
+    return s
+
+
+def _recv_until(s: socket.socket, end: bytes, count: int = 1) -> bytes:
+    data = b""
+    while data.count(end) < count or not data.endswith(end):
+        chunk = s.recv(65536)
+        assert chunk, f"monitor closed; got {data!r}"
+        data += chunk
+    return data
+
+
+def _unversioned(data: bytes) -> bytes:
+    return data.replace(b"7.2.22", b"VERSION").replace(H.version_string().encode(), b"VERSION")
+
+
+def test_socket_monitor_matches_qemu(qemu_system: str, tmp_path: Path,
+                                     fresh_defaults: None) -> None:
+    """-monitor unix:PATH,server=on,wait=off: banner and prompt per client (a client that
+    comes back gets them again), echo and output, next to qemu's."""
+    from pyqemu.system import chardev
+    from pyqemu.system.monitor import server
+
+    qemu = subprocess.Popen([qemu_system, "-S", "-display", "none", "-nodefaults", "-monitor",
+                             f"unix:{tmp_path / 'q.sock'},server=on,wait=off"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    chr_ = chardev.open_chardev(f"unix:{tmp_path / 'o.sock'},server=on,wait=off",
+                                for_monitor=True, label="test_hmp_socket")
+    mon = server.attach_monitor(chr_, None, kind="hmp")
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "q.sock").exists():
+            assert time.monotonic() < deadline and qemu.poll() is None
+            time.sleep(0.05)
+        for _visit in range(2):
+            q, o = _connect(tmp_path / "q.sock"), _connect(tmp_path / "o.sock")
+            assert _unversioned(_recv_until(o, b"(qemu) ")) == _unversioned(
+                _recv_until(q, b"(qemu) "))
+            for keys in [b"p 1+1\n", b"help xp\n", b"x /2\x1b[D\x1b[Dy\n", b"p 3\np 4\n"]:
+                q.sendall(keys)
+                o.sendall(keys)
+                n = keys.count(b"\n")
+                assert _recv_until(o, b"(qemu) ", n) == _recv_until(q, b"(qemu) ", n), keys
+            q.close()            # the next client is served once this one is gone
+            o.close()
+    finally:
+        mon.close()
+        chr_.close()
+        qemu.kill()
+        qemu.wait()
+
+
+def test_mux_monitor_matches_qemu(qemu_system: str, tmp_path: Path,
+                                  fresh_defaults: None) -> None:
+    """-serial mon:unix:...: the serial port has the focus; Ctrl-A c shows the monitor
+    (its banner, held until then: qemu prints it for the chardev's open and again for
+    the client's), Ctrl-A c again leaves it with a line break, and comes back to a
+    bare prompt."""
+    from pyqemu.system import chardev
+    from pyqemu.system.monitor import server
+
+    qemu = subprocess.Popen([qemu_system, "-S", "-display", "none", "-nodefaults", "-serial",
+                             f"mon:unix:{tmp_path / 'q.sock'},server=on,wait=off"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    mux = chardev.open_chardev(f"mon:unix:{tmp_path / 'o.sock'},server=on,wait=off",
+                               label="test_hmp_mux")
+    mon = server.attach_monitor(mux.frontend(), None, kind="hmp")
+    serial_in: list[bytes] = []
+    mux.frontend().set_reader(serial_in.append)      # the serial port, attached last
+    server.monitors_ready()
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "q.sock").exists():
+            assert time.monotonic() < deadline and qemu.poll() is None
+            time.sleep(0.05)
+        q, o = _connect(tmp_path / "q.sock"), _connect(tmp_path / "o.sock")
+        for keys, end in [(b"\x01c", b"(qemu) "), (b"p 1\n", b"(qemu) "), (b"\x01c", b"\r\n"),
+                          (b"\x01c", b"(qemu) "), (b"p 2\n", b"(qemu) ")]:
+            q.sendall(keys)
+            o.sendall(keys)
+            ours, theirs = _recv_until(o, end), _recv_until(q, end)
+            assert _unversioned(ours) == _unversioned(theirs), keys
+        q.sendall(b"\x01cabc")
+        o.sendall(b"\x01cabc")
+        assert _recv_until(o, b"\r\n") == _recv_until(q, b"\r\n") == b"\r\n"
+        deadline = time.monotonic() + 60
+        while b"".join(serial_in) != b"abc":
+            assert time.monotonic() < deadline, serial_in
+            time.sleep(0.02)
+        q.close()
+        o.close()
+    finally:
+        mon.close()
+        mux.close()
+        qemu.kill()
+        qemu.wait()

@@ -185,3 +185,74 @@ def test_query_version_shape(qemu_qmp: QmpPeer) -> None:
     assert list(m["return"]["qemu"]) == list(t["return"]["qemu"])
     assert (m["return"]["qemu"]["major"], m["return"]["qemu"]["minor"]) == (
         t["return"]["qemu"]["major"], t["return"]["qemu"]["minor"])
+
+
+def test_qmp_sockets_match_qemu(qemu_system: str, tmp_path: Path) -> None:
+    """Two -qmp unix sockets at once, each with its own negotiation; a client that
+    comes back gets a new greeting and must negotiate again, as with qemu."""
+    from pyqemu.system import chardev
+    from pyqemu.system.monitor import server
+
+    H.FORMAT_DEFAULTS.format, H.FORMAT_DEFAULTS.size = "x", 4
+    qemu = subprocess.Popen(
+        [qemu_system, "-S", "-display", "none", "-nodefaults",
+         "-qmp", f"unix:{tmp_path / 'q1.sock'},server=on,wait=off",
+         "-qmp", f"unix:{tmp_path / 'q2.sock'},server=on,wait=off"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    chrs = [chardev.open_chardev(f"unix:{tmp_path / f'o{i}.sock'},server=on,wait=off",
+                                 for_monitor=True, label=f"test_qmp_{i}") for i in (1, 2)]
+    mons = [server.attach_monitor(c, None, kind="qmp") for c in chrs]
+
+    def connect(name: str) -> tuple[socket.socket, object]:
+        deadline = time.monotonic() + 60
+        while True:
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(str(tmp_path / name))
+                break
+            except OSError:
+                s.close()
+                assert time.monotonic() < deadline and qemu.poll() is None
+                time.sleep(0.05)
+        s.settimeout(60)
+        return s, s.makefile("rb")
+
+    def greeting_shape(line: bytes) -> object:
+        g = json.loads(line)
+        return list(g["QMP"]), g["QMP"]["capabilities"]
+
+    try:
+        for _visit in range(2):
+            clients = {n: connect(n) for n in ("q1.sock", "q2.sock", "o1.sock", "o2.sock")}
+            greetings = {n: f.readline() for n, (s, f) in clients.items()}
+            shapes = {greeting_shape(g) == greeting_shape(greetings["q1.sock"])
+                      for g in greetings.values()}
+            assert shapes == {True}, greetings
+            script = [b'{"execute":"query-name","id":1}\n',
+                      b'{"execute":"qmp_capabilities","id":2}\n',
+                      b'{"execute":"human-monitor-command","arguments":'
+                      b'{"command-line":"p 6*7"},"id":3}\n',
+                      b'{"execute":"qmp_capabilities","id":4}\n']
+            replies = {}
+            for n, (s, f) in clients.items():
+                # the second socket of each emulator gets its script one message
+                # later: the two sessions are independent
+                order = script if n.endswith("1.sock") else script[1:] + script[:1]
+                got = []
+                for msg in order:
+                    s.sendall(msg)
+                    got.append(f.readline())
+                replies[n] = got
+            assert replies["o1.sock"] == replies["q1.sock"]
+            assert replies["o2.sock"] == replies["q2.sock"]
+            assert replies["q1.sock"] != replies["q2.sock"]
+            for s, f in clients.values():
+                f.close()
+                s.close()
+    finally:
+        for m in mons:
+            m.close()
+        for c in chrs:
+            c.close()
+        qemu.kill()
+        qemu.wait()
