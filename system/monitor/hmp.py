@@ -847,13 +847,11 @@ def cpu_thread_id(machine: Any) -> int:
 def format_block_info(blocks: list[dict[str, Any]], device: str | None, verbose: bool) -> str:
     """``info block`` from query-block's list (qemu's print_block_info)."""
     out = []
-    first = True
-    for info in blocks:
+    for index, info in enumerate(blocks):
         if device is not None and device != info.get("device"):
             continue
-        if not first:
+        if index:                   # qemu: before every entry but the list's first
             out.append("\n")
-        first = False
         inserted = info.get("inserted")
         head = info.get("device") or ""
         if head:
@@ -889,44 +887,13 @@ def format_block_info(blocks: list[dict[str, Any]], device: str | None, verbose:
         if inserted.get("detect_zeroes", "off") != "off":
             out.append("    Detect zeroes:    %s\n" % inserted["detect_zeroes"])
         if verbose and inserted.get("image"):
+            from pyqemu.img_tool.info import dump_human  # qemu-img info's text
+
             out.append("\nImages:\n")
             image: dict[str, Any] | None = inserted["image"]
             while image:
-                out.append(format_image_info(image))
+                out.append(dump_human(image))
                 image = image.get("backing-image")
-    return "".join(out)
-
-
-def _size_text(n: int) -> str:
-    """qemu's size_to_str: ``1 MiB``, ``196 KiB``, ``1.5 GiB``."""
-    units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
-    i = 0
-    value = float(n)
-    while value >= 1024 and i < len(units) - 1:
-        value /= 1024
-        i += 1
-    if i == 0:
-        return "%d B" % n
-    text = "%.3g" % value
-    return "%s %s" % (text, units[i])
-
-
-def format_image_info(image: dict[str, Any]) -> str:
-    """``qemu-img info``-style lines of an ImageInfo (info block -v)."""
-    out = ["image: %s\n" % image["filename"], "file format: %s\n" % image["format"],
-           "virtual size: %s (%d bytes)\n" % (_size_text(image["virtual-size"]),
-                                               image["virtual-size"])]
-    if "actual-size" in image:
-        out.append("disk size: %s\n" % _size_text(image["actual-size"]))
-    if image.get("cluster-size"):
-        out.append("cluster_size: %d\n" % image["cluster-size"])
-    spec = image.get("format-specific")
-    if spec and spec.get("data"):
-        out.append("Format specific information:\n")
-        for key, value in spec["data"].items():
-            if isinstance(value, bool):
-                value = "true" if value else "false"
-            out.append("    %s: %s\n" % (key.replace("-", " "), value))
     return "".join(out)
 
 

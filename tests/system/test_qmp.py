@@ -25,10 +25,10 @@ SYNC = b'{"execute": "query-version", "id": "sync"}\n'
 class QmpPeer:
     """A qemu-system-x86_64 -S with -qmp on a unix socket."""
 
-    def __init__(self, qemu: str, sock_path: Path) -> None:
+    def __init__(self, qemu: str, sock_path: Path, extra: list[str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [qemu, "-S", "-display", "none", "-nodefaults", "-qmp",
-             f"unix:{sock_path},server=on,wait=off"],
+             f"unix:{sock_path},server=on,wait=off", *(extra or [])],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while True:
@@ -256,3 +256,36 @@ def test_qmp_sockets_match_qemu(qemu_system: str, tmp_path: Path) -> None:
             c.close()
         qemu.kill()
         qemu.wait()
+
+
+def test_info_block_text_from_query_block(qemu_system: str, tmp_path: Path) -> None:
+    """HMP's info block is made from query-block's data: qemu's own query-block reply,
+    formatted by us, equals qemu's info block text (backing chain, read-only CD-ROM,
+    empty drive; -v with the image details; one device by name)."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "base.qcow2"),
+                    "2M"], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F",
+                    "qcow2", str(tmp_path / "top.qcow2")], check=True)
+    (tmp_path / "r.raw").write_bytes(bytes(65536))
+    peer = QmpPeer(qemu_system, tmp_path / "qmp.sock", extra=[
+        "-drive", f"file={tmp_path / 'top.qcow2'},if=ide,index=0",
+        "-drive", f"file={tmp_path / 'r.raw'},format=raw,if=ide,index=1,media=cdrom",
+        "-drive", "if=ide,index=2,media=cdrom"])
+    try:
+        peer.exchange(b'{"execute":"qmp_capabilities"}')
+
+        def call(msg: dict) -> object:
+            (line,) = peer.exchange(json.dumps(msg).encode())
+            return json.loads(line)["return"]
+
+        blocks = call({"execute": "query-block"})
+        assert len(blocks) == 3
+        for args, device, verbose in [("", None, False), ("-v", None, True),
+                                      ("ide0-hd0", "ide0-hd0", False),
+                                      ("-v ide0-cd1", "ide0-cd1", True), ("foo", "foo", False)]:
+            text = call({"execute": "human-monitor-command",
+                         "arguments": {"command-line": f"info block {args}"}})
+            ours = H.format_block_info(blocks, device, verbose).replace("\n", "\r\n")
+            assert ours == text, args
+    finally:
+        peer.close()
