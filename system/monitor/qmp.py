@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pyqemu.img_tool.qobject import qdict_deep
+
 from .hmp import QEMU_PACKAGE, QEMU_VERSION, Hmp, cpu_thread_id
 
 
@@ -182,6 +184,50 @@ def _json_error(text: str, e: json.JSONDecodeError) -> str:
     return "expecting value"
 
 
+# --- output (qobject/json-writer.c, compact) ----------------------------------------------
+
+
+def _quote(text: str) -> str:
+    out = ['"']
+    for ch in text:
+        cp = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif 0x20 <= cp <= 0x7E:
+            out.append(ch)
+        elif cp > 0xFFFF:
+            cp -= 0x10000
+            out.append("\\u%04X\\u%04X" % (0xD800 | (cp >> 10), 0xDC00 | (cp & 0x3FF)))
+        else:
+            out.append("\\u%04X" % cp)
+    out.append('"')
+    return "".join(out)
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n",
+            "\r": "\\r", "\t": "\\t"}
+
+
+def to_json(value: Any) -> str:
+    """qemu's compact JSON: ``{"a": 1, "b": [true, null]}``, non-ASCII as \\uXXXX."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(_quote(str(k)) + ": " + to_json(v)
+                               for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(to_json(v) for v in value) + "]"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return "%.17g" % value
+    return _quote(str(value))
+
+
 # --- commands -------------------------------------------------------------------------
 
 
@@ -218,7 +264,7 @@ def check_args(args: dict[str, Any], params: list[Param]) -> None:
 
 def version_info() -> dict[str, Any]:
     major, minor, micro = QEMU_VERSION
-    return {"qemu": {"micro": micro, "minor": minor, "major": major}, "package": QEMU_PACKAGE}
+    return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": QEMU_PACKAGE}
 
 
 def status_info(status: str) -> dict[str, Any]:
@@ -301,7 +347,8 @@ class QmpSession:
 
     @staticmethod
     def encode(obj: dict[str, Any]) -> bytes:
-        return json.dumps(obj).encode() + b"\r\n"
+        """One reply/event line as qemu writes it: QDict key order, compact JSON."""
+        return to_json(qdict_deep(obj)).encode() + b"\r\n"
 
     def greeting(self) -> bytes:
         return self.encode({"QMP": {"version": version_info(), "capabilities": ["oob"]}})

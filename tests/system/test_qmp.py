@@ -144,6 +144,8 @@ COMMAND_MODE = [
     b'{"execute":"quit","arguments":{"a":1}}\n',
     b'{"execute":"cont","arguments":{"a":1}}\n',
     b'{"exec-oob":"query-status"}\n',
+    b'{"execute":"human-monitor-command","arguments":{"command-line":"f\\u001bo\\u00e9\\u007f"},'
+    b'"id":"\\ud83d\\ude00\\t"}\n',
 ]
 
 
