@@ -276,6 +276,47 @@ def chardev_entry(info: dict[str, Any]) -> dict[str, Any]:
             "label": info["label"]}
 
 
+def block_device_info(device: str, qdev: str | None, node: Any | None, *,
+                      removable: bool, node_name: str = "#block0", read_only: bool = False,
+                      tray_open: bool = False, locked: bool = False) -> dict[str, Any]:
+    """One query-block entry (qemu's BlockInfo) for a drive: ``node`` is its
+    :mod:`pyqemu.common.block` node (None: no medium). The integrator's
+    ``machine.block_info()`` returns a list of these; HMP ``info block`` is made from it."""
+    info: dict[str, Any] = {"device": device}
+    if qdev:
+        info["qdev"] = qdev
+    info["type"] = "unknown"
+    info["removable"] = removable
+    info["locked"] = locked
+    if node is not None:
+        from pyqemu.img_tool.info import query_image_info
+
+        def image_chain(n: Any) -> dict[str, Any]:
+            image = dict(query_image_info(n))
+            if getattr(n, "backing", None) is not None:
+                image["backing-image"] = image_chain(n.backing)
+            return image
+
+        depth, b = 0, getattr(node, "backing", None)
+        while b is not None:
+            depth += 1
+            b = getattr(b, "backing", None)
+        inserted: dict[str, Any] = {"file": node.filename, "node-name": node_name,
+                                    "ro": read_only, "drv": node.format_name}
+        if node.backing_filename:         # the backing node's name: the combined path
+            inserted["backing_file"] = node.full_backing_filename or node.backing_filename
+        inserted.update({"backing_file_depth": depth, "encrypted": False,
+                         "detect_zeroes": "off", "bps": 0, "bps_rd": 0, "bps_wr": 0,
+                         "iops": 0, "iops_rd": 0, "iops_wr": 0, "image": image_chain(node),
+                         "cache": {"writeback": True, "direct": False, "no-flush": False},
+                         "write_threshold": 0})
+        info["inserted"] = inserted
+    if removable:
+        info["tray_open"] = tray_open
+    info["io-status"] = "ok"
+    return info
+
+
 class QmpCommands:
     """The commands, over one machine (:class:`pyqemu.system.machine.PcMachine`)."""
 

@@ -291,3 +291,37 @@ def test_info_block_text_from_query_block(qemu_system: str, tmp_path: Path) -> N
             assert ours == text, args
     finally:
         peer.close()
+
+
+def test_block_device_info_matches_qemu(qemu_system: str, tmp_path: Path) -> None:
+    """block_device_info() over pyqemu's own block nodes gives qemu's query-block entries
+    (same image files; node names and qdev paths are qemu's internal names, taken over)."""
+    from pyqemu.common.block import open_image
+
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "base.qcow2"),
+                    "2M"], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F",
+                    "qcow2", str(tmp_path / "top.qcow2")], check=True)
+    (tmp_path / "r.raw").write_bytes(bytes(65536))
+    peer = QmpPeer(qemu_system, tmp_path / "qmp.sock", extra=[
+        "-drive", f"file={tmp_path / 'top.qcow2'},if=ide,index=0",
+        "-drive", f"file={tmp_path / 'r.raw'},format=raw,if=ide,index=1,media=cdrom",
+        "-drive", "if=ide,index=2,media=cdrom"])
+    nodes = [open_image(str(tmp_path / "top.qcow2"), "qcow2", read_only=True),
+             open_image(str(tmp_path / "r.raw"), "raw", read_only=True), None]
+    try:
+        peer.exchange(b'{"execute":"qmp_capabilities"}')
+        (line,) = peer.exchange(b'{"execute":"query-block"}')
+        theirs = json.loads(line)["return"]
+        ours = []
+        for entry, node in zip(theirs, nodes, strict=True):
+            ins = entry.get("inserted", {})
+            ours.append(Q.block_device_info(
+                entry["device"], entry["qdev"], node, removable=entry["removable"],
+                node_name=ins.get("node-name", ""), read_only=ins.get("ro", False)))
+        assert Q.QmpSession.encode({"return": ours}) == line
+    finally:
+        for n in nodes:
+            if n is not None:
+                n.close()
+        peer.close()
