@@ -558,7 +558,7 @@ INFO_COMMANDS = [
             "-v: show details)", "info_block"),
     Command("chardev", "", "show the character devices", "info_chardev"),
     Command("cpus", "", "show infos for each CPU", "info_cpus"),
-    Command("mtree", "[-f][-d][-o][-D]",
+    Command("mtree", "[-f][-d][-o][-D]",     # the options are refused (not implemented)
             "show memory tree (-f: dump flat view for address spaces;-d: dump dispatch "
             "tree, valid with -f only);-o: dump region owners/parents;-D: dump disabled "
             "regions", "info_mtree"),
@@ -678,6 +678,8 @@ class Hmp:
         except HmpError as e:
             out.append("%s\n" % e)
             out.append('Try "help %s" for more information\n' % typed_name)
+        except Exception as e:                 # a failure in the machine: say it, go on
+            out.append("Error: %s\n" % (str(e) or type(e).__name__))
 
     def _end(self, line: str, pos: int, cmd: Command) -> None:
         if _skip_spaces(line, pos) < len(line):
@@ -815,7 +817,8 @@ class Hmp:
             out.append("%s: filename=%s\n" % (c["label"], c["filename"]))
 
     def info_mtree(self, line: str, pos: int, cmd: Command, out: list[str]) -> None:
-        _flags_found, pos = _flags(line, pos, "fdoD", cmd.name)
+        # qemu's -f (flat views), -d, -o, -D: not implemented, refused as unknown
+        _flags_found, pos = _flags(line, pos, "", cmd.name)
         self._end(line, pos, cmd)
         out.append(self.machine.mtree_text())
 

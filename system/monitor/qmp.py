@@ -466,7 +466,12 @@ class QmpSession:
                 self.negotiated = True
                 self.oob = "oob" in args.get("enable", [])
             else:
-                result = handler(args)
+                try:
+                    result = handler(args)
+                except QmpError:
+                    raise
+                except Exception as e:         # a failure in the machine: a reply
+                    raise QmpError(str(e) or type(e).__name__) from e
         except QmpError as e:
             return self._error(req, e)
         out = {"return": result}

@@ -24,10 +24,10 @@ BIOS = Path("/usr/share/seabios/bios-256k.bin")
 class HmpPeer:
     """A qemu-system-x86_64 -S whose HMP monitor is on a unix socket."""
 
-    def __init__(self, qemu: str, sock_path: Path) -> None:
+    def __init__(self, qemu: str, sock_path: Path, extra: list[str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [qemu, "-S", "-display", "none", "-nodefaults", "-monitor",
-             f"unix:{sock_path},server=on,wait=off"],
+             f"unix:{sock_path},server=on,wait=off", *(extra or [])],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while True:
