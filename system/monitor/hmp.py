@@ -914,6 +914,9 @@ class Readline:
         self.history: list[str] = []
         self.hist_pos = -1
         self._esc = ""            # pending escape sequence
+        self._side_output = ""    # text a key printed besides the redraw (completions)
+        # Tab: (text before the cursor) -> (candidates, where the completed word starts)
+        self.completer: Callable[[str], tuple[list[str], int]] | None = None
         self._pending = b""       # an incomplete UTF-8 character
 
     def start_line(self) -> None:
@@ -983,10 +986,48 @@ class Readline:
                 else:
                     self.buf = self.history[self.hist_pos]
                 self.index = len(self.buf)
+        elif key == "\t":
+            self._complete()
         elif len(key) == 1 and ord(key) >= 32:
-            self.buf = self.buf[:self.index] + key + self.buf[self.index:]
-            self.index += 1
+            self._insert(key)
         return None
+
+    def _insert(self, text: str) -> None:
+        self.buf = self.buf[:self.index] + text + self.buf[self.index:]
+        self.index += len(text)
+
+    def _complete(self) -> None:
+        """Tab: qemu's readline_completion over :attr:`completer`'s candidates."""
+        if self.completer is None:
+            return
+        before = self.buf[:self.index]
+        found, start = self.completer(before)
+        if not found:
+            return
+        typed = len(before) - start               # qemu's completion_index
+        if len(found) == 1:
+            word = found[0]
+            self._insert(word[typed:])
+            if word and not word.endswith("/"):
+                self._insert(" ")
+            return
+        found = sorted(found)
+        prefix = found[0]
+        for w in found[1:]:
+            while not w.startswith(prefix):
+                prefix = prefix[:-1]
+        if len(prefix) > typed:
+            self._insert(prefix[typed:])
+        width = min(max(max(len(w) for w in found) + 2, 10), 80)
+        cols = 80 // width
+        text = "\r\n"
+        for i, w in enumerate(found):
+            text += "%-*s" % (width, w)
+            if (i + 1) % cols == 0 or i == len(found) - 1:
+                text += "\r\n"
+        self._side_output += text + PROMPT
+        self.last_buf = ""
+        self.last_index = 0
 
     def feed(self, data: bytes) -> tuple[str, list[tuple[str, str]]]:
         """Process input bytes. Returns (echo text for the input before the first
@@ -1019,12 +1060,34 @@ class Readline:
                 lines.append((line, ""))
                 current = ""
             else:
-                current += self._update()
+                current += self._side_output + self._update()
+                self._side_output = ""
         if lines:
             lines[-1] = (lines[-1][0], lines[-1][1] + current)
         else:
             echo = current
         return echo, lines
+
+
+def complete(text: str) -> tuple[list[str], int]:
+    """qemu's monitor_find_completion for command names and ``info`` subcommands:
+    (candidates, start of the word being completed in ``text``)."""
+    words = text.split()
+    if not words or text[-1:].isspace():
+        words.append("")
+    start = len(text) - len(words[-1])
+    if len(words) == 1:
+        table = COMMANDS
+    elif len(words) == 2 and _find(COMMANDS, words[0]) is _find(COMMANDS, "info"):
+        table = INFO_COMMANDS
+    else:
+        return [], start
+    found = []
+    for cmd in table:
+        for name in cmd.name.split("|"):
+            if name.startswith(words[-1]):
+                found.append(name)
+    return found, start
 
 
 class HmpSession:
@@ -1036,6 +1099,7 @@ class HmpSession:
     def __init__(self, hmp: Hmp, *, echo: bool = True) -> None:
         self.hmp = hmp
         self.readline = Readline()
+        self.readline.completer = complete
         self.echo = echo
 
     @staticmethod

@@ -186,7 +186,12 @@ def test_readline_echo_matches_qemu(qemu_hmp: HmpPeer, fresh_defaults: None) -> 
     for keys in [b"p 1\n", b"\n", b"p 2\r\n", b"ab\x7fc\n", b"p 2\rp 3\n", b"p 4\x1b[D5\n",
                  b"  p   6  \n", b"p 1\x1b[A\n", b"p 7\x1b[A\x1b[A\x1b[B\n",
                  b"p 12\x1b[D\x1b[D\x1b[C9\x08\n", b"p 3\x01\x05+1\n", b"p 5\x1b[D\x1b[3~\n",
-                 b"help x\nhelp p\n", b"\x1b[A\x1b[A\n"]:
+                 b"help x\nhelp p\n", b"\x1b[A\x1b[A\n",
+                 # Tab completion where qemu's command set and ours agree
+                 b"info ver\t" + b"\x7f" * 13 + b"p 5\n", b"qu\t\x7f\x7f\x7f\x7f\x7fp 6\n",
+                 b"info mt\t\x01\x0bp 7\n", b"he\t\x7fx\n", b"xp\t\x7f\x7f\x7f\n",
+                 b"info cpu\t\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f\n",
+                 b"cont\t\x08\x08\x08\x08\x08\n"]:
         ours = b""
         for echo, line in session.feed(keys):
             ours += echo
