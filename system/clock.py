@@ -56,6 +56,7 @@ class VirtualClock:
         self._heap: list[tuple[int, int, Timer]] = []
         self._seq = 0
         self._live = 0
+        self.fired = 0                 # callbacks run so far (a cost measure for tests)
         self.on_new_deadline: Callable[[], None] | None = None
 
     # -- time ------------------------------------------------------------------------
@@ -157,4 +158,5 @@ class VirtualClock:
                 _, _, timer = heapq.heappop(heap)
                 timer._live = False
                 self._live -= 1
+                self.fired += 1
             timer.callback()
