@@ -78,10 +78,23 @@ def periodic_clock_to_ns(clocks: int) -> int:
     return clocks * NS_PER_SEC // RTC_CLOCK_RATE
 
 
+M64 = (1 << 64) - 1
+
+
 def _cdiv(a: int, b: int) -> int:
     """C integer division (truncates toward zero)."""
     q = abs(a) // abs(b)
     return q if (a >= 0) == (b >= 0) else -q
+
+
+def _cmod(a: int, b: int) -> int:
+    """C remainder (takes the sign of the dividend)."""
+    return a - _cdiv(a, b) * b
+
+
+def _signed64(a: int) -> int:
+    a &= M64
+    return a - (1 << 64) if a >> 63 else a
 
 
 def mktimegm(year: int, mon: int, mday: int, hour: int, minute: int, sec: int) -> int:
@@ -162,8 +175,10 @@ class Rtc:
         return not d[RTC_REG_B] & REG_B_SET and (d[RTC_REG_A] & 0x70) <= 0x20
 
     def guest_rtc_ns(self) -> int:
+        """Nanoseconds since the epoch on the RTC, as QEMU's uint64_t arithmetic gives
+        them (a guest that sets a year before 1970 wraps around, as in QEMU)."""
         return (self.base_rtc * NS_PER_SEC + self.clock.now_ns() - self.last_update
-                + self.offset)
+                + self.offset) & M64
 
     def _to_bcd(self, a: int) -> int:
         if self.cmos_data[RTC_REG_B] & REG_B_DM:
@@ -196,14 +211,14 @@ class Rtc:
 
     def _convert_hour(self, hour: int) -> int:
         if not self.cmos_data[RTC_REG_B] & REG_B_24H:
-            hour %= 12
+            hour = _cmod(hour, 12)
             if self.cmos_data[RTC_HOURS] & 0x80:
                 hour += 12
         return hour
 
     def _update_time(self) -> None:
         """Refresh the time registers from the running clock (unless SET)."""
-        guest_sec = self.guest_rtc_ns() // NS_PER_SEC
+        guest_sec = _cdiv(_signed64(self.guest_rtc_ns()), NS_PER_SEC)
         if not self.cmos_data[RTC_REG_B] & REG_B_SET:
             try:
                 tm = time.gmtime(guest_sec)
@@ -224,7 +239,7 @@ class Rtc:
         self.base_rtc = mktimegm(year, self._from_bcd(d[RTC_MONTH]),
                                  self._from_bcd(d[RTC_DAY_OF_MONTH]), hour,
                                  self._from_bcd(d[RTC_MINUTES]),
-                                 self._from_bcd(d[RTC_SECONDS]))
+                                 self._from_bcd(d[RTC_SECONDS])) & M64
         self.last_update = self.clock.now_ns()
 
     def _update_in_progress(self) -> bool:
@@ -235,7 +250,8 @@ class Rtc:
             if self.clock.now_ns() >= timer.deadline_ns - UIP_HOLD_LENGTH:
                 self.cmos_data[RTC_REG_A] |= REG_A_UIP     # latched until the timer fires
                 return True
-        return self.guest_rtc_ns() % NS_PER_SEC >= NS_PER_SEC - UIP_HOLD_LENGTH
+        remainder = _cmod(_signed64(self.guest_rtc_ns()), NS_PER_SEC)
+        return remainder >= NS_PER_SEC - UIP_HOLD_LENGTH
 
     # -- periodic interrupt ----------------------------------------------------------
 
@@ -314,11 +330,11 @@ class Rtc:
                 if alarm_sec == 60:
                     alarm_sec = 0
                     alarm_min += 1
-                alarm_min %= 60
+                alarm_min = _cmod(alarm_min, 60)
             elif cur_min == alarm_min:
                 if alarm_sec == -1:
                     alarm_sec = cur_sec + 1
-                alarm_sec %= 60
+                alarm_sec = _cmod(alarm_sec, 60)
         if alarm_min == -1:
             alarm_min = 0
         if alarm_sec == -1:
@@ -329,7 +345,7 @@ class Rtc:
         if alarm_min == 60:
             alarm_min = 0
             alarm_hour += 1
-        alarm_hour %= 24
+        alarm_hour = _cmod(alarm_hour, 24)
         sec = ((alarm_hour - cur_hour) * 60 + alarm_min - cur_min) * 60 + alarm_sec - cur_sec
         return sec + 86400 if sec <= 0 else sec
 
