@@ -315,43 +315,18 @@ def _assign_drive_slots(drives: list[DriveConfig]) -> None:
         drive.bus, drive.unit, drive.index = bus, unit, bus * 2 + unit
 
 
-_CHARDEV_BACKENDS = ("null", "stdio", "file", "pty", "socket", "pipe", "udp", "vc",
-                     "ringbuf", "serial", "tty", "parallel", "parport", "msmouse",
-                     "braille", "testdev", "spicevmc", "spiceport", "memory", "console",
-                     "wctablet", "mux", "qemu-vdagent", "dbus")
+def _chardev_id(opt: Opt) -> str:
+    """Check a -chardev option as qemu does at parse time; return its id."""
+    from .chardev import ChardevError, parse_chardev_option
 
-
-def _chardev_spec(opt: Opt) -> tuple[str, str]:
-    """-chardev backend,id=x,... -> (id, open_chardev spec)."""
     try:
-        values = parse_opts(opt.arg or "", "backend")
-    except OptionError as exc:
+        values = parse_chardev_option(opt.arg or "")
+    except ChardevError as exc:
         raise UsageError(exc.message, opt.where) from None
-    backend = values.pop("backend", "")
-    if backend not in _CHARDEV_BACKENDS:
-        raise UsageError(f"'{backend}' is not a valid char driver name", opt.where)
-    ident = values.pop("id", None)
+    ident = values.get("id")
     if not ident:
         raise UsageError("chardev: no id specified", opt.where)
-    mux = values.pop("mux", "off")
-    if backend in ("null", "stdio", "pty"):
-        spec = backend
-        if backend == "stdio" and _bool(mux, "mux", opt.where):
-            spec = "mon:stdio"
-    elif backend == "file":
-        spec = "file:" + values.pop("path", "")
-    elif backend == "socket":
-        rest = ",".join(f"{k}={v.replace(',', ',,')}" for k, v in values.items()
-                        if k not in ("path", "host", "port"))
-        if "path" in values:
-            spec = "unix:" + values["path"]
-        else:
-            spec = f"tcp:{values.get('host', '')}:{values.get('port', '')}"
-        if rest:
-            spec += "," + rest
-    else:
-        raise UsageError(f"chardev backend '{backend}' is not supported by {PROG}", opt.where)
-    return ident, spec
+    return ident
 
 
 def parse_command_line(argv: list[str]) -> MachineConfig:
@@ -493,10 +468,11 @@ def parse_command_line(argv: list[str]) -> MachineConfig:
             if arg == "help":
                 raise Exit(0, "Available chardev backend types: \n  null\n  stdio\n"
                               "  file\n  pty\n  socket\n")
-            ident, spec = _chardev_spec(opt)
+            ident = _chardev_id(opt)
             if ident in chardevs:
                 raise UsageError(f"Duplicate ID '{ident}' for chardev", opt.where)
-            chardevs[ident] = spec
+            chardevs[ident] = opt.arg or ""
+            cfg.chardev_opts.append(ChardevConfig(opt.arg or "", opt.where))
         elif name == "serial":
             serial_specs.append((arg, opt.where))
         elif name in ("monitor", "qmp", "qmp-pretty"):
@@ -546,6 +522,7 @@ def parse_command_line(argv: list[str]) -> MachineConfig:
     if display == "curses" and nographic:
         raise UsageError("-nographic and -display curses cannot be used together")
     cfg.display = display or "none"
+    cfg.nographic = nographic
     if cfg.kernel is None:
         if cfg.append:
             raise UsageError("-append only allowed with -kernel option")
@@ -561,9 +538,6 @@ def parse_command_line(argv: list[str]) -> MachineConfig:
             if ident not in chardevs:
                 raise UsageError(f"could not connect serial device to character backend "
                                  f"'{spec}'", where)
-            return ChardevConfig(chardevs[ident], where)
-        if spec.startswith("vc"):
-            return ChardevConfig("null", where)   # no graphical console: nowhere to show
         return ChardevConfig(spec, where)
 
     default_serial = not serial_specs and not nodefaults
@@ -579,8 +553,8 @@ def parse_command_line(argv: list[str]) -> MachineConfig:
     for opt, ident, mode, pretty in mon_refs:
         if ident not in chardevs:
             raise UsageError(f'chardev "{ident}" not found', opt.where)
-        cfg.monitors.append(MonitorConfig(ChardevConfig(chardevs[ident], opt.where), mode,
-                                          pretty))
+        cfg.monitors.append(MonitorConfig(ChardevConfig("chardev:" + ident, opt.where),
+                                          mode, pretty))
     if nographic:
         if default_serial and default_monitor:
             cfg.serials.append(ChardevConfig("mon:stdio", "-nographic"))
@@ -589,7 +563,7 @@ def parse_command_line(argv: list[str]) -> MachineConfig:
         elif default_monitor:
             cfg.monitors.append(MonitorConfig(ChardevConfig("stdio", "-nographic")))
     elif default_serial:
-        cfg.serials.append(ChardevConfig("null", "-serial vc"))
+        cfg.serials.append(ChardevConfig("vc:80Cx24C", "-serial vc:80Cx24C"))
     if debugcon is not None:
         cfg.debugcon = resolve(*debugcon)
     stdio_users = [c for c in [*cfg.serials, *(m.chardev for m in cfg.monitors)]

@@ -64,6 +64,7 @@ class MachineConfig:
     kernel: str | None = None
     append: str = ""
     initrd: str | None = None
+    chardev_opts: list[ChardevConfig] = field(default_factory=list)   # -chardev, as given
     serials: list[ChardevConfig] = field(default_factory=list)
     monitors: list[MonitorConfig] = field(default_factory=list)
     debugcon: ChardevConfig | None = None
@@ -72,6 +73,7 @@ class MachineConfig:
     no_shutdown: bool = False
     name: str | None = None
     display: str = "none"           # none | curses
+    nographic: bool = False         # fw_cfg NOGRAPHIC: SeaBIOS then uses the serial console
     vga: str = "std"                # std | none
     cpu_model: str = "qemu64"
     log_items: list[str] = field(default_factory=list)
