@@ -10,7 +10,9 @@ qemu's messages with our program name, exit status 1.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from typing import Any
 
 from pyqemu.common.errors import QemuError
 from pyqemu.common.options import OptionError, parse_bool, parse_opts
@@ -603,6 +605,13 @@ def run(argv: list[str]) -> int:
     except QemuError as exc:
         sys.stderr.write(f"{PROG}: {exc.message}\n")
         return 1
+    def on_signal(signum: int, _frame: Any) -> None:
+        # qemu: "terminating on signal N", then a normal shutdown (exit status 0)
+        sys.stderr.write(f"{PROG}: terminating on signal {signum}\n")
+        machine.request_shutdown_signal()
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
     try:
         if cfg.pidfile is not None:
             _write_pidfile(cfg.pidfile)
@@ -610,10 +619,6 @@ def run(argv: list[str]) -> int:
         return machine.wait()
     except UsageError as exc:
         sys.stderr.write(exc.render() + "\n")
-        machine.quit()
-        return 1
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: terminating on signal 2\n")
         machine.quit()
         return 1
     finally:

@@ -560,6 +560,10 @@ class PcMachine:
         """End the machine (monitor quit): SHUTDOWN event, exit status 0."""
         self._request_shutdown("host-qmp-quit", guest=False)
 
+    def request_shutdown_signal(self) -> None:
+        """SIGINT/SIGTERM/SIGHUP: SHUTDOWN (host-signal), exit status 0."""
+        self._request_shutdown("host-signal", guest=False)
+
     def _mux_quit(self) -> None:
         """Ctrl-A x on a mon: multiplexer (the mux printed "QEMU: Terminated")."""
         self._request_shutdown("host-signal", guest=False, event=False)
