@@ -17,7 +17,7 @@ bytes to ``post(fn)`` (the machine's run_on_cpu_thread), and they are fed to the
 only as fast as the guest makes room (QEMU's serial_can_receive: up to the trigger level
 with the FIFO on, one byte without), so host input never overruns the guest. A
 character-timeout interrupt is raised 4 character times after the last received byte
-while the FIFO holds data (virtual clock; without a clock it is raised at once).
+while the FIFO holds data (on the virtual clock; without a clock it never comes).
 
 Not modelled: the modem status lines of a host serial port (MSR reads DCD|DSR|CTS; in
 loopback the MCR outputs), parity/framing errors, break sent by the guest (LCR bit 6).
@@ -241,8 +241,7 @@ class Serial16550:
 
     def _arm_timeout(self) -> None:
         if self.clock is None:
-            self.timeout_ipending = 1
-            return
+            return   # no clock: time stands still (as in qemu -S); no timeout ever
         if self._timeout_timer is not None:
             self._timeout_timer.cancel()
         deadline = self.clock.now_ns() + 4 * self.char_transmit_time_ns()
