@@ -757,14 +757,59 @@ class Hmp:
         self._end(line, pos, cmd)
         addr &= _MASK64
         if physical:
-            read = self.machine.physical_read
+            read = self._physical_reader()
         else:
-            read = self.machine.cpu.read_virt
+            read = self._virtual_reader()
         if fmt.format == "i":
             bits = code_bits(self._registers())
             out.append(self._on_cpu(lambda: format_disassembly(read, addr, fmt.count, bits)))
         else:
             out.append(self._on_cpu(lambda: format_memory(read, addr, fmt)))
+
+    def _physical_reader(self) -> Callable[[int, int], bytes]:
+        """``xp``'s reads: RAM and ROM; like qemu's address_space_read, a range that
+        touches unassigned space (the PCI hole, beyond RAM above 4 GiB) fails."""
+        m = self.machine
+        below = getattr(m, "ram_below", None)
+        ranges: list[tuple[int, int]] = []
+        if below is not None:
+            four = 1 << 32
+            ranges.append((0, below))
+            if getattr(m, "ram_above", 0):
+                ranges.append((four, four + m.ram_above))
+            if getattr(m, "bios_base", None) is not None:
+                ranges.append((m.bios_base, four))
+
+        def read(addr: int, size: int) -> bytes:
+            if ranges:
+                at, end = addr, addr + size
+                while at < end:
+                    hit = [r for r in ranges if r[0] <= at < r[1]]
+                    if not hit:
+                        raise ValueError("unassigned physical address %#x" % at)
+                    at = hit[0][1]
+            return m.physical_read(addr, size)
+
+        return read
+
+    def _virtual_reader(self) -> Callable[[int, int], bytes]:
+        """``x``'s reads as qemu's debug translation does them: without paging the
+        address is physical (A20 applied, not cut to 32 bits: above 4 GiB there is
+        nothing to read), with paging through the guest's page tables."""
+        cpu = self.machine.cpu
+        regs = self._registers()
+        if regs.get("cr0", 0) & (1 << 31):
+            return cpu.read_virt
+        a20 = getattr(getattr(cpu, "env", None), "a20_mask", _MASK64) | ~0xFFFFFFFF
+        phys = self._physical_reader()
+
+        def read(addr: int, size: int) -> bytes:
+            if (addr & a20) != addr and (addr ^ (addr + size - 1)) >> 20:
+                # the range crosses a 1 MiB boundary with A20 masked: byte by byte
+                return b"".join(phys(a & a20, 1) for a in range(addr, addr + size))
+            return phys(addr & a20, size)
+
+        return read
 
     def do_x(self, line: str, pos: int, cmd: Command, out: list[str]) -> None:
         self._dump(line, pos, cmd, out, physical=False)
