@@ -4,8 +4,8 @@ monitor and the outside world, as qemu-system's ``-serial``/``-monitor``/``-char
 Backends: ``null``, ``stdio``, ``file`` (``file:PATH``), ``pipe`` (``pipe:PATH``: PATH.in
 and PATH.out, or PATH both ways), ``pty``, ``socket`` (``tcp:HOST:PORT`` and
 ``unix:PATH`` with ``server=on|off``, ``wait=on|off``, ``nodelay``, also the legacy
-``,server,nowait`` spelling), ``vc`` (a virtual console: its output is kept in memory for
-the display; it is not shown anywhere yet) and the multiplexer ``mon:...`` (QEMU's
+``,server,nowait`` spelling), ``vc`` (a virtual console: output kept in memory for the
+curses display's Esc+2.. consoles; nothing shows it with ``-display none``) and the multiplexer ``mon:...`` (QEMU's
 ``mux``: several front ends share one backend, Ctrl-A c moves the input focus, Ctrl-A x
 quits, Ctrl-A h prints the help).
 
@@ -293,8 +293,9 @@ class NullChardev(Chardev):
 
 
 class VcChardev(Chardev):
-    """A virtual console: output is kept (the last ``limit`` bytes) for a display to
-    show; input comes from :meth:`feed`. Not shown by any display yet."""
+    """A virtual console: output is kept (the last ``limit`` bytes) and passed to the
+    listeners a display adds (``-display curses`` shows it on Esc+2...); input comes
+    from :meth:`feed`. With ``-display none`` nothing shows it, as in QEMU."""
 
     backend = "vc"
 
@@ -302,12 +303,25 @@ class VcChardev(Chardev):
         super().__init__(label)
         self.output = bytearray()
         self._limit = limit
+        self._listeners: list[Callable[[bytes], None]] = []
+
+    def add_listener(self, on_output: Callable[[bytes], None]) -> None:
+        """Call ``on_output(data)`` for everything written from now on, after the
+        output kept so far."""
+        with self._lock:
+            self._listeners.append(on_output)
+            kept = bytes(self.output)
+        if kept:
+            on_output(kept)
 
     def write(self, data: bytes) -> None:
         with self._lock:
             self.output += data
             if len(self.output) > self._limit:
                 del self.output[:len(self.output) - self._limit]
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(data)
 
     def feed(self, data: bytes) -> None:
         """Input typed into this console."""

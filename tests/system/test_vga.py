@@ -3,8 +3,16 @@ VGA through qtest, and the text screen decoded from bytes written into guest RAM
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pty
+import select
+import struct
 import subprocess
+import sys
+import termios
 
+import pyte
 from pyqemu.system.bus import PortBus
 from pyqemu.system.devices.vga import TEXT_BASE, VgaText
 
@@ -150,3 +158,111 @@ def test_start_address_and_cursor_registers() -> None:
     other = VgaText(ram)
     other.set_state(vga.get_state())
     assert other.cursor() == vga.cursor() and other.text_screen() == vga.text_screen()
+
+
+# ---------------------------------------------------------------------------------------
+# -display curses, run in a pseudo-terminal and read back through a terminal emulator
+
+CURSES_CHILD = r"""
+import sys, time
+from pyqemu.system.chardev import VcChardev
+from pyqemu.system.devices.vga import VgaText, TEXT_BASE
+from pyqemu.system.display import CursesDisplay
+
+ram = bytearray(0x100000)
+def put(row, col, data, attr):
+    for i, ch in enumerate(data):
+        ram[TEXT_BASE + (row * 80 + col + i) * 2] = ch
+        ram[TEXT_BASE + (row * 80 + col + i) * 2 + 1] = attr
+put(0, 0, b"SeaBIOS (version pyqemu)", 0x07)
+put(5, 10, bytes([0xC9, 0xCD, 0xBB]) + b" boxed \x01", 0x1F)
+put(24, 70, b"bottom row", 0x4E)
+vga = VgaText(ram)
+vga.cr[0x0E], vga.cr[0x0F] = 0x01, 0x90          # cursor at row 5, col 0
+vc = VcChardev("compat_monitor0")
+vc.write(b"QEMU 7.2.22 monitor - type 'help' for more information\r\n(qemu) ")
+vc.set_reader(vc.write)                           # echo what is typed, as readline does
+keys = []
+def on_key(key):
+    keys.append(key)
+    with open(sys.argv[1], "a") as f:
+        f.write(repr(key) + "\n")
+display = CursesDisplay(vga, consoles=[vc], on_key=on_key)
+display.start()
+while keys[-2:] != ["\x03", "q"]:
+    time.sleep(0.01)
+display.stop()
+print("child done")
+"""
+
+
+def run_in_pty(tmp_path, script: str):
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 25, 80, 0, 0))
+    keyfile = tmp_path / "keys"
+    keyfile.write_text("")
+    env = dict(os.environ, TERM="xterm-256color", LANG="C.UTF-8", LC_ALL="C.UTF-8")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(keyfile)], stdin=slave,
+                            stdout=slave, stderr=subprocess.PIPE, env=env,
+                            start_new_session=True)
+    os.close(slave)
+    return proc, master, keyfile
+
+
+def test_curses_display_in_a_terminal(tmp_path) -> None:
+    screen = pyte.Screen(80, 25)
+    stream = pyte.ByteStream(screen)
+    proc, master, keyfile = run_in_pty(tmp_path, CURSES_CHILD)
+
+    def pump_until(predicate) -> None:
+        while not predicate():
+            ready, _, _ = select.select([master], [], [], 30)
+            assert ready, "no output from the display"
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                data = b""
+            assert data, screen.display
+            stream.feed(data)
+
+    try:
+        pump_until(lambda: screen.display[24].endswith("bottom row"))
+        assert screen.display[0].startswith("SeaBIOS (version pyqemu)")
+        assert screen.display[5][10:21] == "╔═╗ boxed ☺"
+        assert (screen.cursor.y, screen.cursor.x) == (5, 0)
+        cell = screen.buffer[5][10]
+        assert (cell.fg, cell.bg, cell.bold) == ("white", "blue", True)
+        cell = screen.buffer[24][70]
+        assert (cell.fg, cell.bg, cell.bold) == ("brown", "red", True)
+        # Esc 2: the monitor console; typed keys go to its chardev
+        os.write(master, b"\x1b2")
+        pump_until(lambda: screen.display[1].startswith("(qemu)"))
+        assert screen.display[0].startswith("QEMU 7.2.22 monitor")
+        os.write(master, b"info")
+        pump_until(lambda: screen.display[1].startswith("(qemu) info"))
+        # Esc 1: back to the VGA screen; Ctrl-C and q are keys for the guest
+        os.write(master, b"\x1b1")
+        pump_until(lambda: screen.display[0].startswith("SeaBIOS"))
+        os.write(master, b"x\x03q")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        proc.stderr.close()
+    assert keyfile.read_text().split() == ["'x'", "'\\x03'", "'q'"]
+
+
+def test_curses_needs_a_terminal_like_qemu() -> None:
+    theirs = subprocess.run([QEMU, "-nodefaults", "-display", "curses", "-S"],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=60)
+    code = ("import sys\nfrom pyqemu.system.devices.vga import VgaText\n"
+            "from pyqemu.system.display import CursesDisplay, DisplayError\n"
+            "try:\n    CursesDisplay(VgaText(bytearray(0x100000))).start()\n"
+            "except DisplayError as e:\n    print(e, file=sys.stderr); sys.exit(1)\n")
+    ours = subprocess.run([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=60)
+    assert (ours.returncode, ours.stderr) == (theirs.returncode, theirs.stderr) == (
+        1, "We need a terminal output\n")
