@@ -116,10 +116,6 @@ CPU_NAMES = ("qemu64", "qemu64-v1")
 
 # -device help: the devices the pc machine has, in qemu's categories and words
 DEVICE_HELP = """\
-Controller/Bridge/Hub devices:
-name "i440FX-pcihost", bus System
-name "PIIX3", bus PCI
-
 Storage devices:
 name "ide-cd", bus IDE, desc "virtual IDE CD-ROM"
 name "ide-hd", bus IDE, desc "virtual IDE disk"
@@ -465,6 +461,9 @@ def parse_command_line(argv: list[str]) -> MachineConfig:
             if driver == "help":
                 device_help = True
                 continue
+            if f'name "{driver}"' in DEVICE_HELP:
+                raise UsageError(f"the pc machine has its own {driver}; adding devices "
+                                 f"with -device is not supported by {PROG}", opt.where)
             raise UsageError(f"'{driver}' is not a valid device model name", opt.where)
         elif name == "chardev":
             if arg == "help":

@@ -129,6 +129,7 @@ class PcMachine:
         self._reset_request: str | None = None      # "guest" | "host"
         self._shutdown_request: str | None = None   # a SHUTDOWN reason
         self._pause_request = False
+        self._shutdown_pause = False
         self._cpu_thread: threading.Thread | None = None
         self._cpu_tid: int | None = None
         self._log = _open_log(config)
@@ -232,8 +233,10 @@ class PcMachine:
             except (BlockError, QemuError) as exc:
                 if overlay is not None:
                     _unlink(overlay)
-                raise UsageError(f"Could not open '{dcfg.file}': {exc.message}",
-                                 dcfg.where) from None
+                msg = exc.message
+                if not msg.startswith("Could not open"):
+                    msg = f"Could not open '{dcfg.file}': {msg}"
+                raise UsageError(msg, dcfg.where) from None
             except OSError as exc:
                 raise UsageError(f"Could not open '{dcfg.file}': {exc.strerror}",
                                  dcfg.where) from None
@@ -302,6 +305,21 @@ class PcMachine:
             prot = UC_PROT_ALL if writable else UC_PROT_READ | UC_PROT_EXEC
             self._uc.mem_protect(base, size, prot)
 
+    def dma_read(self, addr: int, size: int) -> bytes:
+        """Bus-master reads of guest physical memory (RAM directly, else all ones)."""
+        if addr + size <= self.ram_below:
+            return bytes(self.ram[addr:addr + size])
+        return self.physical_read(addr, size)
+
+    def dma_write(self, addr: int, data: bytes) -> None:
+        """Bus-master writes: RAM only (elsewhere dropped, as on an unassigned bus)."""
+        end = addr + len(data)
+        if end <= self.ram_below:
+            self.ram[addr:end] = data
+        elif addr >= FOUR_GIB and end <= FOUR_GIB + self.ram_above:
+            off = self.ram_below + addr - FOUR_GIB
+            self.ram[off:off + len(data)] = data
+
     def physical_read(self, addr: int, size: int) -> bytes:
         """Guest physical memory (xp): RAM and ROM, all ones elsewhere."""
         out = bytearray()
@@ -345,12 +363,9 @@ class PcMachine:
             self.debugcon = debugcon.DebugCon(bus, self._debugcon_chardev)
         self.vga = None
         if cfg.vga == "std":
-            try:
-                from .devices import vga
-            except ImportError:
-                vga = None
-            if vga is not None:
-                self.vga = _construct(vga.VgaText, self.ram[0xA0000:0xC0000], bus=bus)
+            from .devices import vga
+
+            self.vga = vga.VgaText(self.ram, bus)
 
     def _set_cmos_boot_order(self, order: str) -> None:
         from .devices.rtc import set_boot_order
@@ -366,24 +381,20 @@ class PcMachine:
         self.pci = pci.PciHost(self.bus)
         self.i440fx = self.pci.add(0, _construct(pci.I440fx, ram_size=self.config.ram_size,
                                                   on_pam=self._on_pam))
-        self.piix3 = self.ide = self.fw_cfg = None
-        try:
-            from .devices import piix
-        except ImportError:
-            piix = None
-        if piix is not None:
-            self.piix3 = _construct_piix(piix, self)
-        try:
-            from .devices import ide
-        except ImportError:
-            ide = None
-        if ide is not None and self.piix3 is not None:
-            self.ide = getattr(self.piix3, "ide", None)
-        if self.ide is not None:
-            for drive in self.drives:
-                if drive.cfg.interface != "ide":
-                    continue
-                _attach_drive(self.ide, drive)
+        from .devices import piix
+
+        nserial = len(self.config.serials)
+        self.piix3 = piix.Piix3(self.pci, self.bus, self.pic.irq, self.clock.now_ns,
+                                reset_request=self._guest_reset,
+                                shutdown_request=self._guest_shutdown,
+                                dma_read=self.dma_read, dma_write=self.dma_write,
+                                com1=nserial >= 1, com2=nserial >= 2)
+        self.ide = self.piix3.ide_controller
+        for drive in self.drives:
+            if drive.cfg.interface == "ide":
+                self.ide.attach(drive.cfg.bus, drive.cfg.unit, drive.node,
+                                cdrom=drive.cfg.media == "cdrom")
+        self.fw_cfg = None
         try:
             from .devices import fw_cfg
         except ImportError:
@@ -556,6 +567,18 @@ class PcMachine:
             self._cond.notify_all()
         self.cpu.kick()
 
+    def _guest_shutdown(self) -> None:
+        """ACPI power off (S5) by the guest: quit, or stop with -no-shutdown."""
+        if self.config.no_shutdown:
+            self.events.emit("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"})
+            with self._cond:
+                self._pause_request = True
+                self._shutdown_pause = True
+                self._cond.notify_all()
+            self.cpu.kick()
+            return
+        self._request_shutdown("guest-shutdown", guest=True)
+
     def quit(self) -> None:
         """End the machine (monitor quit): SHUTDOWN event, exit status 0."""
         self._request_shutdown("host-qmp-quit", guest=False)
@@ -682,7 +705,8 @@ class PcMachine:
         if self._pause_request:
             with self._cond:
                 self._pause_request = False
-                self.status = "paused"
+                self.status = "shutdown" if self._shutdown_pause else "paused"
+                self._shutdown_pause = False
                 self.clock.stop()
                 self._cond.notify_all()
             self.events.emit("STOP")
@@ -838,34 +862,8 @@ def _construct(cls: Any, *args: Any, **kwargs: Any) -> Any:
     return cls(*args, **accepted)
 
 
-def _construct_piix(piix: Any, machine: PcMachine) -> Any:
-    cls = getattr(piix, "Piix3", None)
-    if cls is None:
-        return None
-    return _construct(cls, machine.pci, bus=machine.bus, pic=machine.pic,
-                      irq=machine.pic.irq, reset=machine._guest_reset,
-                      clock=machine.clock, ram=machine.ram, post=machine.post,
-                      machine=machine)
-
-
 def _construct_fw_cfg(fw_cfg: Any, machine: PcMachine) -> Any:
     cls = getattr(fw_cfg, "FwCfg", None)
     if cls is None:
         return None
     return _construct(cls, machine.bus, ram=machine.ram, machine=machine)
-
-
-def _attach_drive(ide: Any, drive: _Drive) -> None:
-    c = drive.cfg
-    attach = getattr(ide, "attach", None)
-    if attach is None:
-        return
-    import inspect
-
-    params = inspect.signature(attach).parameters
-    kwargs: dict[str, Any] = {}
-    if "cdrom" in params:
-        kwargs["cdrom"] = c.media == "cdrom"
-    elif "media" in params:
-        kwargs["media"] = c.media
-    attach(c.bus, c.unit, drive.node, **kwargs)
