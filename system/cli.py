@@ -327,6 +327,36 @@ def _chardev_id(opt: Opt) -> str:
     return ident
 
 
+_NET_TYPES = ("none", "nic", "user", "tap", "l2tpv3", "socket", "stream", "dgram", "vde",
+              "bridge", "hubport", "netmap", "vhost-user", "vhost-vdpa")
+
+
+def _debugcon_device(opt: Opt, chardevs: dict[str, str]) -> tuple[ChardevConfig, int]:
+    """-device isa-debugcon[,iobase=N][,chardev=ID][,readback=N]."""
+    try:
+        values = parse_opts(opt.arg or "", "driver")
+    except OptionError as exc:
+        raise UsageError(exc.message, opt.where) from None
+    values.pop("driver", None)
+    iobase = 0xE9
+    for key, value in values.items():
+        if key in ("iobase", "readback"):
+            try:
+                number = int(value, 0)
+            except ValueError:
+                raise UsageError(f"Parameter '{key}' expects integer", opt.where) from None
+            if key == "iobase":
+                iobase = number
+        elif key == "chardev":
+            if value not in chardevs:
+                raise UsageError(f"Property 'isa-debugcon.chardev' can't find value "
+                                 f"'{value}'", opt.where)
+        elif key != "id":
+            raise UsageError(f"Property 'isa-debugcon.{key}' not found", opt.where)
+    spec = f"chardev:{values['chardev']}" if "chardev" in values else "null"
+    return ChardevConfig(spec, opt.where), iobase
+
+
 def parse_command_line(argv: list[str]) -> MachineConfig:
     """Turn qemu-system-x86_64's command line into a MachineConfig (or raise
     UsageError / Exit)."""
@@ -339,6 +369,7 @@ def parse_command_line(argv: list[str]) -> MachineConfig:
     monitor_specs: list[tuple[str, str, str, bool]] = []   # (spec, where, mode, pretty)
     mon_refs: list[tuple[Opt, str, str, bool]] = []
     debugcon: tuple[str, str] | None = None
+    debugcon_devices: list[Opt] = []
     global_snapshot = any(o.name == "snapshot" for o in opts)
     drive_opts: list[DriveConfig] = []
     nodefaults = False
@@ -461,6 +492,9 @@ def parse_command_line(argv: list[str]) -> MachineConfig:
             if driver == "help":
                 device_help = True
                 continue
+            if driver == "isa-debugcon":
+                debugcon_devices.append(opt)
+                continue
             if f'name "{driver}"' in DEVICE_HELP:
                 raise UsageError(f"the pc machine has its own {driver}; adding devices "
                                  f"with -device is not supported by {PROG}", opt.where)
@@ -488,6 +522,14 @@ def parse_command_line(argv: list[str]) -> MachineConfig:
             mon_refs.append((opt, values.get("chardev", ""), mode, pretty))
         elif name == "debugcon":
             debugcon = (arg, opt.where)
+        elif name in ("net", "nic"):
+            ntype = parse_opts(arg, "type").get("type", "")
+            if ntype not in _NET_TYPES:
+                raise UsageError(f"Parameter 'type' does not accept value '{ntype}'",
+                                 opt.where)
+            if ntype != "none":
+                raise UsageError(f"networking is not supported by {PROG} (-{name} none "
+                                 "only)", opt.where)
         elif name == "S":
             cfg.start_paused = True
         elif name == "no-reboot":
@@ -566,7 +608,11 @@ def parse_command_line(argv: list[str]) -> MachineConfig:
     elif default_serial:
         cfg.serials.append(ChardevConfig("vc:80Cx24C", "-serial vc:80Cx24C"))
     if debugcon is not None:
-        cfg.debugcon = resolve(*debugcon)
+        chardev = resolve(*debugcon)
+        if chardev is not None:
+            cfg.debugcons.append((chardev, 0xE9))     # qemu's -debugcon: port 0xe9
+    for opt in debugcon_devices:
+        cfg.debugcons.append(_debugcon_device(opt, chardevs))
     stdio_users = [c for c in [*cfg.serials, *(m.chardev for m in cfg.monitors)]
                    if c.spec in ("stdio", "mon:stdio")]
     if len(stdio_users) > 1:

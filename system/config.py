@@ -67,7 +67,7 @@ class MachineConfig:
     chardev_opts: list[ChardevConfig] = field(default_factory=list)   # -chardev, as given
     serials: list[ChardevConfig] = field(default_factory=list)
     monitors: list[MonitorConfig] = field(default_factory=list)
-    debugcon: ChardevConfig | None = None
+    debugcons: list[tuple[ChardevConfig, int]] = field(default_factory=list)  # (chardev, port)
     start_paused: bool = False
     no_reboot: bool = False
     no_shutdown: bool = False

@@ -358,9 +358,8 @@ class PcMachine:
             self.serials.append(serial.Serial16550(bus, base, self.pic.irq(irq), chr_,
                                                    post=self.post, clock=clock,
                                                    name=f"serial{n}"))
-        self.debugcon = None
-        if self._debugcon_chardev is not None:
-            self.debugcon = debugcon.DebugCon(bus, self._debugcon_chardev)
+        self.debugcons = [debugcon.DebugCon(bus, chr_, iobase=port)
+                          for chr_, port in self._debugcon_chardevs]
         self.vga = None
         if cfg.vga == "std":
             from .devices import vga
@@ -428,13 +427,13 @@ class PcMachine:
                     self._mux_monitors.append(mux)
                 mux.on_quit = self._mux_quit
             self._serial_chardevs.append(chr_)
-        self._debugcon_chardev = None
-        if cfg.debugcon is not None:
+        self._debugcon_chardevs = []
+        for n, (dcfg, port) in enumerate(cfg.debugcons):
             try:
-                self._debugcon_chardev = chardev_mod.open_chardev(cfg.debugcon.spec,
-                                                                  label="debugcon")
+                chr_ = chardev_mod.open_chardev(dcfg.spec, label=f"debugcon{n}")
             except chardev_mod.ChardevError as exc:
-                raise UsageError(exc.message, cfg.debugcon.where) from None
+                raise UsageError(exc.message, dcfg.where) from None
+            self._debugcon_chardevs.append((chr_, port))
 
     def _start_monitors(self) -> None:
         from . import chardev as chardev_mod

@@ -55,7 +55,7 @@ SUPPORTED = frozenset(
         "h help version S snapshot nographic no-reboot no-shutdown daemonize "
         "machine M cpu accel smp boot m name hda hdb hdc hdd cdrom drive display vga "
         "device chardev bios kernel append initrd serial monitor qmp qmp-pretty "
-        "mon debugcon pidfile d D L nodefaults no-user-config enable-kvm"
+        "mon debugcon pidfile d D L nodefaults no-user-config enable-kvm net nic"
     ).split()
 )
 
