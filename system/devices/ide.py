@@ -225,7 +225,7 @@ class IdeDrive:
             if image is None:
                 raise IdeError("Device needs media, but drive is empty")
             if image.read_only:
-                raise IdeError("Can't use a read-only drive")
+                raise IdeError("Block node is read-only")     # QEMU 7.2's message
         self.image = image
         self.cdrom = cdrom
         self.present = True
@@ -281,7 +281,8 @@ class IdeDrive:
         self.io_buffer[0:4] = b"\xff\xff\xff\xff"
 
     def _set_signature(self) -> None:
-        self.select &= ~DEV_HS
+        # QEMU 7.2 leaves only the always-on bits and DEV (LBA and head cleared)
+        self.select = DEV_ALWAYS_ON | (self.select & DEV_SELECT)
         self.nsector = 1
         self.sector = 1
         if self.cdrom:
@@ -856,7 +857,7 @@ class IdeDrive:
             self.packet_transfer_size = nb_sectors * CD_SECTOR
             self.io_buffer_size = 0
             self.cd_sector_size = CD_SECTOR
-            self.status = READY_STAT | SEEK_STAT | DRQ_STAT
+            self.status = READY_STAT | SEEK_STAT | DRQ_STAT | BUSY_STAT
             self.channel.bmdma.start_dma(self)
             return
         self.lba = lba
@@ -905,7 +906,7 @@ class IdeDrive:
             self._atapi_error(NOT_READY, ASC_MEDIUM_NOT_PRESENT)
             return
         if entry and not flags & _NONDATA and self._byte_count_limit() == 0:
-            self._atapi_error(ILLEGAL_REQUEST, ASC_INV_FIELD_IN_CMD_PACKET)
+            self._abort()               # QEMU aborts the PACKET command, no interrupt
             return
         if entry is None:
             self._atapi_error(ILLEGAL_REQUEST, ASC_ILLEGAL_OPCODE)
@@ -938,7 +939,7 @@ class IdeDrive:
                     return
                 out += b"\x02\x00\x00\x14" + _padstr8(self.serial, 20)
                 if len(out) + 72 <= max_len:
-                    out += (b"\x01\x01\x00\x44" + _padstr8("ATA", 8)
+                    out += (b"\x02\x01\x00\x44" + _padstr8("ATA", 8)
                             + _padstr8(self.model, 40) + _padstr8(self.serial, 20))
             else:
                 self._atapi_error(ILLEGAL_REQUEST, ASC_INV_FIELD_IN_CMD_PACKET)
@@ -1009,11 +1010,11 @@ class IdeDrive:
                 self._atapi_reply(bytes(data), max_len)
                 return
             if code == 0x2A:                         # CD capabilities and status
-                data = bytearray(28)
-                struct.pack_into(">H", data, 0, 28 - 2)
+                data = bytearray(30)
+                struct.pack_into(">H", data, 0, 30 - 2)
                 data[2] = 0x70
                 data[8] = 0x2A
-                data[9] = 0x12
+                data[9] = 0x14
                 data[10] = 0x3B
                 data[12] = 0x71
                 data[13] = 3 << 5

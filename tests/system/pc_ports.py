@@ -36,6 +36,13 @@ class OurPc:
                           dma_read=self.dma_read, dma_write=self.dma_write)
         self.ide = self.piix.ide_controller
 
+    def close(self) -> None:
+        """Close the drives' images (what the machine does when it quits)."""
+        for channel in self.ide.channels:
+            for drive in channel.drives:
+                if drive.image is not None:
+                    drive.image.close()
+
     def _reset(self) -> None:
         self.resets += 1
 
