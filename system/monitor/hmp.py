@@ -628,6 +628,7 @@ class Hmp:
     def __init__(self, machine: Any, *, on_quit: Callable[[], None] | None = None) -> None:
         self.machine = machine
         self.on_quit = on_quit
+        self.suspended = False      # after quit: no prompt, no more input (as qemu)
 
     # -- helpers over the machine -----------------------------------------------------
 
@@ -725,10 +726,11 @@ class Hmp:
 
     def do_system_reset(self, line: str, pos: int, cmd: Command, out: list[str]) -> None:
         self._end(line, pos, cmd)
-        self.machine.system_reset()
+        system_reset_and_wait(self.machine)
 
     def do_quit(self, line: str, pos: int, cmd: Command, out: list[str]) -> None:
         self._end(line, pos, cmd)
+        self.suspended = True
         if self.on_quit is not None:
             self.on_quit()
         self.machine.quit()
@@ -870,6 +872,27 @@ class Hmp:
     def info_qtree(self, line: str, pos: int, cmd: Command, out: list[str]) -> None:
         self._end(line, pos, cmd)
         out.append(self.machine.qtree_text())
+
+
+def system_reset_and_wait(machine: Any, timeout: float = 10.0) -> None:
+    """Reset the machine and return once its RESET event went out: qemu's QMP client
+    sees the RESET event before the command's reply."""
+    events = getattr(machine, "events", None)
+    if events is None or not hasattr(events, "unsubscribe"):
+        machine.system_reset()
+        return
+    done = threading.Event()
+
+    def on_event(name: str, data: Any) -> None:
+        if name == "RESET":
+            done.set()
+
+    events.subscribe(on_event)
+    try:
+        machine.system_reset()
+        done.wait(timeout)
+    finally:
+        events.unsubscribe(on_event)
 
 
 def format_status(status: str) -> str:
@@ -1158,6 +1181,8 @@ class HmpSession:
     def feed(self, data: bytes) -> list[tuple[bytes, str | None]]:
         """Returns a list of (bytes to send now, command line to run next or None).
         After running a line, send :meth:`after_command` with its output."""
+        if self.hmp.suspended:
+            return []
         echo, lines = self.readline.feed(data)
         result: list[tuple[bytes, str | None]] = []
         if not lines:
@@ -1169,4 +1194,6 @@ class HmpSession:
         return result
 
     def after_command(self, output: str) -> bytes:
+        if self.hmp.suspended:
+            return self.crlf(output)
         return self.crlf(output) + PROMPT.encode()

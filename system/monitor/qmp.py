@@ -19,8 +19,9 @@ does no I/O (the transport is :mod:`.server`). What it does, in qemu's words:
   system_reset, quit, human-monitor-command.
 - events: :meth:`QmpSession.event` adds qemu's wall-clock ``timestamp``.
 
-Key order in replies is qemu's (its dictionaries print in hash order): ``{"return":
-..., "id": ...}`` and ``{"id": ..., "error": {"class", "desc"}}``.
+Key order is qemu's: its dictionaries print in hash-bucket order, newest first within a
+bucket (:func:`pyqemu.img_tool.qobject.qdict`), so every dict here is built in the
+order qemu inserts the keys (the QAPI schema's field order) and reordered on output.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 
 from pyqemu.img_tool.qobject import qdict_deep
 
-from .hmp import QEMU_PACKAGE, QEMU_VERSION, Hmp, cpu_thread_id
+from .hmp import QEMU_PACKAGE, QEMU_VERSION, Hmp, cpu_thread_id, system_reset_and_wait
 
 
 class QmpError(Exception):
@@ -268,12 +269,12 @@ def version_info() -> dict[str, Any]:
 
 
 def status_info(status: str) -> dict[str, Any]:
-    return {"status": status, "singlestep": False, "running": status == "running"}
+    return {"running": status == "running", "singlestep": False, "status": status}
 
 
 def chardev_entry(info: dict[str, Any]) -> dict[str, Any]:
-    return {"frontend-open": info.get("frontend-open", True), "filename": info["filename"],
-            "label": info["label"]}
+    return {"label": info["label"], "filename": info["filename"],
+            "frontend-open": info.get("frontend-open", True)}
 
 
 def block_device_info(device: str, qdev: str | None, node: Any | None, *,
@@ -335,7 +336,8 @@ class QmpCommands:
             "query-cpus-fast": ([], self.query_cpus_fast),
             "stop": ([], lambda a: self._call(self.machine.stop)),
             "cont": ([], lambda a: self._call(self.machine.cont)),
-            "system_reset": ([], lambda a: self._call(self.machine.system_reset)),
+            "system_reset": ([], lambda a: self._call(
+                lambda: system_reset_and_wait(self.machine))),
             "quit": ([], lambda a: self._call(self.machine.quit)),
             "human-monitor-command": ([Param("command-line", "str"),
                                        Param("cpu-index", "int", True)], self.hmp_command),
@@ -363,9 +365,9 @@ class QmpCommands:
         return [{"name": n} for n in self.table]
 
     def query_cpus_fast(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return [{"thread-id": cpu_thread_id(self.machine),
-                 "props": {"core-id": 0, "thread-id": 0, "socket-id": 0},
-                 "qom-path": "/machine/unattached/device[0]", "cpu-index": 0,
+        return [{"cpu-index": 0, "qom-path": "/machine/unattached/device[0]",
+                 "thread-id": cpu_thread_id(self.machine),
+                 "props": {"socket-id": 0, "core-id": 0, "thread-id": 0},
                  "target": "x86_64"}]
 
     def hmp_command(self, args: dict[str, Any]) -> str:
@@ -401,9 +403,9 @@ class QmpSession:
             return None
         t = time.time() if when is None else when
         us = int(round(t * 1_000_000))
-        msg: dict[str, Any] = {"timestamp": {"seconds": us // 1_000_000,
-                                             "microseconds": us % 1_000_000},
-                               "event": name}
+        msg: dict[str, Any] = {"event": name,
+                               "timestamp": {"seconds": us // 1_000_000,
+                                             "microseconds": us % 1_000_000}}
         if data:
             msg["data"] = data
         return self.encode(msg)

@@ -182,6 +182,8 @@ class MonitorFrontend:
     def _hmp_input(self, data: bytes) -> None:
         session = self.session
         for echo, line in session.feed(data):
+            if self.hmp.suspended:          # quit: the rest of the input is not read
+                break
             self._send(echo)
             if line is None:
                 continue

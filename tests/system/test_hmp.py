@@ -9,6 +9,7 @@ readline echo) are compared here on the BIOS bytes both see at the top of memory
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import time
@@ -273,9 +274,9 @@ def test_mux_monitor_matches_qemu(qemu_system: str, tmp_path: Path,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     mux = chardev.open_chardev(f"mon:unix:{tmp_path / 'o.sock'},server=on,wait=off",
                                label="test_hmp_mux")
-    mon = server.attach_monitor(mux.frontend(), None, kind="hmp")
     serial_in: list[bytes] = []
-    mux.frontend().set_reader(serial_in.append)      # the serial port, attached last
+    mux.frontend().set_reader(serial_in.append)      # the serial port takes the focus,
+    mon = server.attach_monitor(mux.frontend(), None, kind="hmp")   # the monitor joins
     server.monitors_ready()
     try:
         deadline = time.monotonic() + 60
@@ -303,3 +304,93 @@ def test_mux_monitor_matches_qemu(qemu_system: str, tmp_path: Path,
         mux.close()
         qemu.kill()
         qemu.wait()
+
+
+# --- on the running machine: pyqemu-system-x86_64 next to qemu-system-x86_64 ----------
+
+PYQEMU = "pyqemu-system-x86_64"
+
+
+def _pair(qemu_system: str, tmp_path: Path, extra: list[str]) -> tuple[HmpPeer, HmpPeer]:
+    from tests.system.conftest import PYQEMU_SYSTEM, emulator_path
+
+    theirs = HmpPeer(qemu_system, tmp_path / "q.sock", extra)
+    try:
+        ours = HmpPeer(emulator_path(PYQEMU_SYSTEM), tmp_path / "o.sock", extra)
+    except BaseException:
+        theirs.close()
+        raise
+    return ours, theirs
+
+
+AT_RESET = [
+    "info status", "p $pc", "p $eip", "p $cs", "p $cs.base", "p $cs.limit", "p /x $eflags",
+    "p $eax+$esp", "p $sp", "p $fp", "p $ss.limit", "p $r15", "p $foo", "p $rax", "p /d $pc",
+    "x /4i $pc", "x /16xb $pc", "xp /8xw 0xffff0", "xp /3i 0xfffffff0", "x /2i 0xffff0",
+    "x /4xg 0xfffffff8", "xp /2xw 0xfffffffc", "xp /4xb 0x10000000", "xp /2xb 0x7fffffe",
+    "info name", "info block", "info registers 1", "info qtree -x",
+]
+
+
+def test_hmp_at_reset_matches_qemu(qemu_system: str, tmp_path: Path,
+                                   fresh_defaults: None) -> None:
+    """Both machines at reset with -S: registers through $names, the reset vector's code
+    and the BIOS bytes through x, xp and x /i; status; an empty info block."""
+    ours, theirs = _pair(qemu_system, tmp_path, [])
+    try:
+        assert _unversioned(ours.greeting) == _unversioned(theirs.greeting)
+        for line in AT_RESET:
+            assert ours.command(line) == theirs.command(line), line
+        # info registers: qemu's layout line for line; the CPU models differ in EDX
+        # (family/model/stepping) only
+        mine = ours.command("info registers").splitlines()
+        ref = theirs.command("info registers").splitlines()
+        assert len(mine) == len(ref)
+        for a, b in zip(mine, ref, strict=True):
+            if a.startswith("EAX="):
+                a, b = a.rsplit("EDX=", 1)[0], b.rsplit("EDX=", 1)[0]
+            assert a == b
+        assert re.fullmatch(r"\* CPU #0: thread_id=\d+\n", ours.command("info cpus"))
+        version = ours.command("info version")
+        assert version == "%s%s\n" % (H.version_string(), H.QEMU_PACKAGE)
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_hmp_run_states_match_qemu(qemu_system: str, tmp_path: Path) -> None:
+    """stop/cont/c/s/system_reset and info status as qemu shows them; quit ends the
+    process with status 0 after echoing the command."""
+    ours, theirs = _pair(qemu_system, tmp_path, ["-name", "hmp-test"])
+    try:
+        for line in ["info status", "info name", "cont", "info status", "stop",
+                     "info status", "c", "info status", "s", "info status", "system_reset",
+                     "c", "info status", "stop"]:
+            assert ours.command(line) == theirs.command(line), line
+        for peer in (ours, theirs):
+            peer.sock.sendall(b"quit\n")
+            data = b""
+            while True:
+                chunk = peer.sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            assert data.endswith(b"quit\x1b[K\r\n"), data
+            assert peer.proc.wait(timeout=60) == 0
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_hmp_stdio_matches_qemu(qemu_system: str, tmp_path: Path) -> None:
+    """-monitor stdio with commands piped in: the same bytes on stdout, exit status 0."""
+    from tests.system.conftest import PYQEMU_SYSTEM, emulator_path
+
+    keys = b"info status\np 1+\x7f2\nstop\ncont\ninfo status\nquit\n"
+    outs = []
+    for exe in (qemu_system, emulator_path(PYQEMU_SYSTEM)):
+        proc = subprocess.run([exe, "-S", "-display", "none", "-nodefaults", "-monitor",
+                               "stdio"], input=keys, capture_output=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        outs.append(_unversioned(proc.stdout))
+    assert outs[0] == outs[1]

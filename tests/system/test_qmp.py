@@ -325,3 +325,128 @@ def test_block_device_info_matches_qemu(qemu_system: str, tmp_path: Path) -> Non
             if n is not None:
                 n.close()
         peer.close()
+
+
+# --- on the running machine: pyqemu-system-x86_64 next to qemu-system-x86_64 ----------
+
+
+def _strip_times(lines: list[bytes]) -> list[dict]:
+    out = []
+    for line in lines:
+        msg = json.loads(line)
+        if "timestamp" in msg:
+            ts = msg.pop("timestamp")
+            assert list(ts) == ["seconds", "microseconds"]
+            assert isinstance(ts["seconds"], int) and 0 <= ts["microseconds"] < 1_000_000
+        out.append(msg)
+    return out
+
+
+RUN_STATE_SCRIPT = [
+    b'{"execute":"qmp_capabilities"}',
+    b'{"execute":"query-status","id":1}',
+    b'{"execute":"cont","id":4}',                   # RESUME, then the reply
+    b'{"execute":"query-status","id":5}',
+    b'{"execute":"stop","id":6}',                   # STOP, then the reply
+    b'{"execute":"query-status","id":7}',
+    b'{"execute":"human-monitor-command","arguments":{"command-line":"info status"}}',
+    b'{"execute":"system_reset","id":8}',           # paused: the host's RESET only
+    b'{"execute":"query-name","id":10}',
+    b'{"execute":"human-monitor-command","arguments":{"command-line":"p $cs.base"}}',
+    b'{"execute":"query-chardev","id":11}',
+]
+
+
+def test_qmp_run_states_match_qemu(qemu_system: str, tmp_path: Path) -> None:
+    """The same QMP script on both machines: replies, and events in the same order
+    with qemu's data; quit sends SHUTDOWN, its reply, then closes; exit status 0."""
+    from tests.system.conftest import PYQEMU_SYSTEM, emulator_path
+
+    results = []
+    for exe in (qemu_system, emulator_path(PYQEMU_SYSTEM)):     # one after the other,
+        peer = QmpPeer(exe, tmp_path / "qmp.sock", extra=["-name", "qmp-test"])  # one path
+        try:
+            lines = []
+            for msg in RUN_STATE_SCRIPT:
+                lines += peer.exchange(msg)
+            peer.sock.sendall(b'{"execute":"quit","id":"bye"}\n')
+            while True:
+                try:
+                    line = peer.file.readline()
+                except ConnectionResetError:    # qemu may reset rather than close
+                    break
+                if not line:
+                    break
+                lines.append(line)
+            assert peer.proc.wait(timeout=60) == 0
+            results.append(_strip_times(lines))
+        finally:
+            peer.close()
+    ours, theirs = results[1], results[0]
+    chardev = [m for m in theirs if m.get("id") == 11]
+    assert chardev and [c["label"] for c in chardev[0]["return"]] == ["compat_monitor0"]
+    assert ours == theirs
+
+
+async def _two_clients(sock_a: Path, sock_b: str, vm: object) -> list[list[str]]:
+    import asyncio
+
+    from qemu.qmp import ConnectError, EventListener, QMPClient
+
+    from tests.system.conftest import qmp_connect, qmp_disconnect, qmp_wait_status
+
+    a = await qmp_connect(sock_a, vm)
+    host, port = sock_b.rsplit(":", 1)
+    deadline = time.monotonic() + 60
+    while True:                          # the tcp socket may be opened a little later
+        b = QMPClient("second")
+        try:
+            await b.connect((host, int(port)))
+            break
+        except ConnectError:
+            assert time.monotonic() < deadline, "no QMP on tcp"
+            await asyncio.sleep(0.05)
+    listeners = [EventListener(("STOP", "RESUME", "RESET", "SHUTDOWN")) for _ in (a, b)]
+    for client, listener in zip((a, b), listeners, strict=True):
+        client.register_listener(listener)
+    try:
+        assert (await a.execute("query-status"))["status"] == "prelaunch"
+        await b.execute("cont")
+        await qmp_wait_status(a, vm, "running")
+        await a.execute("stop")
+        assert await b.execute("human-monitor-command",
+                               {"command-line": "info status"}) == "VM status: paused\r\n"
+        await b.execute("system_reset")
+        await a.execute("quit")
+        # both clients get SHUTDOWN before the server closes; wait until it arrived
+        deadline = time.monotonic() + 60
+        while not all(any(e["event"] == "SHUTDOWN" for e in lst.history)
+                      for lst in listeners):
+            assert time.monotonic() < deadline, [lst.history for lst in listeners]
+            await asyncio.sleep(0.05)
+    finally:
+        await qmp_disconnect(a)
+        await qmp_disconnect(b)
+    return [[e["event"] + repr(e.get("data", {})) for e in lst.history] for lst in listeners]
+
+
+def test_two_qmp_clients_with_qemu_qmp(system_emulator: str, tmp_path: Path,
+                                       vm_runner: object) -> None:
+    """-qmp on a unix socket and on tcp at once, each driven by qemu.qmp's QMPClient:
+    both clients see the same events (those they were connected for)."""
+    import asyncio
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sock = tmp_path / "a.sock"
+    vm = vm_runner([system_emulator, "-S", "-display", "none", "-nodefaults",
+                    "-qmp", f"unix:{sock},server=on,wait=off",
+                    "-qmp", f"tcp:127.0.0.1:{port},server=on,wait=off"])
+    seen = asyncio.run(_two_clients(sock, f"127.0.0.1:{port}", vm))
+    assert seen[0] == seen[1]
+    assert seen[0][:2] == ["RESUME{}", "STOP{}"]
+    assert "RESET{'guest': False, 'reason': 'host-qmp-system-reset'}" in seen[0]
+    assert seen[0][-1] == "SHUTDOWN{'guest': False, 'reason': 'host-qmp-quit'}"
+    status, _out, _err = vm.wait()
+    assert status == 0
