@@ -160,6 +160,7 @@ class PcMachine:
         self._bios_data = bios
         self._rom_mmap = mmap.mmap(-1, len(bios), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self._rom_mmap[:] = bios
+        self._rom_view = memoryview(self._rom_mmap)
         self.cpu = X86Cpu(self._map_memory)
         self.cpu.set_port_bus(self.bus)
         self._build_devices()
@@ -285,7 +286,30 @@ class PcMachine:
             uc.mmio_map(hole_start, self.bios_base - hole_start, _mmio_read, None,
                         _mmio_write, None)
         self.mmio_start = hole_start
-        uc.hook_add(UC_HOOK_MEM_WRITE_PROT, _drop_write)
+        # unicorn still performs a store whose WRITE_PROT hook returns True: the hook
+        # saves the bytes it will overwrite and stops the engine; service() puts them back
+        # before the guest goes on (at the next translation-block start)
+        self._undo_writes: list[tuple[memoryview, int, bytes]] = []
+        uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_write_protected)
+
+    def _on_write_protected(self, uc: Any, _access: int, address: int, size: int,
+                            _value: int, _data: Any) -> bool:
+        if 0xC0000 <= address < 0x100000:
+            view, offset = self.ram, address
+        elif address >= self.bios_base and address < FOUR_GIB:
+            view, offset = self._rom_view, address - self.bios_base
+        else:
+            return True
+        end = min(offset + size, len(view))
+        self._undo_writes.append((view, offset, bytes(view[offset:end])))
+        uc.emu_stop()
+        return True
+
+    def _undo_protected_writes(self) -> None:
+        undo = self._undo_writes
+        while undo:
+            view, offset, old = undo.pop()
+            view[offset:offset + len(old)] = old
 
     def _copy_bios_shadow(self) -> None:
         """The BIOS's last 128 KiB into the shadow RAM at 0xE0000 (what the isa-bios ROM
@@ -619,6 +643,8 @@ class PcMachine:
 
     # ------------------------------------------------------------------ run loop
     def _service(self) -> None:
+        if self._undo_writes:
+            self._undo_protected_writes()
         self._run_work()
         self.clock.run_expired()
         with self._cond:
@@ -816,11 +842,6 @@ def _mmio_read(uc: Any, offset: int, size: int, user_data: Any) -> int:
 
 def _mmio_write(uc: Any, offset: int, size: int, value: int, user_data: Any) -> None:
     return None
-
-
-def _drop_write(uc: Any, access: int, address: int, size: int, value: int,
-                user_data: Any) -> bool:
-    return True      # ROM or write-protected shadow RAM: the store is dropped
 
 
 def _buffer_address(buf: mmap.mmap) -> int:

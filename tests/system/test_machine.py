@@ -1,0 +1,258 @@
+"""The pc machine end to end, next to qemu-system-x86_64 on the same command lines:
+reset from the guest (port 0xCF9, i8042 0xFE, port 0x92, triple fault) with and without
+-no-reboot, the BIOS ROM and its shadow, guest RAM above 4 GiB, -snapshot, -S and the
+SeaBIOS boot reaching its boot attempts.
+
+The firmware of the reset tests is a 64 KiB ROM assembled with nasm here (-bios): it
+writes a letter to an isa-debugcon and resets the machine one way."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+QEMU = "qemu-system-x86_64"
+OURS = "pyqemu-system-x86_64"
+EMULATORS = (QEMU, OURS)
+DEADLINE = 90.0   # only a hang reaches it; nothing about time is asserted
+
+
+def _prog(name: str) -> str:
+    return str(Path(sys.executable).parent / OURS) if name == OURS else QEMU
+
+
+ROM_ASM = r"""
+        bits 16
+        org 0
+start:
+        cli
+        mov dx, 0x402
+        mov al, LETTER
+        out dx, al
+%if METHOD == 1                 ; PIIX3 reset control register
+        mov dx, 0xcf9
+        mov al, 0x02
+        out dx, al
+        mov al, 0x06
+        out dx, al
+%elif METHOD == 2               ; keyboard controller: pulse the reset line
+        mov al, 0xfe
+        out 0x64, al
+%elif METHOD == 3               ; port 0x92: fast reset
+        in al, 0x92
+        or al, 1
+        out 0x92, al
+%elif METHOD == 4               ; triple fault: an empty IVT, then an exception
+        lidt [cs:empty_idt]
+        int3
+%elif METHOD == 5               ; read the ROM's signature through its shadow at 0xF0000
+        xor ax, ax
+        mov ds, ax
+        mov ax, 0xf000
+        mov es, ax
+        mov al, [es:signature]
+        out dx, al
+        mov al, [es:signature + 1]
+        out dx, al
+        mov byte [es:signature], 'X'        ; ROM shadow, PAM off: dropped
+        jmp read_back                      ; pyqemu drops it at the next block start
+read_back:
+        mov al, [es:signature]
+        out dx, al
+%endif
+halt:
+        hlt
+        jmp halt
+empty_idt:
+        dw 0
+        dd 0
+signature:
+        db "OK"
+        times 0xfff0 - ($ - $$) db 0
+        jmp 0xf000:start                   ; the reset vector (F000:FFF0)
+        times 0x10000 - ($ - $$) db 0xff
+"""
+
+
+def build_rom(tmp_path: Path, method: int, letter: str = "R") -> Path:
+    src = tmp_path / f"rom{method}.asm"
+    out = tmp_path / f"rom{method}.bin"
+    src.write_text(ROM_ASM)
+    subprocess.run(["nasm", "-f", "bin", f"-DMETHOD={method}", f"-DLETTER='{letter}'",
+                    "-o", str(out), str(src)], check=True)
+    assert out.stat().st_size == 0x10000
+    return out
+
+
+def vm_args(rom: Path, log: Path) -> list[str]:
+    return ["-display", "none", "-serial", "none", "-monitor", "none", "-net", "none",
+            "-bios", str(rom), "-chardev", f"file,id=dbg,path={log}",
+            "-device", "isa-debugcon,iobase=0x402,chardev=dbg"]
+
+
+@pytest.mark.parametrize("emulator", EMULATORS)
+@pytest.mark.parametrize("method", [1, 2, 3, 4], ids=["cf9", "i8042", "port92", "triple"])
+def test_guest_reset_with_no_reboot_exits(tmp_path: Path, emulator: str, method: int) -> None:
+    """-no-reboot: the first reset ends the machine, exit status 0, the ROM ran once."""
+    rom = build_rom(tmp_path, method)
+    log = tmp_path / "debugcon.log"
+    proc = subprocess.run([_prog(emulator), *vm_args(rom, log), "-no-reboot"],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=DEADLINE)
+    assert proc.returncode == 0, proc.stderr
+    assert log.read_bytes() == b"R"
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("emulator", EMULATORS)
+@pytest.mark.parametrize("method", [1, 4], ids=["cf9", "triple"])
+def test_guest_reset_reboots(tmp_path: Path, emulator: str, method: int) -> None:
+    """Without -no-reboot every reset starts the ROM again; SIGTERM ends it with 0."""
+    rom = build_rom(tmp_path, method)
+    log = tmp_path / "debugcon.log"
+    proc = subprocess.Popen([_prog(emulator), *vm_args(rom, log)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + DEADLINE
+        while time.monotonic() < end and (not log.exists() or len(log.read_bytes()) < 5):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    data = log.read_bytes()
+    assert len(data) >= 5 and set(data) == {ord("R")}
+    assert proc.returncode == 0
+    assert err.splitlines()[-1].startswith(f"{emulator}: terminating on signal 15")
+
+
+@pytest.mark.parametrize("emulator", EMULATORS)
+def test_bios_shadow_reads_the_rom_and_drops_writes(tmp_path: Path, emulator: str) -> None:
+    """At power-on 0xF0000 shows the BIOS's last 64 KiB; with PAM 0 a store there is lost."""
+    rom = build_rom(tmp_path, 5, letter="S")
+    log = tmp_path / "debugcon.log"
+    proc = subprocess.Popen([_prog(emulator), *vm_args(rom, log)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + DEADLINE
+        while time.monotonic() < end and (not log.exists() or len(log.read_bytes()) < 4):
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=DEADLINE)
+    assert log.read_bytes() == b"SOKO"
+
+
+def _qmp_hmp(sock: Path, commands: list[str]) -> list[str]:
+    import asyncio
+
+    from qemu.qmp import QMPClient
+
+    async def main() -> list[str]:
+        end = time.monotonic() + DEADLINE
+        while True:
+            client = QMPClient("test")
+            try:
+                await client.connect(str(sock))
+                break
+            except Exception:  # noqa: BLE001 - not listening yet
+                if time.monotonic() > end:
+                    raise
+                await asyncio.sleep(0.1)
+        out = []
+        for cmd in commands:
+            out.append(await client.execute("human-monitor-command",
+                                            {"command-line": cmd}))
+        await client.execute("quit")
+        try:
+            await client.disconnect()
+        except EOFError:
+            pass   # the server closed first: normal after quit
+        return out
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("emulator", EMULATORS)
+def test_ram_above_4g_and_rom_seen_by_xp(tmp_path: Path, emulator: str) -> None:
+    """-m 3584: RAM splits at 3 GiB (gigabyte-aligned, as pc-i440fx-7.2), the top
+    512 MiB at 4 GiB; xp reads the BIOS at the top of 4 GiB; -S: nothing ran."""
+    rom = build_rom(tmp_path, 5, letter="S")
+    sock = tmp_path / "qmp.sock"
+    proc = subprocess.Popen([_prog(emulator), "-display", "none", "-serial", "none",
+                             "-net", "none", "-S", "-m", "3584", "-bios", str(rom),
+                             "-qmp", f"unix:{sock},server=on,wait=off"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        out = _qmp_hmp(sock, ["xp /1xb 0xffffffff", "xp /1xw 0xffff0000",
+                              "xp /1xw 0x100000000", "xp /1xw 0xbffffffc",
+                              "info status"])
+        proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    rom_bytes = rom.read_bytes()
+    assert out[0].split(":")[1].split() == ["0x%02x" % rom_bytes[-1]]
+    first = int.from_bytes(rom_bytes[:4], "little")
+    assert int(out[1].split(":")[1], 16) == first
+    assert out[2].split(":")[1].split() == ["0x00000000"]   # RAM above 4 GiB: zeroes
+    assert out[3].split(":")[1].split() == ["0x00000000"]   # top of RAM below
+    assert out[4] == "VM status: paused (prelaunch)\r\n"
+
+
+def test_xp_of_the_holes_matches_qemu(tmp_path: Path) -> None:
+    """The monitor cannot read unassigned physical addresses in either emulator."""
+    rom = build_rom(tmp_path, 5, letter="S")
+    results = []
+    for emulator in EMULATORS:
+        sock = tmp_path / f"{emulator}.sock"
+        proc = subprocess.Popen([_prog(emulator), "-display", "none", "-serial", "none",
+                                 "-net", "none", "-S", "-m", "128", "-bios", str(rom),
+                                 "-qmp", f"unix:{sock},server=on,wait=off"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            results.append(_qmp_hmp(sock, ["xp /4xw 0x10000000", "xp /2xw 0x7fffff8"]))
+            proc.communicate(timeout=DEADLINE)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert results[0] == results[1]
+    assert "Cannot access memory" in results[0][0]
+
+
+@pytest.mark.parametrize("emulator", EMULATORS)
+def test_snapshot_leaves_the_image_alone(tmp_path: Path, emulator: str) -> None:
+    """-snapshot: the guest's writes go to a temporary overlay; the image is unchanged."""
+    image = tmp_path / "disk.raw"
+    image.write_bytes(bytes(range(256)) * 4096)
+    before = image.read_bytes()
+    sock = tmp_path / "qmp.sock"
+    proc = subprocess.Popen([_prog(emulator), "-display", "none", "-serial", "none",
+                             "-net", "none", "-S", "-snapshot",
+                             "-drive", f"file={image},format=raw",
+                             "-qmp", f"unix:{sock},server=on,wait=off"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        out = _qmp_hmp(sock, ["info block"])
+        proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert image.read_bytes() == before
+    assert out[0].startswith("ide0-hd0")
