@@ -121,7 +121,10 @@ class FwCfg:
         self.dma_addr = 0
         # fw_cfg core
         self.add_bytes(SIGNATURE, b"QEMU")
-        self.add_i32(ID, VERSION_TRADITIONAL | VERSION_DMA)
+        # without a way into guest memory there is no DMA interface (QEMU's dma_enabled
+        # off): the ID says so and ports 0x514-0x51B stay unassigned
+        self.dma_enabled = dma_read is not None and dma_write is not None
+        self.add_i32(ID, VERSION_TRADITIONAL | (VERSION_DMA if self.dma_enabled else 0))
         self.add_bytes(UUID, bytes(uuid))
         self.add_i16(NOGRAPHIC, int(nographic))
         self.add_i16(BOOT_MENU, int(boot_menu))
@@ -135,7 +138,8 @@ class FwCfg:
         self.add_i32(IRQ0_OVERRIDE, 1)
         self.add_bytes(NUMA, bytes(8 * (1 + max_cpus)))
         bus.register(PORT_SELECTOR, 2, self._read_ctl, self._write_ctl, "fwcfg")
-        bus.register(PORT_DMA, 8, self._read_dma, self._write_dma, "fwcfg.dma")
+        if self.dma_enabled:
+            bus.register(PORT_DMA, 8, self._read_dma, self._write_dma, "fwcfg.dma")
 
     # -- items ------------------------------------------------------------------------
 

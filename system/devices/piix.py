@@ -201,14 +201,15 @@ class Piix4Pm(PciFunction):
         self.config[0x90] = (smb_io_base | 1) & 0xFF
         self.config[0x91] = smb_io_base >> 8
         self.config[0xD2] = 0x09
+        self.config[PMBA] = 0x01                 # I/O space indicator
         bus.register(APM_CNT_PORT, 2, self._apm_read, self._apm_write, "apm-io",
                      byte_only=True)
         self.reset()
 
     def device_reset(self) -> None:
+        # piix4_pm_reset: PMBA (0x40) keeps its value over a reset, as in QEMU 7.2
         for offset in (0x58, 0x59, 0x5A, 0x5B, PMREGMISC):
             self.config[offset] = 0
-        self.config[PMBA] = 0x01
         if not self.smm_enabled:
             self.config[0x5B] = 0x02            # SMM already initialised: no SMI setup
         self.pm1_sts = self.pm1_en = 0

@@ -157,5 +157,9 @@ def test_qword_dma_write_and_file_rules() -> None:
     ours.fw.set_bootorder(["/pci@i0cf8/ide@1,1/drive@0/disk@0"])
     assert _item(ours, ours.fw.file_key("bootorder"), 34) == \
         b"/pci@i0cf8/ide@1,1/drive@0/disk@0\0"
+    # without DMA functions: no DMA interface announced, its ports unassigned
     bus = PortBus()
-    assert FwCfg(bus).entries[fw_cfg.RAM_SIZE] == struct.pack("<Q", 128 << 20)
+    plain = FwCfg(bus)
+    assert plain.entries[fw_cfg.ID] == b"\x01\0\0\0"
+    assert bus.read(0x514, 4) == 0xFFFFFFFF
+    assert plain.entries[fw_cfg.RAM_SIZE] == struct.pack("<Q", 128 << 20)

@@ -5,6 +5,9 @@ callbacks, PIRQ routing to the 8259s, the reset control register, the PM I/O blo
 
 from __future__ import annotations
 
+import json
+import socket
+import time
 from pathlib import Path
 
 from tests.system.pc_ports import QEMU_ARGS, OurPc, config_read_script, run
@@ -157,3 +160,46 @@ def test_pirq_routing_reaches_the_pic() -> None:
     assert pic.slave.irr & 0x08
     pm.set_irq(False)
     assert not pic.slave.irr & 0x08
+
+
+def _qmp_system_reset(q: QemuQtest) -> None:
+    deadline = time.monotonic() + 10
+    while not q.qmp_path.exists():
+        assert time.monotonic() < deadline, "QMP socket never appeared"
+        time.sleep(0.01)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(q.qmp_path))
+        f = sock.makefile("rw")
+        f.readline()
+        for command in ("qmp_capabilities", "system_reset"):
+            f.write(json.dumps({"execute": command}) + "\n")
+            f.flush()
+            while "return" not in json.loads(f.readline()):
+                pass
+    # the reset runs in QEMU's main loop after the reply: wait for its effect
+    for _ in range(10000):
+        q.cmd("outl 0xcf8 0x80000860")
+        if q.cmd("inl 0xcfc") == "0x80808080":
+            return
+    raise AssertionError("QEMU never reset")
+
+
+def test_system_reset_matches_qemu(tmp_path: Path) -> None:
+    """A reset clears command/status/BARs and the PIIX registers, but the i440FX's PAM
+    and SMRAM and the PM base keep what the firmware wrote (QEMU 7.2)."""
+    setup = ["outl 0xcf8 0x80000058", "outl 0xcfc 0x33333000",
+             "outl 0xcf8 0x80000070", "outl 0xcfc 0x00a8ffff",
+             "outl 0xcf8 0x80000860", "outl 0xcfc 0x0b0a0908",
+             "outl 0xcf8 0x80000920", "outl 0xcfc 0xc001",
+             "outl 0xcf8 0x80000904", "outl 0xcfc 0x0005",
+             "outl 0xcf8 0x80000b40", "outl 0xcfc 0x601",
+             "outl 0xcf8 0x80000b80", "outb 0xcfc 1", "outw 0x604 0x0000"]
+    after = ["inb 0xc002", "inw 0x604"]
+    for devfn in FUNCTIONS:
+        after += config_read_script(devfn)
+    ours = OurPc()
+    with QemuQtest(tmp_path, *QEMU_ARGS) as q:
+        assert run(q, setup) == run(ours, setup)
+        _qmp_system_reset(q)
+        ours.host.reset()
+        assert _diff(run(q, after), run(ours, after)) == []
