@@ -22,7 +22,13 @@ What lives here, and what is qemu's:
   boundary, so a read past the end of memory prints ``unable to read memory``).
 - :class:`Readline` is the monitor's line editor, byte for byte: each key redraws the
   line with ``ESC[D`` / ``ESC[K`` as qemu's readline does; left/right/home/end,
-  backspace/delete and history. Tab completion is not implemented (a tab is ignored).
+  backspace/delete, history, and Tab completion of command names and ``info``
+  subcommands (not of arguments such as device names).
+- ``x`` without paging reads physical memory as qemu's debug access does (A20
+  applied, not cut to 32 bits); ``xp`` fails on unassigned space (the PCI hole,
+  above RAM), as qemu's address_space_read, even where the machine reads all ones.
+- Not implemented: ``info mtree`` options (refused), ``info block -n`` (there are no
+  named nodes without -blockdev: empty), the other HMP commands (unknown command).
 - :class:`HmpSession` is a monitor on a character device: banner, ``(qemu) ``
   prompt, readline echo, ``\\r\\n`` line ends. It does no I/O: feed it bytes, it
   returns the bytes to send back.
@@ -282,7 +288,7 @@ def format_print(value: int, fmt: str) -> str:
     return "%d\n" % _s64(v)
 
 
-class MemoryError_(Exception):
+class ReadFailed(Exception):
     """A guest memory read failed (the monitor prints "Cannot access memory")."""
 
 
@@ -308,7 +314,7 @@ def format_memory(read: Callable[[int, int], bytes], addr: int, fmt: Format) -> 
         try:
             buf = bytes(read(addr, n))
             if len(buf) != n:
-                raise MemoryError_
+                raise ReadFailed
         except Exception:
             out.append(line + " Cannot access memory\n")
             break
@@ -437,7 +443,7 @@ def format_disassembly(read: Callable[[int, int], bytes], addr: int, count: int,
         try:
             got = bytes(read((pc + len(buf)) & _MASK64, want))
             if len(got) != want:
-                raise MemoryError_
+                raise ReadFailed
         except Exception:
             out.append("0x%08x: unable to read memory\n" % pc)
             break
