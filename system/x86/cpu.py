@@ -1,0 +1,495 @@
+"""The x86-64 CPU of pyqemu-system-x86_64: one unicorn engine and what it lacks.
+
+One ``Uc(UC_ARCH_X86, UC_MODE_64)`` runs the guest in every CPU mode (only a 64-bit
+engine can resume in all of them), put into the architectural reset state by writing
+its state directly (:mod:`.calibrate` finds where; :class:`.descriptors.Env` writes it).
+
+What is done here rather than by unicorn (UNICORN.md "x86 system mode"):
+- ``no_exit_request`` is set: an ``emu_stop()`` from any thread (:meth:`kick`) stops at
+  the next translation-block start with exact state (no re-run of a read-modify-write);
+- IN/OUT, INS/OUTS (``rep insw`` included) reach the port bus through UC_HOOK_INSN;
+- every exception and INT n stops the engine in the interrupt hook (only recorded
+  there) and is delivered in Python (:mod:`.delivery`) after ``emu_start`` returns;
+- external interrupts are delivered between runs when IF=1 and no interrupt shadow
+  (hflags' INHIBIT_IRQ after STI / MOV SS: then one instruction is run first);
+- HLT returns from ``emu_start``; the CPU's ``halted`` flag says so.
+
+Not done: SYSCALL/SYSENTER (the engine only calls hooks and skips them: here they stop
+the CPU with an error), RDMSR/WRMSR hooks (the engine's MSRs are used as they are; unknown
+MSRs read 0), task gates and hardware task switches, SMM, the local APIC.
+
+No UC_HOOK_CODE/BLOCK and no memory hooks are installed: the guest runs at the engine's
+full speed between port accesses and interrupts.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from . import calibrate
+from .delivery import Delivery, Kind, TripleFault, UnsupportedDelivery
+from .descriptors import (
+    CR0_PE,
+    CS,
+    DESC_A,
+    DESC_CS,
+    DESC_P,
+    DESC_R,
+    DESC_S,
+    DESC_W,
+    HF_ADDSEG,
+    HF_CS64,
+    HF_INHIBIT_IRQ,
+    HF_LMA,
+    HF_SMM,
+    IF,
+    SEG_NAMES,
+    SS,
+    Env,
+    GuestFault,
+    Segment,
+    translate,
+)
+
+
+class StopReason(enum.Enum):
+    HALT = "halt"              # HLT with nothing to deliver: sleep until IRQ or timer
+    KICK = "kick"              # kick(): the machine has work
+    SHUTDOWN = "shutdown"      # triple fault
+    ERROR = "error"            # see X86Cpu.error
+
+
+_GPR_NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+              "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+_SYS_TYPES = (
+    ("Reserved", "TSS16-avl", "LDT", "TSS16-busy", "CallGate16", "TaskGate", "IntGate16",
+     "TrapGate16", "Reserved", "TSS32-avl", "Reserved", "TSS32-busy", "CallGate32",
+     "Reserved", "IntGate32", "TrapGate32"),
+    ("<hiword>", "Reserved", "LDT", "Reserved", "Reserved", "Reserved", "Reserved",
+     "Reserved", "Reserved", "TSS64-avl", "Reserved", "TSS64-busy", "CallGate64",
+     "Reserved", "IntGate64", "TrapGate64"),
+)
+
+
+class X86Cpu:
+    """The PC's CPU (see the module doc). All methods but :meth:`kick` run on the CPU
+    thread."""
+
+    def __init__(self, uc_mem_setup: Callable[[Any], None] | None = None) -> None:
+        from unicorn import (
+            UC_ARCH_X86,
+            UC_HOOK_INSN,
+            UC_HOOK_INSN_INVALID,
+            UC_HOOK_INTR,
+            UC_MODE_64,
+            Uc,
+        )
+        from unicorn import x86_const as x
+
+        self._x = x
+        uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.ctl_set_cpu_model(calibrate.CPU_MODEL)
+        # no `until`: unicorn would walk it through the guest page tables at the end of
+        # every run, clobbering CR2 and the error code (UNICORN.md)
+        uc.ctl_exits_enabled(True)
+        uc.ctl_set_exits([])
+        self.uc = uc
+        lay, env_addr, cpu_addr = calibrate.attach(uc)
+        self.env = Env(uc, lay, env_addr, cpu_addr)
+        self._no_exit_addr = calibrate.set_no_exit_request(uc)
+        self._delivery = Delivery(self)
+        self.halted = False
+        self.error = ""                 # the message of the last StopReason.ERROR
+        self._exc: tuple[int, bool, int] | None = None   # (vector, software, error code)
+        self._stop_insn: str | None = None
+        self._kicked = False
+        self._in_emu = False
+        self._emu_done = threading.Event()
+        self._lock = threading.Lock()
+        self._cpu_thread: int | None = None
+        self._bus: Any = None
+        self._hooks = [
+            uc.hook_add(UC_HOOK_INTR, self._on_intr),
+            uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid),
+            uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, x.UC_X86_INS_SYSCALL),
+            uc.hook_add(UC_HOOK_INSN, self._on_sysenter, None, 1, 0, x.UC_X86_INS_SYSENTER),
+        ]
+        if uc_mem_setup is not None:
+            uc_mem_setup(uc)
+        self.reset()
+
+    # ---- state ----------------------------------------------------------------------
+    def reset(self) -> None:
+        """The architectural reset state (as QEMU's x86_cpu_reset for the pc machine)."""
+        x, env, uc = self._x, self.env, self.uc
+        for i in range(16):
+            env.set_gpr(i, 0)
+        env.set_gpr(2, env.lay.cpuid_version)          # EDX: family/model/stepping
+        uc.reg_write(x.UC_X86_REG_CR4, 0)
+        uc.reg_write(x.UC_X86_REG_CR3, 0)
+        uc.reg_write(x.UC_X86_REG_CR2, 0)
+        uc.reg_write(x.UC_X86_REG_CR0, 0x60000010)
+        env.efer = 0
+        env.a20_mask = 0xFFFFFFFF
+        # real mode: CPL 0, 16-bit code and stack, ADDSEG (segment bases in use)
+        env.hflags = HF_ADDSEG
+        data = DESC_P | DESC_S | DESC_W | DESC_A
+        for n in range(6):
+            env.write_seg_raw(n, Segment(0, 0, 0xFFFF, data))
+        env.write_seg_raw(CS, Segment(0xF000, 0xFFFF0000, 0xFFFF,
+                                      DESC_P | DESC_S | DESC_CS | DESC_R | DESC_A))
+        env.write_seg_raw(6, Segment(0, 0, 0xFFFF, DESC_P | (2 << 8)))
+        env.write_seg_raw(7, Segment(0, 0, 0xFFFF, DESC_P | (11 << 8)))
+        env.write_seg_raw(8, Segment(0, 0, 0xFFFF, 0))
+        env.write_seg_raw(9, Segment(0, 0, 0xFFFF, 0))
+        uc.reg_write(x.UC_X86_REG_RFLAGS, 2)
+        env.rip = 0xFFF0
+        for r in range(x.UC_X86_REG_DR0, x.UC_X86_REG_DR3 + 1):
+            uc.reg_write(r, 0)
+        uc.reg_write(x.UC_X86_REG_DR6, 0xFFFF0FF0)
+        uc.reg_write(x.UC_X86_REG_DR7, 0x400)
+        uc.reg_write(x.UC_X86_REG_FPCW, 0x37F)
+        uc.reg_write(x.UC_X86_REG_FPSW, 0)
+        uc.reg_write(x.UC_X86_REG_FPTAG, 0xFFFF)
+        uc.reg_write(x.UC_X86_REG_MXCSR, 0x1F80)
+        for r in range(8):
+            uc.reg_write(x.UC_X86_REG_FP0 + r, (0, 0))
+        for r in (*range(x.UC_X86_REG_XMM0, x.UC_X86_REG_XMM7 + 1),
+                  *range(x.UC_X86_REG_XMM8, x.UC_X86_REG_XMM15 + 1)):
+            uc.reg_write(r, 0)
+        env.clear_exception()
+        env.cpu_halted = False
+        self.halted = False
+        self._exc = None
+        uc.ctl_flush_tb()
+
+    def eflags(self) -> int:
+        return self.uc.reg_read(self._x.UC_X86_REG_RFLAGS) & 0xFFFFFFFF
+
+    def set_eflags(self, value: int) -> None:
+        self.uc.reg_write(self._x.UC_X86_REG_RFLAGS, value | 2)
+
+    def set_a20(self, enabled: bool) -> None:
+        """The A20 gate (port 0x92, i8042): address bit 20 forced to 0 when disabled."""
+        mask = 0xFFFFFFFF if enabled else 0xFFEFFFFF
+        if self.env.a20_mask != mask:
+            self.env.a20_mask = mask
+            self.uc.ctl_flush_tb()
+            # the softmmu TLB caches translations made with the old mask
+            self.uc.reg_write(self._x.UC_X86_REG_CR3, self.env.cr(3))
+
+    # ---- memory as the CPU sees it ------------------------------------------------------
+    def _read_phys(self, addr: int, size: int) -> bytes:
+        return bytes(self.uc.mem_read(addr, size))
+
+    def _write_phys(self, addr: int, data: bytes) -> None:
+        self.uc.mem_write(addr, data)
+
+    def _walk(self, linear: int, size: int, write: bool, user: bool):  # noqa: ANN202
+        """(physical address, length) pieces of a linear range, page by page."""
+        end = linear + size
+        while linear < end:
+            n = min(end - linear, 0x1000 - (linear & 0xFFF))
+            try:
+                phys = translate(self.env, self._read_phys, self._write_phys, linear,
+                                 write=write, user=user)
+            except GuestFault as f:
+                if f.vector == 14:
+                    self.uc.reg_write(self._x.UC_X86_REG_CR2, linear)
+                raise
+            yield phys, n
+            linear += n
+
+    def read_linear(self, linear: int, size: int, user: bool = False) -> bytes:
+        """Read through the guest's paging (GuestFault #PF, with CR2 set)."""
+        return b"".join(self._read_phys(p, n) for p, n in self._walk(linear, size, False,
+                                                                     user))
+
+    def write_linear(self, linear: int, data: bytes, user: bool = False) -> None:
+        pieces = list(self._walk(linear, len(data), True, user))
+        at = 0
+        for p, n in pieces:
+            self._write_phys(p, data[at:at + n])
+            at += n
+
+    def read_virt(self, addr: int, size: int) -> bytes:
+        """Guest virtual memory for the monitor (``x``): no fault is raised in the guest,
+        CR2 and the accessed/dirty bits are left alone; ValueError if not mapped."""
+        out = bytearray()
+        end = addr + size
+        while addr < end:
+            n = min(end - addr, 0x1000 - (addr & 0xFFF))
+            try:
+                phys = translate(self.env, self._read_phys, self._write_phys, addr,
+                                 set_ad=False)
+            except GuestFault:
+                raise ValueError(f"cannot access memory at {addr:#x}") from None
+            out += self._read_phys(phys, n)
+            addr += n
+        return bytes(out)
+
+    # ---- ports --------------------------------------------------------------------------
+    def set_port_bus(self, bus: Any) -> None:
+        """Send IN/OUT (and INS/OUTS) to ``bus`` (read(port, size), write(port, size, v))."""
+        from unicorn import UC_HOOK_INSN
+
+        x = self._x
+        self._bus = bus
+        read, write = bus.read, bus.write
+
+        def on_in(_uc: Any, port: int, size: int, _ud: Any) -> int:
+            return read(port, size)
+
+        def on_out(_uc: Any, port: int, size: int, value: int, _ud: Any) -> None:
+            write(port, size, value)
+
+        self._hooks.append(self.uc.hook_add(UC_HOOK_INSN, on_in, None, 1, 0, x.UC_X86_INS_IN))
+        self._hooks.append(self.uc.hook_add(UC_HOOK_INSN, on_out, None, 1, 0,
+                                            x.UC_X86_INS_OUT))
+
+    # ---- hooks (record only; delivery happens after emu_start returns) ---------------
+    def _on_intr(self, uc: Any, intno: int, _ud: Any) -> None:
+        env = self.env
+        self._exc = (intno, env.exception_is_int, env.error_code)
+        env.clear_exception()
+        uc.emu_stop()
+
+    def _on_invalid(self, _uc: Any, _ud: Any) -> bool:
+        return False                    # emu_start fails with UC_ERR_INSN_INVALID: #UD
+
+    def _on_syscall(self, uc: Any, _ud: Any) -> None:
+        self._stop_insn = "SYSCALL"
+        uc.emu_stop()
+
+    def _on_sysenter(self, uc: Any, _ud: Any) -> None:
+        self._stop_insn = "SYSENTER"
+        uc.emu_stop()
+
+    # ---- running ------------------------------------------------------------------------
+    def kick(self) -> None:
+        """Stop the engine at the next block start; run() then returns KICK. Any thread.
+
+        unicorn drops an emu_stop() that lands while emu_start is still setting up (it
+        clears its stop request after marking itself running): from another thread
+        the stop is repeated until the engine has returned (a few ms at most)."""
+        with self._lock:
+            self._kicked = True
+            if not self._in_emu:
+                return
+            self._emu_done.clear()
+            self.uc.emu_stop()
+        if threading.get_ident() == self._cpu_thread:
+            return
+        for _ in range(100):
+            if self._emu_done.wait(0.001):
+                return
+            with self._lock:
+                if not self._in_emu:
+                    return
+                self.uc.emu_stop()
+
+    def _interrupts_open(self) -> bool:
+        return bool(self.env.eflags_raw() & IF) and not self.env.hflags & HF_INHIBIT_IRQ
+
+    def deliver(self, vector: int, kind: Kind, error_code: int = 0,
+                fault_ip: int | None = None) -> StopReason | None:
+        """Deliver one event now (None, or SHUTDOWN/ERROR)."""
+        try:
+            self._delivery.deliver(vector, kind, error_code, fault_ip)
+        except TripleFault:
+            self.error = "triple fault"
+            return StopReason.SHUTDOWN
+        except UnsupportedDelivery as e:
+            self.error = str(e)
+            return StopReason.ERROR
+        self.halted = False
+        return None
+
+    def _software_int_start(self, vector: int) -> int:
+        """Address of the INT instruction whose next RIP is current (for faults)."""
+        rip = self.env.rip
+        try:
+            two = self.read_linear(self.env.seg(CS).base + rip - 2, 2)
+        except GuestFault:
+            return rip - 2
+        if two[0] == 0xCD and two[1] == vector:
+            return rip - 2
+        return rip - 1                  # INT3 (CC), INTO (CE), INT1 (F1)
+
+    def run(self, interrupt_pending: Callable[[], bool], acknowledge: Callable[[], int],
+            service: Callable[[], None]) -> StopReason:
+        """Run the guest until the machine must act (see sys_api.md)."""
+        from unicorn import UC_ERR_INSN_INVALID, UcError
+
+        env, uc = self.env, self.uc
+        self._cpu_thread = threading.get_ident()
+        while True:
+            service()
+            if self._kicked:
+                self._kicked = False
+                return StopReason.KICK
+            count = 0
+            if env.eflags_raw() & IF and interrupt_pending():
+                if env.hflags & HF_INHIBIT_IRQ:
+                    count = 1           # the shadowed instruction first
+                else:
+                    stop = self.deliver(acknowledge() & 0xFF, Kind.EXTERNAL)
+                    if stop is not None:
+                        return stop
+            if self.halted:
+                return StopReason.HALT
+            self._exc = None
+            self._stop_insn = None
+            env.cpu_halted = False
+            with self._lock:
+                if self._kicked:
+                    continue
+                self._in_emu = True
+            try:
+                uc.emu_start(env.rip, 0, 0, count)
+            except UcError as e:
+                if e.errno == UC_ERR_INSN_INVALID:
+                    self._exc = (6, False, 0)
+                else:
+                    self.error = f"{e} at RIP={env.rip:#x}"
+                    return StopReason.ERROR
+            finally:
+                with self._lock:
+                    self._in_emu = False
+                    self._emu_done.set()
+            if self._exc is not None:
+                vector, software, code = self._exc
+                self._exc = None
+                if software:
+                    stop = self.deliver(vector, Kind.SOFTWARE, 0,
+                                        self._software_int_start(vector))
+                else:
+                    stop = self.deliver(vector, Kind.EXCEPTION, code)
+                if stop is not None:
+                    return stop
+            elif self._stop_insn is not None:
+                self.error = f"{self._stop_insn} is not emulated (RIP={env.rip:#x})"
+                return StopReason.ERROR
+            elif env.cpu_halted:
+                self.halted = True
+
+    # ---- registers ------------------------------------------------------------------------
+    def registers(self) -> dict[str, int]:
+        """Register values by lower-case name (general, rip, rflags, segments, control)."""
+        env, x, uc = self.env, self._x, self.uc
+        regs = {name: env.gpr(i) for i, name in enumerate(_GPR_NAMES)}
+        regs["rip"] = env.rip
+        regs["rflags"] = self.eflags()
+        for n, name in enumerate(SEG_NAMES):
+            seg = env.seg(n)
+            regs[name.lower()] = seg.selector
+            regs[name.lower() + "_base"] = seg.base
+        for n in (0, 2, 3, 4):
+            regs[f"cr{n}"] = env.cr(n)
+        regs["cr8"] = uc.reg_read(x.UC_X86_REG_CR8)
+        regs["efer"] = env.efer
+        for n, name in ((8, "gdt"), (9, "idt")):
+            seg = env.seg(n)
+            regs[name + "_base"], regs[name + "_limit"] = seg.base, seg.limit
+        regs["cpl"] = env.cpl
+        regs["halted"] = int(self.halted)
+        return regs
+
+    def _format_seg(self, name: str, seg: Segment) -> str:
+        env = self.env
+        hf = env.hflags
+        if hf & HF_CS64:
+            line = f"{name:<3}={seg.selector:04x} {seg.base:016x} {seg.limit:08x} " \
+                   f"{seg.flags & 0x00FFFF00:08x}"
+        else:
+            line = f"{name:<3}={seg.selector:04x} {seg.base & 0xFFFFFFFF:08x} " \
+                   f"{seg.limit:08x} {seg.flags & 0x00FFFF00:08x}"
+        if not env.cr(0) & CR0_PE or not seg.flags & DESC_P:
+            return line
+        f = seg.flags
+        line += f" DPL={seg.dpl} "
+        if f & DESC_S:
+            if f & DESC_CS:
+                line += "CS64" if f & (1 << 21) else ("CS32" if f & (1 << 22) else "CS16")
+                line += " [" + ("C" if f & (1 << 10) else "-") + ("R" if f & (1 << 9) else "-")
+            else:
+                line += "DS  " if f & (1 << 22) or hf & HF_LMA else "DS16"
+                line += " [" + ("E" if f & (1 << 10) else "-") + ("W" if f & (1 << 9) else "-")
+            line += ("A" if f & DESC_A else "-") + "]"
+        else:
+            line += _SYS_TYPES[1 if hf & HF_LMA else 0][(f >> 8) & 0xF]
+        return line
+
+    def format_registers(self) -> str:
+        """qemu's cpu_dump_state(CPU_DUMP_FPU) text, as HMP ``info registers`` prints
+        it after its ``CPU#0`` line."""
+        env, x, uc = self.env, self._x, self.uc
+        hf = env.hflags
+        fl = self.eflags()
+        flags = "".join(c if fl & bit else "-" for c, bit in
+                        (("D", 1 << 10), ("O", 1 << 11), ("S", 1 << 7), ("Z", 1 << 6),
+                         ("A", 1 << 4), ("P", 1 << 2), ("C", 1)))
+        tail = (f" [{flags}] CPL={hf & 3} II={(hf >> 3) & 1} "
+                f"A20={(env.a20_mask >> 20) & 1} SMM={int(bool(hf & HF_SMM))} "
+                f"HLT={int(self.halted)}")
+        g = [env.gpr(i) for i in range(16)]
+        out = []
+        if hf & HF_CS64:
+            order = (("RAX", 0), ("RBX", 3), ("RCX", 1), ("RDX", 2), ("RSI", 6), ("RDI", 7),
+                     ("RBP", 5), ("RSP", 4), ("R8 ", 8), ("R9 ", 9), ("R10", 10),
+                     ("R11", 11), ("R12", 12), ("R13", 13), ("R14", 14), ("R15", 15))
+            for row in range(4):
+                out.append(" ".join(f"{n}={g[i]:016x}" for n, i in order[row * 4:row * 4 + 4]))
+            out.append(f"RIP={env.rip:016x} RFL={fl:08x}" + tail)
+        else:
+            order = (("EAX", 0), ("EBX", 3), ("ECX", 1), ("EDX", 2), ("ESI", 6), ("EDI", 7),
+                     ("EBP", 5), ("ESP", 4))
+            for row in range(2):
+                out.append(" ".join(f"{n}={g[i] & 0xFFFFFFFF:08x}"
+                                    for n, i in order[row * 4:row * 4 + 4]))
+            out.append(f"EIP={env.rip & 0xFFFFFFFF:08x} EFL={fl:08x}" + tail)
+        for n, name in enumerate(SEG_NAMES):
+            out.append(self._format_seg(name, env.seg(n)))
+        out.append(self._format_seg("LDT", env.seg(6)))
+        out.append(self._format_seg("TR", env.seg(7)))
+        gdt, idt = env.seg(8), env.seg(9)
+        dr = [uc.reg_read(x.UC_X86_REG_DR0 + i) for i in range(8)]
+        if hf & HF_LMA:
+            out.append(f"GDT=     {gdt.base:016x} {gdt.limit:08x}")
+            out.append(f"IDT=     {idt.base:016x} {idt.limit:08x}")
+            out.append(f"CR0={env.cr(0) & 0xFFFFFFFF:08x} CR2={env.cr(2):016x} "
+                       f"CR3={env.cr(3):016x} CR4={env.cr(4) & 0xFFFFFFFF:08x}")
+        else:
+            out.append(f"GDT=     {gdt.base & 0xFFFFFFFF:08x} {gdt.limit:08x}")
+            out.append(f"IDT=     {idt.base & 0xFFFFFFFF:08x} {idt.limit:08x}")
+            out.append(f"CR0={env.cr(0) & 0xFFFFFFFF:08x} CR2={env.cr(2) & 0xFFFFFFFF:08x} "
+                       f"CR3={env.cr(3) & 0xFFFFFFFF:08x} CR4={env.cr(4) & 0xFFFFFFFF:08x}")
+        out.append("".join(f"DR{i}={dr[i]:016x} " for i in range(4)))
+        out.append(f"DR6={dr[6]:016x} DR7={dr[7]:016x}")
+        out.append(f"EFER={env.efer:016x}")
+        fsw = uc.reg_read(x.UC_X86_REG_FPSW)
+        tags = uc.reg_read(x.UC_X86_REG_FPTAG)
+        ftw = sum(1 << i for i in range(8) if (tags >> (2 * i)) & 3 != 3)
+        out.append(f"FCW={uc.reg_read(x.UC_X86_REG_FPCW):04x} FSW={fsw:04x} "
+                   f"[ST={(fsw >> 11) & 7}] FTW={ftw:02x} "
+                   f"MXCSR={uc.reg_read(x.UC_X86_REG_MXCSR):08x}")
+        fpr = []
+        for i in range(8):
+            mant, exp = uc.reg_read(x.UC_X86_REG_FP0 + i)
+            fpr.append(f"FPR{i}={mant:016x} {exp:04x}")
+        out += [" ".join(fpr[i:i + 2]) for i in range(0, 8, 2)]
+        xmm_ids = [*range(x.UC_X86_REG_XMM0, x.UC_X86_REG_XMM7 + 1),
+                   *range(x.UC_X86_REG_XMM8, x.UC_X86_REG_XMM15 + 1)]
+        nb = 16 if hf & HF_CS64 else 8
+        xmm = []
+        for i in range(nb):
+            v = uc.reg_read(xmm_ids[i])
+            xmm.append(f"XMM{i:02d}={v >> 64:016x} {v & 0xFFFFFFFFFFFFFFFF:016x}")
+        out += [" ".join(xmm[i:i + 2]) for i in range(0, nb, 2)]
+        return "\n".join(out) + "\n"
+
+
+__all__ = ["X86Cpu", "StopReason", "Kind", "GuestFault", "SS"]
