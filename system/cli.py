@@ -136,13 +136,12 @@ name "mc146818rtc", bus ISA
 
 LOG_HELP = """\
 Log items (comma separated):
-int             show interrupts/exceptions in short format
 cpu_reset       show CPU state before CPU resets
 unimp           log unimplemented functionality
 guest_errors    log when the guest OS does something invalid (eg accessing a
 non-existent register)
 """
-LOG_ITEMS = ("int", "cpu_reset", "unimp", "guest_errors")
+LOG_ITEMS = ("cpu_reset", "unimp", "guest_errors")
 
 SIZE_ERROR = (
     "Parameter 'size' expects a non-negative number below 2^64\n"
@@ -642,6 +641,9 @@ def run(argv: list[str]) -> int:
         return 1
     from .machine import PcMachine
 
+    if cfg.pidfile is not None:
+        cfg.pidfile = os.path.abspath(cfg.pidfile)
+    ready_fd = _daemonize() if cfg.daemonize else None
     try:
         machine = PcMachine(cfg)
     except UsageError as exc:
@@ -661,17 +663,48 @@ def run(argv: list[str]) -> int:
         if cfg.pidfile is not None:
             _write_pidfile(cfg.pidfile)
         machine.start()
+        if ready_fd is not None:
+            _daemon_ready(ready_fd)
+            ready_fd = None
         return machine.wait()
     except UsageError as exc:
         sys.stderr.write(exc.render() + "\n")
         machine.quit()
         return 1
     finally:
+        if ready_fd is not None:
+            os.write(ready_fd, b"\1")    # start-up failed: the parent exits with 1
         if cfg.pidfile is not None:
             try:
                 os.unlink(cfg.pidfile)
             except OSError:
                 pass
+
+
+def _daemonize() -> int:
+    """qemu's os_daemonize: the parent waits for the child's start-up verdict (one byte
+    on a pipe) and exits with it; the child goes on in a new session. Runs before any
+    thread exists."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid > 0:
+        os.close(write_fd)
+        verdict = os.read(read_fd, 1)
+        os._exit(0 if verdict == b"\0" else 1)
+    os.close(read_fd)
+    os.setsid()
+    return write_fd
+
+
+def _daemon_ready(write_fd: int) -> None:
+    """Start-up done: tell the parent, detach from the terminal (stdio to /dev/null)."""
+    os.write(write_fd, b"\0")
+    os.close(write_fd)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    os.chdir("/")
 
 
 def _write_pidfile(path: str) -> None:
