@@ -382,19 +382,30 @@ _ALLOWED_MEMBERS = ("execute", "exec-oob", "arguments", "id")
 class QmpSession:
     """One QMP connection: bytes in -> bytes out, no I/O."""
 
-    def __init__(self, commands: QmpCommands) -> None:
+    def __init__(self, commands: QmpCommands, *, pretty: bool = False) -> None:
         self.commands = commands
+        self.pretty = pretty
         self.streamer = JsonStreamer()
         self.negotiated = False
         self.oob = False
 
     @staticmethod
-    def encode(obj: dict[str, Any]) -> bytes:
-        """One reply/event line as qemu writes it: QDict key order, compact JSON."""
-        return to_json(qdict_deep(obj)).encode() + b"\r\n"
+    def encode(obj: dict[str, Any], pretty: bool = False) -> bytes:
+        """One reply/event as qemu writes it: QDict key order, compact JSON on one
+        line, or (-qmp-pretty) qemu's 4-space indented form; CR LF line ends."""
+        obj = qdict_deep(obj)
+        if pretty:
+            from pyqemu.img_tool.qobject import to_json_pretty
+
+            return (to_json_pretty(obj) + "\n").replace("\n", "\r\n").encode()
+        return to_json(obj).encode() + b"\r\n"
+
+    def format(self, obj: dict[str, Any]) -> bytes:
+        """:meth:`encode` in this session's style."""
+        return self.encode(obj, self.pretty)
 
     def greeting(self) -> bytes:
-        return self.encode({"QMP": {"version": version_info(), "capabilities": ["oob"]}})
+        return self.format({"QMP": {"version": version_info(), "capabilities": ["oob"]}})
 
     def event(self, name: str, data: dict[str, Any] | None,
               when: float | None = None) -> bytes | None:
@@ -408,7 +419,7 @@ class QmpSession:
                                              "microseconds": us % 1_000_000}}
         if data:
             msg["data"] = data
-        return self.encode(msg)
+        return self.format(msg)
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         """Parse input; returns the complete messages as "requests": each is either a

@@ -44,12 +44,14 @@ def _is_connected(chr_: Any) -> bool:
 class MonitorFrontend:
     """One monitor (HMP or QMP) attached to one chardev."""
 
-    def __init__(self, chr_: Any, machine: Any, *, kind: str = "hmp") -> None:
+    def __init__(self, chr_: Any, machine: Any, *, kind: str = "hmp",
+                 pretty: bool = False) -> None:
         if kind not in ("hmp", "qmp"):
             raise ValueError(kind)
         self.chardev = chr_
         self.machine = machine
         self.kind = kind
+        self.pretty = pretty
         self.hmp = Hmp(machine)
         self.qmp_commands = QmpCommands(machine, self.hmp)
         self.session: Any = None
@@ -89,7 +91,7 @@ class MonitorFrontend:
 
     def _new_session(self) -> None:
         if self.kind == "qmp":
-            self.session = QmpSession(self.qmp_commands)
+            self.session = QmpSession(self.qmp_commands, pretty=self.pretty)
         else:
             self.session = HmpSession(self.hmp)
 
@@ -170,12 +172,12 @@ class MonitorFrontend:
         session = self.session
         for item in session.feed(data):
             if "reply" in item:
-                self._send(QmpSession.encode(item["reply"]))
+                self._send(session.format(item["reply"]))
                 continue
             self._busy_enter()
             try:
                 reply = session.run(item["request"])
-                self._send(QmpSession.encode(reply))
+                self._send(session.format(reply))
             finally:
                 self._busy_exit()
 
@@ -222,16 +224,18 @@ _MONITORS: list[MonitorFrontend] = []
 _MONITORS_LOCK = threading.Lock()
 
 
-def attach_monitor(chr_: Any, machine: Any, *, kind: str = "hmp") -> MonitorFrontend:
-    """Make ``chr_`` (a Chardev, or a mux's ``frontend()``) a monitor of ``machine``."""
-    mon = MonitorFrontend(chr_, machine, kind=kind)
+def attach_monitor(chr_: Any, machine: Any, *, kind: str = "hmp",
+                   pretty: bool = False) -> MonitorFrontend:
+    """Make ``chr_`` (a Chardev, or a mux's ``frontend()``) a monitor of ``machine``
+    (``pretty``: -qmp-pretty / -mon ...,pretty=on)."""
+    mon = MonitorFrontend(chr_, machine, kind=kind, pretty=pretty)
     with _MONITORS_LOCK:
         _MONITORS.append(mon)
     return mon
 
 
 def start_monitor(spec: str, machine: Any, *, kind: str = "hmp",
-                  label: str | None = None) -> MonitorFrontend:
+                  label: str | None = None, pretty: bool = False) -> MonitorFrontend:
     """``-monitor SPEC`` (kind "hmp") or ``-qmp SPEC`` (kind "qmp"): open the chardev
     (qemu's labels compat_monitor0, 1, ... in order) and attach a monitor to it.
     Raises :class:`pyqemu.system.chardev.ChardevError` with qemu's message."""
@@ -241,7 +245,7 @@ def start_monitor(spec: str, machine: Any, *, kind: str = "hmp",
     chr_ = chardev_mod.open_chardev(spec, for_monitor=True, label=label)
     if isinstance(chr_, chardev_mod.MuxChardev):
         chr_ = chr_.frontend()
-    return attach_monitor(chr_, machine, kind=kind)
+    return attach_monitor(chr_, machine, kind=kind, pretty=pretty)
 
 
 def monitors_ready() -> None:

@@ -450,3 +450,59 @@ def test_two_qmp_clients_with_qemu_qmp(system_emulator: str, tmp_path: Path,
     assert seen[0][-1] == "SHUTDOWN{'guest': False, 'reason': 'host-qmp-quit'}"
     status, _out, _err = vm.wait()
     assert status == 0
+
+
+def test_qmp_pretty_matches_qemu(qemu_system: str, tmp_path: Path) -> None:
+    """-qmp-pretty: qemu's indented JSON (empty dicts as '{' newline '}'), CR LF line
+    ends, for the greeting, replies and errors."""
+    from pyqemu.system import chardev
+    from pyqemu.system.monitor import server
+
+    H.FORMAT_DEFAULTS.format, H.FORMAT_DEFAULTS.size = "x", 4
+    qemu = subprocess.Popen([qemu_system, "-S", "-display", "none", "-nodefaults",
+                             "-qmp-pretty", f"unix:{tmp_path / 'q.sock'},server=on,wait=off"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    chr_ = chardev.open_chardev(f"unix:{tmp_path / 'o.sock'},server=on,wait=off",
+                                for_monitor=True, label="test_qmp_pretty")
+    mon = server.attach_monitor(chr_, None, kind="qmp", pretty=True)
+
+    def connect(name: str) -> socket.socket:
+        deadline = time.monotonic() + 60
+        while True:
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(str(tmp_path / name))
+                s.settimeout(60)
+                return s
+            except OSError:
+                s.close()
+                assert time.monotonic() < deadline and qemu.poll() is None
+                time.sleep(0.05)
+
+    def message(s: socket.socket) -> bytes:
+        data = b""
+        while not data.endswith(b"\r\n}\r\n"):     # a pretty message ends with "}" alone
+            chunk = s.recv(65536)
+            assert chunk, data
+            data += chunk
+        return data
+
+    try:
+        q, o = connect("q.sock"), connect("o.sock")
+        g_q, g_o = message(q), message(o)
+        # the same lines, indents and keys; the version numbers and package differ
+        assert [x.split(b":")[0] for x in g_o.split(b"\r\n")] == \
+            [x.split(b":")[0] for x in g_q.split(b"\r\n")]
+        for msg in [b'{"execute":"query-status"}', b'{"execute":"qmp_capabilities"}',
+                    b'{"execute":"foo","id":[1,{},[]]}', b'garbage\n',
+                    b'{"execute":"human-monitor-command","arguments":{"command-line":"p 1"}}']:
+            q.sendall(msg)
+            o.sendall(msg)
+            assert message(o) == message(q), msg
+        q.close()
+        o.close()
+    finally:
+        mon.close()
+        chr_.close()
+        qemu.kill()
+        qemu.wait()
