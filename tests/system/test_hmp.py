@@ -364,6 +364,15 @@ def test_hmp_run_states_match_qemu(qemu_system: str, tmp_path: Path) -> None:
                      "info status", "c", "info status", "s", "info status", "system_reset",
                      "c", "info status", "stop"]:
             assert ours.command(line) == theirs.command(line), line
+        # while the guest runs, state reads go through the CPU thread
+        ours.command("cont")
+        for _ in range(3):
+            lines = ours.command("x /3i $pc").splitlines()
+            assert len(lines) == 3 and all(re.match(r"0x[0-9a-f]{8}:  [0-9a-f]{2} ", x)
+                                           for x in lines), lines
+            assert ours.command("info registers").startswith("\nCPU#0\nEAX=")
+            assert re.fullmatch(r"0x[0-9a-f]+\n", ours.command("p /x $pc"))
+        theirs.command("cont")
         for peer in (ours, theirs):
             peer.sock.sendall(b"quit\n")
             data = b""
