@@ -6,21 +6,22 @@ hw/input/ps2.c for the devices: command byte (0x20/0x60), self-test 0xAA -> 0x55
 interface tests 0xAB/0xA9 -> 0x00, port enable/disable (0xAD/0xAE, 0xA7/0xA8), output
 port read/write (0xD0/0xD1: bit 1 A20, bit 0 low = reset), 0xDD/0xDF A20, 0xFE and
 0xF0-0xFE even pulse reset, 0xD2/0xD3/0xD4 writes; keyboard: reset 0xFF -> FA AA, get ID,
-echo, scan code set 0xF0, LEDs, typematic rate, enable/disable; mouse: the basic
-replies. IRQ1 (IRQ12 for mouse data) while the output buffer is full and the
+echo, scan code set 0xF0, LEDs, typematic rate, enable/disable (replies jump the queue
+and a new command drops unread ones, as QEMU's ps2.c); mouse: the command set with
+wrap mode, IntelliMouse detection and empty poll packets. IRQ1 (IRQ12 for mouse data) while the output buffer is full and the
 interrupt bit of the command byte is set.
 
-``key_input(scancodes)`` feeds bytes the keyboard sends (already in the active set);
-nothing is sent while scanning is disabled.
+``key_input(scancodes)`` feeds bytes as the guest will read them (set 1 when the
+command byte's translate bit ``kbd.translate`` is on, else the active set); nothing is
+sent while scanning is disabled.
 
-Not modelled: the keyboard throttle timer (off by default in QEMU), mouse streaming
-and its sample/resolution state, scan-code translation of key events (the caller gives
-bytes), typematic repeat.
+Not modelled: the keyboard throttle timer (off by default in QEMU), mouse movement
+and button events, key-event to scancode translation (the caller gives bytes),
+typematic repeat.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 
 from ..bus import IrqLine, PortBus
@@ -103,38 +104,100 @@ KBD_REPLY_ID = 0xAB
 KBD_REPLY_ACK = 0xFA
 KBD_REPLY_RESEND = 0xFE
 
-PS2_QUEUE_SIZE = 16
+PS2_QUEUE_SIZE = 16                 # bytes of device data the queue accepts
+PS2_BUFFER_SIZE = 256
 # what "get scan code set" answers while the controller translates to set 1
 _TRANSLATED_SET_ID = (0xFF, 0x43, 0x41, 0x3F)
 
+# mouse commands
+AUX_SET_SCALE11 = 0xE6
+AUX_SET_SCALE21 = 0xE7
+AUX_SET_RES = 0xE8
+AUX_GET_SCALE = 0xE9
+AUX_SET_STREAM = 0xEA
+AUX_POLL = 0xEB
+AUX_RESET_WRAP = 0xEC
+AUX_SET_WRAP = 0xEE
+AUX_SET_REMOTE = 0xF0
+AUX_GET_TYPE = 0xF2
+AUX_SET_SAMPLE = 0xF3
+AUX_ENABLE_DEV = 0xF4
+AUX_DISABLE_DEV = 0xF5
+AUX_SET_DEFAULT = 0xF6
+AUX_RESET = 0xFF
+AUX_ACK = 0xFA
+MOUSE_STATUS_REMOTE = 0x40
+MOUSE_STATUS_ENABLED = 0x20
+MOUSE_STATUS_SCALE21 = 0x10
+
 
 class Ps2Device:
-    """The byte queue shared by the PS/2 keyboard and mouse."""
+    """QEMU's PS2Queue: a 256-byte ring where device data is appended (at most 16 bytes
+    pending) and command replies are inserted in front of it, to be read first; a new
+    keyboard command drops the unread replies of the previous one."""
 
     def __init__(self, update_irq: Callable[[bool], None]):
         self._update_irq = update_irq
-        self.queue: deque[int] = deque()
-        self.last = 0
+        self.data = bytearray(PS2_BUFFER_SIZE)
+        self.rptr = 0
+        self.wptr = 0
+        self.count = 0
+        self.cwptr = -1
         self.write_cmd = -1
 
     def reset_queue(self) -> None:
-        self.queue.clear()
+        self.rptr = self.wptr = self.count = 0
+        self.cwptr = -1
+
+    def pending(self) -> bytes:
+        """The unread bytes, in the order the guest will read them."""
+        return bytes(self.data[(self.rptr + i) & 0xFF] for i in range(self.count))
+
+    def _queue_noirq(self, b: int) -> None:
+        if self.count >= PS2_QUEUE_SIZE:
+            return
+        self.data[self.wptr] = b & 0xFF
+        self.wptr = (self.wptr + 1) & 0xFF
+        self.count += 1
 
     def push(self, *data: int) -> None:
-        if len(self.queue) + len(data) > PS2_QUEUE_SIZE:
-            return                      # full: the bytes are lost, as on hardware
-        self.queue.extend(data)
+        """Device data: all bytes or none, at the end of the queue."""
+        if PS2_QUEUE_SIZE - self.count < len(data):
+            return
+        for b in data:
+            self._queue_noirq(b)
         self._update_irq(True)
 
+    def cpush(self, *data: int) -> None:
+        """A command reply, read before any device data already queued."""
+        self.rptr = (self.rptr - len(data)) & 0xFF
+        self.cwptr = self.rptr
+        for b in data:
+            self.data[self.cwptr] = b & 0xFF
+            self.cwptr = (self.cwptr + 1) & 0xFF
+            self.count += 1
+        self._update_irq(True)
+
+    def cqueue_reset(self) -> None:
+        if self.cwptr == -1:
+            return
+        self.count -= (self.cwptr - self.rptr) & 0xFF
+        self.rptr = self.cwptr
+        self.cwptr = -1
+
     def read_data(self) -> int:
-        """Next byte; an empty queue repeats the last one (EMM386 relies on it)."""
-        if not self.queue:
-            return self.last
-        self.last = self.queue.popleft()
+        """Next byte; an empty queue repeats the byte before the read pointer."""
+        if self.count == 0:
+            return self.data[(self.rptr - 1) & 0xFF]
+        val = self.data[self.rptr]
+        self.rptr = (self.rptr + 1) & 0xFF
+        self.count -= 1
+        if self.rptr == self.cwptr:
+            self.cwptr = -1             # command replies all read
         self._update_irq(False)
-        if self.queue:
+        if self.count:
             self._update_irq(True)
-        return self.last
+        return val
 
 
 class Ps2Keyboard(Ps2Device):
@@ -148,63 +211,71 @@ class Ps2Keyboard(Ps2Device):
         self.ledstate = 0
 
     def reset(self) -> None:
+        """The keyboard's reset command (0xFF, 0xF5, 0xF6)."""
         self.scan_enabled = 1
         self.scancode_set = 2
         self.reset_queue()
         self.ledstate = 0
 
+    def device_reset(self) -> None:
+        """System reset of the keyboard device (QEMU's ps2_kbd_reset)."""
+        self.reset()
+        self.write_cmd = -1
+        self.translate = 0
+
     def write(self, val: int) -> None:
+        self.cqueue_reset()
         cmd = self.write_cmd
         if cmd == KBD_CMD_SCANCODE:
             if val == 0:
-                self.push(KBD_REPLY_ACK, _TRANSLATED_SET_ID[self.scancode_set]
-                          if self.translate else self.scancode_set)
+                self.cpush(KBD_REPLY_ACK, _TRANSLATED_SET_ID[self.scancode_set]
+                           if self.translate else self.scancode_set)
             elif 1 <= val <= 3:
                 self.scancode_set = val
-                self.push(KBD_REPLY_ACK)
+                self.cpush(KBD_REPLY_ACK)
             else:
-                self.push(KBD_REPLY_RESEND)
+                self.cpush(KBD_REPLY_RESEND)
             self.write_cmd = -1
             return
         if cmd == KBD_CMD_SET_LEDS:
             self.ledstate = val
-            self.push(KBD_REPLY_ACK)
+            self.cpush(KBD_REPLY_ACK)
             self.write_cmd = -1
             return
         if cmd in (KBD_CMD_SET_RATE, KBD_CMD_SET_MAKE_BREAK):
-            self.push(KBD_REPLY_ACK)
+            self.cpush(KBD_REPLY_ACK)
             self.write_cmd = -1
             return
         if val == 0x00:
-            self.push(KBD_REPLY_ACK)
+            self.cpush(KBD_REPLY_ACK)
         elif val == 0x05:
-            self.push(KBD_REPLY_RESEND)
+            self.cpush(KBD_REPLY_RESEND)
         elif val == KBD_CMD_GET_ID:
-            self.push(KBD_REPLY_ACK, KBD_REPLY_ID, 0x41 if self.translate else 0x83)
+            self.cpush(KBD_REPLY_ACK, KBD_REPLY_ID, 0x41 if self.translate else 0x83)
         elif val == KBD_CMD_ECHO:
-            self.push(KBD_CMD_ECHO)
+            self.cpush(KBD_CMD_ECHO)
         elif val == KBD_CMD_ENABLE:
             self.scan_enabled = 1
-            self.push(KBD_REPLY_ACK)
+            self.cpush(KBD_REPLY_ACK)
         elif val in (KBD_CMD_SCANCODE, KBD_CMD_SET_LEDS, KBD_CMD_SET_RATE,
                      KBD_CMD_SET_MAKE_BREAK):
             self.write_cmd = val
-            self.push(KBD_REPLY_ACK)
+            self.cpush(KBD_REPLY_ACK)
         elif val == KBD_CMD_RESET_DISABLE:
             self.reset()
             self.scan_enabled = 0
-            self.push(KBD_REPLY_ACK)
+            self.cpush(KBD_REPLY_ACK)
         elif val == KBD_CMD_RESET_ENABLE:
             self.reset()
             self.scan_enabled = 1
-            self.push(KBD_REPLY_ACK)
+            self.cpush(KBD_REPLY_ACK)
         elif val == KBD_CMD_RESET:
             self.reset()
-            self.push(KBD_REPLY_ACK, KBD_REPLY_POR)
+            self.cpush(KBD_REPLY_ACK, KBD_REPLY_POR)
         elif val == KBD_CMD_SET_TYPEMATIC:
-            self.push(KBD_REPLY_ACK)
+            self.cpush(KBD_REPLY_ACK)
         else:
-            self.push(KBD_REPLY_RESEND)
+            self.cpush(KBD_REPLY_RESEND)
 
     def key_input(self, scancodes: bytes) -> None:
         if self.scan_enabled:
@@ -213,59 +284,100 @@ class Ps2Keyboard(Ps2Device):
 
 
 class Ps2Mouse(Ps2Device):
-    """A standard PS/2 mouse: command replies only (no movement reports yet)."""
+    """A PS/2 mouse (with QEMU's IntelliMouse detection); no movement reports yet."""
 
     def __init__(self, update_irq: Callable[[bool], None]):
         super().__init__(update_irq)
-        self.status = 0
-        self.resolution = 2
-        self.sample_rate = 100
+        self.reset()
 
     def reset(self) -> None:
-        self.status = 0
-        self.resolution = 2
-        self.sample_rate = 100
+        """Device (power-on) reset: everything 0, as QEMU's ps2_mouse_reset."""
         self.reset_queue()
+        self.write_cmd = -1
+        self.status = 0
+        self.resolution = 0
+        self.sample_rate = 0
+        self.mouse_type = 0
+        self.detect_state = 0
+        self.wrap = 0
+
+    def _send_packet(self) -> None:
+        """An empty movement packet (no motion, no buttons)."""
+        self.push(*([0x08, 0, 0] + ([0] if self.mouse_type else [])))
 
     def write(self, val: int) -> None:
         cmd = self.write_cmd
-        if cmd == 0xE8:                   # set resolution
-            self.resolution = val
-            self.push(KBD_REPLY_ACK)
-            self.write_cmd = -1
-            return
-        if cmd == 0xF3:                   # set sample rate
+        if cmd == AUX_SET_SAMPLE:
             self.sample_rate = val
-            self.push(KBD_REPLY_ACK)
+            state = self.detect_state
+            if state == 1:
+                self.detect_state = 2 if val == 100 else 3 if val == 200 else 0
+            elif state in (2, 3):
+                if val == 80:
+                    self.mouse_type = 3 if state == 2 else 4   # IMPS/2, IMEX
+                self.detect_state = 0
+            elif val == 200:
+                self.detect_state = 1
+            self.push(AUX_ACK)
             self.write_cmd = -1
             return
-        if val == 0xEC:                   # reset wrap mode
-            self.push(KBD_REPLY_ACK)
-        elif val in (0xE8, 0xF3):
+        if cmd == AUX_SET_RES:
+            self.resolution = val
+            self.push(AUX_ACK)
+            self.write_cmd = -1
+            return
+        if self.wrap:
+            if val == AUX_RESET_WRAP:
+                self.wrap = 0
+                self.push(AUX_ACK)
+                return
+            if val != AUX_RESET:
+                self.push(val)
+                return
+        if val == AUX_SET_SCALE11:
+            self.status &= ~MOUSE_STATUS_SCALE21
+            self.push(AUX_ACK)
+        elif val == AUX_SET_SCALE21:
+            self.status |= MOUSE_STATUS_SCALE21
+            self.push(AUX_ACK)
+        elif val == AUX_SET_STREAM:
+            self.status &= ~MOUSE_STATUS_REMOTE
+            self.push(AUX_ACK)
+        elif val == AUX_SET_WRAP:
+            self.wrap = 1
+            self.push(AUX_ACK)
+        elif val == AUX_SET_REMOTE:
+            self.status |= MOUSE_STATUS_REMOTE
+            self.push(AUX_ACK)
+        elif val == AUX_GET_TYPE:
+            self.push(AUX_ACK, self.mouse_type)
+        elif val in (AUX_SET_RES, AUX_SET_SAMPLE):
             self.write_cmd = val
-            self.push(KBD_REPLY_ACK)
-        elif val == 0xE9:                 # status request
-            self.push(KBD_REPLY_ACK, self.status, self.resolution, self.sample_rate)
-        elif val == 0xF2:                 # get ID
-            self.push(KBD_REPLY_ACK, 0x00)
-        elif val == 0xF4:                 # enable reporting
-            self.status |= 0x20
-            self.push(KBD_REPLY_ACK)
-        elif val == 0xF5:                 # disable reporting
-            self.status &= ~0x20
-            self.push(KBD_REPLY_ACK)
-        elif val == 0xF6:                 # set defaults
-            self.resolution = 2
+            self.push(AUX_ACK)
+        elif val == AUX_GET_SCALE:
+            self.push(AUX_ACK, self.status, self.resolution, self.sample_rate)
+        elif val == AUX_POLL:
+            self.push(AUX_ACK)
+            self._send_packet()
+        elif val == AUX_ENABLE_DEV:
+            self.status |= MOUSE_STATUS_ENABLED
+            self.push(AUX_ACK)
+        elif val == AUX_DISABLE_DEV:
+            self.status &= ~MOUSE_STATUS_ENABLED
+            self.push(AUX_ACK)
+        elif val == AUX_SET_DEFAULT:
             self.sample_rate = 100
+            self.resolution = 2
             self.status = 0
-            self.push(KBD_REPLY_ACK)
-        elif val == 0xFF:                 # reset
-            self.reset()
-            self.push(KBD_REPLY_ACK, KBD_REPLY_POR, 0x00)
-        elif val in (0xE6, 0xE7, 0xEA, 0xF0, 0xEB):
-            self.push(KBD_REPLY_ACK)
-        else:
-            self.push(KBD_REPLY_RESEND)
+            self.push(AUX_ACK)
+        elif val == AUX_RESET:
+            self.sample_rate = 100
+            self.resolution = 2
+            self.status = 0
+            self.mouse_type = 0
+            self.reset_queue()
+            self.push(AUX_ACK, 0xAA, self.mouse_type)
+        # anything else: no answer
 
 
 class I8042:
@@ -298,7 +410,10 @@ class I8042:
         self.reset()
 
     def reset(self) -> None:
-        """Controller reset (the PS/2 devices keep their state, as in QEMU)."""
+        """System reset of the controller and both PS/2 devices."""
+        self.kbd.device_reset()
+        self.mouse.reset()
+        self.write_cmd = 0
         self.mode = MODE_KBD_INT | MODE_MOUSE_INT
         self.status = STAT_CMD | STAT_UNLOCKED
         self.outport = OUT_RESET | OUT_A20 | OUT_ONES
@@ -372,12 +487,13 @@ class I8042:
     def _queue(self, b: int, aux: bool) -> None:
         """A byte from the controller itself."""
         self.cbdata = b & 0xFF
+        self.pending &= ~(PENDING_CTRL_KBD | PENDING_CTRL_AUX)
         self.pending |= PENDING_CTRL_AUX if aux else PENDING_CTRL_KBD
         self._safe_update_irq()
 
     def _dequeue(self) -> int:
         self.pending &= ~(PENDING_CTRL_KBD | PENDING_CTRL_AUX)
-        if self.pending:
+        if self._pending():
             self._update_irq()
         return self.cbdata
 
@@ -419,11 +535,10 @@ class I8042:
             self.status |= STAT_SELFTEST
             self._queue(0x55, False)
         elif val == CCMD_KBD_DISABLE:
-            self.mode |= MODE_DISABLE_KBD
-            self._update_irq()
+            self.mode |= MODE_DISABLE_KBD      # a byte already in the buffer stays
         elif val == CCMD_KBD_ENABLE:
             self.mode &= ~MODE_DISABLE_KBD
-            self._update_irq()
+            self._safe_update_irq()
         elif val == CCMD_READ_INPORT:
             self._queue(0x80, False)
         elif val == CCMD_READ_OUTPORT:
@@ -462,7 +577,8 @@ class I8042:
         elif cmd == CCMD_WRITE_MODE:
             self.mode = val
             self.kbd.translate = int(bool(val & MODE_KCC))
-            self._update_irq()
+            self._update_irq_lines()           # the interrupt enables act at once
+            self._safe_update_irq()            # and enabled ports may deliver data
         elif cmd == CCMD_WRITE_OBUF:
             self._queue(val, False)
         elif cmd == CCMD_WRITE_AUX_OBUF:
