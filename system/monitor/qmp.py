@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pyqemu.img_tool.qobject import qdict_deep
+from pyqemu.img_tool.qobject import qdict, qdict_deep
 
 from .hmp import QEMU_PACKAGE, QEMU_VERSION, Hmp, cpu_thread_id, system_reset_and_wait
 
@@ -376,9 +376,6 @@ class QmpCommands:
         return self.hmp.run(args["command-line"]).replace("\n", "\r\n")
 
 
-_ALLOWED_MEMBERS = ("execute", "exec-oob", "arguments", "id")
-
-
 class QmpSession:
     """One QMP connection: bytes in -> bytes out, no I/O."""
 
@@ -440,41 +437,49 @@ class QmpSession:
         return out
 
     def run(self, req: Any) -> dict[str, Any]:
-        """Execute one parsed request; returns the reply object."""
+        """Execute one parsed request; returns the reply object. The checks come in
+        qemu's order (qmp_dispatch): the members (in QDict order), execute/exec-oob,
+        the command's lookup (in negotiation mode only qmp_capabilities exists, and
+        "not found" reads "Expecting capabilities negotiation ..."), OOB, the
+        arguments, then the command."""
         try:
             if not isinstance(req, dict):
                 raise QmpError("QMP input must be a JSON object")
-            for key, value in req.items():
-                if key not in _ALLOWED_MEMBERS or (key == "exec-oob" and not self.oob):
+            for key in qdict(dict.fromkeys(req)):
+                value = req[key]
+                if key in ("execute", "exec-oob"):
+                    if key == "exec-oob" and not self.oob:
+                        raise QmpError("QMP input member '%s' is unexpected" % key)
+                    if not isinstance(value, str):
+                        raise QmpError("QMP input member '%s' must be a string" % key)
+                elif key == "arguments":
+                    if not isinstance(value, dict):
+                        raise QmpError("QMP input member 'arguments' must be an object")
+                elif key != "id":
                     raise QmpError("QMP input member '%s' is unexpected" % key)
-                if key in ("execute", "exec-oob") and not isinstance(value, str):
-                    raise QmpError("QMP input member '%s' must be a string" % key)
-                if key == "arguments" and not isinstance(value, dict):
-                    raise QmpError("QMP input member 'arguments' must be an object")
             if "execute" in req and "exec-oob" in req:
-                raise QmpError("QMP input must not have both 'execute' and 'exec-oob'")
+                raise QmpError("QMP input member 'execute' clashes with 'exec-oob'")
             name = req.get("execute", req.get("exec-oob"))
             if name is None:
                 raise QmpError("QMP input lacks member 'execute'")
+            entry = self.commands.table.get(name)
+            if entry is None or (not self.negotiated and name != "qmp_capabilities"):
+                if not self.negotiated:
+                    raise QmpError("Expecting capabilities negotiation with "
+                                   "'qmp_capabilities'", "CommandNotFound")
+                raise QmpError("The command %s has not been found" % name, "CommandNotFound")
             if "exec-oob" in req:
                 raise QmpError("The command %s does not support OOB" % name)
             args = req.get("arguments", {})
-            if not self.negotiated:
-                if name != "qmp_capabilities":
-                    raise QmpError("Expecting capabilities negotiation with "
-                                   "'qmp_capabilities'", "CommandNotFound")
-            elif name == "qmp_capabilities":
-                raise QmpError("Capabilities negotiation is already complete, command "
-                               "ignored", "CommandNotFound")
-            entry = self.commands.table.get(name)
-            if entry is None:
-                raise QmpError("The command %s has not been found" % name, "CommandNotFound")
             params, handler = entry
             check_args(args, params)
             if name == "qmp_capabilities":
                 for cap in args.get("enable", []):
                     if cap != "oob":
                         raise QmpError("Parameter 'null' does not accept value '%s'" % cap)
+                if self.negotiated:
+                    raise QmpError("Capabilities negotiation is already complete, command "
+                                   "ignored", "CommandNotFound")
                 result = handler(args)
                 self.negotiated = True
                 self.oob = "oob" in args.get("enable", [])

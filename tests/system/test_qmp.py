@@ -146,6 +146,21 @@ COMMAND_MODE = [
     b'{"exec-oob":"query-status"}\n',
     b'{"execute":"human-monitor-command","arguments":{"command-line":"f\\u001bo\\u00e9\\u007f"},'
     b'"id":"\\ud83d\\ude00\\t"}\n',
+    b'{"execute":"qmp_capabilities","arguments":{"enable":["foo"]}}\n',
+    b'{"execute":"qmp_capabilities","arguments":{"x":1}}\n',
+    b'{"execute":1,"foo":2,"arguments":3}\n',
+    b'{"arguments":3,"id":"z","control":1}\n',
+]
+
+OOB_MODE = [                              # a new session that enables oob
+    b'{"execute":"qmp_capabilities","arguments":{"enable":["oob"]}}\n',
+    b'{"exec-oob":"query-status"}\n',
+    b'{"exec-oob":"query-status","id":1}\n',
+    b'{"exec-oob":"foo","id":1}\n',
+    b'{"exec-oob":"qmp_capabilities","id":1}\n',
+    b'{"execute":"query-name","exec-oob":"query-status"}\n',
+    b'{"exec-oob":1}\n',
+    b'{"exec-oob":"stop","id":2,"arguments":{"a":1}}\n',
 ]
 
 
@@ -160,6 +175,13 @@ def test_negotiation_and_errors_match_qemu(qemu_qmp: QmpPeer) -> None:
     for data in NEGOTIATION:
         assert ours.exchange(data) == qemu_qmp.exchange(data), data
     for data in COMMAND_MODE:
+        assert ours.exchange(data) == qemu_qmp.exchange(data), data
+
+
+def test_oob_capability_matches_qemu(qemu_qmp: QmpPeer) -> None:
+    """With the oob capability: exec-oob is read, and refused for every command."""
+    ours = OurQmp()
+    for data in OOB_MODE:
         assert ours.exchange(data) == qemu_qmp.exchange(data), data
     # events, once negotiated: qemu's timestamp layout
     assert ours.session.event("STOP", None, when=1.5) == (
