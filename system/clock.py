@@ -143,12 +143,15 @@ class VirtualClock:
         return self._live
 
     def run_expired(self) -> None:
-        """Fire, in deadline order, every timer whose deadline is <= now_ns().
+        """Fire, in deadline order, every timer whose deadline is <= now_ns() (read once,
+        as QEMU's timerlist_run_timers does).
 
-        A callback may arm new timers; one that is already due fires in this same call,
-        so a device must always move its deadline forward."""
+        A callback may arm new timers; one due by that same instant fires in this call
+        too, so a device must always move its deadline forward. A timer armed for later
+        waits for the next call even if the host clock has passed it meanwhile, so a
+        very fast periodic device cannot keep the CPU thread here forever."""
+        now = self.now_ns()
         while True:
-            now = self.now_ns()
             with self._lock:
                 heap = self._heap
                 while heap and not heap[0][2]._live:

@@ -95,6 +95,8 @@ class PitChannel:
         d = self.elapsed(now_ns)
         mode, count = self.mode, self.count
         if mode in (2, 3):
+            if count == 1:              # OUT stays high: no edges (mode 2: after tick 1)
+                return 1 if mode == 2 and d < 1 else None
             return (d // count + 1) * count
         if mode in (4, 5):
             if d < count:

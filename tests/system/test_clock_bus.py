@@ -115,3 +115,20 @@ def test_irq_line() -> None:
     assert seen == [True, True, False]
     assert line.level is False
     IrqLine().pulse()                            # unconnected: no error
+
+
+def test_run_expired_reads_the_clock_once() -> None:
+    clock = VirtualClock()
+    clock.step(1000)
+    fired: list[str] = []
+
+    def first() -> None:
+        fired.append("first")
+        clock.add_timer(1000, lambda: fired.append("due now"))
+        clock.add_timer(1001, lambda: fired.append("later"))
+
+    clock.add_timer(900, first)
+    clock.run_expired()
+    assert fired == ["first", "due now"]
+    assert clock.next_deadline() == 1001
+    assert clock.fired == 2

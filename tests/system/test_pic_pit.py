@@ -281,3 +281,17 @@ def test_pit_mode0_one_shot_and_gate() -> None:
     pit.speaker_port_write(0x61, 1, 0x01)     # ... and high again restarts the count
     bus.write(0x43, 1, 0x80)
     assert bus.read(0x42, 1) == 100
+
+
+@pytest.mark.parametrize("mode,edges", [(2, 1), (3, 0)])
+def test_pit_count_one_has_no_periodic_edges(mode: int, edges: int) -> None:
+    """QEMU's OUT formula keeps OUT high for a count of 1: no interrupt storm."""
+    clock, bus, pit, rises = _pit_rig()
+    bus.write(0x43, 1, 0x10 | (mode << 1))      # channel 0, lobyte only
+    rises.clear()
+    bus.write(0x40, 1, 1)
+    initial = len(rises)                         # mode 3 goes high at the load
+    clock.step(1_000_000)
+    assert len(rises) - initial == edges
+    assert clock.fired == edges
+    assert pit.irq0.level is True
