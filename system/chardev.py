@@ -791,10 +791,20 @@ class MuxFrontend(Chardev):
         self.mux.write(data)
 
     def set_reader(self, on_bytes: Callable[[bytes], None] | None) -> None:
-        """As QEMU's qemu_chr_fe_set_handlers on a mux: this front end takes the focus."""
+        """The first front end to read takes the focus and keeps it when others
+        attach: the serial port keeps it when the monitor joins later, the state QEMU
+        reaches (its monitor attaches first, the serial port's handlers then take
+        the focus). Ctrl-A c moves it."""
         super().set_reader(on_bytes)
-        if on_bytes is not None:
-            self.mux.set_focus(self.index)
+        mux = self.mux
+        if on_bytes is not None and (
+                mux.focus < 0 or mux.frontends[mux.focus]._on_bytes is None):
+            mux.set_focus(self.index)
+
+    @property
+    def focused(self) -> bool:
+        """True while input goes to this front end."""
+        return self.mux.focus == self.index
 
     def close(self) -> None:
         self._closed = True
@@ -830,8 +840,6 @@ class MuxChardev(Chardev):
         """Attach a new user (serial port, monitor ...)."""
         fe = MuxFrontend(self, len(self.frontends))
         self.frontends.append(fe)
-        if self.focus < 0:
-            self.focus = fe.index
         return fe
 
     def set_focus(self, index: int) -> None:

@@ -352,9 +352,9 @@ def test_mux_escapes_match_qemu() -> None:
     serial.set_event_handler(lambda e: events.append(("serial", e)))
     monitor.set_event_handler(lambda e: events.append(("monitor", e)))
     to_serial, to_monitor = Collector(), Collector()
-    monitor.set_reader(to_monitor)
-    serial.set_reader(to_serial)     # the last to set handlers has the focus, as in qemu
-    assert mux.focus == serial.index
+    serial.set_reader(to_serial)     # the machine wires the serial port first: it keeps
+    monitor.set_reader(to_monitor)   # the focus when the monitor joins, as in qemu
+    assert mux.focus == serial.index and serial.focused and not monitor.focused
     with socket.create_connection(("127.0.0.1", int(mux.base.port))) as client:
         ours = []
         for send, marker in keys:
@@ -373,8 +373,8 @@ def test_mux_focus_switching() -> None:
     serial.set_event_handler(lambda e: events.append(("serial", e)))
     monitor.set_event_handler(lambda e: events.append(("monitor", e)))
     to_serial, to_monitor = Collector(), Collector()
-    monitor.set_reader(to_monitor)
     serial.set_reader(to_serial)
+    monitor.set_reader(to_monitor)
     with socket.create_connection(("127.0.0.1", int(mux.base.port))) as client:
         client.sendall(b"guest\n")
         assert to_serial.until(b"\n") == b"guest\n"
@@ -386,8 +386,7 @@ def test_mux_focus_switching() -> None:
         monitor.write(b"monitor out\n")
         assert recv_until(client, b"\n") == b"serial out monitor out\n"
     focus_events = [e for e in events if e[1].startswith("mux-")]
-    assert focus_events == [("serial", "mux-out"), ("monitor", "mux-in"),   # monitor reader
-                            ("monitor", "mux-out"), ("serial", "mux-in"),   # serial reader
+    assert focus_events == [("serial", "mux-in"),                           # first reader
                             ("serial", "mux-out"), ("monitor", "mux-in"),   # C-a c
                             ("monitor", "mux-out"), ("serial", "mux-in")]   # C-a c
     assert ("serial", "opened") in events and ("monitor", "opened") in events
