@@ -86,6 +86,13 @@ class VirtualClock:
                 self._frozen_ns += time.monotonic_ns() - self._host_base
                 self._host_base = None
 
+    def set_ns(self, ns: int) -> None:
+        """Put a stopped clock at ``ns`` without firing anything (loading a snapshot:
+        the devices' set_state() re-arms their timers afterwards)."""
+        if self.running:
+            raise RuntimeError("set_ns() needs a stopped clock")
+        self._frozen_ns = ns
+
     def step(self, delta_ns: int) -> int:
         """Move a stopped clock forward by ``delta_ns``, firing every timer on the way at
         its own deadline (as qtest's clock_step). Returns the new virtual time."""

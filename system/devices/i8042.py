@@ -23,6 +23,7 @@ typematic repeat.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from ..bus import IrqLine, PortBus
 
@@ -104,6 +105,7 @@ KBD_REPLY_ID = 0xAB
 KBD_REPLY_ACK = 0xFA
 KBD_REPLY_RESEND = 0xFE
 
+STATE_VERSION = 1
 PS2_QUEUE_SIZE = 16                 # bytes of device data the queue accepts
 PS2_BUFFER_SIZE = 256
 # what "get scan code set" answers while the controller translates to set 1
@@ -144,6 +146,19 @@ class Ps2Device:
         self.count = 0
         self.cwptr = -1
         self.write_cmd = -1
+
+    QUEUE_FIELDS = ("rptr", "wptr", "count", "cwptr", "write_cmd")
+    DEVICE_FIELDS: tuple[str, ...] = ()
+
+    def get_state(self) -> dict[str, Any]:
+        state = {f: getattr(self, f) for f in self.QUEUE_FIELDS + self.DEVICE_FIELDS}
+        state["data"] = bytes(self.data)
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for f in self.QUEUE_FIELDS + self.DEVICE_FIELDS:
+            setattr(self, f, state[f])
+        self.data = bytearray(state["data"])
 
     def reset_queue(self) -> None:
         self.rptr = self.wptr = self.count = 0
@@ -202,6 +217,8 @@ class Ps2Device:
 
 class Ps2Keyboard(Ps2Device):
     """An MF2 AT keyboard."""
+
+    DEVICE_FIELDS = ("scan_enabled", "scancode_set", "translate", "ledstate")
 
     def __init__(self, update_irq: Callable[[bool], None]):
         super().__init__(update_irq)
@@ -285,6 +302,9 @@ class Ps2Keyboard(Ps2Device):
 
 class Ps2Mouse(Ps2Device):
     """A PS/2 mouse (with QEMU's IntelliMouse detection); no movement reports yet."""
+
+    DEVICE_FIELDS = ("status", "resolution", "sample_rate", "mouse_type", "detect_state",
+                     "wrap")
 
     def __init__(self, update_irq: Callable[[bool], None]):
         super().__init__(update_irq)
@@ -496,6 +516,24 @@ class I8042:
         if self._pending():
             self._update_irq()
         return self.cbdata
+
+    # -- migration -------------------------------------------------------------------
+
+    def get_state(self) -> dict[str, Any]:
+        """Controller registers (QEMU's "pckbd" with its extended state) and both
+        PS/2 devices with their queues."""
+        state = {f: getattr(self, f) for f in self.VMSTATE_FIELDS}
+        state.update(version=STATE_VERSION, kbd=self.kbd.get_state(),
+                     mouse=self.mouse.get_state())
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Load what :meth:`get_state` returned; IRQ1/IRQ12 follow the buffer."""
+        for f in self.VMSTATE_FIELDS:
+            setattr(self, f, state[f])
+        self.kbd.set_state(state["kbd"])
+        self.mouse.set_state(state["mouse"])
+        self._update_irq_lines()
 
     # -- outside input ---------------------------------------------------------------
 

@@ -15,8 +15,11 @@ and ICW4 bit 0 are accepted and ignored), the slave-ID check of ICW3.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from ..bus import IrqLine, PortBus
+
+STATE_VERSION = 1
 
 # ICW1 / OCW2 / OCW3 bits
 ICW1_IC4 = 0x01
@@ -308,6 +311,24 @@ class PicPair:
     def info_text(self) -> str:
         """HMP ``info pic`` text."""
         return f"{self.master.info(0)}\n{self.slave.info(1)}\n"
+
+    # -- migration -------------------------------------------------------------------
+
+    def get_state(self) -> dict[str, Any]:
+        """Both chips' registers (QEMU's vmstate "i8259" fields)."""
+        return {"version": STATE_VERSION, "master": self.master.state(),
+                "slave": self.slave.state(),
+                "lines": [line.level for line in self._lines]}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Load what :meth:`get_state` returned; the INTR output follows."""
+        for chip, regs in ((self.master, state["master"]), (self.slave, state["slave"])):
+            for name in I8259.VMSTATE_FIELDS:
+                setattr(chip, name, regs[name])
+            chip.int_level = chip.get_irq() >= 0
+        for line, level in zip(self._lines, state["lines"], strict=True):
+            line.level = level
+        self._master_output(self.master.int_level)
 
     # -- ports -----------------------------------------------------------------------
 

@@ -16,10 +16,13 @@ status bit, gate-low stopping the count in modes 0, 2, 3 and 4.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..bus import IrqLine, PortBus
 from ..clock import NS_PER_SEC, Timer, VirtualClock
 
 PIT_FREQ = 1193182
+STATE_VERSION = 1
 
 RW_STATE_LSB = 1
 RW_STATE_MSB = 2
@@ -283,6 +286,28 @@ class Pit:
             ch.read_state = RW_STATE_WORD0
             return (count >> 8) & 0xFF
         return count & 0xFF
+
+    # -- migration -------------------------------------------------------------------
+
+    def get_state(self) -> dict[str, Any]:
+        """Channel registers (QEMU's vmstate "i8254" fields), port 0x61 bits and the
+        IRQ0 level. Load times are virtual-clock instants: restore the clock first."""
+        return {"version": STATE_VERSION,
+                "channels": [{f: getattr(ch, f) for f in PitChannel.VMSTATE_FIELDS}
+                             for ch in self.channels],
+                "irq_disabled": self.irq_disabled, "speaker_data_on": self.speaker_data_on,
+                "refresh_clock": self._refresh_clock, "irq0_level": self.irq0.level}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Load what :meth:`get_state` returned and re-arm channel 0's timer."""
+        for ch, regs in zip(self.channels, state["channels"], strict=True):
+            for f in PitChannel.VMSTATE_FIELDS:
+                setattr(ch, f, regs[f])
+        self.irq_disabled = state["irq_disabled"]
+        self.speaker_data_on = state["speaker_data_on"]
+        self._refresh_clock = state["refresh_clock"]
+        self.irq0.level = state["irq0_level"]   # the 8259 keeps its own copy
+        self._arm(self.clock.now_ns())
 
     def channel_info(self, index: int) -> dict[str, int]:
         """gate, mode, initial count and OUT of a channel (QEMU's PITChannelInfo)."""

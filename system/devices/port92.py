@@ -8,6 +8,7 @@ system reset clears bit 0.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from ..bus import PortBus
 
@@ -38,3 +39,9 @@ class Port92:
     def reset(self) -> None:
         """System reset: the reset bit reads 0 again (A20 is left alone)."""
         self.outport &= ~1
+
+    def get_state(self) -> dict[str, Any]:
+        return {"version": 1, "outport": self.outport}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.outport = state["outport"]

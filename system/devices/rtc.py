@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from ..bus import IrqLine, PortBus
 from ..clock import NS_PER_SEC, Timer, VirtualClock
@@ -60,6 +61,7 @@ REG_C_MASK = 0x70
 RTC_CLOCK_RATE = 32768
 UIP_HOLD_LENGTH = 8 * NS_PER_SEC // 32768
 REG_EQUIPMENT_BYTE = 0x14
+STATE_VERSION = 1
 
 _TIME_REGS = frozenset({RTC_CENTURY, RTC_SECONDS, RTC_MINUTES, RTC_HOURS, RTC_DAY_OF_WEEK,
                         RTC_DAY_OF_MONTH, RTC_MONTH, RTC_YEAR})
@@ -167,6 +169,38 @@ class Rtc:
         d[RTC_REG_C] &= ~(REG_C_UF | REG_C_IRQF | REG_C_PF | REG_C_AF) & 0xFF
         self._check_update_timer()
         self.irq.set(False)
+
+    # -- migration -------------------------------------------------------------------
+
+    def get_state(self) -> dict[str, Any]:
+        """CMOS bytes and the clock bookkeeping (QEMU's vmstate "mc146818rtc" v3)."""
+        state = {f: getattr(self, f) for f in self.VMSTATE_FIELDS}
+        state["cmos_data"] = bytes(self.cmos_data)
+        state.update(version=STATE_VERSION, nmi_disabled=self.nmi_disabled,
+                     irq_level=self.irq.level,
+                     periodic_timer=_deadline(self._periodic_timer),
+                     update_timer=_deadline(self._update_timer))
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Load what :meth:`get_state` returned and re-arm the periodic and update
+        timers (virtual-clock instants: restore the clock first)."""
+        for f in self.VMSTATE_FIELDS:
+            setattr(self, f, state[f])
+        self.cmos_data = bytearray(state["cmos_data"])
+        self.nmi_disabled = state["nmi_disabled"]
+        self.irq.level = state["irq_level"]    # the 8259 keeps its own copy
+        if self._periodic_timer is not None:
+            self._periodic_timer.cancel()
+            self._periodic_timer = None
+        self._cancel_update_timer()
+        # both timers migrate with their deadlines, as QEMU's VMSTATE_TIMER_PTR
+        if state["periodic_timer"] is not None:
+            self._periodic_timer = self.clock.add_timer(state["periodic_timer"],
+                                                        self._periodic_timer_cb)
+        if state["update_timer"] is not None:
+            self._update_timer = self.clock.add_timer(state["update_timer"],
+                                                      self._update_timer_cb)
 
     # -- time keeping ----------------------------------------------------------------
 
@@ -474,6 +508,10 @@ class Rtc:
                 self._check_update_timer()
             return ret
         return d[index]
+
+
+def _deadline(timer: Timer | None) -> int | None:
+    return timer.deadline_ns if timer is not None and timer.active else None
 
 
 # -- the PC board's CMOS layout (QEMU 7.2 hw/i386/pc.c pc_cmos_init) ---------------------

@@ -132,3 +132,18 @@ def test_run_expired_reads_the_clock_once() -> None:
     assert fired == ["first", "due now"]
     assert clock.next_deadline() == 1001
     assert clock.fired == 2
+
+
+def test_set_ns_for_snapshot_restore() -> None:
+    clock = VirtualClock()
+    fired: list[int] = []
+    clock.add_timer(5_000, lambda: fired.append(clock.now_ns()))
+    clock.set_ns(10_000)
+    assert clock.now_ns() == 10_000 and fired == []
+    clock.run_expired()
+    assert fired == [10_000]
+    clock.start()
+    with pytest.raises(RuntimeError):
+        clock.set_ns(0)
+    clock.stop()
+    assert clock.now_ns() >= 10_000

@@ -184,3 +184,46 @@ def test_debugcon_matches_qemu(tmp_path: Path) -> None:
     bus.write(0x402, 4, 0x44434241)
     assert bytes(rec.data) == out.read_bytes() == text + b"AA"
     assert bus.read(0x402, 1) == theirs_read == 0xE9
+
+
+def test_i8042_and_port92_state_round_trip() -> None:
+    rng = random.Random(8)
+    rigs = [_i8042_rig()]
+    port92s = [Port92(rigs[0][0], None, None)]
+
+    def traffic(steps: int) -> None:
+        write_cmd = 0
+        for _ in range(steps):
+            r = rng.random()
+            if r < 0.25:
+                port, val = 0x64, rng.choice(SAFE_COMMANDS)
+                write_cmd = val if val in WRITE_COMMANDS else write_cmd
+            elif r < 0.5:
+                port = 0x60
+                val = (rng.randrange(256) | 1 if write_cmd == 0xD1 else
+                       rng.choice(MOUSE_BYTES) if write_cmd == 0xD4 else
+                       rng.choice(KBD_BYTES) if write_cmd == 0 else rng.randrange(256))
+                write_cmd = 0
+            elif r < 0.55:
+                port, val = 0x92, rng.randrange(256) & ~1
+            elif r < 0.6:
+                data = bytes(rng.randrange(1, 256) for _ in range(rng.randrange(1, 4)))
+                for rig in rigs:
+                    rig[1].key_input(data)
+                continue
+            else:
+                port = rng.choice((0x60, 0x64, 0x92))
+                assert len({rig[0].read(port, 1) for rig in rigs}) == 1
+                continue
+            for rig in rigs:
+                rig[0].write(port, 1, val)
+            assert len({(rig[2].level, rig[3].level) for rig in rigs}) == 1
+
+    traffic(400)
+    rigs.append(_i8042_rig())
+    port92s.append(Port92(rigs[1][0], None, None))
+    rigs[1][1].set_state(rigs[0][1].get_state())
+    port92s[1].set_state(port92s[0].get_state())
+    assert rigs[1][1].get_state() == rigs[0][1].get_state()
+    traffic(2000)
+    assert all("reset" not in rig[4].events for rig in rigs)

@@ -295,3 +295,75 @@ def test_pit_count_one_has_no_periodic_edges(mode: int, edges: int) -> None:
     assert len(rises) - initial == edges
     assert clock.fired == edges
     assert pit.irq0.level is True
+
+
+def test_pic_state_round_trip() -> None:
+    """A pair loaded from another's get_state() behaves identically from then on."""
+    rng = random.Random(5)
+    bus_a = PortBus()
+    pic_a = PicPair(bus_a)
+
+    def traffic(rigs: list[tuple[PortBus, PicPair]], steps: int) -> None:
+        for _ in range(steps):
+            op = rng.randrange(10)
+            if op < 3:
+                n, level = rng.choice([i for i in range(16) if i != 2]), rng.random() < 0.5
+                for _, pic in rigs:
+                    pic.irq(n).set(level)
+            elif op < 6:
+                port = rng.choice(PIC_PORTS)
+                val = _pic_write_value(rng, port)
+                for bus, _ in rigs:
+                    bus.write(port, 1, val)
+            elif op < 9:
+                port = rng.choice(PIC_PORTS)
+                assert len({bus.read(port, 1) for bus, _ in rigs}) == 1
+            else:
+                assert len({pic.acknowledge() for _, pic in rigs}) == 1
+            assert len({pic.intr_pending() for _, pic in rigs}) == 1
+
+    traffic([(bus_a, pic_a)], 400)
+    bus_b = PortBus()
+    pic_b = PicPair(bus_b)
+    pic_b.set_state(pic_a.get_state())
+    assert pic_b.info_text() == pic_a.info_text()
+    assert pic_b.intr_pending() == pic_a.intr_pending()
+    traffic([(bus_a, pic_a), (bus_b, pic_b)], 2000)
+
+
+def test_pit_state_round_trip() -> None:
+    rng = random.Random(6)
+    clock = VirtualClock()
+    rigs = []
+
+    def make() -> tuple[PortBus, Pit, list[int]]:
+        bus = PortBus()
+        rises: list[int] = []
+        line = IrqLine(lambda level: rises.append(clock.now_ns()) if level else None)
+        pit = Pit(bus, clock, line)
+        bus.register(0x61, 1, pit.speaker_port_read, pit.speaker_port_write, "pcspk")
+        return bus, pit, rises
+
+    def traffic(steps: int) -> None:
+        for _ in range(steps):
+            r = rng.random()
+            if r < 0.1:
+                clock.step(rng.randrange(2_000_000))
+            elif r < 0.5:
+                port = rng.choice(PIT_PORTS_W)
+                val = (rng.choice((0x34, 0x36, 0x30, 0x32, 0x38, 0xB6, 0xB0, 0x00, 0xC2, 0xE4))
+                       if port == 0x43 else rng.randrange(4) if port == 0x61
+                       else rng.randrange(1, 256))
+                for bus, _, _ in rigs:
+                    bus.write(port, 1, val)
+            else:
+                port = rng.choice((0x40, 0x41, 0x42, 0x61))
+                assert len({bus.read(port, 1) for bus, _, _ in rigs}) == 1
+
+    rigs.append(make())
+    traffic(300)
+    rigs.append(make())
+    rigs[1][1].set_state(rigs[0][1].get_state())
+    rigs[0][2].clear()
+    traffic(1500)
+    assert rigs[0][2] == rigs[1][2] and rigs[0][2]

@@ -251,3 +251,39 @@ def test_set_mode_freezes_and_restarts_time() -> None:
     assert [_cmos(bus, i) for i in (0x00, 0x02, 0x04, 0x07, 0x08, 0x09, 0x32)] == \
         [0x01, 0x00, 0x00, 0x01, 0x01, 0x00, 0x20]   # 2000-01-01 00:00:01
     assert _cmos(bus, 0x06) == 0x07          # a Saturday
+
+
+def test_rtc_state_round_trip() -> None:
+    """Another RTC loaded from get_state() reads and interrupts identically."""
+    rng = random.Random(7)
+    clock = VirtualClock()
+    rigs: list[tuple[PortBus, Rtc, list[int]]] = []
+
+    def make() -> tuple[PortBus, Rtc, list[int]]:
+        bus = PortBus()
+        rises: list[int] = []
+        line = IrqLine(lambda level: rises.append(clock.now_ns()) if level else None)
+        return bus, Rtc(bus, clock, line, 128 * MiB, "cad", base_time=BASE_TIME), rises
+
+    def traffic(steps: int) -> None:
+        for _ in range(steps):
+            r = rng.random()
+            if r < 0.15:
+                clock.step(rng.randrange(300_000_000))
+            elif r < 0.5:
+                port, val = _random_rtc_write(rng)
+                if port == 0x71 and rng.random() < 0.3:
+                    val = rng.choice((0x12, 0x22, 0x42, 0x72, 0x02))   # interrupt enables
+                for bus, _, _ in rigs:
+                    bus.write(port, 1, val)
+            else:
+                assert len({bus.read(0x71, 1) for bus, _, _ in rigs}) == 1
+            assert len({rtc.irq.level for _, rtc, _ in rigs}) == 1
+
+    rigs.append(make())
+    traffic(300)
+    rigs.append(make())
+    rigs[1][1].set_state(rigs[0][1].get_state())
+    rigs[0][2].clear()
+    traffic(1500)
+    assert rigs[0][2] == rigs[1][2] and rigs[0][2]
