@@ -7,9 +7,13 @@ does no I/O (the transport is :mod:`.server`). What it does, in qemu's words:
   "capabilities": ["oob"]}}``; capabilities negotiation mode, where only
   ``qmp_capabilities`` runs (anything else: CommandNotFound "Expecting capabilities
   negotiation with 'qmp_capabilities'"); events are sent only after it.
-- framing as qemu's JSON streamer: a message is complete when its braces and brackets
-  balance, whatever the line breaks; qemu's JSON extension of 'single-quoted' strings
-  is accepted; parse errors come back as ``JSON parse error, ...`` with qemu's texts.
+- input as qemu's JSON lexer, streamer and parser read it: a byte-level state machine
+  (numbers, keywords, "..." and qemu's 'single-quoted' strings), a message complete
+  when braces and brackets balance whatever the line breaks, errors as qemu words them
+  (``JSON parse error, stray '-}'``, ``... invalid keyword 'garbage'``, ``...
+  expected separator in dict``, ``... duplicate key``, ``\\ud800 is not a valid
+  Unicode character``, ``invalid UTF-8 sequence in string``) and qemu's
+  resynchronisation after a bad byte (skip to a brace, bracket, control byte or 0xFF).
 - message checks (``QMP input must be a JSON object``, ``QMP input member 'x' is
   unexpected``, ``... must be a string``, ``... lacks member 'execute'``), argument
   checks (``Parameter 'x' is unexpected``, ``Parameter 'x' is missing``, ``Invalid
@@ -26,10 +30,10 @@ order qemu inserts the keys (the QAPI schema's field order) and reordered on out
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
 from pyqemu.img_tool.qobject import qdict, qdict_deep
@@ -46,143 +50,390 @@ class QmpError(Exception):
         self.cls = cls
 
 
-# --- JSON framing (qemu's json-lexer + json-streamer) -----------------------------------
+# --- JSON input (qemu's json-lexer.c, json-streamer.c, json-parser.c) ---------------
 
 
-_DELIMS = set(" \t\r\n{}[],:\"'")
+class _Tok(IntEnum):
+    """Token kinds of qemu's JSON lexer."""
+
+    LCURLY = 1
+    RCURLY = 2
+    LSQUARE = 3
+    RSQUARE = 4
+    COLON = 5
+    COMMA = 6
+    INTEGER = 7
+    FLOAT = 8
+    KEYWORD = 9
+    STRING = 10
+    ERROR = 11
+
+
+_PUNCT = {ord("{"): _Tok.LCURLY, ord("}"): _Tok.RCURLY, ord("["): _Tok.LSQUARE,
+          ord("]"): _Tok.RSQUARE, ord(":"): _Tok.COLON, ord(","): _Tok.COMMA}
+_WS = b" \t\r\n"
+_DIGITS = b"0123456789"
+_RESYNC = b"[]{}"
 
 
 class JsonStreamer:
-    """Splits a byte stream into top-level JSON texts (or error messages).
+    """qemu's JSON lexer and streamer over a byte stream (QMP's framing).
 
-    :meth:`feed` returns a list of items: ``("value", obj)`` or ``("error", desc)``."""
+    The lexer is a state machine over bytes; a bad byte makes an error token of the
+    token so far plus that byte ("stray '...'"), after which input is skipped up to a
+    brace, bracket, control character or 0xFE/0xFF (qemu's resynchronisation points).
+    The streamer collects tokens until braces and brackets balance (or go negative) and
+    hands them to :func:`_parse_tokens`. :meth:`feed` returns ``("value", obj)`` or
+    ``("error", desc)`` items."""
 
     def __init__(self) -> None:
-        self._pending = b""
-        self._text: list[str] = []      # the current message, single quotes rewritten
-        self._depth = 0
-        self._quote = ""                # inside a string: its quote char
-        self._escape = False
-        self._bare = ""                 # a top-level bare token being read
+        self._state = "start"
+        self._tok = bytearray()
+        self._tokens: list[tuple[_Tok, bytes]] = []
+        self._braces = 0
+        self._brackets = 0
 
-    def _emit(self, out: list[tuple[str, Any]]) -> None:
-        text = "".join(self._text)
-        self._text = []
-        out.append(_parse(text))
+    # -- lexer ------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> list[tuple[str, Any]]:
-        raw = self._pending + data
-        # keep an incomplete UTF-8 sequence for the next read
-        cut = len(raw)
-        for back in range(1, min(4, len(raw)) + 1):
-            b = raw[-back]
-            if b & 0xC0 == 0x80:
-                continue
-            if b >= 0xC0:
-                need = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
-                if back < need:
-                    cut = len(raw) - back
-            break
-        self._pending = raw[cut:]
         out: list[tuple[str, Any]] = []
-        for ch in raw[:cut].decode("utf-8", errors="replace"):
-            self._char(ch, out)
+        for b in data:
+            self._byte(b, out)
         return out
 
-    def _char(self, ch: str, out: list[tuple[str, Any]]) -> None:
-        if self._bare:
-            if ch not in _DELIMS:
-                self._bare += ch
+    def _emit_token(self, kind: _Tok, out: list[tuple[str, Any]]) -> None:
+        text = bytes(self._tok)
+        self._tok.clear()
+        self._state = "recovery" if kind is _Tok.ERROR else "start"
+        self._token(kind, text, out)
+
+    def _byte(self, b: int, out: list[tuple[str, Any]]) -> None:
+        st = self._state
+        if st == "recovery":
+            if (b < 0x20 and b != 0x09) or b >= 0xFE or b in _RESYNC:
+                self._state = "start"
+            else:
                 return
-            self._text = [self._bare]
-            self._bare = ""
-            self._emit(out)
-        if self._quote:
-            if self._escape:
-                self._escape = False
-                if self._quote == "'" and ch == "'":
-                    self._text[-1] = "'"          # \' in a single-quoted string
-                    return
-                self._text.append(ch)
+            st = "start"
+        if st == "start":
+            if b in _WS:
                 return
-            if ch == "\\":
-                self._escape = True
-                self._text.append(ch)
-                return
-            if ch == self._quote:
-                self._quote = ""
-                self._text.append('"')
-                if self._depth == 0:
-                    self._emit(out)
-                return
-            self._text.append('\\"' if ch == '"' else ch)
+            self._tok.append(b)
+            if b in _PUNCT:
+                self._emit_token(_PUNCT[b], out)
+            elif b == 0x22:
+                self._state = "dq"
+            elif b == 0x27:
+                self._state = "sq"
+            elif b == 0x2D:
+                self._state = "neg"
+            elif b == 0x30:
+                self._state = "zero"
+            elif 0x31 <= b <= 0x39:
+                self._state = "int"
+            elif 0x61 <= b <= 0x7A:
+                self._state = "keyword"
+            else:
+                self._emit_token(_Tok.ERROR, out)
             return
-        if ch in ('"', "'"):
-            self._quote = ch
-            self._text.append('"')
+        if st in ("dq", "sq"):
+            self._tok.append(b)
+            if b < 0x20 or b >= 0xFE:
+                self._emit_token(_Tok.ERROR, out)
+            elif b == 0x5C:
+                self._state += "_esc"
+            elif b == (0x22 if st == "dq" else 0x27):
+                self._emit_token(_Tok.STRING, out)
             return
-        if ch in "{[":
-            self._depth += 1
-            self._text.append(ch)
+        if st in ("dq_esc", "sq_esc"):
+            self._tok.append(b)
+            if b < 0x20 or b >= 0xFE:
+                self._emit_token(_Tok.ERROR, out)
+            else:
+                self._state = st[:2]
             return
-        if ch in "}]":
-            if self._depth == 0:
-                out.append(("error", "JSON parse error, expecting value"))
-                return
-            self._depth -= 1
-            self._text.append(ch)
-            if self._depth == 0:
-                self._emit(out)
+        # numbers and keywords: (state, byte) -> next state, or the token ends before
+        # this byte (a terminal state), or an error that takes this byte with it
+        nxt, terminal = _NUMBER_STATES[st](b)
+        if nxt is not None:
+            self._tok.append(b)
+            self._state = nxt
             return
-        if self._depth == 0:
-            if ch in " \t\r\n":
-                return
-            if ch.isalnum() or ch in "-+.":
-                self._bare = ch
-                return
-            out.append(("error", "JSON parse error, stray '%s'" % ch))
+        if terminal is not None:
+            self._emit_token(terminal, out)
+            self._byte(b, out)
             return
-        self._text.append(ch)
+        self._tok.append(b)
+        self._emit_token(_Tok.ERROR, out)
+
+    # -- streamer ---------------------------------------------------------------------
+
+    def _token(self, kind: _Tok, text: bytes, out: list[tuple[str, Any]]) -> None:
+        if kind is _Tok.ERROR:
+            self._reset()
+            out.append(("error", "JSON parse error, stray '%s'"
+                        % text.decode("utf-8", errors="replace")))
+            return
+        if kind is _Tok.LCURLY:
+            self._braces += 1
+        elif kind is _Tok.RCURLY:
+            self._braces -= 1
+        elif kind is _Tok.LSQUARE:
+            self._brackets += 1
+        elif kind is _Tok.RSQUARE:
+            self._brackets -= 1
+        self._tokens.append((kind, text))
+        if (self._braces > 0 or self._brackets > 0) and self._braces >= 0 \
+                and self._brackets >= 0:
+            if len(self._tokens) > _MAX_TOKENS:
+                self._reset()
+                out.append(("error", "JSON parse error, JSON token count limit exceeded"))
+            return
+        tokens = self._tokens
+        self._reset()
+        try:
+            out.append(("value", _Parser(tokens).parse()))
+        except _JsonError as e:
+            out.append(("error", "JSON parse error, %s" % e))
+
+    def _reset(self) -> None:
+        self._tokens = []
+        self._braces = 0
+        self._brackets = 0
 
 
-def _parse(text: str) -> tuple[str, Any]:
-    try:
-        return "value", json.loads(text)
-    except json.JSONDecodeError as e:
-        return "error", "JSON parse error, " + _json_error(text, e)
-    except RecursionError:
-        return "error", "JSON parse error, too many nested data structures"
+_MAX_TOKENS = 2 * 1024 * 1024
+_MAX_NESTING = 1024
 
 
-def _json_error(text: str, e: json.JSONDecodeError) -> str:
-    msg = e.msg
-    at = text[e.pos:e.pos + 1]
-    if msg.startswith("Expecting value"):
-        word = ""
-        for c in text[e.pos:]:
-            if not c.isalpha():
-                break
-            word += c
-        if word:
-            return "invalid keyword '%s'" % word
-        if at and at not in "{}[],:\"-0123456789 \t\r\n":
-            return "stray '%s'" % at
-        return "expecting value"
-    if msg.startswith("Expecting ':'"):
-        return "missing : in object pair"
-    if msg.startswith("Expecting property name"):
-        if at and (at.isdigit() or at in "-{[tfn"):
-            return "key is not a string in object"
-        return "expecting value"
-    if msg.startswith("Expecting ',' delimiter"):
-        depth = []
-        for c in text[:e.pos]:
-            if c in "{[":
-                depth.append(c)
-            elif c in "}]" and depth:
-                depth.pop()
-        return "expected separator in %s" % ("dict" if depth and depth[-1] == "{" else "list")
-    return "expecting value"
+def _st_neg(b: int) -> tuple[str | None, _Tok | None]:
+    return ("zero" if b == 0x30 else "int" if b in _DIGITS else None), None
+
+
+def _st_zero(b: int) -> tuple[str | None, _Tok | None]:
+    if b == 0x2E:
+        return "mantissa", None
+    if b in b"eE":
+        return "exp_e", None
+    if b in _DIGITS:
+        return None, None                      # "01": an error
+    return None, _Tok.INTEGER
+
+
+def _st_int(b: int) -> tuple[str | None, _Tok | None]:
+    if b in _DIGITS:
+        return "int", None
+    if b == 0x2E:
+        return "mantissa", None
+    if b in b"eE":
+        return "exp_e", None
+    return None, _Tok.INTEGER
+
+
+def _st_mantissa(b: int) -> tuple[str | None, _Tok | None]:
+    return ("mantissa_digits" if b in _DIGITS else None), None
+
+
+def _st_mantissa_digits(b: int) -> tuple[str | None, _Tok | None]:
+    if b in _DIGITS:
+        return "mantissa_digits", None
+    if b in b"eE":
+        return "exp_e", None
+    return None, _Tok.FLOAT
+
+
+def _st_exp_e(b: int) -> tuple[str | None, _Tok | None]:
+    return ("exp_sign" if b in b"+-" else "exp_digits" if b in _DIGITS else None), None
+
+
+def _st_exp_sign(b: int) -> tuple[str | None, _Tok | None]:
+    return ("exp_digits" if b in _DIGITS else None), None
+
+
+def _st_exp_digits(b: int) -> tuple[str | None, _Tok | None]:
+    return ("exp_digits", None) if b in _DIGITS else (None, _Tok.FLOAT)
+
+
+def _st_keyword(b: int) -> tuple[str | None, _Tok | None]:
+    return ("keyword", None) if 0x61 <= b <= 0x7A else (None, _Tok.KEYWORD)
+
+
+_NUMBER_STATES = {"neg": _st_neg, "zero": _st_zero, "int": _st_int,
+                  "mantissa": _st_mantissa, "mantissa_digits": _st_mantissa_digits,
+                  "exp_e": _st_exp_e, "exp_sign": _st_exp_sign,
+                  "exp_digits": _st_exp_digits, "keyword": _st_keyword}
+
+
+class _JsonError(Exception):
+    """A parse error (qemu's text, without the "JSON parse error, " prefix)."""
+
+
+class _Parser:
+    """qemu's JSON parser over one statement's tokens (json-parser.c's rules and
+    messages; the first error wins)."""
+
+    def __init__(self, tokens: list[tuple[_Tok, bytes]]) -> None:
+        self.tokens = tokens
+        self.pos = 0
+        self.depth = 0
+
+    def _next(self) -> tuple[_Tok | None, bytes]:
+        if self.pos >= len(self.tokens):
+            return None, b""
+        tok = self.tokens[self.pos]
+        self.pos += 1
+        return tok
+
+    def _peek(self) -> _Tok | None:
+        return self.tokens[self.pos][0] if self.pos < len(self.tokens) else None
+
+    def parse(self) -> Any:
+        return self._value()
+
+    def _value(self) -> Any:
+        kind, text = self._next()
+        if kind is _Tok.LCURLY:
+            return self._object()
+        if kind is _Tok.LSQUARE:
+            return self._array()
+        if kind is _Tok.STRING:
+            return _parse_string(text)
+        if kind is _Tok.INTEGER:
+            value = int(text)
+            if -(1 << 63) <= value < 1 << 64:
+                return value
+            return float(text)
+        if kind is _Tok.FLOAT:
+            return float(text)
+        if kind is _Tok.KEYWORD:
+            word = text.decode()
+            if word in _KEYWORDS:
+                return _KEYWORDS[word]
+            raise _JsonError("invalid keyword '%s'" % word)
+        raise _JsonError("expecting value")
+
+    def _enter(self) -> None:
+        self.depth += 1
+        if self.depth > _MAX_NESTING:
+            raise _JsonError("JSON nesting depth limit exceeded")
+
+    def _object(self) -> dict[str, Any]:
+        self._enter()
+        out: dict[str, Any] = {}
+        if self._peek() is _Tok.RCURLY:
+            self._next()
+            self.depth -= 1
+            return out
+        while True:
+            key = self._value()
+            if not isinstance(key, str):
+                raise _JsonError("key is not a string in object")
+            if self._next()[0] is not _Tok.COLON:
+                raise _JsonError("missing : in object pair")
+            value = self._value()
+            if key in out:
+                raise _JsonError("duplicate key")
+            out[key] = value
+            kind = self._next()[0]
+            if kind is _Tok.RCURLY:
+                self.depth -= 1
+                return out
+            if kind is not _Tok.COMMA:
+                raise _JsonError("expected separator in dict")
+
+    def _array(self) -> list[Any]:
+        self._enter()
+        out: list[Any] = []
+        if self._peek() is _Tok.RSQUARE:
+            self._next()
+            self.depth -= 1
+            return out
+        while True:
+            out.append(self._value())
+            kind = self._next()[0]
+            if kind is _Tok.RSQUARE:
+                self.depth -= 1
+                return out
+            if kind is not _Tok.COMMA:
+                raise _JsonError("expected separator in list")
+
+
+_KEYWORDS = {"true": True, "false": False, "null": None}
+_ESCAPES_IN = {ord('"'): '"', ord("'"): "'", ord("\\"): "\\", ord("/"): "/", ord("b"): "\b",
+               ord("f"): "\f", ord("n"): "\n", ord("r"): "\r", ord("t"): "\t"}
+
+
+def _hex4(text: bytes, at: int) -> int | None:
+    digits = text[at:at + 4]
+    if len(digits) == 4 and all(c in b"0123456789abcdefABCDEF" for c in digits):
+        return int(digits, 16)
+    return None
+
+
+def _parse_string(text: bytes) -> str:
+    """A string token's value (quotes included in ``text``): escapes, surrogate
+    pairs, and modified UTF-8 (overlong NUL allowed, encoded surrogates refused)."""
+    out: list[str] = []
+    i, end = 1, len(text) - 1
+    while i < end:
+        c = text[i]
+        if c == 0x5C:
+            e = text[i + 1]
+            if e == ord("u"):
+                cp = _hex4(text, i + 2)
+                bad = "\\u%s is not a valid Unicode character" % text[
+                    i + 2:i + 6].decode("utf-8", errors="replace")
+                if cp is None or 0xDC00 <= cp <= 0xDFFF:
+                    raise _JsonError(bad)
+                i += 6
+                if 0xD800 <= cp <= 0xDBFF:
+                    low = _hex4(text, i + 2) if text[i:i + 2] == b"\\u" else None
+                    if low is None or not 0xDC00 <= low <= 0xDFFF:
+                        raise _JsonError(bad)
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00)
+                    i += 6
+                out.append(chr(cp))
+                continue
+            if e not in _ESCAPES_IN:
+                raise _JsonError("invalid escape sequence in string")
+            out.append(_ESCAPES_IN[e])
+            i += 2
+            continue
+        if c < 0x80:
+            out.append(chr(c))
+            i += 1
+            continue
+        cp, n = _utf8_char(text, i, end)
+        if cp is None:
+            raise _JsonError("invalid UTF-8 sequence in string")
+        out.append(chr(cp))
+        i += n
+    return "".join(out)
+
+
+def _utf8_char(text: bytes, i: int, end: int) -> tuple[int | None, int]:
+    """One modified-UTF-8 character at ``text[i]`` (a lead byte >= 0x80)."""
+    c = text[i]
+    if text[i:i + 2] == b"\xc0\x80":
+        return 0, 2                            # modified UTF-8's NUL
+    if 0xC2 <= c <= 0xDF:
+        n, cp, low = 2, c & 0x1F, 0x80
+    elif 0xE0 <= c <= 0xEF:
+        n, cp, low = 3, c & 0x0F, 0x800
+    elif 0xF0 <= c <= 0xF4:
+        n, cp, low = 4, c & 0x07, 0x10000
+    else:
+        return None, 1
+    if i + n > end:
+        return None, 1
+    for k in range(1, n):
+        b = text[i + k]
+        if b & 0xC0 != 0x80:
+            return None, 1
+        cp = (cp << 6) | (b & 0x3F)
+    if cp < low or cp > 0x10FFFF or 0xD800 <= cp <= 0xDFFF:
+        return None, 1
+    return cp, n
 
 
 # --- output (qobject/json-writer.c, compact) ----------------------------------------------

@@ -528,3 +528,32 @@ def test_qmp_pretty_matches_qemu(qemu_system: str, tmp_path: Path) -> None:
         chr_.close()
         qemu.kill()
         qemu.wait()
+
+
+# Malformed JSON as qemu's lexer, streamer and parser see it: stray bytes (and what is
+# skipped after them), number and keyword tokens, string escapes, surrogates and
+# (modified) UTF-8, nesting that never closes (0xFF resynchronises).
+JSON_EDGES = [
+    b'{"a":"\x01"}', b'{"execute":"x\\q"}', b'{"a":-}', b'{"a":01}', b'{"execute":"\\u00"}',
+    b'{"execute":"\\ud800"}', b'{"execute":"\\ud800\\u0041"}', b'{"execute":"\\udc00"}',
+    b'{"execute":"\\u0000"}', b'{"execute":"a\tb"}', b'{"execute": nul}', b'{"execute": NaN}',
+    b'\xff', b'{"execute":"\xc3\xa9"}', b'{"execute":"\xc3"}', b'{"execute":"\xed\xa0\x80"}',
+    b'{"execute":"\xc0\x80"}', b'{"a":1.}', b'{"a":1e}', b'{"a":1e+}', b'{"a":.5}',
+    b'{"a":1.5e3x}', b'{"a":123abc}', b'{"a":-0}', b'{"a":00}',
+    b'@@@ {"execute":"query-version"}', b'{"a" "b"}', b'{"a":1 "b":2}', b'[1 2]',
+    b'{"a":1}}', b'{"a":[1}', b']', b'{]', b'[}', b'{"a"}', b'{"a":}', b'{:1}',
+    b'{"a":1,"a":2}', b"'abc", b"{'execute':\"x\"}", b'{"execute":"x\\\'y"}',
+    b"{'execute':'x\\\"y'}", b'{"execute":"\\/"}', b'{"id":99999999999999999999999}',
+    b'{"id":-99999999999999999999999}', b'{"id":18446744073709551615}', b'{"id":-0.0}',
+    b'{"id":1e400}', b'{"execute":true}', b'%', b'{"a":%d}', b'Ab', b'{"a":1}garbage',
+    b'{"execute":"\\uD83D\\uDE00x"}', b'{"execute":"\xf0\x9f\x98\x80"}',
+    b'{"execute":"\\u00e9"}', b'{"execute":"\xfe"}', b'tru e', b'{{}:1}', b'[[[]]]',
+    b'{"execute":"query-name"} {"execute":"query-name"}', b'{"id":[1,2,{"a":[]}]}',
+]
+
+
+def test_json_edges_match_qemu(qemu_qmp: QmpPeer) -> None:
+    ours = OurQmp()
+    for data in JSON_EDGES:
+        msg = data + b"\n\xff\n"
+        assert ours.exchange(msg) == qemu_qmp.exchange(msg), data
