@@ -5,9 +5,11 @@ messages compared with qemu-system-x86_64 7.2's own."""
 from __future__ import annotations
 
 import os
+import pty
 import queue
 import socket
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -390,3 +392,70 @@ def test_mux_focus_switching() -> None:
                             ("serial", "mux-out"), ("monitor", "mux-in"),   # C-a c
                             ("monitor", "mux-out"), ("serial", "mux-in")]   # C-a c
     assert ("serial", "opened") in events and ("monitor", "opened") in events
+
+
+# ---------------------------------------------------------------------------------------
+# stdio on a terminal
+
+STDIO_CHILD = r"""
+import sys, termios
+from pyqemu.system.chardev import open_chardev, _restore_tty
+before = termios.tcgetattr(0)
+mux = open_chardev(sys.argv[1])
+fe = mux.frontend() if hasattr(mux, "frontend") else mux
+raw = termios.tcgetattr(0)
+got = bytearray()
+done = __import__("threading").Event()
+def on_bytes(data):
+    got.extend(data)
+    if b"." in got:
+        done.set()
+fe.set_reader(on_bytes)
+fe.write(b"ready\n")
+done.wait()
+fe.write(("got %r lflag-echo=%d isig=%d\n" % (bytes(got), bool(raw[3] & termios.ECHO),
+                                             bool(raw[3] & termios.ISIG))).encode())
+_restore_tty()
+print("restored", termios.tcgetattr(0) == before, flush=True)
+"""
+
+
+def run_stdio_child(spec: str, typed: bytes) -> bytes:
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", STDIO_CHILD, spec], stdin=slave,
+                            stdout=slave, stderr=subprocess.PIPE, start_new_session=True)
+    os.close(slave)
+    out = bytearray()
+    try:
+        while b"ready" not in out:
+            out += os.read(master, 1000)
+        os.write(master, typed)
+        while b"restored" not in out or not out.endswith(b"\n"):
+            try:
+                chunk = os.read(master, 1000)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        proc.stderr.close()
+    return bytes(out)
+
+
+def test_stdio_raw_terminal_restored_at_exit() -> None:
+    # mon:stdio (as -nographic): no echo, no line editing, Ctrl-C is a byte for the guest
+    out = run_stdio_child("mon:stdio", b"ab\x03\r.")
+    assert b"ready\r\n" in out                          # output post-processing kept
+    assert b"got b'ab\\x03\\r.' lflag-echo=0 isig=0\r\n" in out
+    assert b"ab" not in out.split(b"got")[0]            # typed keys were not echoed
+    assert b"restored True" in out
+    # plain stdio: raw too, but Ctrl-C stays a signal (qemu's signal=on default)
+    out = run_stdio_child("stdio", b"xy.")
+    assert b"got b'xy.' lflag-echo=0 isig=1\r\n" in out
+    assert b"restored True" in out
