@@ -384,6 +384,9 @@ class PcMachine:
                                                    name=f"serial{n}"))
         self.debugcons = [debugcon.DebugCon(bus, chr_, iobase=port)
                           for chr_, port in self._debugcon_chardevs]
+        # the monitors join after the serial ports: on a mon: multiplexer the serial port
+        # keeps the input focus (chardev's rule), the state qemu -nographic starts in
+        self._start_monitors()
         self.vga = None
         if cfg.vga == "std":
             from .devices import vga
@@ -417,13 +420,21 @@ class PcMachine:
             if drive.cfg.interface == "ide":
                 self.ide.attach(drive.cfg.bus, drive.cfg.unit, drive.node,
                                 cdrom=drive.cfg.media == "cdrom")
-        self.fw_cfg = None
-        try:
-            from .devices import fw_cfg
-        except ImportError:
-            fw_cfg = None
-        if fw_cfg is not None:
-            self.fw_cfg = _construct_fw_cfg(fw_cfg, self)
+        from .devices import fw_cfg
+
+        cfg = self.config
+        self.fw_cfg = fw_cfg.FwCfg(self.bus, ram_size=cfg.ram_size, nographic=cfg.nographic,
+                                   boot_menu=cfg.boot_menu, dma_read=self.dma_read,
+                                   dma_write=self.dma_write)
+        e820 = [(0, self.ram_below, 1)]
+        if self.ram_above:
+            e820.append((FOUR_GIB, self.ram_above, 1))
+        self.fw_cfg.add_file("etc/e820", fw_cfg.e820_table(e820))
+        # QEMU hands SeaBIOS its own ACPI tables through etc/table-loader; the file's
+        # presence also makes SeaBIOS put the PIIX4 PM block at 0x600 as under QEMU. We
+        # build no tables: an empty loader keeps that placement and SeaBIOS falls back to
+        # its built-in PIIX4 tables (FADT, DSDT with _S5) at the same ports
+        self.fw_cfg.add_file("etc/table-loader", b"")
 
     def _build_chardevs(self) -> None:
         from . import chardev as chardev_mod
@@ -474,7 +485,6 @@ class PcMachine:
                     "monitor" if kind == "hmp" else "qmp", mon.chardev.spec, exc)
                 raise UsageError("\n".join(f"{PROG}: {line}" for line in lines),
                                  plain=True) from None
-        server.monitors_ready()
 
     # ------------------------------------------------------------------ interrupts
     def _on_intr_change(self) -> None:
@@ -539,8 +549,10 @@ class PcMachine:
 
     # ------------------------------------------------------------------ control
     def start(self) -> None:
-        """Start the CPU thread (running, or paused with -S) and the monitors."""
-        self._start_monitors()
+        """Start the CPU thread (running, or paused with -S); the monitors open."""
+        from .monitor import server
+
+        server.monitors_ready()
         if not self.config.start_paused:
             self.status = "running"
             self.clock.start()
@@ -880,10 +892,3 @@ def _construct(cls: Any, *args: Any, **kwargs: Any) -> Any:
         return cls(*args)
     accepted = {k: v for k, v in kwargs.items() if k in params}
     return cls(*args, **accepted)
-
-
-def _construct_fw_cfg(fw_cfg: Any, machine: PcMachine) -> Any:
-    cls = getattr(fw_cfg, "FwCfg", None)
-    if cls is None:
-        return None
-    return _construct(cls, machine.bus, ram=machine.ram, machine=machine)
