@@ -19,7 +19,9 @@ could not be parsed (``parse_failed``: ``-monitor`` then adds ``parse error: SPE
 may have an empty message (QEMU's compat parser fails silently for ``tcp:`` without a
 port); :func:`error_lines` gives the lines qemu prints for an option.
 
-Not supported: ``udp``, ``telnet``/``websocket``/``tn3270`` sockets, TLS, ``reconnect``,
+``telnet`` sockets negotiate and strip IAC sequences as QEMU's (char-socket.c).
+
+Not supported: ``udp``, ``websocket``/``tn3270`` sockets, TLS, ``reconnect``,
 serial/parallel host devices, ``logfile``, ``ringbuf``, ``spicevmc``, ``braille``,
 ``msmouse``, ``testdev``.
 """
@@ -536,6 +538,12 @@ class PtyChardev(Chardev):
             pass
 
 
+IAC = 0xFF
+IAC_BREAK = 0xF3
+# what QEMU sends a telnet peer: WILL ECHO, WILL SUPPRESS-GO-AHEAD, WILL BINARY, DO BINARY
+TELNET_INIT = bytes((IAC, 0xFB, 0x01, IAC, 0xFB, 0x03, IAC, 0xFB, 0x00, IAC, 0xFD, 0x00))
+
+
 class SocketChardev(Chardev):
     """A TCP or unix stream socket, server (one client at a time, accepts again after
     a disconnect) or client. Output with no peer connected is dropped."""
@@ -553,7 +561,9 @@ class SocketChardev(Chardev):
         if not self._server and wait_given:
             raise ChardevError("'wait' option is incompatible with socket in client "
                                "connect mode")
-        for unsupported in ("telnet", "websocket", "tn3270", "tls-creds", "reconnect"):
+        self._telnet = _bool(opts.get("telnet", "off"))
+        self._telnet_state = 1
+        for unsupported in ("websocket", "tn3270", "tls-creds", "reconnect"):
             if unsupported in opts and opts[unsupported] not in ("off", "0"):
                 raise ChardevError(f"chardev: socket: '{unsupported}' is not supported "
                                    "by pyqemu")
@@ -589,7 +599,7 @@ class SocketChardev(Chardev):
 
     # setup ---------------------------------------------------------------------------
     def _inet_name(self) -> str:
-        return f"tcp:{self.host}:{self.port}"
+        return f"{'telnet' if self._telnet else 'tcp'}:{self.host}:{self.port}"
 
     def _disconnected_name(self) -> None:
         base = self._describe if self._family == socket.AF_UNIX else self._inet_name()
@@ -676,9 +686,16 @@ class SocketChardev(Chardev):
             local = sock.getsockname()
             peer = sock.getpeername()
             left, right = ("[", "]") if sock.family == socket.AF_INET6 else ("", "")
-            self.filename = (f"tcp:{left}{local[0]}{right}:{local[1]}"
+            kind = "telnet" if self._telnet else "tcp"
+            self.filename = (f"{kind}:{left}{local[0]}{right}:{local[1]}"
                              f"{',server=on' if self._server else ''} <-> "
                              f"{left}{peer[0]}{right}:{peer[1]}")
+        if self._telnet:
+            self._telnet_state = 1
+            try:
+                sock.sendall(TELNET_INIT)
+            except OSError:
+                pass
         with self._cond:
             self._conn = sock
             self._cond.notify_all()
@@ -704,6 +721,10 @@ class SocketChardev(Chardev):
                 data = b""
             if not data:
                 break
+            if self._telnet:
+                data = self._strip_telnet(data)
+                if not data:
+                    continue
             self._deliver(data)
         with self._cond:
             if self._conn is sock:
@@ -729,6 +750,30 @@ class SocketChardev(Chardev):
             conn = self._conn
             if conn is not None:
                 self._pump(conn)
+
+    def _strip_telnet(self, data: bytes) -> bytes:
+        """QEMU's tcp_chr_process_IAC_bytes: IAC IAC is a literal 0xFF, IAC BREAK a
+        break event, any other IAC swallows itself and the next two bytes."""
+        out = bytearray()
+        state = self._telnet_state
+        for byte in data:
+            if state > 1:
+                if byte == IAC and state == 2:
+                    out.append(byte)
+                    state = 1
+                else:
+                    if byte == IAC_BREAK and state == 2:
+                        self._event("break")
+                        state += 1
+                    state += 1
+                if state >= 4:
+                    state = 1
+            elif byte == IAC:
+                state = 2
+            else:
+                out.append(byte)
+        self._telnet_state = state
+        return bytes(out)
 
     # front end -----------------------------------------------------------------------
     def write(self, data: bytes) -> None:

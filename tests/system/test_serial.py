@@ -269,3 +269,37 @@ def test_receive_and_transmit_through_sockets_like_qemu() -> None:
     assert ours[3] == theirs[3] == 0xC4
     # flow control: the host never overran the receiver
     assert not any(lsr & 0x02 for lsr in ours[1] | theirs[1])
+
+
+def telnet_session(dev_factory, payload: bytes, expect: int) -> tuple[bytes, bytes, bytes]:
+    port = free_port()
+    dev = dev_factory(f"telnet:127.0.0.1:{port},server=on,wait=off")
+    client = None
+    while client is None:
+        try:
+            client = socket.create_connection(("127.0.0.1", port))
+        except ConnectionRefusedError:
+            pass
+    with client:
+        client.settimeout(30)
+        greeting = b""
+        while len(greeting) < 12:
+            greeting += client.recv(12 - len(greeting))
+        client.sendall(payload)
+        received, _ = guest_receive(dev, expect)
+        for ch in b"x\xffy\n":
+            dev.outb(COM1, ch)
+        echoed = b""
+        while not echoed.endswith(b"\n"):
+            echoed += client.recv(100)
+    dev.close()
+    return greeting, received, echoed
+
+
+def test_telnet_serial_like_qemu() -> None:
+    # IAC WILL ECHO, IAC IAC, CR NUL, IAC IP + one byte, IAC SB x y, IAC SE + one byte
+    payload = b"a\xff\xfb\x01b\xff\xffc\r\0d\xff\xf4e\xff\xfa\x18\x01\xff\xf0fgZ"
+    theirs = telnet_session(QtestUart, payload, 10)
+    ours = telnet_session(OurUart, payload, 10)
+    assert ours == theirs
+    assert ours[1] == b"ab\xffc\r\0d\x01gZ"
