@@ -991,8 +991,7 @@ def open_from_opts(opts: dict[str, str], *,
     if backend is None:
         raise ChardevError(f'chardev: "{label}" missing backend')
     if label in _registry or (_bool(opts.get("mux", "off")) and f"{label}-base" in _registry):
-        raise ChardevError(f"attempt to add duplicate property '{label}' to object "
-                           "(type 'container')")
+        raise ChardevError(f"Duplicate ID '{label}' for chardev")
     mux = _bool(opts.get("mux", "off"))
     chr_label = f"{label}-base" if mux else label
     chardev = _open_backend(backend, chr_label, opts, notice)
@@ -1086,7 +1085,7 @@ def open_chardev(spec: str, *, for_monitor: bool = False, label: str | None = No
     if spec.startswith("chardev:"):
         found = find(spec[len("chardev:"):])
         if found is None:
-            raise ChardevError(f"chardev '{spec[len('chardev:'):]}' not found")
+            raise ChardevError("")   # qemu says only "could not connect ..."
         return found
     opts = parse_legacy(spec, label)
     return open_from_opts(opts, notice=notice)

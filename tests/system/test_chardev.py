@@ -106,6 +106,9 @@ BAD_SPECS = [
     ("chardev", "socket,id=s,host=localhost"),
     ("chardev", "pty"),
     ("chardev", "stdio,id=x,foo=1"),
+    ("chardev", "socket,id=s,host=127.0.0.1,port=5,wait=off"),
+    ("serial", "tcp::1,reconnect=x"),
+    ("serial", "chardev:zz"),
 ]
 
 
@@ -128,6 +131,13 @@ def test_error_messages_match_qemu() -> None:
         rc, theirs = results[i]
         assert rc == 1, (option, spec, theirs)
         assert our_errors(option, spec) == theirs, (option, spec)
+
+
+def test_duplicate_id_matches_qemu() -> None:
+    rc, theirs = qemu_errors(["-chardev", "null,id=a", "-chardev", "null,id=a"])
+    assert rc == 1
+    open_from_opts(parse_chardev_option("null,id=a"))
+    assert our_errors("chardev", "null,id=a") == theirs
 
 
 def test_connection_refused_matches_qemu() -> None:
