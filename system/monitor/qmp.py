@@ -73,7 +73,7 @@ _PUNCT = {ord("{"): _Tok.LCURLY, ord("}"): _Tok.RCURLY, ord("["): _Tok.LSQUARE,
           ord("]"): _Tok.RSQUARE, ord(":"): _Tok.COLON, ord(","): _Tok.COMMA}
 _WS = b" \t\r\n"
 _DIGITS = b"0123456789"
-_RESYNC = b"[]{}"
+_RESYNC = b"[]{}:,"                 # the structural characters
 
 
 class JsonStreamer:
@@ -171,6 +171,7 @@ class JsonStreamer:
     def _token(self, kind: _Tok, text: bytes, out: list[tuple[str, Any]]) -> None:
         if kind is _Tok.ERROR:
             self._reset()
+            text = text.split(b"\0")[0]          # qemu's message is a C string
             out.append(("error", "JSON parse error, stray '%s'"
                         % text.decode("utf-8", errors="replace")))
             return
@@ -211,10 +212,8 @@ def _st_neg(b: int) -> tuple[str | None, _Tok | None]:
 
 
 def _st_zero(b: int) -> tuple[str | None, _Tok | None]:
-    if b == 0x2E:
+    if b == 0x2E:                              # (no exponent right after a 0, as qemu)
         return "mantissa", None
-    if b in b"eE":
-        return "exp_e", None
     if b in _DIGITS:
         return None, None                      # "01": an error
     return None, _Tok.INTEGER
@@ -382,7 +381,7 @@ def _parse_string(text: bytes) -> str:
             if e == ord("u"):
                 cp = _hex4(text, i + 2)
                 bad = "\\u%s is not a valid Unicode character" % text[
-                    i + 2:i + 6].decode("utf-8", errors="replace")
+                    i + 2:i + 6].split(b"\0")[0].decode("utf-8", errors="replace")
                 if cp is None or 0xDC00 <= cp <= 0xDFFF:
                     raise _JsonError(bad)
                 i += 6

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pyqemu.system.monitor import hmp as H
 from pyqemu.system.monitor import qmp as Q
 
@@ -557,3 +559,21 @@ def test_json_edges_match_qemu(qemu_qmp: QmpPeer) -> None:
     for data in JSON_EDGES:
         msg = data + b"\n\xff\n"
         assert ours.exchange(msg) == qemu_qmp.exchange(msg), data
+
+
+_JSON_ALPHABET = b'{}[]:,"\'\\ \n\t\r-+.0123456789eEaflnrstuxNA@%/\x00\x01\xc0\x80\xc3\xa9\xfe\xff'
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from([bytes([b]) for b in _JSON_ALPHABET]
+                                + [b'"execute"', b'"id"', b'"arguments"', b"true", b"null",
+                                   b'"qmp_capabilities"', b"\\u00e9", b"\\ud83d"]),
+                max_size=40))
+def test_random_json_matches_qemu(qemu_qmp: QmpPeer, pieces: list[bytes]) -> None:
+    """Byte soup from JSON's alphabet: our replies equal qemu's, message for message."""
+    H.FORMAT_DEFAULTS.format, H.FORMAT_DEFAULTS.size = "x", 4
+    if not hasattr(qemu_qmp, "ours"):
+        qemu_qmp.ours = OurQmp()          # one session each, living as long as qemu's
+    msg = b"".join(pieces) + b"\n\xff\n"
+    assert qemu_qmp.ours.exchange(msg) == qemu_qmp.exchange(msg), msg
