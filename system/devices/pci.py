@@ -312,21 +312,44 @@ class PciHost:
         function.config_write(offset, min(size, 256 - offset), value)
 
     def info_text(self) -> str:
-        """Lines for HMP ``info pci`` (bus, device, function, ids, class)."""
+        """HMP ``info pci``, in qemu's layout (hmp_info_pci_device)."""
         lines = []
         for devfn, fn in sorted(self.functions.items()):
             lines.append(f"  Bus  0, device {devfn >> 3:3d}, function {devfn & 7}:")
-            lines.append(f"    class {fn.get_word(CLASS_DEVICE):04x}: PCI device "
-                         f"{fn.get_word(VENDOR_ID):04x}:{fn.get_word(DEVICE_ID):04x}")
+            klass = fn.get_word(CLASS_DEVICE)
+            desc = CLASS_DESCRIPTIONS.get(klass, f"Class {klass:04x}")
+            lines.append(f"    {desc}: PCI device {fn.get_word(VENDOR_ID):04x}:"
+                         f"{fn.get_word(DEVICE_ID):04x}")
+            lines.append(f"      PCI subsystem {fn.get_word(SUBSYSTEM_VENDOR_ID):04x}:"
+                         f"{fn.get_word(SUBSYSTEM_ID):04x}")
+            pin = fn.config[INTERRUPT_PIN]
+            if pin:
+                lines.append(f"      IRQ {fn.config[INTERRUPT_LINE]}, pin {chr(ord('A') + pin - 1)}")
             for bar in fn.bars:
                 if bar is None:
                     continue
-                space = "I/O" if bar.io else "32 bit memory"
                 addr = fn.bar_address(bar)
-                where = "0xffffffffffffffff" if addr == UNMAPPED else f"{addr:#x}"
-                lines.append(f"      BAR{bar.index}: {space} at {where} [{bar.size - 1:#06x}].")
-            lines.append(f"      id \"{fn.name}\"")
+                addr = 0xFFFFFFFFFFFFFFFF if addr == UNMAPPED else addr
+                end = (addr + bar.size - 1) & 0xFFFFFFFFFFFFFFFF
+                if bar.io:
+                    lines.append(f"      BAR{bar.index}: I/O at 0x{addr:04x} [0x{end:04x}].")
+                else:
+                    lines.append(f"      BAR{bar.index}: 32 bit memory at 0x{addr:08x} "
+                                 f"[0x{end:08x}].")
+            lines.append('      id ""')
         return "\n".join(lines) + "\n"
+
+
+# class code -> qemu's description (pci_class_descriptions, the classes a pc can show)
+CLASS_DESCRIPTIONS = {
+    0x0100: "SCSI controller", 0x0101: "IDE controller", 0x0102: "Floppy controller",
+    0x0104: "RAID controller", 0x0106: "SATA controller", 0x0108: "NVMe controller",
+    0x0180: "Storage controller", 0x0200: "Ethernet controller", 0x0280: "Network controller",
+    0x0300: "VGA controller", 0x0302: "3D controller", 0x0380: "Display controller",
+    0x0401: "Audio controller", 0x0403: "Audio controller", 0x0600: "Host bridge",
+    0x0601: "ISA bridge", 0x0604: "PCI bridge", 0x0680: "Bridge",
+    0x0c03: "USB controller", 0x0c05: "SMBus",
+}
 
 
 # -- i440FX host bridge (00.0) --------------------------------------------------------------

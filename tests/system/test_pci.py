@@ -162,7 +162,7 @@ def test_pirq_routing_reaches_the_pic() -> None:
     assert not pic.slave.irr & 0x08
 
 
-def _qmp_system_reset(q: QemuQtest) -> None:
+def _qmp(q: QemuQtest, command: str, **arguments: object) -> object:
     deadline = time.monotonic() + 10
     while not q.qmp_path.exists():
         assert time.monotonic() < deadline, "QMP socket never appeared"
@@ -171,11 +171,18 @@ def _qmp_system_reset(q: QemuQtest) -> None:
         sock.connect(str(q.qmp_path))
         f = sock.makefile("rw")
         f.readline()
-        for command in ("qmp_capabilities", "system_reset"):
-            f.write(json.dumps({"execute": command}) + "\n")
+        for name, args in (("qmp_capabilities", {}), (command, arguments)):
+            f.write(json.dumps({"execute": name, "arguments": args}) + "\n")
             f.flush()
-            while "return" not in json.loads(f.readline()):
-                pass
+            while True:
+                reply = json.loads(f.readline())
+                if "return" in reply:
+                    break
+    return reply["return"]
+
+
+def _qmp_system_reset(q: QemuQtest) -> None:
+    _qmp(q, "system_reset")
     # the reset runs in QEMU's main loop after the reply: wait for its effect
     for _ in range(10000):
         q.cmd("outl 0xcf8 0x80000860")
@@ -203,3 +210,18 @@ def test_system_reset_matches_qemu(tmp_path: Path) -> None:
         _qmp_system_reset(q)
         ours.host.reset()
         assert _diff(run(q, after), run(ours, after)) == []
+
+
+def test_info_pci_matches_qemu(tmp_path: Path) -> None:
+    """HMP info pci before and after the firmware's usual programming."""
+    ours = OurPc()
+    setup = ["outl 0xcf8 0x80000920", "outl 0xcfc 0xc001", "outl 0xcf8 0x80000904",
+             "outw 0xcfc 0x0005", "outl 0xcf8 0x80000b3c", "outb 0xcfc 9"]
+    with QemuQtest(tmp_path, *QEMU_ARGS) as q:
+        before = _qmp(q, "human-monitor-command", **{"command-line": "info pci"})
+        assert before == ours.host.info_text().replace("\n", "\r\n")
+        run(q, setup)
+        run(ours, setup)
+        after = _qmp(q, "human-monitor-command", **{"command-line": "info pci"})
+        assert after == ours.host.info_text().replace("\n", "\r\n")
+    assert "BAR4: I/O at 0xc000 [0xc00f]." in after
