@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import struct
 import sys
 import tempfile
 import threading
@@ -429,12 +430,19 @@ class PcMachine:
         e820 = [(0, self.ram_below, 1)]
         if self.ram_above:
             e820.append((FOUR_GIB, self.ram_above, 1))
+        # the AMD HyperTransport window QEMU 7.2 reserves for qemu64 (40 physical bits)
+        e820.append((0xFD00000000, 0x300000000, 2))
         self.fw_cfg.add_file("etc/e820", fw_cfg.e820_table(e820))
-        # QEMU hands SeaBIOS its own ACPI tables through etc/table-loader; the file's
-        # presence also makes SeaBIOS put the PIIX4 PM block at 0x600 as under QEMU. We
-        # build no tables: an empty loader keeps that placement and SeaBIOS falls back to
-        # its built-in PIIX4 tables (FADT, DSDT with _S5) at the same ports
-        self.fw_cfg.add_file("etc/table-loader", b"")
+        # QEMU hands SeaBIOS its own ACPI tables (128 KiB, allocated at the top of RAM)
+        # through etc/table-loader, whose presence also makes SeaBIOS put the PIIX4 PM
+        # block at 0x600. We build no tables: the loader only allocates an empty block,
+        # SeaBIOS then builds its own PIIX4 tables (FADT, DSDT with _S5; 8 KiB) at the
+        # same ports. The block is 8 KiB short of QEMU's so that the top 128 KiB of RAM
+        # is reserved, and the e820 map the guest sees is QEMU's.
+        tables = bytes(120 * KiB)
+        loader = struct.pack("<I56sIB", 1, b"etc/acpi/tables", 64, 1).ljust(128, b"\0")
+        self.fw_cfg.add_file("etc/acpi/tables", tables)
+        self.fw_cfg.add_file("etc/table-loader", loader.ljust(4096, b"\0"))
 
     def _build_chardevs(self) -> None:
         from . import chardev as chardev_mod

@@ -4,15 +4,20 @@ The header (magic 0x1BADB002 in the first 8 KiB, 4-byte aligned) says how to loa
 with flag bit 16 (the "a.out kludge") the header's load/bss/entry addresses are used;
 otherwise the file must be a 32-bit ELF whose PT_LOAD segments go to their physical
 addresses. Modules come from -initrd (``file args,file2 args``), each page-aligned after
-the kernel; the Multiboot information block, the memory map (the machine's e820 view),
-the command line (kernel path then -append, as QEMU passes it) and the boot loader name
-"qemu" follow.
+the kernel; the command line is the kernel path then -append, as QEMU passes it, and the
+boot loader name is "qemu".
 
-Entry differs from QEMU on purpose: QEMU runs SeaBIOS, which runs QEMU's multiboot.bin
-option ROM, which switches to protected mode. Here the CPU is put straight into that
-state at reset: 32-bit flat protected mode (a GDT with code 0x08 and data 0x10 in the
-information area), paging off, IF=0, A20 on, EAX=0x2BADB002, EBX=the information block.
-So the PIC, the PIT and the rest are in their power-on state, not as SeaBIOS leaves them.
+Boot path, as QEMU's: the image (kernel, module list, strings, modules) and the
+Multiboot information block go into fw_cfg (KERNEL_ADDR/SIZE/DATA/ENTRY, INITRD_ADDR/
+SIZE/DATA with the block for 0x9500); QEMU's own option ROM ``multiboot_dma.bin`` (from
+the firmware directories, as a ``genroms/`` file first in ``bootorder``) is run by
+SeaBIOS, copies them into place, fills mem_lower/mem_upper and the e820 map at 0x9000,
+enters 32-bit protected mode and jumps to the kernel. So the kernel finds the machine as
+SeaBIOS leaves it (PIC, PIT, PCI, ACPI PM block), exactly as under qemu-system-x86_64.
+
+Without that ROM the CPU is put straight into the state it leaves (flat 32-bit protected
+mode, paging off, IF=0, EAX=0x2BADB002, EBX=the block; the e820 map the machine knows),
+but the chipset is then in its power-on state: no BIOS ran.
 
 A Linux bzImage ("HdrS" at 0x202) is refused (not supported yet).
 """
@@ -108,36 +113,27 @@ def _e820(machine: Any) -> list[tuple[int, int, int]]:
     return table
 
 
-def _load_elf(data: bytes, ram: memoryview, limit: int) -> tuple[int, int, int]:
-    """Load PT_LOAD segments at their physical addresses: (entry, low, high)."""
-    if data[4] != 1:
-        raise UsageError("Cannot load x86-64 image, give a 32bit one.")
-    (e_entry, e_phoff, _shoff, _flags, _ehsize, e_phentsize,
-     e_phnum) = struct.unpack_from("<IIIIHHH", data, 24)
-    low, high = 1 << 32, 0
-    for i in range(e_phnum):
-        off = e_phoff + i * e_phentsize
-        if off + 32 > len(data):
-            raise UsageError("qemu: invalid kernel header", plain=True)
-        p_type, p_offset, _vaddr, p_paddr, p_filesz, p_memsz = struct.unpack_from(
-            "<IIIIII", data, off)
-        if p_type != 1 or p_memsz == 0:
-            continue
-        if p_paddr + p_memsz > limit or p_offset + p_filesz > len(data):
-            raise UsageError("qemu: kernel does not fit in RAM", plain=True)
-        ram[p_paddr:p_paddr + p_filesz] = data[p_offset:p_offset + p_filesz]
-        ram[p_paddr + p_filesz:p_paddr + p_memsz] = bytes(p_memsz - p_filesz)
-        low, high = min(low, p_paddr), max(high, p_paddr + p_memsz)
-    if high == 0:
-        raise UsageError("qemu: invalid kernel header", plain=True)
-    return e_entry, low, high
+OPTION_ROM = "multiboot_dma.bin"
+MBI_ADDR = 0x9500            # QEMU's ADDR_MBI (the e820 map goes at 0x9000)
+E820_ADDR = 0x9000
 
 
-def load_multiboot(machine: Any, data: bytes) -> Multiboot:
-    """Load the -kernel file ``data`` into the machine's RAM; raise UsageError with
-    qemu's message when it is not a kernel we can boot."""
-    cfg = machine.config
-    ram = machine.ram
+def load_multiboot(machine: Any, data: bytes) -> Multiboot | None:
+    """Prepare the -kernel file ``data``: through fw_cfg and QEMU's option ROM (None is
+    returned: SeaBIOS boots it), or loaded directly when the ROM is not installed (the
+    Multiboot to enter at every reset). UsageError with qemu's message when it is not a
+    kernel we can boot."""
+    rom_path = machine.config.find_file(OPTION_ROM)
+    if rom_path is not None and machine.fw_cfg is not None:
+        with open(rom_path, "rb") as f:
+            rom = f.read()
+        _to_fw_cfg(machine, data, rom)
+        return None
+    return _load_direct(machine, data)
+
+
+def _kernel_image(machine: Any, data: bytes) -> tuple[int, int, bytes]:
+    """(load address, entry, image bytes from the load address to the bss end)."""
     limit = machine.ram_below
     header = _find_header(data)
     if header is None:
@@ -151,20 +147,119 @@ def load_multiboot(machine: Any, data: bytes) -> Multiboot:
     if flags & MB_AOUT_KLUDGE:
         (header_addr, load_addr, load_end, bss_end, entry) = struct.unpack_from(
             "<IIIII", data, header + 12)
+        if header_addr < load_addr:
+            raise UsageError("invalid mh_load_addr address", plain=True)
         file_off = header - (header_addr - load_addr)
-        if file_off < 0:
-            raise UsageError("qemu: invalid kernel header", plain=True)
         size = (load_end - load_addr) if load_end else len(data) - file_off
-        mem_end = bss_end if bss_end else load_addr + size
-        if mem_end > limit:
+        mem = (bss_end - load_addr) if bss_end else size
+        if file_off < 0 or size < 0 or mem < size or load_addr + mem > limit:
             raise UsageError("qemu: kernel does not fit in RAM", plain=True)
-        ram[load_addr:load_addr + size] = data[file_off:file_off + size].ljust(size, b"\0")
-        ram[load_addr + size:mem_end] = bytes(mem_end - load_addr - size)
-        high = mem_end
-    elif data[:4] == b"\x7fELF":
-        entry, _low, high = _load_elf(data, ram, limit)
-    else:
+        image = data[file_off:file_off + size].ljust(mem, b"\0")
+        return load_addr, entry, image
+    if data[:4] != b"\x7fELF":
         raise UsageError("qemu: invalid kernel header", plain=True)
+    segments = _elf_segments(data, limit)
+    low = min(p for p, _, _ in segments)
+    high = max(p + m for p, m, _ in segments)
+    image = bytearray(high - low)
+    for paddr, _memsz, blob in segments:
+        image[paddr - low:paddr - low + len(blob)] = blob
+    entry = struct.unpack_from("<I", data, 24)[0]
+    return low, entry, bytes(image)
+
+
+def _elf_segments(data: bytes, limit: int) -> list[tuple[int, int, bytes]]:
+    if len(data) < 52 or data[4] != 1:
+        raise UsageError("Cannot load x86-64 image, give a 32bit one.", plain=True)
+    e_phoff = struct.unpack_from("<I", data, 28)[0]
+    e_phentsize, e_phnum = struct.unpack_from("<HH", data, 42)
+    out = []
+    for i in range(e_phnum):
+        off = e_phoff + i * e_phentsize
+        if off + 32 > len(data):
+            raise UsageError("Error while loading elf kernel", plain=True)
+        p_type, p_offset, _vaddr, p_paddr, p_filesz, p_memsz = struct.unpack_from(
+            "<IIIIII", data, off)
+        if p_type != 1 or p_memsz == 0:
+            continue
+        if p_paddr + p_memsz > limit or p_offset + p_filesz > len(data):
+            raise UsageError("qemu: kernel does not fit in RAM", plain=True)
+        out.append((p_paddr, p_memsz, data[p_offset:p_offset + p_filesz]))
+    if not out:
+        raise UsageError("Error while loading elf kernel", plain=True)
+    return out
+
+
+def _to_fw_cfg(machine: Any, data: bytes, rom: bytes) -> None:
+    """QEMU's load_multiboot: the buffer and the information block into fw_cfg."""
+    from .devices import fw_cfg as fc
+
+    cfg = machine.config
+    load_addr, entry, image = _kernel_image(machine, data)
+    modules = _split_modules(cfg.initrd) if cfg.initrd else []
+    size = _round_up(len(image), PAGE)
+    offset_mbinfo = size
+    cmdline = cfg.kernel + " " + cfg.append
+    cmdline_len = len(cfg.kernel) + 1 + len(cfg.append) + 1
+    if cfg.initrd:
+        cmdline_len += len(cfg.initrd) + 1
+    size += cmdline_len + 16 * len(modules) + len(b"qemu") + 1
+    size = _round_up(size, PAGE)
+    buf = bytearray(image.ljust(size, b"\0"))
+    offset_cmdlines = offset_mbinfo + 16 * len(modules)
+    offset_loader = offset_cmdlines + cmdline_len
+    at_cmdline = offset_cmdlines
+
+    def add_cmdline(text: str) -> int:
+        nonlocal at_cmdline
+        raw = text.encode() + b"\0"
+        buf[at_cmdline:at_cmdline + len(raw)] = raw
+        addr = load_addr + at_cmdline
+        at_cmdline += len(raw)
+        return addr
+
+    for n, spec in enumerate(modules):
+        string_addr = add_cmdline(spec)
+        path = spec.split(" ", 1)[0]
+        try:
+            with open(path, "rb") as f:
+                blob = f.read()
+        except OSError:
+            raise UsageError(f"Failed to open file '{path}'", plain=True) from None
+        start = len(buf)
+        buf += blob.ljust(_round_up(len(blob), PAGE), b"\0")
+        struct.pack_into("<III", buf, offset_mbinfo + 16 * n, load_addr + start,
+                         load_addr + start + len(blob), string_addr)
+    if load_addr + len(buf) > machine.ram_below:
+        raise UsageError("qemu: kernel does not fit in RAM", plain=True)
+    info = bytearray(INFO_SIZE)
+    struct.pack_into("<I", info, 16, add_cmdline(cmdline))
+    buf[offset_loader:offset_loader + 5] = b"qemu\0"
+    struct.pack_into("<I", info, 64, load_addr + offset_loader)
+    struct.pack_into("<II", info, 20, len(modules), load_addr + offset_mbinfo)
+    struct.pack_into("<I", info, 0, INFO_FLAGS)
+    struct.pack_into("<I", info, 12, 0x8000FFFF)
+    struct.pack_into("<I", info, 48, E820_ADDR)
+    f = machine.fw_cfg
+    f.add_i32(fc.KERNEL_ENTRY, entry)
+    f.add_i32(fc.KERNEL_ADDR, load_addr)
+    f.add_i32(fc.KERNEL_SIZE, len(buf))
+    f.add_bytes(fc.KERNEL_DATA, bytes(buf))
+    f.add_i32(fc.INITRD_ADDR, MBI_ADDR)
+    f.add_i32(fc.INITRD_SIZE, len(info))
+    f.add_bytes(fc.INITRD_DATA, bytes(info))
+    f.add_file("genroms/" + OPTION_ROM, rom)
+    f.set_bootorder([f"/rom@genroms/{OPTION_ROM}"])
+
+
+def _load_direct(machine: Any, data: bytes) -> Multiboot:
+    """No option ROM: load into RAM and enter the kernel at reset."""
+    cfg = machine.config
+    ram = machine.ram
+    limit = machine.ram_below
+    load_addr, entry, image = _kernel_image(machine, data)
+    ram[load_addr:load_addr + len(image)] = image
+    high = load_addr + len(image)
 
     # modules, then the information area (strings, mmap, GDT, the info block)
     at = _round_up(high, PAGE)
