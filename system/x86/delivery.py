@@ -312,7 +312,7 @@ class Delivery:
         if has_error:
             values.append(error_code)
         sp = self._push_frame(0, new_rsp & ~0xF, (1 << 64) - 1, values, 8, new_cpl == 3)
-        if changes:
+        if changes or ist:              # as qemu: a null SS with any new stack
             env.load_seg_cache(SS, Segment(new_cpl, 0, 0, new_cpl << DESC_DPL_SHIFT))
         env.set_gpr(4, sp)
         cs_seg.selector = (selector & 0xFFFC) | new_cpl

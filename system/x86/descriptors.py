@@ -106,7 +106,7 @@ def parse_descriptor(lo: int, hi: int) -> Segment:
     limit = (lo & 0xFFFF) | (hi & 0x000F0000)
     if hi & DESC_G:
         limit = (limit << 12) | 0xFFF
-    return Segment(0, base, limit, hi & 0x00F0FF00)
+    return Segment(0, base, limit, hi)          # as qemu: the whole high dword
 
 
 class Env:

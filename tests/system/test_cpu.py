@@ -9,8 +9,12 @@ qemu's ``-bios`` maps it (0xF0000 and 0xFFFF0000), run on an :class:`X86Cpu` wit
 from __future__ import annotations
 
 import json
+import random
 import shutil
+import struct
 import subprocess
+import threading
+import time
 
 import pytest
 from pyqemu.system.bus import PortBus
@@ -25,12 +29,20 @@ class Guest:
     """A CPU with 2 MiB of RAM, a ROM, and a port log at 0x80-0x8F."""
 
     def __init__(self, image: bytes) -> None:
+        from unicorn import UC_HOOK_MEM_WRITE_PROT, UC_PROT_EXEC, UC_PROT_READ
+
         def setup(uc) -> None:  # noqa: ANN001
-            uc.mem_map(0, RAM)
+            # RAM, with the BIOS read-only at 0xF0000 and 0xFFFF0000 as on the pc
+            # machine: a store to it is dropped (as qemu drops stores to ROM)
+            uc.mem_map(0, 0xF0000)
+            uc.mem_map(0xF0000, 0x10000)
+            uc.mem_map(0x100000, RAM - 0x100000)
             uc.mem_map(0xFFFF0000, 0x10000)
+            for base in (0xF0000, 0xFFFF0000):
+                uc.mem_write(base, image)
+                uc.mem_protect(base, 0x10000, UC_PROT_READ | UC_PROT_EXEC)
+            uc.hook_add(UC_HOOK_MEM_WRITE_PROT, lambda *a: True)
         self.cpu = X86Cpu(setup)
-        self.cpu.uc.mem_write(0xF0000, image)
-        self.cpu.uc.mem_write(0xFFFF0000, image)
         self.log: list[tuple[int, int]] = []          # (port, value) of each OUT
         self.reads = {0x84: 0x5A, 0x86: 0x12345678}
         self.on_write: dict[int, object] = {}
@@ -63,6 +75,9 @@ class Guest:
         """run() until something other than a kick."""
         for _ in range(1000):
             r = self.run()
+            if r is StopReason.ERROR:
+                raise AssertionError(f"CPU error: {self.cpu.error}\n"
+                                     f"{self.cpu.format_registers()}\nports: {self.log}")
             if r is not StopReason.KICK:
                 return r
         raise AssertionError("the guest never stopped")
@@ -322,3 +337,339 @@ irq:
         g.pending = True
         assert g.run_to_stop() is StopReason.HALT
         assert [p for p, _ in g.log] == [0x80, 0x82] * n
+
+
+# ---- protected mode ----------------------------------------------------------------------
+
+PROTECTED = """
+%define ROM 0xF0000
+%macro GATE 3                       ; vector, handler, type/DPL byte pair (0x8E00: int gate)
+    mov eax, ROM + %2
+    mov word [0x1000 + %1*8], ax
+    mov word [0x1000 + %1*8 + 2], 0x08
+    mov word [0x1000 + %1*8 + 4], %3
+    shr eax, 16
+    mov word [0x1000 + %1*8 + 6], ax
+%endmacro
+start:
+    cli
+    xor ax, ax
+    mov ds, ax
+    mov ss, ax
+    mov sp, 0x7000
+    lgdt [cs:gdt_desc]
+    mov eax, cr0
+    or al, 1
+    mov cr0, eax
+    jmp dword 0x08:(ROM + pm32)
+bits 32
+pm32:
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov esp, 0x90000
+    GATE 13, gp_handler, 0x8E00
+    GATE 14, pf_handler, 0x8E00
+    GATE 0x80, sys_handler, 0xEE00      ; DPL 3
+    GATE 0x81, sys_handler, 0x8E00      ; DPL 0: #GP from ring 3
+    GATE 0x82, stop_handler, 0xEE00
+    lidt [ROM + idt_desc]
+    ; TSS at 0x2000: SS0:ESP0 = 0x10:0x80000
+    mov dword [0x2004], 0x80000
+    mov dword [0x2008], 0x10
+    mov ax, 0x28
+    ltr ax
+    ; paging: identity 0-4 MiB, user/writable, page 0x180000 not present
+    mov edi, 0x11000
+    mov eax, 7
+    mov ecx, 1024
+.fill:
+    stosd
+    add eax, 0x1000
+    loop .fill
+    and dword [0x11000 + 0x180*4], ~1
+    mov dword [0x10000], 0x11000 | 7
+    mov eax, 0x10000
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+    ; #GP(0x1234): selector past the GDT limit
+    mov ax, 0x1234
+gp_at:
+    mov ds, ax
+    out 0x81, al                          ; resumed after the handler skipped the mov
+    mov ax, 0x10
+    mov ds, ax
+    ; #PF writing a not-present page; the handler maps it and the store is retried
+pf_at:
+    mov dword [0x180010], 0xCAFE
+    mov eax, [0x180010]
+    out 0x84, eax
+    ; to ring 3
+    push dword 0x23
+    push dword 0x70000
+    push dword 0x202
+    push dword 0x1B
+    push dword ROM + ring3
+    iret
+ring3:
+    int 0x80
+    int 0x81                              ; gate DPL 0: #GP(0x81*8+2)
+    int 0x82
+gp_handler:
+    pop eax
+    out 0x80, eax                         ; error code
+    add dword [esp], 2                    ; skip the 2-byte faulting instruction
+    iret
+pf_handler:
+    pop eax
+    out 0x88, eax                         ; error code
+    mov eax, cr2
+    out 0x8C, eax
+    or dword [0x11000 + 0x180*4], 1
+    invlpg [0x180000]
+    iret
+sys_handler:
+    mov eax, esp
+    out 0x8A, eax                         ; the ring-0 stack from the TSS
+    mov eax, [esp + 4]
+    out 0x8A, eax                         ; the caller's CS (ring 3)
+    mov eax, [esp + 16]
+    out 0x8A, eax                         ; the caller's SS
+    iret
+stop_handler:
+    mov ax, 0x10                          ; (unicorn's IRET to ring 3 zeroes the data
+    mov ds, ax                            ; segment caches, qemu 7.2 only clears P)
+    mov es, ax
+    cli
+    hlt
+align 8
+gdt:
+    dq 0
+    dq 0x00CF9A000000FFFF                 ; 0x08 code32 DPL0
+    dq 0x00CF92000000FFFF                 ; 0x10 data32 DPL0
+    dq 0x00CFFA000000FFFF                 ; 0x18 code32 DPL3
+    dq 0x00CFF2000000FFFF                 ; 0x20 data32 DPL3
+    dq 0x0000890020000067                 ; 0x28 TSS32 at 0x2000
+gdt_end:
+gdt_desc:
+    dw gdt_end - gdt - 1
+    dd ROM + gdt
+idt_desc:
+    dw 0x83*8 - 1
+    dd 0x1000
+bits 16
+"""
+
+
+def test_protected_mode_gp_pf_and_privilege_change() -> None:
+    g = Guest(rom(PROTECTED))
+    assert g.run_to_stop() is StopReason.HALT
+    # #GP(selector) from the guest's own handler; execution resumed after the mov
+    assert g.values(0x80) == [0x1234, 0x81 * 8 + 2]
+    assert g.values(0x81) == [0x34]
+    # #PF: write to a not-present page (error code 2, supervisor), CR2 the address;
+    # the handler mapped the page and the retried store landed
+    assert g.values(0x88) == [0x2]
+    assert g.values(0x8C) == [0x180010]
+    assert g.values(0x84) == [0xCAFE]
+    # INT 0x80 from ring 3: stack from the TSS (5 dwords pushed), CS and SS of ring 3
+    assert g.values(0x8A)[:3] == [0x80000 - 20, 0x1B, 0x23]
+    assert g.cpu.registers()["cpl"] == 0
+    assert g.cpu.registers()["cs"] == 0x08
+
+
+# ---- long mode -------------------------------------------------------------------------
+
+LONG_MODE = """
+%define ROM 0xF0000
+start:
+    cli
+    xor ax, ax
+    mov ds, ax
+    mov ss, ax
+    mov sp, 0x7000
+    lgdt [cs:gdt_desc]
+    ; identity map of the first 2 MiB: PML4 0x10000 -> PDPT 0x11000 -> PD 0x12000 (2 MiB page)
+    mov ax, 0x1000
+    mov es, ax
+    mov dword [es:0x0000], 0x11000 | 3
+    mov dword [es:0x1000], 0x12000 | 3
+    mov dword [es:0x2000], 0x83
+    mov eax, cr4
+    or eax, 0x220                         ; PAE, OSFXSR
+    mov cr4, eax
+    mov eax, 0x10000
+    mov cr3, eax
+    mov ecx, 0xC0000080
+    rdmsr
+    or eax, 0x100                         ; LME
+    wrmsr
+    mov eax, cr0
+    or eax, 0x80000001
+    mov cr0, eax
+    jmp dword 0x08:(ROM + lm64)
+bits 64
+lm64:
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov rsp, 0x90000
+    ; TSS at 0x3000: RSP0 0x70000, IST1 0x80000
+    mov qword [0x3004], 0x70000
+    mov qword [0x3024], 0x80000
+    mov ax, 0x18
+    ltr ax
+    ; IDT at 0x1000: #PF -> pf_handler, interrupt gate, IST 1
+    mov rax, ROM + pf_handler
+    mov word [0x1000 + 14*16], ax
+    mov word [0x1000 + 14*16 + 2], 0x08
+    mov word [0x1000 + 14*16 + 4], 0x8E01
+    shr rax, 16
+    mov word [0x1000 + 14*16 + 6], ax
+    shr rax, 16
+    mov dword [0x1000 + 14*16 + 8], eax
+    lidt [ROM + idt_desc]
+    mov rbx, 0x1122334455667788
+    movq xmm1, rbx
+pf_at:
+    mov rax, [0x40000000]                 ; PDPT entry 1 not present: #PF
+pf_handler:
+    mov rax, rsp
+    out 0x80, eax                         ; the IST1 stack, 16-aligned, 6 qwords pushed
+    mov rax, [rsp]
+    out 0x84, eax                         ; error code
+    mov rax, cr2
+    out 0x88, eax
+    mov rax, [rsp + 8]
+    out 0x8C, eax                         ; RIP of the faulting instruction
+    mov rax, [rsp + 32]
+    out 0x8A, eax                         ; the interrupted RSP
+    mov rax, 0xA1A2A3A4A5A6A7A8
+    mov rcx, 0xC1
+    mov rdx, 0xD1D2
+    mov rsi, 0x51
+    mov rdi, 0xD1
+    mov rbp, 0xB1
+    mov r8, 8
+    mov r9, 9
+    mov r10, 10
+    mov r11, 11
+    mov r12, 12
+    mov r13, 13
+    mov r14, 14
+    mov r15, 0xF15
+    hlt
+align 8
+gdt:
+    dq 0
+    dq 0x00209A0000000000                 ; 0x08 code64
+    dq 0x0000920000000000                 ; 0x10 data
+    dq 0x0000890030000067                 ; 0x18 TSS64 at 0x3000 (16 bytes)
+    dq 0
+gdt_end:
+gdt_desc:
+    dw gdt_end - gdt - 1
+    dd ROM + gdt
+idt_desc:
+    dw 16*32 - 1
+    dq 0x1000
+bits 16
+"""
+
+
+def test_long_mode_page_fault_on_ist_stack() -> None:
+    g = Guest(rom(LONG_MODE))
+    assert g.run_to_stop() is StopReason.HALT
+    assert g.values(0x80) == [0x80000 - 6 * 8]
+    assert g.values(0x84) == [0]                       # read, not present, supervisor
+    assert g.values(0x88) == [0x40000000]
+    assert g.values(0x8C) == [0xF0000 + _label(LONG_MODE, "pf_at")]
+    assert g.values(0x8A) == [0x90000]
+    regs = g.cpu.registers()
+    assert regs["efer"] & 0x500 == 0x500 and regs["cr2"] == 0x40000000
+
+
+@pytest.mark.parametrize("source", [PROTECTED, LONG_MODE], ids=["protected", "long"])
+def test_info_registers_match_qemu(tmp_path, source: str) -> None:  # noqa: ANN001
+    """The same ROM on the real qemu-system-x86_64, stopped at the same HLT: the
+    register dump is the same text, byte for byte."""
+    image = rom(source)
+    g = Guest(image)
+    assert g.run_to_stop() is StopReason.HALT
+    bios = tmp_path / "bios.bin"
+    bios.write_bytes(image)
+    ref = _qemu_info_registers(["-bios", str(bios), "-cpu",
+                                "qemu64,family=6,model=6,stepping=3"], until="HLT=1")
+    ours = g.cpu.format_registers()
+    assert ours == ref, "\n".join(f"ours: {a}\nqemu: {b}" for a, b in
+                                  zip(ours.splitlines(), ref.splitlines(), strict=False)
+                                  if a != b)
+
+
+# ---- kicks -------------------------------------------------------------------------------
+
+KICK_LOOP = """
+start:
+    cli
+    xor ax, ax
+    mov ds, ax
+    mov ss, ax
+    mov sp, 0x7000
+    xor ebx, ebx
+    mov dword [0x500], 0
+    mov dword [0x504], 0
+    mov dword [0x508], 0
+.loop:
+    inc dword [0x500]                    ; read-modify-write instructions: run twice
+    add dword [0x504], 3                 ; after an inexact stop, they would drift
+    lock xadd [0x508], ebx               ; from the register counter
+    mov ebx, [0x508]
+    inc ecx
+    cmp byte [0x50C], 0
+    je .loop
+    cli
+    hlt
+"""
+
+
+def test_async_kicks_keep_the_state_exact() -> None:
+    """300+ emu_stop()s from another thread, each landing anywhere in a loop of
+    read-modify-write instructions: memory and register counters stay consistent."""
+    g = Guest(rom(KICK_LOOP))
+    kicks = 0
+    done = threading.Event()
+
+    def kicker() -> None:
+        nonlocal kicks
+        rnd = random.Random(7)
+        while kicks < 320:
+            time.sleep(rnd.uniform(0, 0.0005))
+            g.cpu.kick()
+            kicks += 1
+        done.set()
+
+    returns = 0
+    thread = threading.Thread(target=kicker)
+    thread.start()
+    try:
+        while not done.is_set():
+            r = g.run()
+            assert r is StopReason.KICK, g.cpu.error
+            returns += 1
+            regs = g.cpu.registers()
+            count, triple, _ = struct.unpack("<III", g.cpu.uc.mem_read(0x500, 12))
+            assert count == regs["rcx"] & 0xFFFFFFFF
+            assert triple == 3 * count
+    finally:
+        done.wait()
+        thread.join()
+    g.cpu.uc.mem_write(0x50C, b"\x01")
+    assert g.run_to_stop() is StopReason.HALT
+    count, triple, _ = struct.unpack("<III", g.cpu.uc.mem_read(0x500, 12))
+    assert count > 0 and count == g.cpu.registers()["rcx"] & 0xFFFFFFFF
+    assert triple == 3 * count
+    assert returns >= 100
