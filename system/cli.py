@@ -621,6 +621,10 @@ def parse_command_line(argv: list[str]) -> MachineConfig:
         raise UsageError("-daemonize cannot be used with stdio")
 
     _assign_drive_slots(drive_opts)
+    if not nodefaults and not any(d.index == 2 for d in drive_opts):
+        # qemu's default_cdrom: an empty IDE CD-ROM drive at index 2 (ide1-cd0)
+        drive_opts.append(DriveConfig(file=None, where="", index=2, bus=1, unit=0,
+                                      media="cdrom", readonly=True))
     cfg.drives = drive_opts
     return cfg
 
