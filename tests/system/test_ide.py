@@ -12,8 +12,11 @@ check`` checks the qcow2 metadata.
 
 from __future__ import annotations
 
+import os
 import shutil
+import struct
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ import pytest
 from pyqemu.common.block import open_image
 from pyqemu.system.devices.ide import IdeError
 
+from tests.system.conftest import PYQEMU_SYSTEM, VM_TIMEOUT, emulator_path, fnv1a32
 from tests.system.pc_ports import QEMU_ARGS, OurPc
 from tests.system.qtest_peer import QemuQtest
 
@@ -399,3 +403,56 @@ def test_rep_insw_block_equals_word_reads(tmp_path: Path, disks: dict[str, Path]
         results.append((data, ours.bus.read(0x1F7, 1), ours.pic.irq(14).level))
     assert results[0] == results[1]
     assert results[0][0][:512] == b"\x11" * 512 and results[0][0][512:] == b"\x5a" * 512
+
+
+def _el_torito_iso(path: Path, floppy: bytes) -> None:
+    """A minimal bootable CD: volume descriptors, a boot catalog whose default entry
+    emulates a 1.44 MB floppy (media type 2) holding ``floppy``."""
+    sector = 2048
+    iso = bytearray(20 * sector)
+    for lba, kind in ((16, 1), (17, 0), (18, 255)):      # PVD, boot record, terminator
+        iso[lba * sector:lba * sector + 7] = bytes([kind]) + b"CD001\x01"
+    iso[17 * sector + 7:17 * sector + 30] = b"EL TORITO SPECIFICATION"
+    struct.pack_into("<I", iso, 17 * sector + 0x47, 19)   # boot catalog at LBA 19
+    validation = bytearray(32)
+    validation[0] = 1
+    validation[0x1E:0x20] = b"\x55\xaa"
+    checksum = -sum(struct.unpack("<16H", bytes(validation))) & 0xFFFF
+    struct.pack_into("<H", validation, 0x1C, checksum)
+    entry = bytes([0x88, 2]) + struct.pack("<HBBHI", 0, 0, 0, 1, 20)
+    iso[19 * sector:19 * sector + 32] = validation
+    iso[19 * sector + 32:19 * sector + 32 + len(entry)] = entry
+    iso += floppy.ljust(1474560, b"\0")
+    path.write_bytes(bytes(iso))
+
+
+def test_el_torito_boot_from_cdrom(tmp_path: Path, bootsector: Path, qemu_system: str) -> None:
+    """SeaBIOS boots the boot sector from an El Torito CD (-cdrom, -boot d) through our
+    ATAPI READ(10)s; with floppy emulation its CHS read works and its LBA read fails
+    (SeaBIOS has no extended reads there), so it stops at "BOOT FAIL lba" - under both
+    emulators, with the same console output."""
+    floppy = bootsector.read_bytes() + os.urandom(512)
+    iso = tmp_path / "boot.iso"
+    _el_torito_iso(iso, floppy)
+    outputs = []
+    for emulator in (qemu_system, emulator_path(PYQEMU_SYSTEM)):
+        out = tmp_path / f"{Path(emulator).name}.out"
+        with open(out, "wb") as f:
+            proc = subprocess.Popen([emulator, "-nographic", "-net", "none", "-m", "128",
+                                     "-cdrom", str(iso), "-boot", "d"],
+                                    stdin=subprocess.DEVNULL, stdout=f,
+                                    stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + VM_TIMEOUT      # a hang guard only
+            while b"BOOT FAIL lba" not in out.read_bytes():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"{emulator}: no 'BOOT FAIL lba': {out.read_bytes()[-500:]!r}")
+                time.sleep(0.05)
+        finally:
+            proc.kill()
+            proc.wait()
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]
+    lines = outputs[1].split(b"\r\n")
+    assert lines[1:6] == [b"Booting from DVD/CD...", b"BOOT int10", b"BOOT serial",
+                          b"BOOT chs %08X" % fnv1a32(floppy[512:1024]), b"BOOT FAIL lba"]
