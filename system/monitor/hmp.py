@@ -743,36 +743,45 @@ class Hmp:
 
     # -- memory and expressions ---------------------------------------------------------
 
-    def _register_lookup(self) -> Callable[[str], int | None]:
+    def _snapshot(self) -> Callable[[], dict[str, int]]:
+        """The CPU state for one command, read once on first use (lazily: commands
+        that use no register never touch the CPU)."""
         cache: dict[str, int] = {}
 
-        def lookup(name: str) -> int | None:
+        def get() -> dict[str, int]:
             if not cache:
-                cache.update(self._registers())
-            return register_value(cache, name)
+                cache.update(cpu_state(self.machine.cpu))
+            return cache
 
-        return lookup
+        return get
 
     def do_print(self, line: str, pos: int, cmd: Command, out: list[str]) -> None:
         fmt, pos = parse_format(line, pos)
-        val, pos = parse_expr(line, pos, self._register_lookup())
-        self._end(line, pos, cmd)
-        out.append(format_print(val, fmt.format))
+
+        def work() -> str:
+            regs = self._snapshot()
+            val, end = parse_expr(line, pos, lambda name: register_value(regs(), name))
+            self._end(line, end, cmd)
+            return format_print(val, fmt.format)
+
+        out.append(self._on_cpu(work))
 
     def _dump(self, line: str, pos: int, cmd: Command, out: list[str], physical: bool) -> None:
         fmt, pos = parse_format(line, pos)
-        addr, pos = parse_expr(line, pos, self._register_lookup())
-        self._end(line, pos, cmd)
-        addr &= _MASK64
-        if physical:
-            read = self._physical_reader()
-        else:
-            read = self._virtual_reader()
-        if fmt.format == "i":
-            bits = code_bits(self._registers())
-            out.append(self._on_cpu(lambda: format_disassembly(read, addr, fmt.count, bits)))
-        else:
-            out.append(self._on_cpu(lambda: format_memory(read, addr, fmt)))
+
+        def work() -> str:
+            # one CPU-thread visit: the registers, the mode and the memory read agree
+            # even while the guest runs
+            regs = self._snapshot()
+            addr, end = parse_expr(line, pos, lambda name: register_value(regs(), name))
+            self._end(line, end, cmd)
+            addr &= _MASK64
+            read = self._physical_reader() if physical else self._virtual_reader(regs())
+            if fmt.format == "i":
+                return format_disassembly(read, addr, fmt.count, code_bits(regs()))
+            return format_memory(read, addr, fmt)
+
+        out.append(self._on_cpu(work))
 
     def _physical_reader(self) -> Callable[[int, int], bytes]:
         """``xp``'s reads: RAM and ROM; like qemu's address_space_read, a range that
@@ -800,12 +809,11 @@ class Hmp:
 
         return read
 
-    def _virtual_reader(self) -> Callable[[int, int], bytes]:
+    def _virtual_reader(self, regs: dict[str, int]) -> Callable[[int, int], bytes]:
         """``x``'s reads as qemu's debug translation does them: without paging the
         address is physical (A20 applied, not cut to 32 bits: above 4 GiB there is
         nothing to read), with paging through the guest's page tables."""
         cpu = self.machine.cpu
-        regs = self._registers()
         if regs.get("cr0", 0) & (1 << 31):
             return cpu.read_virt
         a20 = getattr(getattr(cpu, "env", None), "a20_mask", _MASK64) | ~0xFFFFFFFF
@@ -849,7 +857,9 @@ class Hmp:
         flags, pos = _flags(line, pos, "a", cmd.name)
         vcpu = None
         if "a" not in flags and _skip_spaces(line, pos) < len(line):
-            vcpu, pos = parse_expr(line, pos, self._register_lookup())
+            regs = self._snapshot()
+            vcpu, pos = parse_expr(line, pos, lambda name: register_value(
+                self._on_cpu(regs), name))
         self._end(line, pos, cmd)
         if vcpu is not None and vcpu != 0:
             out.append("CPU#%d not available\n" % vcpu)
