@@ -604,8 +604,14 @@ def parse_command_line(argv: list[str]) -> MachineConfig:
             cfg.serials.append(ChardevConfig("stdio", "-nographic"))
         elif default_monitor:
             cfg.monitors.append(MonitorConfig(ChardevConfig("stdio", "-nographic")))
-    elif default_serial:
-        cfg.serials.append(ChardevConfig("vc:80Cx24C", "-serial vc:80Cx24C"))
+    else:
+        # qemu's defaults without -nographic: serial and monitor on text consoles (shown
+        # by -display curses: Esc-2 the monitor, Esc-3 the serial port)
+        if default_serial:
+            cfg.serials.append(ChardevConfig("vc:80Cx24C", "-serial vc:80Cx24C"))
+        if default_monitor:
+            cfg.monitors.append(MonitorConfig(ChardevConfig("vc:80Cx24C",
+                                                            "-monitor vc:80Cx24C")))
     if debugcon is not None:
         chardev = resolve(*debugcon)
         if chardev is not None:

@@ -442,6 +442,11 @@ class PcMachine:
         tables = bytes(120 * KiB)
         loader = struct.pack("<I56sIB", 1, b"etc/acpi/tables", 64, 1).ljust(128, b"\0")
         self.fw_cfg.add_file("etc/acpi/tables", tables)
+        if self.config.vga == "std":
+            vgabios = self.config.find_file("vgabios-stdvga.bin")
+            if vgabios is not None:
+                with open(vgabios, "rb") as f:
+                    self.fw_cfg.add_file("vgaroms/vgabios-stdvga.bin", f.read())
         self.fw_cfg.add_file("etc/table-loader", loader.ljust(4096, b"\0"))
 
     def _build_chardevs(self) -> None:
@@ -561,6 +566,9 @@ class PcMachine:
         from .monitor import server
 
         server.monitors_ready()
+        self.display = None
+        if self.config.display == "curses":
+            self._start_curses()
         if not self.config.start_paused:
             self.status = "running"
             self.clock.start()
@@ -570,6 +578,31 @@ class PcMachine:
         self._kicker = threading.Thread(target=self._kicker_main, name="timer kicker",
                                         daemon=True)
         self._kicker.start()
+
+    def _start_curses(self) -> None:
+        from . import chardev as chardev_mod
+        from .display import CursesDisplay, DisplayError
+
+        if self.vga is None:
+            raise UsageError(f"-display curses needs the VGA (-vga std) in {PROG}")
+        # text consoles in qemu's order: the monitors' first, then the serial ports'
+        labels = [c.get("label") for c in chardev_mod.chardev_info()]
+        consoles = [chardev_mod.find(label) for label in labels]
+        vcs = [c for c in consoles if getattr(c, "backend", "") == "vc"]
+        vcs.sort(key=lambda c: 0 if c.label.startswith("compat_monitor") else 1)
+        self.display = CursesDisplay(self.vga, consoles=vcs, on_key=self._display_key)
+        try:
+            self.display.start()
+        except DisplayError as exc:
+            self.display = None
+            raise UsageError(exc.message, plain=True) from None
+
+    def _display_key(self, key: str) -> None:
+        from .keymap import key_to_scancodes
+
+        codes = key_to_scancodes(key)
+        if codes:
+            self.post(lambda: self.i8042.key_input(codes))
 
     def stop(self) -> None:
         """Pause the guest (monitor ``stop``): the clock freezes; STOP event."""
@@ -791,6 +824,8 @@ class PcMachine:
         from . import chardev as chardev_mod
         from .monitor import server
 
+        if getattr(self, "display", None) is not None:
+            self.display.stop()
         server.close_all()
         chardev_mod.close_all()
         self._close_drives()
