@@ -13,18 +13,21 @@ Behaviour follows QEMU's hw/ide/core.c, atapi.c and pci.c (the BMDMA engine):
   commands as no-ops, EXECUTE DEVICE DIAGNOSTIC, SMART ENABLE/DISABLE/RETURN STATUS;
 * ATAPI CD-ROM: IDENTIFY PACKET DEVICE, PACKET with TEST UNIT READY, REQUEST SENSE,
   INQUIRY (standard data and VPD pages 0x00/0x83), READ CAPACITY, READ(10), READ(12),
-  SEEK(10), START STOP UNIT, PREVENT ALLOW MEDIUM REMOVAL, MODE SENSE(10) (pages 0x01,
-  0x2a), READ TOC (format 0), by PIO or DMA;
+  READ CD (2048-byte and raw 2352-byte sectors), SEEK(10), START STOP UNIT (tray),
+  PREVENT ALLOW MEDIUM REMOVAL, MODE SENSE(10) (pages 0x01, 0x0E, 0x2A), READ TOC
+  (formats 0, 1, 2), GET CONFIGURATION, GET EVENT STATUS NOTIFICATION (media class),
+  READ DISC INFORMATION, READ DVD STRUCTURE, SET CD SPEED, MECHANISM STATUS; data by
+  PIO or DMA; media change (not ready, then unit attention, then a new-media event);
 * software reset (SRST in the device control register), nIEN, status/alternate status,
   the IRQ raised when QEMU raises it and lowered by a status read or a command write.
 
 Everything completes synchronously: where QEMU's asynchronous block I/O would show BSY for
 a while, the guest here sees the finished state at once.
 
-Not modelled: SMART data/log pages, DATA SET MANAGEMENT (TRIM), CFA commands, ATAPI
-GET CONFIGURATION / GET EVENT STATUS / READ DISC INFO / READ CD / DVD structures /
-MECHANISM STATUS, media change and tray events, rerror/werror policies (an I/O error
-aborts the command), El Torito (the BIOS reads the CD with READ(10)).
+Not modelled: SMART data/log pages and self tests, DATA SET MANAGEMENT (TRIM), CFA
+commands, rerror/werror policies (an I/O error aborts the command), the bytes QEMU
+leaves uninitialised in some ATAPI replies (zero here). El Torito is the BIOS's business:
+SeaBIOS boots a CD through READ(10).
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ from ..bus import IrqLine, PortBus
 
 SECTOR = 512
 CD_SECTOR = 2048
+CD_RAW_SECTOR = 2352
+CD_MAX_SECTORS = 80 * 60 * 75 * 2048 // 512      # larger media are DVDs
+MMC_PROFILE_CD_ROM = 0x0008
+MMC_PROFILE_DVD_ROM = 0x0010
 MAX_MULT_SECTORS = 16
 
 # status register
@@ -80,6 +87,8 @@ ASC_MEDIUM_NOT_PRESENT = 0x3A
 ASC_SAVING_PARAMETERS_NOT_SUPPORTED = 0x39
 ASC_DATA_PHASE_ERROR = 0x4B
 ASC_INCOMPATIBLE_FORMAT = 0x30
+ASC_MEDIUM_MAY_HAVE_CHANGED = 0x28
+ASC_MEDIA_REMOVAL_PREVENTED = 0x53
 
 # BIOS translation hints (QEMU's BIOS_ATA_TRANSLATION_*), for CMOS register 0x39
 TRANSLATION_NONE = 1
@@ -156,6 +165,16 @@ def _padstr8(text: str, length: int) -> bytes:
     return text.encode("ascii", "replace")[:length].ljust(length, b" ")
 
 
+def _lba_to_msf(lba: int) -> bytes:
+    lba += 150
+    return bytes([(lba // 75) // 60 & 0xFF, (lba // 75) % 60, lba % 75])
+
+
+def _raw_sector(lba: int, data: bytes) -> bytes:
+    """A 2352-byte mode 1 sector: sync, MSF header, the data, ECC left zero (QEMU's)."""
+    return b"\x00" + b"\xff" * 10 + b"\x00" + _lba_to_msf(lba) + b"\x01" + data + bytes(288)
+
+
 def guess_geometry(image: Any, nb_sectors: int) -> tuple[int, int, int, int]:
     """(cylinders, heads, sectors, translation) as QEMU's hd_geometry_guess does for an
     image without user geometry: the MBR's partition ends if they give <= 16 heads, else
@@ -216,6 +235,10 @@ class IdeDrive:
         self.io_buffer = bytearray(256 * SECTOR + 4)
         self.smart_enabled = True
         self.tray_locked = False
+        self.tray_open = False
+        self.cdrom_changed = 0
+        self.new_media_event = False
+        self.eject_request_event = False
         self._reset_state()
 
     # -- configuration ------------------------------------------------------------------
@@ -240,9 +263,18 @@ class IdeDrive:
         self._reset_state()
 
     def change_media(self, image: Any) -> None:
-        """Insert (or with None eject) the CD-ROM's medium."""
+        """Insert (or with None eject) the CD-ROM's medium (ide_cd_change_cb): the guest
+        sees "not ready", then a unit attention, and a new-media event."""
         self.image = image
         self.nb_sectors = image.size // SECTOR if image is not None else 0
+        self.tray_open = image is None
+        self.cdrom_changed = 1
+        self.new_media_event = True
+        self.eject_request_event = False
+        self._set_irq()
+
+    def _media_present(self) -> bool:
+        return not self.tray_open and self.image is not None and self.nb_sectors > 0
 
     # -- state ----------------------------------------------------------------------------
 
@@ -265,6 +297,8 @@ class IdeDrive:
         self.atapi_dma = False
         self.lba = -1
         self.tray_locked = False
+        self.tray_open = False
+        self.cdrom_changed = 0
         self.req_nb_sectors = 0
         self.dma_cmd: str | None = None
         self.io_buffer_size = 0
@@ -814,10 +848,14 @@ class IdeDrive:
             self._atapi_error(ILLEGAL_REQUEST, ASC_LOGICAL_BLOCK_OOR)
             return False
         try:
-            self.io_buffer[0:CD_SECTOR] = self.image.read(self.lba * CD_SECTOR, CD_SECTOR)
+            data = self.image.read(self.lba * CD_SECTOR, CD_SECTOR)
         except Exception:  # noqa: BLE001
             self._atapi_error(ILLEGAL_REQUEST, ASC_LOGICAL_BLOCK_OOR)
             return False
+        if self.cd_sector_size == CD_RAW_SECTOR:
+            self.io_buffer[0:CD_RAW_SECTOR] = _raw_sector(self.lba, data)
+        else:
+            self.io_buffer[0:CD_SECTOR] = data
         self.lba += 1
         self.io_buffer_index = 0
         return True
@@ -851,20 +889,20 @@ class IdeDrive:
             return
         self._atapi_ok()
 
-    def _atapi_read(self, lba: int, nb_sectors: int) -> None:
+    def _atapi_read(self, lba: int, nb_sectors: int, sector_size: int = CD_SECTOR) -> None:
         if self.atapi_dma:
             self.lba = lba
-            self.packet_transfer_size = nb_sectors * CD_SECTOR
+            self.packet_transfer_size = nb_sectors * sector_size
             self.io_buffer_size = 0
-            self.cd_sector_size = CD_SECTOR
+            self.cd_sector_size = sector_size
             self.status = READY_STAT | SEEK_STAT | DRQ_STAT | BUSY_STAT
             self.channel.bmdma.start_dma(self)
             return
         self.lba = lba
-        self.packet_transfer_size = nb_sectors * CD_SECTOR
+        self.packet_transfer_size = nb_sectors * sector_size
         self.elementary_transfer_size = 0
-        self.io_buffer_index = CD_SECTOR
-        self.cd_sector_size = CD_SECTOR
+        self.io_buffer_index = sector_size
+        self.cd_sector_size = sector_size
         self.status = READY_STAT | SEEK_STAT
         self._atapi_reply_end()
 
@@ -874,12 +912,19 @@ class IdeDrive:
             data = bytes(self.io_buffer[0:self.packet_transfer_size])
         else:
             total = self.packet_transfer_size
-            if self.image is None or (self.lba * CD_SECTOR + total
+            count = total // self.cd_sector_size
+            if self.image is None or ((self.lba + count) * CD_SECTOR
                                       > self.nb_sectors * SECTOR):
                 bm.set_inactive(False)
                 self._atapi_error(ILLEGAL_REQUEST, ASC_LOGICAL_BLOCK_OOR)
                 return
-            data = self.image.read(self.lba * CD_SECTOR, total)
+            if self.cd_sector_size == CD_RAW_SECTOR:
+                count = total // CD_RAW_SECTOR
+                raw = self.image.read(self.lba * CD_SECTOR, count * CD_SECTOR)
+                data = b"".join(_raw_sector(self.lba + i, raw[i * CD_SECTOR:(i + 1) * CD_SECTOR])
+                                for i in range(count))
+            else:
+                data = self.image.read(self.lba * CD_SECTOR, total)
         regions, _ = bm.prepare(len(data))
         if sum(length for _, length in regions) < len(data):
             # PRDs too short: reset the Active bit, no interrupt
@@ -900,12 +945,25 @@ class IdeDrive:
         entry = _ATAPI_COMMANDS.get(op)
         flags = entry[1] if entry else 0
         if self.sense_key == UNIT_ATTENTION and not flags & _ALLOW_UA:
-            self._atapi_error(self.sense_key, self.asc)
+            # ide_atapi_cmd_check_status
+            self.error = 0x20 | (UNIT_ATTENTION << 4)
+            self.status = ERR_STAT
+            self.nsector = 0
+            self._set_irq()
             return
-        if flags & _CHECK_READY and (self.image is None or self.nb_sectors == 0):
+        if not flags & _ALLOW_UA and not self.tray_open and self.image is not None \
+                and self.cdrom_changed:
+            if self.cdrom_changed == 1:
+                self._atapi_error(NOT_READY, ASC_MEDIUM_NOT_PRESENT)
+                self.cdrom_changed = 2
+            else:
+                self._atapi_error(UNIT_ATTENTION, ASC_MEDIUM_MAY_HAVE_CHANGED)
+                self.cdrom_changed = 0
+            return
+        if flags & _CHECK_READY and not self._media_present():
             self._atapi_error(NOT_READY, ASC_MEDIUM_NOT_PRESENT)
             return
-        if entry and not flags & _NONDATA and self._byte_count_limit() == 0:
+        if entry and not flags & (_NONDATA | _CONDDATA) and self._byte_count_limit() == 0:
             self._abort()               # QEMU aborts the PACKET command, no interrupt
             return
         if entry is None:
@@ -984,11 +1042,17 @@ class IdeDrive:
         self._atapi_ok()
 
     def atapi_start_stop_unit(self, buf: bytes) -> None:
-        start = buf[4] & 1
-        loej = buf[4] & 2
-        if loej and not start and self.tray_locked:
-            self._atapi_error(NOT_READY, 0x53)        # ASC_MEDIA_REMOVAL_PREVENTED
+        start = bool(buf[4] & 1)
+        loej = bool(buf[4] & 2)                     # load on start, eject on !start
+        if buf[4] & 0xF0:                           # power conditions: no tray movement
+            self._atapi_ok()
             return
+        if loej:
+            if not start and not self.tray_open and self.tray_locked:
+                sense = NOT_READY if self.image is not None else ILLEGAL_REQUEST
+                self._atapi_error(sense, ASC_MEDIA_REMOVAL_PREVENTED)
+                return
+            self.tray_open = not start
         self._atapi_ok()
 
     def atapi_prevent_allow(self, buf: bytes) -> None:
@@ -1007,6 +1071,14 @@ class IdeDrive:
                 data[8] = 0x01
                 data[9] = 0x06
                 data[11] = 0x05
+                self._atapi_reply(bytes(data), max_len)
+                return
+            if code == 0x0E:                         # audio control
+                data = bytearray(24)
+                struct.pack_into(">H", data, 0, 24 - 2)
+                data[2] = 0x70
+                data[8] = 0x0E
+                data[9] = 24 - 10
                 self._atapi_reply(bytes(data), max_len)
                 return
             if code == 0x2A:                         # CD capabilities and status
@@ -1042,27 +1114,168 @@ class IdeDrive:
         msf = bool(buf[1] & 2)
         start_track = buf[6]
         total = self.nb_sectors >> 2
-        if fmt != 0 or start_track > 1 and start_track != 0xAA:
-            self._atapi_error(ILLEGAL_REQUEST, ASC_INV_FIELD_IN_CMD_PACKET)
-            return
-        out = bytearray(b"\x00\x00\x01\x01")
 
         def address(lba: int) -> bytes:
-            if msf:
-                lba += 150
-                return bytes([0, lba // (75 * 60), (lba // 75) % 60, lba % 75])
-            return struct.pack(">I", lba)
+            return b"\x00" + _lba_to_msf(lba) if msf else struct.pack(">I", lba)
 
-        if start_track <= 1:
-            out += b"\x00\x14\x01\x00" + address(0)
-        out += b"\x00\x16\xaa\x00" + address(total)
+        if fmt == 0:                                 # TOC (cdrom_read_toc)
+            if start_track > 1 and start_track != 0xAA:
+                self._atapi_error(ILLEGAL_REQUEST, ASC_INV_FIELD_IN_CMD_PACKET)
+                return
+            out = bytearray(b"\x00\x00\x01\x01")
+            if start_track <= 1:
+                out += b"\x00\x14\x01\x00" + address(0)
+            out += b"\x00\x16\xaa\x00" + address(total)
+        elif fmt == 1:                               # multi-session: a single session
+            out = bytearray(12)
+            out[1:4] = b"\x0a\x01\x01"
+            self._atapi_reply(bytes(out), max_len)
+            return
+        elif fmt == 2:                               # raw TOC (cdrom_read_toc_raw)
+            out = bytearray(b"\x00\x00\x01\x01")
+            out += b"\x01\x14\x00\xa0\x00\x00\x00\x00\x01\x00\x00"
+            out += b"\x01\x14\x00\xa1\x00\x00\x00\x00\x01\x00\x00"
+            out += b"\x01\x14\x00\xa2\x00\x00\x00" + address(total)
+            out += b"\x01\x14\x00\x01\x00\x00\x00" + address(0)
+        else:
+            self._atapi_error(ILLEGAL_REQUEST, ASC_INV_FIELD_IN_CMD_PACKET)
+            return
         struct.pack_into(">H", out, 0, len(out) - 2)
         self._atapi_reply(bytes(out), max_len)
+
+    def _media_is_dvd(self) -> bool:
+        return self._media_present() and self.nb_sectors > CD_MAX_SECTORS
+
+    def _media_is_cd(self) -> bool:
+        return self._media_present() and self.nb_sectors <= CD_MAX_SECTORS
+
+    def atapi_get_configuration(self, buf: bytes) -> None:
+        if buf[2] != 0 or buf[3] != 0:               # only feature 0 (profile list)
+            self._atapi_error(ILLEGAL_REQUEST, ASC_INV_FIELD_IN_CMD_PACKET)
+            return
+        max_len = min(struct.unpack_from(">H", buf, 7)[0], 512)
+        out = bytearray(max(20, max_len))
+        if self._media_is_dvd():
+            struct.pack_into(">H", out, 6, MMC_PROFILE_DVD_ROM)
+        elif self._media_is_cd():
+            struct.pack_into(">H", out, 6, MMC_PROFILE_CD_ROM)
+        out[10] = 0x02 | 0x01                        # persistent and current
+        length = 12
+        for index, profile in enumerate((MMC_PROFILE_DVD_ROM, MMC_PROFILE_CD_ROM)):
+            at = 12 + 4 * index
+            struct.pack_into(">H", out, at, profile)
+            out[at + 2] = int(out[at:at + 2] == out[6:8])
+            out[11] += 4
+            length += 4
+        struct.pack_into(">I", out, 0, length - 4)
+        self._atapi_reply(bytes(out[:length]), max_len)
+
+    def atapi_get_event_status(self, buf: bytes) -> None:
+        max_len = struct.unpack_from(">H", buf, 7)[0]
+        if not buf[1] & 0x01:                        # asynchronous mode: unsupported
+            self._atapi_error(ILLEGAL_REQUEST, ASC_INV_FIELD_IN_CMD_PACKET)
+            return
+        media_class = 4                              # GESN_MEDIA
+        if buf[4] & (1 << media_class):
+            if self.tray_open:
+                media_status = 1                     # MS_TRAY_OPEN
+            elif self.image is not None:
+                media_status = 2                     # MS_MEDIA_PRESENT
+            else:
+                media_status = 0
+            event = 0                                # MEC_NO_CHANGE
+            if media_status != 1:
+                if self.new_media_event:
+                    event = 2                        # MEC_NEW_MEDIA
+                    self.new_media_event = False
+                elif self.eject_request_event:
+                    event = 1                        # MEC_EJECT_REQUESTED
+                    self.eject_request_event = False
+            out = bytes([0, 4, media_class, 1 << media_class, event, media_status, 0, 0])
+        else:
+            out = bytes([0, 0, 0x80, 1 << media_class])   # no event available
+        self._atapi_reply(out, max_len)
+
+    def atapi_read_disc_information(self, buf: bytes) -> None:
+        if buf[1] & 7:                               # types 1/2: Blu-Ray only
+            self._atapi_error(ILLEGAL_REQUEST, ASC_INV_FIELD_IN_CMD_PACKET)
+            return
+        out = bytearray(34)
+        out[1:9] = bytes([32, 0x0E, 1, 1, 1, 1, 0x20, 0x00])
+        self._atapi_reply(bytes(out), struct.unpack_from(">H", buf, 7)[0])
+
+    def atapi_read_dvd_structure(self, buf: bytes) -> None:
+        max_len = struct.unpack_from(">H", buf, 8)[0]
+        media, fmt = buf[1], buf[7]
+        if fmt < 0xFF:
+            if self._media_is_cd():
+                self._atapi_error(ILLEGAL_REQUEST, ASC_INCOMPATIBLE_FORMAT)
+                return
+            if not self._media_present():
+                self._atapi_error(ILLEGAL_REQUEST, ASC_INV_FIELD_IN_CMD_PACKET)
+                return
+        if media != 0 or not (fmt <= 0x7F or fmt == 0xFF):
+            self._atapi_error(ILLEGAL_REQUEST, ASC_INV_FIELD_IN_CMD_PACKET)
+            return
+        out = bytearray(2048 + 4)
+        total = self.nb_sectors >> 2
+        if fmt == 0x00:                              # physical format information
+            if buf[6] != 0:
+                self._atapi_error(ILLEGAL_REQUEST, ASC_INV_FIELD_IN_CMD_PACKET)
+                return
+            if total == 0:
+                self._atapi_error(ILLEGAL_REQUEST, ASC_MEDIUM_NOT_PRESENT)
+                return
+            out[4:8] = bytes([1, 0x0F, 1, 0])
+            struct.pack_into(">III", out, 8, 0, total - 1, total - 1)
+            struct.pack_into(">H", out, 0, 2048 + 2)
+            size = 2048 + 4
+        elif fmt == 0x01:                            # copyright: none
+            struct.pack_into(">H", out, 0, 4 + 2)
+            size = 8
+        elif fmt == 0x04:                            # manufacturing information
+            struct.pack_into(">H", out, 0, 2048 + 2)
+            size = 2048 + 4
+        elif fmt == 0xFF:                            # the structure list
+            out[4:8] = b"\x00\x40" + struct.pack(">H", 2048 + 4)
+            out[8:12] = b"\x01\x40" + struct.pack(">H", 4 + 4)
+            out[12:16] = b"\x03\x40" + struct.pack(">H", 188 + 4)
+            out[16:20] = b"\x04\x40" + struct.pack(">H", 2048 + 4)
+            struct.pack_into(">H", out, 0, 16 + 2)
+            size = 16 + 4
+        else:
+            self._atapi_error(ILLEGAL_REQUEST, ASC_INV_FIELD_IN_CMD_PACKET)
+            return
+        self._atapi_reply(bytes(out[:size]), max_len)
+
+    def atapi_set_speed(self, buf: bytes) -> None:
+        self._atapi_ok()
+
+    def atapi_mechanism_status(self, buf: bytes) -> None:
+        max_len = struct.unpack_from(">H", buf, 8)[0]
+        self._atapi_reply(b"\x00\x00\x00\x00\x00\x01\x00\x00", max_len)
+
+    def atapi_read_cd(self, buf: bytes) -> None:
+        nb = buf[6] << 16 | buf[7] << 8 | buf[8]
+        lba = struct.unpack_from(">I", buf, 2)[0]
+        if nb == 0:
+            self._atapi_ok()
+            return
+        request = buf[9] & 0xF8
+        if request == 0x00:
+            self._atapi_ok()
+        elif request == 0x10:
+            self._atapi_read(lba, nb, CD_SECTOR)
+        elif request == 0xF8:
+            self._atapi_read(lba, nb, CD_RAW_SECTOR)
+        else:
+            self._atapi_error(ILLEGAL_REQUEST, ASC_INV_FIELD_IN_CMD_PACKET)
 
 
 _CHECK_READY = 0x01
 _NONDATA = 0x02
 _ALLOW_UA = 0x04
+_CONDDATA = 0x08        # data only if the command asks for some (reads of 0 sectors)
 
 _ATAPI_COMMANDS: dict[int, tuple[Callable[[IdeDrive, bytes], None], int]] = {
     0x00: (IdeDrive.atapi_test_unit_ready, _CHECK_READY | _NONDATA),
@@ -1074,8 +1287,15 @@ _ATAPI_COMMANDS: dict[int, tuple[Callable[[IdeDrive, bytes], None], int]] = {
     0x28: (IdeDrive.atapi_read_10, _CHECK_READY),
     0x2B: (IdeDrive.atapi_seek, _CHECK_READY | _NONDATA),
     0x43: (IdeDrive.atapi_read_toc, _CHECK_READY),
+    0x46: (IdeDrive.atapi_get_configuration, _ALLOW_UA),
+    0x4A: (IdeDrive.atapi_get_event_status, _ALLOW_UA),
+    0x51: (IdeDrive.atapi_read_disc_information, _CHECK_READY),
     0x5A: (IdeDrive.atapi_mode_sense, 0),
     0xA8: (IdeDrive.atapi_read_12, _CHECK_READY),
+    0xAD: (IdeDrive.atapi_read_dvd_structure, _CHECK_READY),
+    0xBB: (IdeDrive.atapi_set_speed, _NONDATA),
+    0xBD: (IdeDrive.atapi_mechanism_status, 0),
+    0xBE: (IdeDrive.atapi_read_cd, _CHECK_READY),
 }
 
 _HD = 1

@@ -329,6 +329,37 @@ def test_atapi_matches_qemu(tmp_path: Path, disks: dict[str, Path]) -> None:
         s += _packet(b"\x43\x00\x00\x00\x00\x00\x00\x00\x14") + _reply(1, 10)  # READ TOC
         s += _packet(b"\x43\x02\x00\x00\x00\x00\x00\x00\x14") + _reply(1, 10)  # MSF
         s += _packet(b"\x25", bcl=0) + regs(1)                       # byte count 0
+        s += _packet(b"\x28\x00\x00\x00\x00\x05\x00\x00\x00", bcl=0) + regs(1)
+        s += _packet(b"\x46\x00\x00\x00\x00\x00\x00\x00\x40") + _reply(1, 10)  # GET CONFIG
+        s += _packet(b"\x46\x00\x00\x01\x00\x00\x00\x00\x40") + regs(1)      # feature 1
+        s += _packet(b"\x4a\x01\x00\x00\x10\x00\x00\x00\x08") + _reply(1, 4)  # GESN
+        s += _packet(b"\x4a\x01\x00\x00\x02\x00\x00\x00\x08") + _reply(1, 2)
+        s += _packet(b"\x4a\x00\x00\x00\x10\x00\x00\x00\x08") + regs(1)      # async
+        s += _packet(b"\x51\x00\x00\x00\x00\x00\x00\x00\x22") + _reply(1, 17)  # DISC INFO
+        s += _packet(b"\xbd\x00\x00\x00\x00\x00\x00\x00\x00\x08") + _reply(1, 4)
+        s += _packet(b"\xbb\x00\xff\xff") + regs(1)                # SET CD SPEED
+        s += _packet(b"\xbe\x00\x00\x00\x00\x03\x00\x00\x01\x10") + _reply(1, 1024)
+        s += _packet(b"\xbe\x00\x00\x00\x00\x03\x00\x00\x01\xf8", bcl=0x930)
+        s += _reply(1, 1176)                                         # raw 2352 bytes
+        s += _packet(b"\xbe\x00\x00\x00\x00\x03\x00\x00\x01\x00") + regs(1)
+        s += _packet(b"\xbe\x00\x00\x00\x00\x03\x00\x00\x01\x20") + regs(1)
+        s += _packet(b"\x43\x00\x00\x00\x00\x00\x00\x00\x0c\x40") + _reply(1, 6)
+        s += _packet(b"\x43\x00\x00\x00\x00\x00\x00\x00\x30\x80") + _reply(1, 24)
+        s += _packet(b"\x43\x02\x00\x00\x00\x00\x00\x00\x30\x80") + _reply(1, 24)
+        s += _packet(b"\x43\x00\x00\x00\x00\x00\x00\x00\x30\xc0") + regs(1)
+        s += _packet(b"\x43\x00\x00\x00\x00\x00\x05\x00\x30") + regs(1)
+        # audio page: QEMU leaves bytes 10-16 as the buffer held them; read the header only
+        s += _packet(b"\x5a\x00\x0e\x00\x00\x00\x00\x00\x0a") + _reply(1, 5)
+        s += _packet(b"\x5a\x00\x6a\x00\x00\x00\x00\x00\x18") + regs(1)   # changeable
+        s += _packet(b"\x5a\x00\xea\x00\x00\x00\x00\x00\x18") + regs(1)   # saved
+        s += _packet(b"\xad\x00\x00\x00\x00\x00\x00\x00\x08\x00") + regs(1)  # DVD: CD
+        s += _packet(b"\xad\x00\x00\x00\x00\x00\x00\xff\x00\x18") + _reply(1, 10)
+        s += _packet(b"\x1b\x00\x00\x00\x02") + regs(1)           # eject
+        s += _packet(b"\x00") + regs(1) + _packet(b"\x25") + regs(1)
+        s += _packet(b"\x4a\x01\x00\x00\x10\x00\x00\x00\x08") + _reply(1, 4)
+        s += _packet(b"\x1b\x00\x00\x00\x03") + regs(1)           # load
+        s += _packet(b"\x00") + regs(1)
+        s += _packet(b"\x1b\x00\x00\x00\x12") + regs(1)           # power condition
         # READ(10) by DMA
         s += bmdma_setup() + prd([(BUF, 4096, True)]) + [f"outl {BM + 12:#x} {PRD:#x}"]
         s += _packet(b"\x28\x00\x00\x00\x00\x02\x00\x00\x02", dma=True) + regs(1)
