@@ -214,6 +214,9 @@ class MonitorFrontend:
         with self._idle:
             self._idle.wait_for(lambda: self._busy == 0, timeout=timeout)
         self._closed = True
+        with _MONITORS_LOCK:
+            if self in _MONITORS:
+                _MONITORS.remove(self)
         try:
             self.chardev.set_reader(None)
         except Exception:
