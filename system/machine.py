@@ -406,8 +406,8 @@ class PcMachine:
         from .devices import pci
 
         self.pci = pci.PciHost(self.bus)
-        self.i440fx = self.pci.add(0, _construct(pci.I440fx, ram_size=self.config.ram_size,
-                                                  on_pam=self._on_pam))
+        self.i440fx = self.pci.add(0, pci.I440fx(ram_size=self.config.ram_size,
+                                                 on_pam=self._on_pam))
         from .devices import piix
 
         nserial = len(self.config.serials)
@@ -923,15 +923,3 @@ def _open_log(cfg: MachineConfig) -> Any:
         return open(cfg.log_file, "w")
     except OSError as exc:
         raise UsageError(f"Error opening logfile {cfg.log_file}: {exc.strerror}") from None
-
-
-def _construct(cls: Any, *args: Any, **kwargs: Any) -> Any:
-    """Build a device whose keyword set may still be settling between helpers."""
-    import inspect
-
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return cls(*args)
-    accepted = {k: v for k, v in kwargs.items() if k in params}
-    return cls(*args, **accepted)
