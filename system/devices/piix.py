@@ -10,10 +10,13 @@
   0xB100, SCI on IRQ 9) and the ACPI PM I/O block at PMBA (0x40) when PMREGMISC (0x80)
   bit 0 is set: PM1a status/enable (0x00/0x02), PM1a control (0x04, SLP_EN with type 0
   powers off), the 24-bit PM timer at 3.579545 MHz (0x08); APM control/status at ports
-  0xB2/0xB3 (with SMM, ACPI enable 0xF1 / disable 0xF0 set or clear SCI_EN).
+  0xB2/0xB3 (with SMM, ACPI enable 0xF1 / disable 0xF0 set or clear SCI_EN); the GPE0
+  block at 0xAFE0 (status write-one-to-clear, enable), the PCI hotplug registers at
+  0xAE00 (no events; slots 0-1 not removable) and the CPU hotplug bitmap at 0xAF00, so
+  the tables SeaBIOS builds (FADT, DSDT) find what QEMU has there.
 
-Not modelled: the SMBus host controller (its ports read all ones), GPE0 blocks and PCI
-hotplug ports, SMI (there is no SMM: the PM function reports SMM as already
+Not modelled: the SMBus host controller (its ports read all ones), hotplug itself
+(ejecting a slot, adding CPUs), memory hotplug, SMI (there is no SMM: the PM function reports SMM as already
 initialised, QEMU's ``smm=off`` state, so SeaBIOS skips its SMM setup), the PM timer
 overflow interrupt (TMROF status is computed when read; SCI follows status & enable on
 register accesses only), S3/S4 sleep.
@@ -167,6 +170,14 @@ ACPI_SCI_MASK = 0x0521        # RT clock, power button, global lock, timer enabl
 ACPI_SCI_EN = 0x0001
 ACPI_SLEEP_ENABLE = 0x2000
 APM_CNT_PORT = 0xB2
+_PM_REGIONS = ((0, 4, "evt"), (4, 2, "cnt"), (8, 4, "tmr"))
+GPE0_BASE = 0xAFE0
+GPE0_LEN = 4
+PCIHP_BASE = 0xAE00
+PCIHP_LEN = 0x18
+PCIHP_REMOVABLE = 0xFFFFFFFC          # slots 0 and 1 hold built-in functions
+CPUHP_BASE = 0xAF00
+CPUHP_LEN = 32
 ACPI_ENABLE = 0xF1
 ACPI_DISABLE = 0xF0
 
@@ -178,7 +189,8 @@ class Piix4Pm(PciFunction):
 
     def __init__(self, bus: PortBus, clock_ns: Callable[[], int], sci: IrqLine | None = None,
                  *, shutdown_request: Callable[[], None] | None = None,
-                 com1: bool = False, com2: bool = False, smm_enabled: bool = False):
+                 com1: bool = False, com2: bool = False, smm_enabled: bool = False,
+                 nb_cpus: int = 1):
         super().__init__(0x8086, 0x7113, 0x03, 0x068000, interrupt_pin=1)
         self._bus = bus
         self._clock_ns = clock_ns
@@ -190,6 +202,10 @@ class Piix4Pm(PciFunction):
         self.pm1_cnt = 0
         self.apmc = 0
         self.apms = 0
+        self.gpe_sts = 0
+        self.gpe_en = 0
+        self.pcihp_select = 0
+        self.nb_cpus = nb_cpus
         self.overflow_ticks = 0
         self._pm_base = UNMAPPED
         self.set_word(STATUS, STATUS_DEVSEL_MEDIUM | STATUS_FAST_BACK)
@@ -204,6 +220,10 @@ class Piix4Pm(PciFunction):
         self.config[PMBA] = 0x01                 # I/O space indicator
         bus.register(APM_CNT_PORT, 2, self._apm_read, self._apm_write, "apm-io",
                      byte_only=True)
+        bus.register(GPE0_BASE, GPE0_LEN, self._gpe_read, self._gpe_write, "acpi-gpe0")
+        bus.register(PCIHP_BASE, PCIHP_LEN, self._pcihp_read, self._pcihp_write,
+                     "acpi-pci-hotplug")
+        bus.register(CPUHP_BASE, CPUHP_LEN, self._cpuhp_read, None, "acpi-cpu-hotplug")
         self.reset()
 
     def device_reset(self) -> None:
@@ -213,6 +233,8 @@ class Piix4Pm(PciFunction):
         if not self.smm_enabled:
             self.config[0x5B] = 0x02            # SMM already initialised: no SMI setup
         self.pm1_sts = self.pm1_en = 0
+        self.gpe_sts = self.gpe_en = 0
+        self.pcihp_select = 0
         # acpi_pm1_cnt_reset: without SMM the firmware cannot switch to ACPI mode, so
         # QEMU starts with SCI_EN set ("acpi_only")
         self.pm1_cnt = 0 if self.smm_enabled else ACPI_SCI_EN
@@ -258,24 +280,63 @@ class Piix4Pm(PciFunction):
         return self.pm1_sts
 
     def _update_sci(self) -> None:
+        """acpi_update_sci: PM1 status & enable, or any enabled GPE0 status bit."""
         if self.sci is not None:
-            self.sci.set(bool(self._status() & self.pm1_en & ACPI_SCI_MASK))
+            level = bool(self._status() & self.pm1_en & ACPI_SCI_MASK) or \
+                bool(self.gpe_sts & self.gpe_en)
+            self.sci.set(level)
+
+    def _pm_pieces(self, offset: int, size: int) -> list[tuple[str | None, int, int, int]]:
+        """Split an access into (register block, offset in it, byte position, length):
+        QEMU decodes PM1 event (0-3), PM1 control (4-5) and the timer (8-11) as separate
+        regions; the bytes in between read all ones."""
+        pieces = []
+        i = 0
+        while i < size:
+            off = offset + i
+            for start, length, name in _PM_REGIONS:
+                if start <= off < start + length:
+                    n = min(size - i, start + length - off)
+                    pieces.append((name, off - start, i, n))
+                    break
+            else:
+                n = 1
+                pieces.append((None, 0, i, 1))
+            i += n
+        return pieces
 
     def _pm_read(self, port: int, size: int) -> int:
-        offset = port - self._pm_base
-        if offset < 2:
-            value = self._status()
-            return (value >> (8 * offset)) & ((1 << (8 * size)) - 1)
-        if offset < 4:
-            return (self.pm1_en >> (8 * (offset - 2))) & ((1 << (8 * size)) - 1)
-        if offset < 6:
-            return (self.pm1_cnt >> (8 * (offset - 4))) & ((1 << (8 * size)) - 1)
-        if 8 <= offset < 12:
-            return (self.pm_timer() >> (8 * (offset - 8))) & ((1 << (8 * size)) - 1)
-        return (1 << (8 * size)) - 1
+        value = 0
+        for name, addr, at, n in self._pm_pieces(port - self._pm_base, size):
+            if name == "evt":                    # acpi_pm_evt_read: by offset, 16 bits
+                reg = 0
+                for sub in range(0, n, 2):
+                    at_addr = addr + sub
+                    word = self._status() if at_addr == 0 else \
+                        self.pm1_en if at_addr == 2 else 0
+                    reg |= word << (8 * sub)
+            elif name == "cnt":                  # the register, whatever the offset
+                reg = self.pm1_cnt
+            elif name == "tmr":
+                reg = self.pm_timer()
+            else:
+                reg = 0xFF
+            value |= (reg & ((1 << (8 * n)) - 1)) << (8 * at)
+        return value
 
     def _pm_write(self, port: int, size: int, value: int) -> None:
-        offset = port - self._pm_base
+        for name, addr, at, n in self._pm_pieces(port - self._pm_base, size):
+            piece = (value >> (8 * at)) & ((1 << (8 * n)) - 1)
+            if name == "evt":
+                if addr == 0 and n == 4:         # wider than the 16-bit registers
+                    self._pm_write16(0, piece & 0xFFFF)
+                    self._pm_write16(2, piece >> 16)
+                elif addr in (0, 2):
+                    self._pm_write16(addr, piece & 0xFFFF)
+            elif name == "cnt":
+                self._pm_write16(4, piece)
+
+    def _pm_write16(self, offset: int, value: int) -> None:
         if offset == 0:
             if value & ACPI_TIMER_STATUS and self._status() & ACPI_TIMER_STATUS:
                 self.overflow_ticks = (self._ticks() + 0x800000) & ~0x7FFFFF
@@ -289,6 +350,54 @@ class Piix4Pm(PciFunction):
             if value & ACPI_SLEEP_ENABLE and (value >> 10) & 7 == 0:
                 if self.shutdown_request is not None:
                     self.shutdown_request()
+
+    # -- GPE0 block, PCI and CPU hotplug registers -----------------------------------------
+
+    def _gpe_read(self, port: int, size: int) -> int:
+        value = 0
+        for i in range(size):
+            offset = port - GPE0_BASE + i
+            if offset < 2:
+                byte = (self.gpe_sts >> (8 * offset)) & 0xFF
+            elif offset < 4:
+                byte = (self.gpe_en >> (8 * (offset - 2))) & 0xFF
+            else:
+                byte = 0xFF
+            value |= byte << (8 * i)
+        return value
+
+    def _gpe_write(self, port: int, size: int, value: int) -> None:
+        for i in range(size):
+            offset = port - GPE0_BASE + i
+            byte = (value >> (8 * i)) & 0xFF
+            if offset < 2:
+                self.gpe_sts &= ~(byte << (8 * offset))       # write one to clear
+            elif offset < 4:
+                shift = 8 * (offset - 2)
+                self.gpe_en = (self.gpe_en & ~(0xFF << shift)) | (byte << shift)
+        self._update_sci()
+
+    def _pcihp_read(self, port: int, size: int) -> int:
+        """Hotplug status of bus 0: nothing came or went; slots 0 and 1 (host bridge,
+        PIIX3) cannot be removed; the bus selector reads back. Only aligned dword
+        accesses are valid (others read 0 inside the block, as in QEMU)."""
+        offset = port - PCIHP_BASE
+        if size != 4 or offset & 3:
+            inside = min(size, PCIHP_LEN - offset)
+            value = 0
+            for i in range(inside, size):            # bytes past the block
+                value |= self._bus.read(port + i, 1) << (8 * i)
+            return value
+        return {0x0C: PCIHP_REMOVABLE, 0x10: self.pcihp_select}.get(offset, 0)
+
+    def _pcihp_write(self, port: int, size: int, value: int) -> None:
+        if size == 4 and port - PCIHP_BASE == 0x10:
+            self.pcihp_select = value & 0xFFFFFFFF
+
+    def _cpuhp_read(self, port: int, size: int) -> int:
+        bitmap = ((1 << self.nb_cpus) - 1).to_bytes(CPUHP_LEN, "little")
+        offset = port - CPUHP_BASE
+        return int.from_bytes(bitmap[offset:offset + size].ljust(size, b"\xff"), "little")
 
     # -- APM ports 0xB2/0xB3 -------------------------------------------------------------
 
@@ -318,12 +427,12 @@ class Piix3:
                  shutdown_request: Callable[[], None] | None = None,
                  dma_read: Callable[[int, int], bytes] | None = None,
                  dma_write: Callable[[int, bytes], None] | None = None,
-                 com1: bool = False, com2: bool = False):
+                 com1: bool = False, com2: bool = False, nb_cpus: int = 1):
         self.isa = Piix3Isa(bus, pic_irq, reset_request)
         self.ide_controller = IdeController(bus, pic_irq(14), pic_irq(15), dma_read, dma_write)
         self.ide = PiixIde(bus, self.ide_controller)
         self.pm = Piix4Pm(bus, clock_ns, pic_irq(9), shutdown_request=shutdown_request,
-                          com1=com1, com2=com2)
+                          com1=com1, com2=com2, nb_cpus=nb_cpus)
         host.add(0x08, self.isa)
         host.add(0x09, self.ide)
         host.add(0x0B, self.pm)

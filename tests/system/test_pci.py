@@ -122,6 +122,28 @@ def test_pm_io_block_apm_and_reset_control_match_qemu(tmp_path: Path) -> None:
     assert ours.shutdowns == 1
 
 
+def test_acpi_registers_match_qemu(tmp_path: Path) -> None:
+    """PM1 block accesses of every width and offset, GPE0 (0xAFE0), PCI hotplug (0xAE00)
+    and CPU hotplug (0xAF00) registers, as the ACPI tables SeaBIOS builds use them."""
+    script = ["outl 0xcf8 0x80000b40", "outl 0xcfc 0x601",
+              "outl 0xcf8 0x80000b80", "outb 0xcfc 1"]
+    script += [f"in{w} {0x600 + off:#x}" for w in "bwl" for off in range(0, 16)]
+    script += ["outb 0x602 0x21", "inw 0x602", "outb 0x603 0x04", "inw 0x602",
+               "outl 0x600 0x01200001", "inl 0x600", "outw 0x605 0x2000", "inw 0x604",
+               "outb 0x604 0x00", "inw 0x604", "outl 0x604 0x12340001", "inl 0x604"]
+    script += [f"in{w} {0xAFE0 + off:#x}" for w in "bwl" for off in range(0, 6)]
+    script += ["outb 0xafe2 0xff", "outb 0xafe3 0x5a", "inl 0xafe0", "outw 0xafe0 0xffff",
+               "inl 0xafe0", "outl 0xafe0 0x12345678", "inl 0xafe0", "inw 0xafe2"]
+    script += [f"in{w} {0xAE00 + off:#x}" for w in "bwl" for off in range(0, 0x1A)]
+    script += ["outl 0xae10 0x1", "inl 0xae10", "outb 0xae10 0x0", "inl 0xae10",
+               "outl 0xae00 0xffffffff", "inl 0xae00", "outl 0xae08 0x4", "inl 0xae08"]
+    script += [f"in{w} {0xAF00 + off:#x}" for w in "bwl" for off in range(0, 0x22)]
+    script += ["outb 0xaf00 0xff", "inb 0xaf00"]
+    ours = OurPc()
+    with QemuQtest(tmp_path, *QEMU_ARGS) as q:
+        assert _diff(run(q, script), run(ours, script)) == []
+
+
 def test_pm_timer_counts_virtual_time() -> None:
     now = [0]
     ours = OurPc(clock_ns=lambda: now[0])
