@@ -14,7 +14,8 @@
  *   MBK bench start / MBK bench done iters=N hash=H   only with "bench" or
  *                                   "bench=<millions>" on the command line
  *   MBK spin                        only with "spin" on the command line: then
- *                                   the function spin() loops for ever
+ *                                   the function spin() masks the PIC and
+ *                                   loops for ever
  *   MBK DONE                        the last line; then power off through the
  *                                   ACPI PM1a control register (0x604) that
  *                                   SeaBIOS sets up, or cli; hlt
@@ -390,10 +391,15 @@ static u32 bench(u32 iters)
     return h;
 }
 
-/* "spin" on the command line: loop here for ever, interrupts on (QMP tests) */
+/*
+ * "spin" on the command line: loop here for ever (QMP/HMP tests stop the CPU
+ * here). IF stays set but every PIC input is masked, so no interrupt handler
+ * runs: a stop always finds EIP inside spin().
+ */
 static volatile u32 spin_count;
 static void __attribute__((noinline, noreturn)) spin(void)
 {
+    outb(0x21, 0xff);
     for (;;)
         spin_count++;
 }
