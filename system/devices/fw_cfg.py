@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from ..bus import PortBus
 
@@ -227,6 +228,19 @@ class FwCfg:
     def reset(self) -> None:
         self.select(SIGNATURE)
         self.dma_addr = 0
+
+    def get_state(self) -> dict[str, Any]:
+        """QEMU's vmstate "fw_cfg": the selection, the read offset, the DMA address (the
+        items themselves are rebuilt by the destination's command line)."""
+        return {"version": 1, "cur_entry": self.cur_entry, "cur_offset": self.cur_offset,
+                "dma_addr": self.dma_addr}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if state.get("version") != 1:
+            raise ValueError(f"unsupported fw_cfg state version {state.get('version')}")
+        self.cur_entry = state["cur_entry"]
+        self.cur_offset = state["cur_offset"]
+        self.dma_addr = state["dma_addr"]
 
     def _read_ctl(self, port: int, size: int) -> int:
         if port == PORT_SELECTOR:

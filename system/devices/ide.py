@@ -144,6 +144,8 @@ CMD_IDENTIFY = 0xEC
 CMD_SET_FEATURES = 0xEF
 CMD_READ_NATIVE_MAX = 0xF8
 
+STATE_VERSION = 1
+
 DmaRead = Callable[[int, int], bytes]
 DmaWrite = Callable[[int, bytes], None]
 
@@ -275,6 +277,39 @@ class IdeDrive:
 
     def _media_present(self) -> bool:
         return not self.tray_open and self.image is not None and self.nb_sectors > 0
+
+    # -- migration ------------------------------------------------------------------------
+
+    # guest-visible fields (QEMU's vmstate "ide_drive" v3 with its PIO and tray sections)
+    VMSTATE_FIELDS = ("mult_sectors", "feature", "error", "nsector", "sector", "lcyl",
+                      "hcyl", "hob_feature", "hob_sector", "hob_nsector", "hob_lcyl",
+                      "hob_hcyl", "select", "status", "lba48", "sense_key", "asc",
+                      "cdrom_changed", "req_nb_sectors", "data_ptr", "data_end",
+                      "elementary_transfer_size", "packet_transfer_size", "io_buffer_index",
+                      "io_buffer_size", "cd_sector_size", "lba", "atapi_dma", "dma_cmd",
+                      "tray_open", "tray_locked", "new_media_event", "eject_request_event",
+                      "write_cache", "smart_enabled", "pio_out")
+    _END_TRANSFER = ("_sector_read", "_sector_write", "_transfer_stop", "_atapi_reply_end",
+                     "_atapi_cmd", "_dummy_transfer_stop")
+
+    def get_state(self) -> dict[str, Any]:
+        state = {f: getattr(self, f) for f in self.VMSTATE_FIELDS}
+        state["io_buffer"] = bytes(self.io_buffer)
+        state["identify_data"] = None if self.identify_data is None else bytes(
+            self.identify_data)
+        state["end_transfer"] = self.end_transfer.__name__
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for f in self.VMSTATE_FIELDS:
+            setattr(self, f, state[f])
+        self.io_buffer[:] = state["io_buffer"]
+        data = state["identify_data"]
+        self.identify_data = None if data is None else bytearray(data)
+        name = state["end_transfer"]
+        if name not in self._END_TRANSFER:
+            raise ValueError(f"invalid IDE transfer state {name!r}")
+        self.end_transfer = getattr(self, name)
 
     # -- state ----------------------------------------------------------------------------
 
@@ -1370,6 +1405,20 @@ class BmDma:
         self.cur_addr = 0
         self.pending: IdeDrive | None = None
 
+    def get_state(self) -> dict[str, Any]:
+        """QEMU's vmstate "ide bmdma" fields and the drive waiting for the engine."""
+        return {"cmd": self.cmd, "status": self.status, "addr": self.addr,
+                "cur_addr": self.cur_addr,
+                "pending": None if self.pending is None else self.pending.unit}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.cmd = state["cmd"]
+        self.status = state["status"]
+        self.addr = state["addr"]
+        self.cur_addr = state["cur_addr"]
+        unit = state["pending"]
+        self.pending = None if unit is None else self.channel.drives[unit]
+
     def dma_read(self, addr: int, size: int) -> bytes:
         fn = self.channel.controller.dma_read
         if fn is None:
@@ -1488,6 +1537,19 @@ class IdeChannel:
 
     def lower_irq(self) -> None:
         self.irq.set(False)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"unit": self.unit, "cmd": self.cmd, "irq_level": self.irq.level,
+                "bmdma": self.bmdma.get_state(),
+                "drives": [d.get_state() for d in self.drives]}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.unit = state["unit"]
+        self.cmd = state["cmd"]
+        self.bmdma.set_state(state["bmdma"])
+        for drive, drive_state in zip(self.drives, state["drives"], strict=True):
+            drive.set_state(drive_state)
+        self.irq.set(state["irq_level"])
 
     def reset(self) -> None:
         """ide_bus_reset: both drives, device control, BMDMA."""
@@ -1708,6 +1770,18 @@ class IdeController:
     def reset(self) -> None:
         for channel in self.channels:
             channel.reset()
+
+    def get_state(self) -> dict[str, Any]:
+        """Both channels (registers, transfer in progress, BMDMA); the drives' images
+        are the machine's to carry (same paths on the destination, or shared storage)."""
+        return {"version": STATE_VERSION,
+                "channels": [c.get_state() for c in self.channels]}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported IDE state version {state.get('version')}")
+        for channel, channel_state in zip(self.channels, state["channels"], strict=True):
+            channel.set_state(channel_state)
 
     def bmdma_read(self, offset: int, size: int) -> int:
         """Read at ``offset`` (0-15) in the BMDMA BAR."""

@@ -19,6 +19,7 @@ expansion ROM BARs, 64-bit BARs, the i440FX's SMRAM lock (D_LCK) semantics.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from ..bus import PortBus
 
@@ -59,6 +60,7 @@ BAR_SPACE_IO = 0x01
 UNMAPPED = -1
 
 _ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
+STATE_VERSION = 1
 
 
 class Bar:
@@ -235,6 +237,19 @@ class PciFunction:
                 self._init_bar(bar)
         self.update_mappings()
 
+    # -- migration ---------------------------------------------------------------------
+
+    def get_state(self) -> dict[str, Any]:
+        """The configuration space and INTx level (QEMU's vmstate "PCIDevice")."""
+        return {"config": bytes(self.config), "irq_level": self.irq_level}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Load the configuration space, then remap BARs and re-drive INTx."""
+        self.config[:] = state["config"]
+        self.irq_level = state["irq_level"]
+        self.update_mappings()
+        self._update_irq()
+
     def device_reset(self) -> None:
         """Hook for subclasses: the device's own reset values."""
 
@@ -264,6 +279,20 @@ class PciHost:
         self.config_address = 0
         for function in self.functions.values():
             function.reset()
+
+    def get_state(self) -> dict[str, Any]:
+        """CONFIG_ADDRESS and every function's state, by devfn."""
+        return {"version": STATE_VERSION, "config_address": self.config_address,
+                "functions": {devfn: fn.get_state() for devfn, fn in self.functions.items()}}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported PCI state version {state.get('version')}")
+        if set(state["functions"]) != set(self.functions):
+            raise ValueError("PCI functions differ from the saved machine's")
+        self.config_address = state["config_address"]
+        for devfn, fn_state in state["functions"].items():
+            self.functions[devfn].set_state(fn_state)
 
     # -- INTx to PIRQ ----------------------------------------------------------------
 

@@ -25,6 +25,7 @@ register accesses only), S3/S4 sleep.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from ..bus import IrqLine, PortBus
 from .ide import IdeController
@@ -76,6 +77,17 @@ class Piix3Isa(PciFunction):
             self.config[offset] = value
         self.rcr = 0
         self.pirq_levels = [False] * PIIX_NUM_PIRQS
+        self._update_pic()
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        state.update(pirq_levels=list(self.pirq_levels), rcr=self.rcr)
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.pirq_levels = list(state["pirq_levels"])
+        self.rcr = state["rcr"]
+        super().set_state(state)
         self._update_pic()
 
     # -- PIRQ routing --------------------------------------------------------------------
@@ -142,6 +154,15 @@ class PiixIde(PciFunction):
         self.set_word(COMMAND, 0)
         self.set_word(STATUS, STATUS_DEVSEL_MEDIUM | STATUS_FAST_BACK)
         self.controller.reset()
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        state["ide"] = self.controller.get_state()
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        self.controller.set_state(state["ide"])
 
     def _map_bmdma(self, address: int) -> None:
         if self._mapped != UNMAPPED:
@@ -240,6 +261,22 @@ class Piix4Pm(PciFunction):
         self.pm1_cnt = 0 if self.smm_enabled else ACPI_SCI_EN
         self.overflow_ticks = 0
         self._update_pm_io()
+
+    _STATE = ("pm1_sts", "pm1_en", "pm1_cnt", "overflow_ticks", "apmc", "apms", "gpe_sts",
+              "gpe_en", "pcihp_select")
+
+    def get_state(self) -> dict[str, Any]:
+        """Configuration space plus QEMU's vmstate "piix4_pm" registers."""
+        state = super().get_state()
+        state.update({f: getattr(self, f) for f in self._STATE})
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for f in self._STATE:
+            setattr(self, f, state[f])
+        super().set_state(state)
+        self._update_pm_io()
+        self._update_sci()
 
     def config_written(self, offset: int, size: int) -> None:
         if (offset < PMBA + 4 and offset + size > PMBA) or \

@@ -163,3 +163,15 @@ def test_qword_dma_write_and_file_rules() -> None:
     assert plain.entries[fw_cfg.ID] == b"\x01\0\0\0"
     assert bus.read(0x514, 4) == 0xFFFFFFFF
     assert plain.entries[fw_cfg.RAM_SIZE] == struct.pack("<Q", 128 << 20)
+
+
+def test_state_round_trip() -> None:
+    """The selection and read offset survive get_state/set_state into a fresh device."""
+    src, dst = OurFwCfg(), OurFwCfg()
+    src.cmd(f"outw 0x510 {src.fw.file_key('etc/e820'):#x}")
+    first = [src.cmd("inb 0x511") for _ in range(7)]
+    dst.fw.set_state(src.fw.get_state())
+    rest = [[t.cmd("inb 0x511") for _ in range(40)] for t in (src, dst)]
+    assert rest[0] == rest[1]
+    data = bytes(int(x, 16) for x in first + rest[1])
+    assert data[:40] == e820_table(E820)

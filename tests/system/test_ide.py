@@ -535,3 +535,41 @@ def test_cd_media_change_matches_qemu(tmp_path: Path, disks: dict[str, Path]) ->
         both.assert_equal()
     finally:
         q.close()
+
+
+def test_state_round_trip_mid_transfer(disks: dict[str, Path]) -> None:
+    """get_state in the middle of a PIO read, with a DMA command waiting on the other
+    channel's engine and the BMDMA BAR and PM block mapped; set_state into a fresh
+    machine: every later read (data, registers, IRQ 14/15, guest RAM after DMA) is the
+    same on both."""
+    def machine() -> OurPc:
+        pc = OurPc()
+        pc.ide.attach(0, 0, open_image(str(disks["raw"]), "raw", read_only=False))
+        pc.ide.attach(1, 0, open_image(str(disks["qcow2"]), "qcow2", read_only=False))
+        return pc
+
+    def replies(pc: OurPc, script: list[str]) -> list[tuple[str, str, bool, bool]]:
+        out = []
+        for line in script:
+            if not line.startswith(("wait", "dwait")):
+                out.append((line, pc.cmd(line), pc.pic.irq(14).level, pc.pic.irq(15).level))
+        return out
+
+    src = machine()
+    setup = bmdma_setup() + ["outl 0xcf8 0x80000b40", "outl 0xcfc 0x601",
+                             "outl 0xcf8 0x80000b80", "outb 0xcfc 1"]
+    setup += prd([(BUF, 2048, True)])
+    setup += [f"outl {BM + 12:#x} {PRD:#x}"] + command(1, 0xC8, count=4, lba=2046)
+    setup += command(0, 0x20, count=3, lba=2047) + read_words(0, 100)
+    replies(src, setup)
+    dst = machine()
+    dst.host.set_state(src.host.get_state())
+    dst.ram[:] = src.ram
+    rest = read_words(0, 156) + regs() + read_words(0, 512) + regs()
+    rest += [f"inb {BM + 10:#x}", f"outb {BM + 8:#x} 0x09", f"inb {BM + 10:#x}"] + regs(1)
+    rest += [f"read {BUF:#x} 0x800", "inw 0x604", "inb 0xc002"]
+    after_src, after_dst = replies(src, rest), replies(dst, rest)
+    assert after_src == after_dst
+    assert after_src[-3][1] == "0x" + (b"\x11" * 1024 + b"\x5a" * 1024).hex()
+    src.close()
+    dst.close()
