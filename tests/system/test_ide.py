@@ -573,3 +573,22 @@ def test_state_round_trip_mid_transfer(disks: dict[str, Path]) -> None:
     assert after_src[-3][1] == "0x" + (b"\x11" * 1024 + b"\x5a" * 1024).hex()
     src.close()
     dst.close()
+
+
+def test_empty_cdrom_matches_qemu(tmp_path: Path) -> None:
+    """qemu's default empty CD-ROM (ide1-cd0): identification works, media commands
+    report "not ready / medium not present", events report no medium."""
+    ours = OurPc()
+    ours.ide.attach(1, 0, None, cdrom=True)
+    with QemuQtest(tmp_path, *QEMU_ARGS, "-drive", "if=ide,index=2,media=cdrom") as q:
+        both = Both(q, ours)
+        s = regs(1) + command(1, 0xA1, dev=0xA0) + read_words(1, 256) + regs(1)
+        s += _packet(b"\x00") + regs(1) + _packet(b"\x03\x00\x00\x00\x12") + _reply(1, 9)
+        s += _packet(b"\x12\x00\x00\x00\x24") + _reply(1, 18)
+        s += _packet(b"\x25") + regs(1) + _packet(b"\x28\x00\x00\x00\x00\x00\x00\x00\x01")
+        s += regs(1) + _packet(b"\x4a\x01\x00\x00\x10\x00\x00\x00\x08") + _reply(1, 4)
+        s += _packet(b"\x46\x00\x00\x00\x00\x00\x00\x00\x20") + _reply(1, 10)
+        s += _packet(b"\x5a\x00\x2a\x00\x00\x00\x00\x00\x1c") + _reply(1, 14)
+        s += regs(0) + command(0, 0xEC) + regs(0)                 # no disk on channel 0
+        both.run(s)
+        both.assert_equal()
