@@ -155,8 +155,12 @@ class PcMachine:
         self.clock = VirtualClock()
         self.bus = PortBus()
         self.ram_below, self.ram_above = pc_ram_split(cfg.ram_size)
-        self._ram_mmap = mmap.mmap(-1, cfg.ram_size,
-                                   flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            self._ram_mmap = mmap.mmap(-1, max(cfg.ram_size, 0x100000),
+                                       flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except OSError as exc:
+            raise UsageError("cannot set up guest memory 'pc.ram': "
+                             f"{os.strerror(exc.errno or 12)}") from None
         self.ram = memoryview(self._ram_mmap)
         self._bios_data = bios
         self._rom_mmap = mmap.mmap(-1, len(bios), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -262,19 +266,19 @@ class PcMachine:
         below = self.ram_below
         low_end = min(below, SHADOW_BASE)
         uc.mem_map_ptr(0, low_end, UC_PROT_ALL, ram_addr)
-        # shadow segments: 16 KiB each, 64 KiB at 0xF0000 (one PAM field each)
+        if low_end < SHADOW_BASE:       # less than 768 KiB of RAM: a hole up to 0xC0000
+            uc.mmio_map(low_end, SHADOW_BASE - low_end, _mmio_read, None, _mmio_write,
+                        None)
+        # shadow segments: 16 KiB each, 64 KiB at 0xF0000 (one PAM field each); the RAM
+        # buffer has at least 1 MiB so that they exist with any -m, as QEMU's BIOS alias
         self._segments: list[tuple[int, int]] = []
-        if below >= 0x100000:
-            for base in range(0xC0000, 0xF0000, 0x4000):
-                self._segments.append((base, 0x4000))
-            self._segments.append((0xF0000, 0x10000))
-            for base, size in self._segments:
-                uc.mem_map_ptr(base, size, UC_PROT_READ | UC_PROT_EXEC, ram_addr + base)
-            if below > 0x100000:
-                uc.mem_map_ptr(0x100000, below - 0x100000, UC_PROT_ALL, ram_addr + 0x100000)
-        elif below > SHADOW_BASE:
-            uc.mem_map_ptr(SHADOW_BASE, below - SHADOW_BASE, UC_PROT_ALL,
-                           ram_addr + SHADOW_BASE)
+        for base in range(0xC0000, 0xF0000, 0x4000):
+            self._segments.append((base, 0x4000))
+        self._segments.append((0xF0000, 0x10000))
+        for base, size in self._segments:
+            uc.mem_map_ptr(base, size, UC_PROT_READ | UC_PROT_EXEC, ram_addr + base)
+        if below > 0x100000:
+            uc.mem_map_ptr(0x100000, below - 0x100000, UC_PROT_ALL, ram_addr + 0x100000)
         if self.ram_above:
             uc.mem_map_ptr(FOUR_GIB, self.ram_above, UC_PROT_ALL, ram_addr + below)
         bios_size = len(self._bios_data)
@@ -315,16 +319,12 @@ class PcMachine:
     def _copy_bios_shadow(self) -> None:
         """The BIOS's last 128 KiB into the shadow RAM at 0xE0000 (what the isa-bios ROM
         alias shows there after power-on)."""
-        if self.ram_below < 0x100000:
-            return
         isa = min(len(self._bios_data), 128 * KiB)
         self.ram[0x100000 - isa:0x100000] = self._bios_data[-isa:]
 
     def _on_pam(self, index: int, value: int) -> None:
         from unicorn import UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ
 
-        if not self._segments:
-            return
         for base, size, mode in pam_segments(index, value):
             writable = bool(mode & 2)
             prot = UC_PROT_ALL if writable else UC_PROT_READ | UC_PROT_EXEC

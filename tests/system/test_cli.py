@@ -45,6 +45,7 @@ SAME_ERRORS = [
     ["-m", "foo"],
     ["-m", "size=512Q"],
     ["-m", "512,foo=1"],
+    ["-m", "100000G"],
     ["-boot", "order=z"],
     ["-boot", "once=cz,order=c"],
     ["-boot", "menu=maybe"],
