@@ -145,6 +145,8 @@ CMD_SET_FEATURES = 0xEF
 CMD_READ_NATIVE_MAX = 0xF8
 
 STATE_VERSION = 1
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
 
 DmaRead = Callable[[int, int], bytes]
 DmaWrite = Callable[[int, bytes], None]
@@ -1663,32 +1665,34 @@ class IdeChannel:
 
     # -- data port --------------------------------------------------------------------
 
-    def read_data(self, size: int) -> int:
-        s = self.active
-        if not s.status & DRQ_STAT or not s.pio_out:
-            return 0
+    def read_data(self, port: int, size: int) -> int:
+        """The data port (IN of 2 or 4 bytes; a byte reads register 0's 0xFF). Kept short:
+        a guest's ``rep insw`` calls it once per word."""
+        if size == 1:
+            return 0xFF
+        s = self.drives[self.unit]
         p = s.data_ptr
-        if p + size > s.data_end:
+        end = p + size
+        if not s.status & DRQ_STAT or not s.pio_out or end > s.data_end:
             return 0
-        value = int.from_bytes(s.io_buffer[p:p + size], "little")
-        p += size
-        s.data_ptr = p
-        if p >= s.data_end:
+        s.data_ptr = end
+        value = (_U16 if size == 2 else _U32).unpack_from(s.io_buffer, p)[0]
+        if end >= s.data_end:
             s.status &= ~DRQ_STAT
             s.end_transfer()
         return value
 
-    def write_data(self, size: int, value: int) -> None:
-        s = self.active
-        if not s.status & DRQ_STAT or s.pio_out:
+    def write_data(self, port: int, size: int, value: int) -> None:
+        if size == 1:
             return
+        s = self.drives[self.unit]
         p = s.data_ptr
-        if p + size > s.data_end:
+        end = p + size
+        if not s.status & DRQ_STAT or s.pio_out or end > s.data_end:
             return
-        s.io_buffer[p:p + size] = value.to_bytes(size, "little")
-        p += size
-        s.data_ptr = p
-        if p >= s.data_end:
+        (_U16 if size == 2 else _U32).pack_into(s.io_buffer, p, value)
+        s.data_ptr = end
+        if end >= s.data_end:
             s.status &= ~DRQ_STAT
             s.end_transfer()
 
@@ -1728,7 +1732,10 @@ class IdeController:
         self.dma_write = dma_write
         self.channels = [IdeChannel(self, 0, irq14), IdeChannel(self, 1, irq15)]
         for channel, (base, ctrl) in zip(self.channels, self.PORTS, strict=True):
-            bus.register(base, 8, self._cmd_reader(channel, base),
+            # the data port alone (it sees every word of a PIO transfer), then the rest
+            bus.register(base, 1, channel.read_data, channel.write_data,
+                         f"ide{channel.index}-data")
+            bus.register(base + 1, 7, self._cmd_reader(channel, base),
                          self._cmd_writer(channel, base), f"ide{channel.index}")
             bus.register(ctrl, 1, lambda port, size, c=channel: c.read_status(),
                          lambda port, size, value, c=channel: c.write_control(value & 0xFF),
@@ -1738,8 +1745,8 @@ class IdeController:
     def _cmd_reader(channel: IdeChannel, base: int) -> Callable[[int, int], int]:
         def read(port: int, size: int) -> int:
             reg = port - base
-            if reg == 0 and size > 1:
-                return channel.read_data(size)
+            if size == 1:
+                return channel.read_reg(reg)
             value = 0
             for i in range(size):
                 r = reg + i
@@ -1751,9 +1758,6 @@ class IdeController:
     def _cmd_writer(channel: IdeChannel, base: int) -> Callable[[int, int, int], None]:
         def write(port: int, size: int, value: int) -> None:
             reg = port - base
-            if reg == 0 and size > 1:
-                channel.write_data(size, value)
-                return
             for i in range(size):
                 if reg + i < 8:
                     channel.write_reg(reg + i, (value >> (8 * i)) & 0xFF)
