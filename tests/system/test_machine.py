@@ -8,6 +8,7 @@ writes a letter to an isa-debugcon and resets the machine one way."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -256,3 +257,140 @@ def test_snapshot_leaves_the_image_alone(tmp_path: Path, emulator: str) -> None:
     assert proc.returncode == 0
     assert image.read_bytes() == before
     assert out[0].startswith("ide0-hd0")
+
+
+@pytest.fixture(scope="module")
+def boot_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tests/guests boot sector on a 1 MiB raw disk."""
+    from tests.guests.build_x86 import build_bootsector
+
+    path = tmp_path_factory.mktemp("bootdisk") / "boot.raw"
+    data = build_bootsector().read_bytes()
+    path.write_bytes(data + bytes((1 << 20) - len(data)))
+    return path
+
+
+def _curses_screen(emulator: str, disk: Path) -> list[str]:
+    """Run -display curses in an 80x25 pty until the boot sector's int 10h line shows;
+    the screen as a terminal (pyte) shows it."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    import pyte
+
+    pid, fd = pty.fork()
+    if pid == 0:   # pragma: no cover - the child
+        os.environ["TERM"] = "xterm"
+        os.execvp(_prog(emulator), [emulator, "-display", "curses", "-net", "none",
+                                   "-hda", str(disk), "-snapshot", "-no-shutdown"])
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 25, 80, 0, 0))
+    screen = pyte.Screen(80, 25)
+    stream = pyte.ByteStream(screen)
+    try:
+        end = time.monotonic() + DEADLINE
+        while time.monotonic() < end and "BOOT int10" not in screen.display[2]:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    stream.feed(os.read(fd, 65536))
+                except OSError:
+                    break
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+        os.close(fd)
+    return [line.rstrip() for line in screen.display]
+
+
+def test_curses_shows_the_vga_text_as_qemu(boot_image: Path) -> None:
+    """-display curses: SeaBIOS's and the boot sector's int 10h lines, as qemu's screen."""
+    theirs = _curses_screen(QEMU, boot_image)
+    ours = _curses_screen(OURS, boot_image)
+    assert theirs[:3] == ["SeaBIOS (version 1.16.2-debian-1.16.2-1)",
+                          "Booting from Hard Disk...", "BOOT int10"]
+    assert ours[:3] == theirs[:3]
+
+
+def _vga_text_after_poweroff(emulator: str, disk: Path, tmp_path: Path) -> list[str]:
+    import asyncio
+
+    from qemu.qmp import QMPClient
+
+    sock = tmp_path / f"{emulator}.sock"
+    proc = subprocess.Popen([_prog(emulator), "-display", "none", "-serial", "null",
+                             "-net", "none", "-hda", str(disk), "-snapshot", "-no-shutdown",
+                             "-qmp", f"unix:{sock},server=on,wait=off"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+    async def main() -> str:
+        end = time.monotonic() + DEADLINE
+        while True:
+            client = QMPClient("test")
+            try:
+                await client.connect(str(sock))
+                break
+            except Exception:  # noqa: BLE001 - not listening yet
+                if time.monotonic() > end:
+                    raise
+                await asyncio.sleep(0.1)
+        while (await client.execute("query-status"))["status"] != "shutdown":
+            assert time.monotonic() < end
+            await asyncio.sleep(0.1)
+        text = await client.execute("human-monitor-command",
+                                    {"command-line": "xp /2000xh 0xb8000"})
+        await client.execute("quit")
+        try:
+            await client.disconnect()
+        except EOFError:
+            pass
+        return text
+
+    try:
+        text = asyncio.run(main())
+        proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    cells = [int(v, 16) for line in text.splitlines() for v in line.split(":")[1].split()]
+    assert len(cells) == 2000
+    return [bytes(c & 0xFF for c in cells[r * 80:r * 80 + 80]).decode("latin-1").rstrip()
+            for r in range(25)]
+
+
+def test_vga_text_memory_after_boot_equals_qemu(boot_image: Path, tmp_path: Path) -> None:
+    """The text screen at 0xB8000 once the boot sector powered off (-no-shutdown)."""
+    theirs = _vga_text_after_poweroff(QEMU, boot_image, tmp_path)
+    ours = _vga_text_after_poweroff(OURS, boot_image, tmp_path)
+    assert theirs[2] == "BOOT int10"
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("emulator", EMULATORS)
+def test_daemonize_and_pidfile(tmp_path: Path, emulator: str) -> None:
+    """-daemonize: the parent exits 0 once the machine runs; the pid file names the
+    daemon, which a SIGTERM ends, and the pid file goes with it."""
+    rom = build_rom(tmp_path, 5, letter="S")
+    pidfile = tmp_path / "vm.pid"
+    log = tmp_path / "debugcon.log"
+    proc = subprocess.run([_prog(emulator), "-daemonize", "-pidfile", str(pidfile),
+                           *vm_args(rom, log)], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=DEADLINE)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == proc.stderr == ""
+    pid = int(pidfile.read_text())
+    try:
+        end = time.monotonic() + DEADLINE
+        while time.monotonic() < end and (not log.exists() or len(log.read_bytes()) < 4):
+            time.sleep(0.05)
+        assert log.read_bytes() == b"SOKO"
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    end = time.monotonic() + DEADLINE
+    while time.monotonic() < end and pidfile.exists():
+        time.sleep(0.05)
+    assert not pidfile.exists()
