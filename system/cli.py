@@ -226,9 +226,19 @@ def _parse_boot(opt: Opt, cfg: MachineConfig) -> None:
     for key in ("splash-time", "reboot-timeout"):
         if key in values:
             try:
-                int(values[key], 0)
+                number = int(values[key], 0)
             except ValueError:
                 raise UsageError(f"Parameter 'boot.{key}' expects integer") from None
+            if key == "splash-time":
+                if not 0 <= number <= 0xFFFF:
+                    raise UsageError("splash-time is invalid,it should be a value "
+                                     "between 0 and 65535")
+                cfg.boot_splash_time = number
+            else:
+                if not -1 <= number <= 0xFFFF:
+                    raise UsageError("reboot timeout is invalid,it should be a value "
+                                     "between -1 and 65535")
+                cfg.boot_reboot_timeout = number
 
 
 _DRIVE_KEYS = (

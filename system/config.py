@@ -61,6 +61,8 @@ class MachineConfig:
     boot_once: str | None = None
     boot_menu: bool = False
     boot_strict: bool = False
+    boot_splash_time: int | None = None   # ms: fw_cfg etc/boot-menu-wait
+    boot_reboot_timeout: int = -1         # ms: fw_cfg etc/boot-fail-wait (-1: never)
     kernel: str | None = None
     append: str = ""
     initrd: str | None = None

@@ -425,8 +425,15 @@ class PcMachine:
 
         cfg = self.config
         self.fw_cfg = fw_cfg.FwCfg(self.bus, ram_size=cfg.ram_size, nographic=cfg.nographic,
-                                   boot_menu=cfg.boot_menu, dma_read=self.dma_read,
+                                   boot_menu=cfg.boot_menu,
+                                   reboot_timeout=cfg.boot_reboot_timeout,
+                                   dma_read=self.dma_read,
                                    dma_write=self.dma_write)
+        if cfg.boot_menu and cfg.boot_splash_time is not None:
+            self.fw_cfg.add_file("etc/boot-menu-wait",
+                                 struct.pack("<H", cfg.boot_splash_time))
+        if cfg.boot_strict:
+            self.fw_cfg.set_bootorder(["HALT"])
         e820 = [(0, self.ram_below, 1)]
         if self.ram_above:
             e820.append((FOUR_GIB, self.ram_above, 1))
@@ -813,6 +820,9 @@ class PcMachine:
             reset = getattr(dev, "reset", None) if dev is not None else None
             if reset is not None:
                 reset()
+        if self.config.boot_once:
+            # -boot once: only the first boot; every reset after it uses the order
+            self._set_cmos_boot_order(self.config.boot_order)
         self._copy_bios_shadow()
         self.cpu.set_a20(True)
         self.cpu.reset()

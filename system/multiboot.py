@@ -249,7 +249,8 @@ def _to_fw_cfg(machine: Any, data: bytes, rom: bytes) -> None:
     f.add_i32(fc.INITRD_SIZE, len(info))
     f.add_bytes(fc.INITRD_DATA, bytes(info))
     f.add_file("genroms/" + OPTION_ROM, rom)
-    f.set_bootorder([f"/rom@genroms/{OPTION_ROM}"])
+    f.set_bootorder([f"/rom@genroms/{OPTION_ROM}"]
+                    + (["HALT"] if machine.config.boot_strict else []))
 
 
 def _load_direct(machine: Any, data: bytes) -> Multiboot:

@@ -51,6 +51,8 @@ SAME_ERRORS = [
     ["-boot", "menu=maybe"],
     ["-boot", "foo=bar"],
     ["-boot", "splash-time=x"],
+    ["-boot", "splash-time=70000"],
+    ["-boot", "reboot-timeout=-2"],
     ["-machine", "foo"],
     ["-M", "pc,foo=bar"],
     ["-machine", "accel=foo"],
