@@ -628,13 +628,27 @@ def parse_command_line(argv: list[str]) -> MachineConfig:
             cfg.debugcons.append((chardev, 0xE9))     # qemu's -debugcon: port 0xe9
     for opt in debugcon_devices:
         cfg.debugcons.append(_debugcon_device(opt, chardevs))
-    stdio_users = [c for c in [*cfg.serials, *(m.chardev for m in cfg.monitors)]
-                   if c.spec in ("stdio", "mon:stdio")]
-    if len(stdio_users) > 1:
-        raise UsageError("cannot use stdio by multiple character devices\ncould not "
-                         "connect serial device to character backend 'stdio'")
-    if cfg.daemonize and stdio_users:
-        raise UsageError("-daemonize cannot be used with stdio")
+    # qemu opens the monitors first, then the serial ports: the second user of stdio
+    # fails, with the serial port's extra line
+    users = [(m.chardev, "monitor") for m in cfg.monitors] + \
+        [(c, "serial") for c in cfg.serials]
+    stdio_seen = False
+    for chardev, kind in users:
+        if chardev.spec not in ("stdio", "mon:stdio"):
+            continue
+        where = chardev.where if chardev.where != "-nographic" else "-serial mon:stdio"
+        problem = None
+        if cfg.daemonize:
+            problem = "cannot use stdio with -daemonize"
+        elif stdio_seen:
+            problem = "cannot use stdio by multiple character devices"
+        stdio_seen = True
+        if problem is not None:
+            lines = [f"{PROG}: {where}: {problem}"]
+            if kind == "serial":
+                lines.append(f"{PROG}: {where}: could not connect serial device to "
+                             f"character backend '{chardev.spec}'")
+            raise UsageError("\n".join(lines), plain=True)
 
     _assign_drive_slots(drive_opts)
     if not nodefaults and not any(d.index == 2 for d in drive_opts):

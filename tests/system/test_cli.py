@@ -85,6 +85,9 @@ SAME_ERRORS = [
     ["-mon", "chardev=zz"],
     ["-chardev", "null,id=a", "-serial", "chardev:b"],
     ["-serial", "foo:"],
+    ["-serial", "stdio", "-serial", "stdio"],
+    ["-daemonize", "-serial", "stdio"],
+    ["-qmp", "stdio", "-monitor", "stdio"],
     ["-monitor", "foo:"],
     ["-D", "/nonexistent/dir/log"],
 ]
