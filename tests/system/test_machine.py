@@ -394,3 +394,39 @@ def test_daemonize_and_pidfile(tmp_path: Path, emulator: str) -> None:
     while time.monotonic() < end and pidfile.exists():
         time.sleep(0.05)
     assert not pidfile.exists()
+
+
+def _serial_until(emulator: str, args: list[str], marker: bytes) -> bytes:
+    """-nographic output up to and including the line with ``marker``."""
+    proc = subprocess.Popen([_prog(emulator), "-nographic", *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = b""
+    try:
+        end = time.monotonic() + DEADLINE
+        assert proc.stdout is not None
+        os.set_blocking(proc.stdout.fileno(), False)
+        while marker not in out and time.monotonic() < end:
+            chunk = proc.stdout.read(4096)
+            if chunk:
+                out += chunk
+            elif proc.poll() is not None:
+                break
+            else:
+                time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=DEADLINE)
+    assert marker in out, out
+    return out[:out.index(b"\n", out.index(marker)) + 1]
+
+
+def test_unbootable_disk_message_equals_qemu(tmp_path: Path) -> None:
+    """A disk without a boot signature: SeaBIOS's banner and its refusal, as under qemu."""
+    disk = tmp_path / "zeros.raw"
+    disk.write_bytes(bytes(1 << 20))
+    args = ["-net", "none", "-drive", f"file={disk},format=raw", "-snapshot"]
+    marker = b"Boot failed: not a bootable disk"
+    theirs = _serial_until(QEMU, args, marker)
+    ours = _serial_until(OURS, args, marker)
+    assert b"SeaBIOS (version" in theirs
+    assert ours == theirs
