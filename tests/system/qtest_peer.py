@@ -9,9 +9,11 @@ opened only to find the QOM paths of devices (for ``set_irq_in`` / ``irq_interce
 from __future__ import annotations
 
 import json
+import queue
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -32,7 +34,24 @@ class QemuQtest:
                                      stderr=subprocess.DEVNULL, text=True, bufsize=1)
         self.irq_levels: dict[int, bool] = {}
         self.irq_events: list[tuple[str, int]] = []
+        # a reader thread keeps QEMU's stdout drained (IRQ events can be many while we
+        # wait on QMP) and records the events in order, before the reply that follows
+        self._replies: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read_loop, daemon=True)
+        self._reader.start()
         self.cmd("endianness")          # wait until the machine answers
+
+    def _read_loop(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            if line.startswith("IRQ "):
+                _, what, num = line.split()
+                self.irq_levels[int(num)] = what == "raise"
+                self.irq_events.append((what, int(num)))
+            else:
+                self._replies.put(line)
+        self._replies.put(None)
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -42,6 +61,7 @@ class QemuQtest:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._reader.join(timeout=10)
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
                 stream.close()
@@ -59,19 +79,15 @@ class QemuQtest:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
-        while True:
-            reply = self.proc.stdout.readline()
-            if not reply:
-                raise RuntimeError(f"qemu exited during {line!r}")
-            reply = reply.rstrip("\n")
-            if reply.startswith("IRQ "):
-                _, what, num = reply.split()
-                self.irq_levels[int(num)] = what == "raise"
-                self.irq_events.append((what, int(num)))
-                continue
-            if reply.startswith("OK"):
-                return reply[3:]
-            raise RuntimeError(f"qtest {line!r}: {reply}")
+        try:
+            reply = self._replies.get(timeout=30)
+        except queue.Empty:
+            raise RuntimeError(f"qemu did not answer {line!r}") from None
+        if reply is None:
+            raise RuntimeError(f"qemu exited during {line!r}")
+        if reply.startswith("OK"):
+            return reply[3:]
+        raise RuntimeError(f"qtest {line!r}: {reply}")
 
     def outb(self, port: int, value: int) -> None:
         self.cmd(f"outb {port:#x} {value:#x}")
@@ -87,17 +103,20 @@ class QemuQtest:
 
     # -- QMP, for QOM paths ------------------------------------------------------------
 
-    def qom_children(self, path: str = "/machine/unattached") -> dict[str, str]:
-        """{child path: type} of the QOM children of ``path``."""
+    def qmp(self, *commands: tuple[str, dict[str, object]], pause: float = 0.0) -> list[object]:
+        """Run QMP commands on one connection (``pause`` seconds between them); return
+        their results."""
         deadline = time.monotonic() + 10
         while not self.qmp_path.exists():
             assert time.monotonic() < deadline, "QMP socket never appeared"
             time.sleep(0.01)
+        results = []
         with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(30)         # a wedged peer fails the test instead of hanging
             sock.connect(str(self.qmp_path))
             f = sock.makefile("rw")
 
-            def execute(name: str, **arguments: object) -> object:
+            def execute(name: str, arguments: dict[str, object]) -> object:
                 f.write(json.dumps({"execute": name, "arguments": arguments}) + "\n")
                 f.flush()
                 while True:
@@ -107,8 +126,16 @@ class QemuQtest:
                     assert "error" not in msg, msg
 
             json.loads(f.readline())    # greeting
-            execute("qmp_capabilities")
-            entries = execute("qom-list", path=path)
+            execute("qmp_capabilities", {})
+            for n, (name, arguments) in enumerate(commands):
+                if n and pause:
+                    time.sleep(pause)
+                results.append(execute(name, arguments))
+        return results
+
+    def qom_children(self, path: str = "/machine/unattached") -> dict[str, str]:
+        """{child path: type} of the QOM children of ``path``."""
+        entries = self.qmp(("qom-list", {"path": path}))[0]
         assert isinstance(entries, list)
         return {f"{path}/{e['name']}": e["type"][6:-1] for e in entries
                 if e["type"].startswith("child<")}
