@@ -309,8 +309,9 @@ class PicPair:
         self.slave.reset()
 
     def info_text(self) -> str:
-        """HMP ``info pic`` text."""
-        return f"{self.master.info(0)}\n{self.slave.info(1)}\n"
+        """The 8259 lines of HMP ``info pic``, in QEMU 7.2's order (slave first; QEMU
+        prints its IOAPIC before them)."""
+        return f"{self.slave.info(1)}\n{self.master.info(0)}\n"
 
     # -- migration -------------------------------------------------------------------
 

@@ -80,6 +80,9 @@ def test_pic_matches_qemu(tmp_path: Path, seed: int) -> None:
                 what = f"in {port:#x}"
             assert pic.intr_pending() == q.irq_levels.get(0, False), f"step {step}: {what}"
         assert reads > 100
+        info = q.qmp(("human-monitor-command", {"command-line": "info pic"}))[0]
+        assert isinstance(info, str)
+        assert info.replace("\r\n", "\n").endswith(pic.info_text())
 
 
 def _bios_init(bus: PortBus) -> None:
