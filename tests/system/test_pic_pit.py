@@ -419,5 +419,8 @@ def test_pit_counting_matches_qemu_over_time(tmp_path: Path, ch0: tuple[int, int
     bus.write(0x43, 1, 0xCE)
     ours = [(bus.read(p, 1), bus.read(p, 1) | bus.read(p, 1) << 8) for p in (0x40, 0x41, 0x42)]
     assert ours == theirs
-    # an edge right at the stop instant may still sit in QEMU's timer list
-    assert raises == len(rises) or (raises == len(rises) - 1 and end - rises[-1] < 500_000)
+    # edges just before the stop instant may still sit in QEMU's timer list (its main
+    # loop runs them a little late, and not at all once the VM is stopped)
+    settled = sum(1 for t in rises if t <= end - 500_000)
+    assert settled <= raises <= len(rises)
+    assert settled >= len(rises) - 10
