@@ -9,6 +9,8 @@
 ; - writes "BOOT debugcon" to the debug console port 0x402;
 ; - reads the disk's second sector with int 13h AH=02 (CHS) and AH=42 (LBA
 ;   packet) and prints a hash of each copy ("BOOT chs/lba XXXXXXXX");
+; - writes that sector to the third with int 13h AH=03, reads the third back
+;   with AH=42 and prints its hash ("BOOT write XXXXXXXX", the same hash);
 ; - prints "BOOT OK" and powers off through the PIIX4 ACPI PM1a control
 ;   register that SeaBIOS places at 0x604 (SLP_TYP=0, SLP_EN), then halts with
 ;   interrupts off if that did not stop the machine.
@@ -110,6 +112,26 @@ start:
         mov si, BUF2
         call hash_print
 
+        ; int 13h AH=03: write BUF1 (the second sector) to the third (CHS 0/0/3),
+        ; then read the third back with AH=42 into BUF2
+        mov ax, 0x0301
+        mov bx, BUF1
+        mov cx, 0x0003
+        xor dh, dh
+        mov dl, [drive]
+        int 0x13
+        jc fail_write
+        mov byte [dap + 8], 2
+        mov ah, 0x42
+        mov dl, [drive]
+        mov si, dap
+        int 0x13
+        jc fail_write
+        mov si, msg_write
+        call ser_puts
+        mov si, BUF2
+        call hash_print
+
         mov si, msg_ok
         call ser_puts
 
@@ -125,6 +147,9 @@ fail_chs:
         jmp fail
 fail_lba:
         mov si, msg_fail_lba
+        jmp fail
+fail_write:
+        mov si, msg_fail_write
 fail:   call ser_puts
         jmp halt
 
@@ -192,10 +217,12 @@ msg_int10:    db "BOOT int10", 13, 10, 0
 msg_debug:    db "BOOT debugcon", 10, 0
 msg_chs:      db "BOOT chs ", 0
 msg_lba:      db "BOOT lba ", 0
+msg_write:    db "BOOT write ", 0
 msg_ok:       db "BOOT OK"
 crlf:         db 13, 10, 0
 msg_fail_chs: db "BOOT FAIL chs", 13, 10, 0
 msg_fail_lba: db "BOOT FAIL lba", 13, 10, 0
+msg_fail_write: db "BOOT FAIL write", 13, 10, 0
 drive:        db 0
 
         times 510 - ($ - $$) db 0
