@@ -651,6 +651,7 @@ def test_async_kicks_keep_the_state_exact() -> None:
             g.cpu.kick()
             kicks += 1
         done.set()
+        g.cpu.kick()            # the CPU thread may be back in run(): end it there
 
     returns = 0
     thread = threading.Thread(target=kicker)
