@@ -25,6 +25,7 @@ full speed between port accesses and interrupts.
 from __future__ import annotations
 
 import enum
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +34,7 @@ from . import calibrate
 from .delivery import Delivery, Kind, TripleFault, UnsupportedDelivery
 from .descriptors import (
     CR0_PE,
+    CR0_PG,
     CS,
     DESC_A,
     DESC_CS,
@@ -205,10 +207,21 @@ class X86Cpu:
 
     def read_linear(self, linear: int, size: int, user: bool = False) -> bytes:
         """Read through the guest's paging (GuestFault #PF, with CR2 set)."""
+        env = self.env
+        if not env.cr(0) & CR0_PG:
+            mask = env.a20_mask
+            if mask == 0xFFFFFFFF or not (linear ^ (linear + size - 1)) & 0x100000:
+                return bytes(self.uc.mem_read(linear & mask, size))
         return b"".join(self._read_phys(p, n) for p, n in self._walk(linear, size, False,
                                                                      user))
 
     def write_linear(self, linear: int, data: bytes, user: bool = False) -> None:
+        env = self.env
+        if not env.cr(0) & CR0_PG:
+            mask = env.a20_mask
+            if mask == 0xFFFFFFFF or not (linear ^ (linear + len(data) - 1)) & 0x100000:
+                self.uc.mem_write(linear & mask, data)
+                return
         pieces = list(self._walk(linear, len(data), True, user))
         at = 0
         for p, n in pieces:
@@ -295,7 +308,7 @@ class X86Cpu:
         return bool(self.env.eflags_raw() & IF) and not self.env.hflags & HF_INHIBIT_IRQ
 
     def deliver(self, vector: int, kind: Kind, error_code: int = 0,
-                fault_ip: int | None = None) -> StopReason | None:
+                fault_ip: int | Callable[[], int] | None = None) -> StopReason | None:
         """Deliver one event now (None, or SHUTDOWN/ERROR)."""
         try:
             self._delivery.deliver(vector, kind, error_code, fault_ip)
@@ -308,9 +321,8 @@ class X86Cpu:
         self.halted = False
         return None
 
-    def _software_int_start(self, vector: int) -> int:
-        """Address of the INT instruction whose next RIP is current (for faults)."""
-        rip = self.env.rip
+    def _software_int_start(self, vector: int, rip: int) -> int:
+        """Address of the INT instruction whose next RIP is ``rip`` (for faults)."""
         try:
             two = self.read_linear(self.env.seg(CS).base + rip - 2, 2)
         except GuestFault:
@@ -364,8 +376,8 @@ class X86Cpu:
                 vector, software, code = self._exc
                 self._exc = None
                 if software:
-                    stop = self.deliver(vector, Kind.SOFTWARE, 0,
-                                        self._software_int_start(vector))
+                    stop = self.deliver(vector, Kind.SOFTWARE, 0, functools.partial(
+                        self._software_int_start, vector, env.rip))
                 else:
                     stop = self.deliver(vector, Kind.EXCEPTION, code)
                 if stop is not None:

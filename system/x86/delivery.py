@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .descriptors import (
@@ -85,10 +86,10 @@ class Delivery:
 
     # -- entry point
     def deliver(self, vector: int, kind: Kind, error_code: int = 0,
-                fault_ip: int | None = None) -> None:
+                fault_ip: int | Callable[[], int] | None = None) -> None:
         """Enter the handler for ``vector``. RIP must hold the return address; for a
-        software interrupt, ``fault_ip`` is the INT instruction itself (where a fault
-        raised by the delivery points)."""
+        software interrupt, ``fault_ip`` is (a function giving) the INT instruction
+        itself, where a fault raised by the delivery points."""
         has_error = kind is Kind.EXCEPTION and vector in ERROR_CODE_VECTORS
         while True:
             try:
@@ -96,7 +97,7 @@ class Delivery:
                 return
             except GuestFault as f:
                 if kind is Kind.SOFTWARE and fault_ip is not None:
-                    self.env.rip = fault_ip
+                    self.env.rip = fault_ip() if callable(fault_ip) else fault_ip
                 if kind is Kind.EXCEPTION and vector == 8:
                     raise TripleFault() from None
                 if kind is Kind.EXCEPTION and _double(vector, f.vector):
@@ -137,6 +138,13 @@ class Delivery:
     def _push_frame(self, ssp: int, sp: int, sp_mask: int, values: list[int], width: int,
                     user: bool) -> int:
         """Push ``values`` (first pushed first) at ssp + sp; the new sp."""
+        total = width * len(values)
+        if sp >= total:                 # no wrap-around: one write
+            mask = (1 << (8 * width)) - 1
+            sp -= total
+            self.cpu.write_linear(ssp + sp, b"".join(
+                (v & mask).to_bytes(width, "little") for v in reversed(values)), user=user)
+            return sp
         for v in values:
             sp = (sp - width) & sp_mask
             self.cpu.write_linear(ssp + sp, (v & ((1 << (8 * width)) - 1))
