@@ -14,9 +14,10 @@ What is done here rather than by unicorn (UNICORN.md "x86 system mode"):
   (hflags' INHIBIT_IRQ after STI / MOV SS: then one instruction is run first);
 - HLT returns from ``emu_start``; the CPU's ``halted`` flag says so.
 
-Not done: SYSCALL/SYSENTER (the engine only calls hooks and skips them: here they stop
-the CPU with an error), RDMSR/WRMSR hooks (the engine's MSRs are used as they are; unknown
-MSRs read 0), task gates and hardware task switches, SMM, the local APIC.
+SYSCALL and SYSENTER only call a hook in the engine: they are done here too.
+
+Not done: RDMSR/WRMSR hooks (the engine's MSRs are used as they are; unknown MSRs read
+0), task gates and hardware task switches, SMM, the local APIC.
 
 No UC_HOOK_CODE/BLOCK and no memory hooks are installed: the guest runs at the engine's
 full speed between port accesses and interrupts.
@@ -37,7 +38,10 @@ from .descriptors import (
     CR0_PG,
     CS,
     DESC_A,
+    DESC_B,
     DESC_CS,
+    DESC_G,
+    DESC_L,
     DESC_P,
     DESC_R,
     DESC_S,
@@ -48,13 +52,19 @@ from .descriptors import (
     HF_LMA,
     HF_SMM,
     IF,
+    RF,
     SEG_NAMES,
     SS,
+    VM,
     Env,
     GuestFault,
     Segment,
     translate,
 )
+
+MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = 0x174, 0x175, 0x176
+MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_FMASK = 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084
+EFER_SCE = 1
 
 
 class StopReason(enum.Enum):
@@ -383,10 +393,55 @@ class X86Cpu:
                 if stop is not None:
                     return stop
             elif self._stop_insn is not None:
-                self.error = f"{self._stop_insn} is not emulated (RIP={env.rip:#x})"
-                return StopReason.ERROR
+                stop = self._fast_system_call(self._stop_insn)
+                if stop is not None:
+                    return stop
             elif env.cpu_halted:
                 self.halted = True
+
+    # ---- SYSCALL / SYSENTER (the engine only calls the hook and skips them) ------------
+    def _msr(self, index: int) -> int:
+        return self.uc.reg_read(self._x.UC_X86_REG_MSR, index)
+
+    def _fast_system_call(self, insn: str) -> StopReason | None:
+        """Do what SYSCALL or SYSENTER does (qemu's helper_syscall/helper_sysenter);
+        RIP is already past the instruction. SYSRET and SYSEXIT run in the engine."""
+        env = self.env
+        flat = 0xFFFFFFFF
+        code = DESC_G | DESC_P | DESC_S | DESC_CS | DESC_R | DESC_A
+        data = DESC_G | DESC_B | DESC_P | DESC_S | DESC_W | DESC_A
+        long_mode = bool(env.hflags & HF_LMA)
+        if insn == "SYSCALL":
+            if not env.efer & EFER_SCE:
+                env.rip -= 2                    # #UD is a fault: at the instruction
+                return self.deliver(6, Kind.EXCEPTION)
+            selector = (self._msr(MSR_STAR) >> 32) & 0xFFFF
+            flags = self.eflags()
+            if long_mode:
+                env.set_gpr(1, env.rip)
+                env.set_gpr(11, flags & ~RF)
+                target = self._msr(MSR_LSTAR if env.hflags & HF_CS64 else MSR_CSTAR)
+                self.set_eflags(flags & ~(self._msr(MSR_FMASK) | RF))
+                cs_flags = code | DESC_L
+            else:
+                env.set_gpr(1, env.rip & 0xFFFFFFFF)
+                target = self._msr(MSR_STAR) & 0xFFFFFFFF
+                self.set_eflags(flags & ~(IF | RF | VM))
+                cs_flags = code | DESC_B
+        else:
+            sysenter_cs = self._msr(MSR_SYSENTER_CS) & 0xFFFF
+            if not env.cr(0) & CR0_PE or not sysenter_cs:
+                env.rip -= 2
+                return self.deliver(13 if env.cr(0) & CR0_PE else 6, Kind.EXCEPTION)
+            selector = sysenter_cs
+            self.set_eflags(self.eflags() & ~(VM | IF | RF))
+            cs_flags = code | (DESC_L if long_mode else DESC_B)
+            env.set_gpr(4, self._msr(MSR_SYSENTER_ESP))
+            target = self._msr(MSR_SYSENTER_EIP)
+        env.load_seg_cache(CS, Segment(selector & 0xFFFC, 0, flat, cs_flags))
+        env.load_seg_cache(SS, Segment((selector + 8) & 0xFFFC, 0, flat, data))
+        env.rip = target if long_mode else target & 0xFFFFFFFF
+        return None
 
     # ---- registers ------------------------------------------------------------------------
     def registers(self) -> dict[str, int]:

@@ -591,6 +591,11 @@ def test_long_mode_page_fault_on_ist_stack() -> None:
     assert g.values(0x8A) == [0x90000]
     regs = g.cpu.registers()
     assert regs["efer"] & 0x500 == 0x500 and regs["cr2"] == 0x40000000
+    # the monitor's view through the page tables: mapped, and not mapped
+    assert g.cpu.read_virt(0xFFFF0, 5) == rom(LONG_MODE)[0xFFF0:0xFFF5]
+    with pytest.raises(ValueError, match="cannot access memory at 0x40000000"):
+        g.cpu.read_virt(0x40000000, 4)
+    assert g.cpu.registers()["cr2"] == 0x40000000
 
 
 @pytest.mark.parametrize("source", [PROTECTED, LONG_MODE], ids=["protected", "long"])
@@ -674,3 +679,90 @@ def test_async_kicks_keep_the_state_exact() -> None:
     assert count > 0 and count == g.cpu.registers()["rcx"] & 0xFFFFFFFF
     assert triple == 3 * count
     assert returns >= 100
+
+
+SYSCALL = LONG_MODE.split("lm64:")[0].replace("0x83", "0x87").replace(
+    "0x11000 | 3", "0x11000 | 7").replace("0x12000 | 3", "0x12000 | 7") + """
+lm64:
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov rsp, 0x90000
+    mov ecx, 0xC0000080
+    rdmsr
+    or eax, 1                             ; SCE
+    wrmsr
+    mov ecx, 0xC0000081                   ; STAR: SYSCALL CS 0x08, SYSRET base 0x18
+    xor eax, eax
+    mov edx, 0x00180008
+    wrmsr
+    mov ecx, 0xC0000082                   ; LSTAR
+    mov eax, ROM + sys_entry
+    xor edx, edx
+    wrmsr
+    mov ecx, 0xC0000084                   ; FMASK: IF, DF
+    mov eax, 0x600
+    wrmsr
+    sti
+    syscall
+after_ring0:
+    hlt
+sys_entry:
+    mov rax, rcx
+    out 0x80, eax                         ; the return RIP
+    mov rax, r11
+    out 0x84, eax                         ; RFLAGS before
+    pushfq
+    pop rax
+    out 0x86, eax                         ; RFLAGS in the handler (FMASK applied)
+    mov ax, cs
+    out 0x88, ax
+    mov ax, ss
+    out 0x8A, ax
+    inc byte [0x600]
+    cmp byte [0x600], 2
+    je .stop
+    mov rcx, ROM + user
+    mov r11, 0x3202                       ; IOPL 3: ring 3 may use the test ports
+    mov rsp, 0x70000
+    o64 sysret
+.stop:
+    cli
+    hlt
+user:
+    mov ax, cs
+    out 0x8C, ax
+    mov ax, ss
+    out 0x8C, ax
+    syscall
+after_ring3:
+    hlt
+align 8
+gdt:
+    dq 0
+    dq 0x00209A0000000000                 ; 0x08 code64 DPL0
+    dq 0x0000920000000000                 ; 0x10 data DPL0
+    dq 0x00CFFA000000FFFF                 ; 0x18 code32 DPL3 (SYSRET to 32-bit)
+    dq 0x0000F20000000000                 ; 0x20 data DPL3
+    dq 0x0020FA0000000000                 ; 0x28 code64 DPL3
+gdt_end:
+gdt_desc:
+    dw gdt_end - gdt - 1
+    dd ROM + gdt
+bits 16
+"""
+
+
+def test_syscall_and_sysret() -> None:
+    g = Guest(rom(SYSCALL))
+    assert g.run_to_stop() is StopReason.HALT
+    base = 0xF0000
+    assert g.values(0x80) == [base + _label(SYSCALL, "after_ring0"),
+                              base + _label(SYSCALL, "after_ring3")]
+    before = g.values(0x84)
+    assert before[0] & 0x200 and before[1] & 0x3200 == 0x3200
+    assert all(not v & 0x600 for v in g.values(0x86))   # IF and DF masked
+    assert g.values(0x88) == [0x08, 0x08] and g.values(0x8A) == [0x10, 0x10]
+    assert g.values(0x8C) == [0x2B, 0x23]                # SYSRET to ring 3
+    assert g.cpu.registers()["cpl"] == 0
