@@ -766,3 +766,40 @@ def test_syscall_and_sysret() -> None:
     assert g.values(0x88) == [0x08, 0x08] and g.values(0x8A) == [0x10, 0x10]
     assert g.values(0x8C) == [0x2B, 0x23]                # SYSRET to ring 3
     assert g.cpu.registers()["cpl"] == 0
+
+
+def test_protected_mode_double_fault() -> None:
+    """#GP whose gate is not present: the #NP raised while delivering it makes a
+    double fault (error code 0) that the guest's #DF handler receives."""
+    body = PROTECTED.split("    GATE 13,")[0] + """
+    GATE 8, df_handler, 0x8E00
+    lidt [ROM + idt_desc]
+    mov ax, 0x1234
+    mov ds, ax                            ; #GP -> gate 13 not present (#NP) -> #DF
+    hlt
+df_handler:
+    pop eax
+    out 0x80, eax                         ; the double fault's error code
+    mov eax, [esp]
+    out 0x84, eax                         ; the faulting instruction
+    cli
+    hlt
+align 8
+gdt:
+    dq 0
+    dq 0x00CF9A000000FFFF
+    dq 0x00CF92000000FFFF
+gdt_end:
+gdt_desc:
+    dw gdt_end - gdt - 1
+    dd ROM + gdt
+idt_desc:
+    dw 0x20*8 - 1
+    dd 0x1000
+bits 16
+"""
+    g = Guest(rom(body))
+    assert g.run_to_stop() is StopReason.HALT
+    assert g.values(0x80) == [0]
+    mov_ds = rom(body).rindex(bytes([0x8E, 0xD8]))      # the last mov ds, ax
+    assert g.values(0x84) == [0xF0000 + mov_ds]
