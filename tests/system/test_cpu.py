@@ -803,3 +803,14 @@ bits 16
     assert g.values(0x80) == [0]
     mov_ds = rom(body).rindex(bytes([0x8E, 0xD8]))      # the last mov ds, ax
     assert g.values(0x84) == [0xF0000 + mov_ds]
+
+
+def test_reset_from_long_mode_and_run_again() -> None:
+    g = Guest(rom(LONG_MODE))
+    fresh = g.cpu.format_registers()
+    assert g.run_to_stop() is StopReason.HALT
+    g.cpu.reset()
+    assert g.cpu.format_registers() == fresh
+    g.log.clear()
+    assert g.run_to_stop() is StopReason.HALT            # the same boot again
+    assert g.values(0x88) == [0x40000000]
