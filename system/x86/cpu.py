@@ -188,10 +188,12 @@ class X86Cpu:
         """The A20 gate (port 0x92, i8042): address bit 20 forced to 0 when disabled."""
         mask = 0xFFFFFFFF if enabled else 0xFFEFFFFF
         if self.env.a20_mask != mask:
+            from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+
             self.env.a20_mask = mask
-            self.uc.ctl_flush_tb()
-            # the softmmu TLB caches translations made with the old mask
-            self.uc.reg_write(self._x.UC_X86_REG_CR3, self.env.cr(3))
+            # the softmmu TLB holds addresses made with the old mask: flushed, as qemu's
+            # x86_cpu_set_a20 does (safe from an I/O hook, unlike a code-cache flush)
+            self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     # ---- memory as the CPU sees it ------------------------------------------------------
     def _read_phys(self, addr: int, size: int) -> bytes:

@@ -814,3 +814,28 @@ def test_reset_from_long_mode_and_run_again() -> None:
     g.log.clear()
     assert g.run_to_stop() is StopReason.HALT            # the same boot again
     assert g.values(0x88) == [0x40000000]
+
+
+def test_a20_gate() -> None:
+    """FFFF:0010 is linear 0x100000: with A20 disabled the CPU reads address 0."""
+    g = Guest(rom("""
+start:
+    cli
+    xor ax, ax
+    mov ds, ax
+    mov dword [0], 0x11111111
+    mov ax, 0xFFFF
+    mov es, ax
+.again:
+    mov eax, [es:0x10]
+    out 0x80, eax
+    out 0x81, al                          ; the test flips A20 here
+    jmp .again
+"""))
+    g.cpu.uc.mem_write(0x100000, struct.pack("<I", 0x22222222))
+    flips = [False, True]
+    g.on_write[0x81] = lambda: g.cpu.set_a20(flips.pop(0)) if flips else g.cpu.kick()
+    for _ in range(10):
+        if g.run() is StopReason.KICK:
+            break
+    assert g.values(0x80)[:3] == [0x22222222, 0x11111111, 0x22222222]
