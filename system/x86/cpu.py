@@ -11,7 +11,11 @@ What is done here rather than by unicorn (UNICORN.md "x86 system mode"):
 - every exception and INT n stops the engine in the interrupt hook (only recorded
   there) and is delivered in Python (:mod:`.delivery`) after ``emu_start`` returns;
 - external interrupts are delivered between runs when IF=1 and no interrupt shadow
-  (hflags' INHIBIT_IRQ after STI / MOV SS: then one instruction is run first);
+  (hflags' INHIBIT_IRQ after STI / MOV SS: the shadowed instruction is single-stepped
+  with TF first, so the interrupt comes exactly after it). The engine cannot tell when
+  the guest sets IF again (STI, POPF, IRET run inside it): an interrupt that arrived
+  while IF=0 is delivered at the next return from the engine (kick, exception, HLT);
+  ``irq_blocked`` says run() is in that state, so the machine can kick it sooner;
 - HLT returns from ``emu_start``; the CPU's ``halted`` flag says so.
 
 SYSCALL and SYSENTER only call a hook in the engine: they are done here too.
@@ -55,6 +59,7 @@ from .descriptors import (
     RF,
     SEG_NAMES,
     SS,
+    TF,
     VM,
     Env,
     GuestFault,
@@ -117,6 +122,10 @@ class X86Cpu:
         self.error = ""                 # the message of the last StopReason.ERROR
         self._exc: tuple[int, bool, int] | None = None   # (vector, software, error code)
         self._stop_insn: str | None = None
+        self._stepping = False          # TF set by run() for one shadowed instruction
+        #: the last run of the engine began with an interrupt pending and IF=0
+        self.irq_blocked = False
+        self._step_dr6 = 0
         self._kicked = False
         self._in_emu = False
         self._emu_done = threading.Event()
@@ -278,7 +287,10 @@ class X86Cpu:
     # ---- hooks (record only; delivery happens after emu_start returns) ---------------
     def _on_intr(self, uc: Any, intno: int, _ud: Any) -> None:
         env = self.env
-        self._exc = (intno, env.exception_is_int, env.error_code)
+        if intno == 1 and self._stepping and not env.exception_is_int:
+            self._stepping = False      # our own single step is done: not the guest's
+        else:
+            self._exc = (intno, env.exception_is_int, env.error_code)
         env.clear_exception()
         uc.emu_stop()
 
@@ -316,8 +328,17 @@ class X86Cpu:
                     return
                 self.uc.emu_stop()
 
-    def _interrupts_open(self) -> bool:
-        return bool(self.env.eflags_raw() & IF) and not self.env.hflags & HF_INHIBIT_IRQ
+    def _begin_step(self) -> None:
+        self._stepping = True
+        self._step_dr6 = self.uc.reg_read(self._x.UC_X86_REG_DR6)
+        self.set_eflags(self.eflags() | TF)
+
+    def _end_step(self) -> None:
+        """TF and DR6 back as the guest had them (a POPF/IRET in the shadow that sets
+        TF itself is not told apart: TF is cleared)."""
+        self._stepping = False
+        self.set_eflags(self.eflags() & ~TF)
+        self.uc.reg_write(self._x.UC_X86_REG_DR6, self._step_dr6)
 
     def deliver(self, vector: int, kind: Kind, error_code: int = 0,
                 fault_ip: int | Callable[[], int] | None = None) -> StopReason | None:
@@ -355,10 +376,15 @@ class X86Cpu:
             if self._kicked:
                 self._kicked = False
                 return StopReason.KICK
-            count = 0
-            if env.eflags_raw() & IF and interrupt_pending():
+            step = False
+            self.irq_blocked = False
+            if not env.eflags_raw() & IF:
+                self.irq_blocked = interrupt_pending()
+            elif interrupt_pending():
                 if env.hflags & HF_INHIBIT_IRQ:
-                    count = 1           # the shadowed instruction first
+                    # the shadowed instruction first: single-stepped with TF (exact;
+                    # emu_start's count= stops one translation block late here)
+                    step = not env.eflags_raw() & TF
                 else:
                     stop = self.deliver(acknowledge() & 0xFF, Kind.EXTERNAL)
                     if stop is not None:
@@ -373,7 +399,9 @@ class X86Cpu:
                     continue
                 self._in_emu = True
             try:
-                uc.emu_start(env.rip, 0, 0, count)
+                if step:
+                    self._begin_step()
+                uc.emu_start(env.rip, 0)
             except UcError as e:
                 if e.errno == UC_ERR_INSN_INVALID:
                     self._exc = (6, False, 0)
@@ -384,6 +412,8 @@ class X86Cpu:
                 with self._lock:
                     self._in_emu = False
                     self._emu_done.set()
+                if step:
+                    self._end_step()
             if self._exc is not None:
                 vector, software, code = self._exc
                 self._exc = None

@@ -309,6 +309,38 @@ def test_external_interrupt_waits_for_the_shadowed_instruction() -> None:
     assert g.run() is StopReason.HALT
 
 
+def test_external_interrupt_right_after_the_shadowed_instruction() -> None:
+    """STI; NOP; MOV; MOV; CLI with the line raised: the interrupt comes after the NOP
+    (the one instruction of the shadow), not later and not never (SeaBIOS's yield()
+    opens its interrupt window with exactly STI; NOP; ...; CLI)."""
+    source = EXTERNAL.replace("""shadowed:
+    cli                     ; in the shadow of STI: runs before any interrupt
+    mov ax, 3
+    hlt""", """shadowed:
+    nop
+window:
+    mov ax, 3
+    mov ax, 4
+    cli
+    hlt""")
+    g = Guest(rom(source))
+    g.vector = 0x20
+    g.on_write[0x8F] = lambda: setattr(g, "pending", True)
+
+    def raise_and_kick() -> None:
+        g.pending = True
+        g.cpu.kick()
+
+    g.on_write[0x8E] = raise_and_kick
+    assert g.run() is StopReason.KICK
+    assert g.cpu.env.rip == _label(source, "shadowed")
+    assert g.run_to_stop() is StopReason.HALT
+    assert g.acks == 2 and not g.pending
+    assert g.values(0x8C) == [_label(source, "after_hlt"), _label(source, "window")]
+    assert g.values(0x80) == [7, 1]
+    assert g.cpu.eflags() & 0x100 == 0                  # the single step left no TF
+
+
 def test_halt_with_interrupts_enabled_waits_for_an_interrupt() -> None:
     source = """
 start:
