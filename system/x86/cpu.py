@@ -29,6 +29,7 @@ full speed between port accesses and interrupts.
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import functools
 import threading
@@ -70,6 +71,23 @@ from .descriptors import (
 MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = 0x174, 0x175, 0x176
 MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_FMASK = 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084
 EFER_SCE = 1
+
+
+_LIB: list[ctypes.CDLL] = []
+
+
+def _lib() -> ctypes.CDLL:
+    """unicorn's library, opened again with our own prototypes for the memory calls."""
+    if not _LIB:
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        lib = ctypes.CDLL(uclib._name)
+        for name, data in (("uc_mem_read", ctypes.c_void_p), ("uc_mem_write", ctypes.c_char_p)):
+            fn = getattr(lib, name)
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_uint64, data, ctypes.c_size_t]
+            fn.restype = ctypes.c_int
+        _LIB.append(lib)
+    return _LIB[0]
 
 
 class StopReason(enum.Enum):
@@ -117,6 +135,10 @@ class X86Cpu:
         lay, env_addr, cpu_addr = calibrate.attach(uc)
         self.env = Env(uc, lay, env_addr, cpu_addr)
         self._no_exit_addr = calibrate.set_no_exit_request(uc)
+        self._uch = ctypes.c_void_p(calibrate.uc_handle(uc))
+        lib = _lib()
+        self._mem_read, self._mem_write = lib.uc_mem_read, lib.uc_mem_write
+        self._buf = ctypes.create_string_buffer(64)
         self._delivery = Delivery(self)
         self.halted = False
         self.error = ""                 # the message of the last StopReason.ERROR
@@ -206,10 +228,18 @@ class X86Cpu:
 
     # ---- memory as the CPU sees it ------------------------------------------------------
     def _read_phys(self, addr: int, size: int) -> bytes:
-        return bytes(self.uc.mem_read(addr, size))
+        """Guest physical memory (the C call with a kept buffer: about 0.5 us against
+        3-4 us through Uc.mem_read, which allocates a buffer per call)."""
+        if size > len(self._buf):
+            return bytes(self.uc.mem_read(addr, size))
+        if self._mem_read(self._uch, addr, self._buf, size):
+            from unicorn import UcError
+            raise UcError(self._mem_read(self._uch, addr, self._buf, size))
+        return self._buf.raw[:size]
 
     def _write_phys(self, addr: int, data: bytes) -> None:
-        self.uc.mem_write(addr, data)
+        if self._mem_write(self._uch, addr, data, len(data)):
+            self.uc.mem_write(addr, data)           # raises the engine's error
 
     def _walk(self, linear: int, size: int, write: bool, user: bool):  # noqa: ANN202
         """(physical address, length) pieces of a linear range, page by page."""
