@@ -232,9 +232,10 @@ class X86Cpu:
         3-4 us through Uc.mem_read, which allocates a buffer per call)."""
         if size > len(self._buf):
             return bytes(self.uc.mem_read(addr, size))
-        if self._mem_read(self._uch, addr, self._buf, size):
+        err = self._mem_read(self._uch, addr, self._buf, size)
+        if err:
             from unicorn import UcError
-            raise UcError(self._mem_read(self._uch, addr, self._buf, size))
+            raise UcError(err)
         return self._buf.raw[:size]
 
     def _write_phys(self, addr: int, data: bytes) -> None:

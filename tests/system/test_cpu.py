@@ -871,3 +871,28 @@ start:
         if g.run() is StopReason.KICK:
             break
     assert g.values(0x80)[:3] == [0x22222222, 0x11111111, 0x22222222]
+
+
+def test_task_gate_is_a_clean_error() -> None:
+    body = PROTECTED.split("    GATE 13,")[0] + """
+    GATE 0x40, 0, 0x8500                  ; a task gate
+    lidt [ROM + idt_desc]
+    int 0x40
+    hlt
+align 8
+gdt:
+    dq 0
+    dq 0x00CF9A000000FFFF
+    dq 0x00CF92000000FFFF
+gdt_end:
+gdt_desc:
+    dw gdt_end - gdt - 1
+    dd ROM + gdt
+idt_desc:
+    dw 0x41*8 - 1
+    dd 0x1000
+bits 16
+"""
+    g = Guest(rom(body))
+    assert g.run() is StopReason.ERROR
+    assert g.cpu.error == "task gate for vector 0x40 is not supported"
