@@ -206,6 +206,7 @@ class X86Cpu:
         env.clear_exception()
         env.cpu_halted = False
         self.halted = False
+        self.irq_blocked = False
         self._exc = None
         uc.ctl_flush_tb()
 
