@@ -148,6 +148,7 @@ class X86Cpu:
         #: the last run of the engine began with an interrupt pending and IF=0
         self.irq_blocked = False
         self._step_dr6 = 0
+        self._step_pushf = False
         self._kicked = False
         self._in_emu = False
         self._emu_done = threading.Event()
@@ -361,16 +362,35 @@ class X86Cpu:
                 self.uc.emu_stop()
 
     def _begin_step(self) -> None:
+        env = self.env
         self._stepping = True
         self._step_dr6 = self.uc.reg_read(self._x.UC_X86_REG_DR6)
+        # a PUSHF in the shadow would push our TF: noted, and cleared in the copy after
+        try:
+            code = self.read_linear(env.seg(CS).base + env.rip, 4)
+        except GuestFault:
+            code = b""
+        # (TF is bit 8: byte 1 of the pushed word, dword or qword alike)
+        prefixes = bytes([0x66, *range(0x40, 0x50)]) if env.hflags & HF_CS64 else b"\x66"
+        self._step_pushf = code.lstrip(prefixes)[:1] == b"\x9c"
         self.set_eflags(self.eflags() | TF)
 
     def _end_step(self) -> None:
         """TF and DR6 back as the guest had them (a POPF/IRET in the shadow that sets
         TF itself is not told apart: TF is cleared)."""
+        env = self.env
         self._stepping = False
         self.set_eflags(self.eflags() & ~TF)
         self.uc.reg_write(self._x.UC_X86_REG_DR6, self._step_dr6)
+        if self._step_pushf and self._exc is None:
+            ss = env.seg(SS)
+            sp = env.gpr(4) & (0xFFFFFFFFFFFFFFFF if env.hflags & HF_CS64 else
+                               0xFFFFFFFF if ss.flags & DESC_B else 0xFFFF)
+            try:
+                low = self.read_linear(ss.base + sp, 2)
+                self.write_linear(ss.base + sp, bytes([low[0], low[1] & ~1]))
+            except GuestFault:
+                pass
 
     def deliver(self, vector: int, kind: Kind, error_code: int = 0,
                 fault_ip: int | Callable[[], int] | None = None) -> StopReason | None:

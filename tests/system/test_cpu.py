@@ -341,6 +341,32 @@ window:
     assert g.cpu.eflags() & 0x100 == 0                  # the single step left no TF
 
 
+def test_pushf_in_the_shadow_does_not_leak_the_single_step_flag() -> None:
+    source = EXTERNAL.replace("""shadowed:
+    cli                     ; in the shadow of STI: runs before any interrupt
+    mov ax, 3
+    hlt""", """shadowed:
+    pushf
+window:
+    pop ax
+    out 0x89, ax
+    cli
+    hlt""")
+    g = Guest(rom(source))
+    g.vector = 0x20
+    g.on_write[0x8F] = lambda: setattr(g, "pending", True)
+
+    def raise_and_kick() -> None:
+        g.pending = True
+        g.cpu.kick()
+
+    g.on_write[0x8E] = raise_and_kick
+    assert g.run() is StopReason.KICK
+    assert g.run_to_stop() is StopReason.HALT
+    assert g.values(0x8C) == [_label(source, "after_hlt"), _label(source, "window")]
+    assert g.values(0x89)[0] & 0x300 == 0x200            # IF as pushed, no TF
+
+
 def test_halt_with_interrupts_enabled_waits_for_an_interrupt() -> None:
     source = """
 start:
