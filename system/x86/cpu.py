@@ -367,8 +367,8 @@ class X86Cpu:
         self._step_dr6 = self.uc.reg_read(self._x.UC_X86_REG_DR6)
         # a PUSHF in the shadow would push our TF: noted, and cleared in the copy after
         try:
-            code = self.read_linear(env.seg(CS).base + env.rip, 4)
-        except GuestFault:
+            code = self.read_virt(env.seg(CS).base + env.rip, 4)
+        except ValueError:
             code = b""
         # (TF is bit 8: byte 1 of the pushed word, dword or qword alike)
         prefixes = bytes([0x66, *range(0x40, 0x50)]) if env.hflags & HF_CS64 else b"\x66"
@@ -409,8 +409,8 @@ class X86Cpu:
     def _software_int_start(self, vector: int, rip: int) -> int:
         """Address of the INT instruction whose next RIP is ``rip`` (for faults)."""
         try:
-            two = self.read_linear(self.env.seg(CS).base + rip - 2, 2)
-        except GuestFault:
+            two = self.read_virt(self.env.seg(CS).base + rip - 2, 2)
+        except ValueError:
             return rip - 2
         if two[0] == 0xCD and two[1] == vector:
             return rip - 2
