@@ -340,6 +340,28 @@ class PciHost:
             return
         function.config_write(offset, min(size, 256 - offset), value)
 
+    def query_pci(self) -> list[dict[str, Any]]:
+        """QMP ``query-pci``: bus 0 and its functions, as QEMU's PciInfo."""
+        devices = []
+        for devfn, fn in sorted(self.functions.items()):
+            klass = fn.get_word(CLASS_DEVICE)
+            class_info: dict[str, Any] = {"class": klass}
+            if klass in CLASS_DESCRIPTIONS:
+                class_info["desc"] = CLASS_DESCRIPTIONS[klass]
+            device: dict[str, Any] = {
+                "bus": 0, "slot": devfn >> 3, "function": devfn & 7,
+                "class_info": class_info,
+                "id": {"vendor": fn.get_word(VENDOR_ID), "device": fn.get_word(DEVICE_ID),
+                       "subsystem-vendor": fn.get_word(SUBSYSTEM_VENDOR_ID),
+                       "subsystem": fn.get_word(SUBSYSTEM_ID)},
+                "irq_pin": fn.config[INTERRUPT_PIN], "qdev_id": "",
+                "regions": _query_regions(fn),
+            }
+            if fn.config[INTERRUPT_PIN]:
+                device["irq"] = fn.config[INTERRUPT_LINE]
+            devices.append(device)
+        return [{"bus": 0, "devices": devices}]
+
     def info_text(self) -> str:
         """HMP ``info pci``, in qemu's layout (hmp_info_pci_device)."""
         lines = []
@@ -367,6 +389,21 @@ class PciHost:
                                  f"[0x{end:08x}].")
             lines.append('      id ""')
         return "\n".join(lines) + "\n"
+
+
+def _query_regions(fn: PciFunction) -> list[dict[str, Any]]:
+    regions: list[dict[str, Any]] = []
+    for bar in fn.bars:
+        if bar is None:
+            continue
+        address = fn.bar_address(bar)           # UNMAPPED is -1, as QEMU's JSON shows it
+        if bar.io:
+            regions.append({"bar": bar.index, "type": "io", "address": address,
+                            "size": bar.size})
+        else:
+            regions.append({"bar": bar.index, "type": "memory", "address": address,
+                            "size": bar.size, "prefetch": False, "mem_type_64": False})
+    return regions
 
 
 # class code -> qemu's description (pci_class_descriptions, the classes a pc can show)

@@ -235,15 +235,18 @@ def test_system_reset_matches_qemu(tmp_path: Path) -> None:
 
 
 def test_info_pci_matches_qemu(tmp_path: Path) -> None:
-    """HMP info pci before and after the firmware's usual programming."""
+    """HMP info pci and QMP query-pci before and after the firmware's usual
+    programming."""
     ours = OurPc()
     setup = ["outl 0xcf8 0x80000920", "outl 0xcfc 0xc001", "outl 0xcf8 0x80000904",
              "outw 0xcfc 0x0005", "outl 0xcf8 0x80000b3c", "outb 0xcfc 9"]
     with QemuQtest(tmp_path, *QEMU_ARGS) as q:
         before = _qmp(q, "human-monitor-command", **{"command-line": "info pci"})
         assert before == ours.host.info_text().replace("\n", "\r\n")
+        assert _qmp(q, "query-pci") == ours.host.query_pci()
         run(q, setup)
         run(ours, setup)
         after = _qmp(q, "human-monitor-command", **{"command-line": "info pci"})
         assert after == ours.host.info_text().replace("\n", "\r\n")
+        assert _qmp(q, "query-pci") == ours.host.query_pci()
     assert "BAR4: I/O at 0xc000 [0xc00f]." in after
