@@ -440,10 +440,8 @@ def test_hmp_in_paged_protected_mode_matches_qemu(qemu_system: str, tmp_path: Pa
                      "p $cs", "p $cs.base", "p $cs.limit", "p $ds", "p $ss.limit",
                      "info status"]:
             assert ours.command(line) == theirs.command(line), line
-        # (CR0 is left out: CD/NW after -kernel are the machine's business, checked by
-        # test_qmp_client)
         wanted = ("ES =", "CS =", "SS =", "DS =", "FS =", "GS =", "LDT=", "TR =", "GDT=",
-                  "IDT=", "EFER=")
+                  "IDT=", "CR0=", "EFER=")
         regs = [[x for x in p.command("info registers").splitlines() if x.startswith(wanted)]
                 for p in peers]
         assert len(regs[0]) == len(wanted) and regs[0] == regs[1]
