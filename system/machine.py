@@ -615,9 +615,7 @@ class PcMachine:
         """Pause the guest (monitor ``stop``): the clock freezes; STOP event."""
         with self._cond:
             if self.status not in ("running",):
-                if self.status == "prelaunch":
-                    self.status = "paused"
-                return
+                return      # qemu's vm_stop: only a running VM stops (prelaunch stays)
             self._pause_request = True
             self._cond.notify_all()
         self.cpu.kick()
@@ -803,6 +801,9 @@ class PcMachine:
                 self._quit = True
                 return True
             self._reset_machine()
+            with self._cond:         # qemu: a reset of a VM that is not running
+                if self.status != "running":        # leaves it in prelaunch
+                    self.status = "prelaunch"
             reason = "guest-reset" if request == "guest" else "host-qmp-system-reset"
             self.events.emit("RESET", {"guest": request == "guest", "reason": reason})
         return False

@@ -325,7 +325,7 @@ AT_RESET = [
     "p $eax+$esp", "p $sp", "p $fp", "p $ss.limit", "p $r15", "p $foo", "p $rax", "p /d $pc",
     "x /4i $pc", "x /16xb $pc", "xp /8xw 0xffff0", "xp /3i 0xfffffff0", "x /2i 0xffff0",
     "x /4xg 0xfffffff8", "xp /2xw 0xfffffffc", "xp /4xb 0x10000000", "xp /2xb 0x7fffffe",
-    "info name", "info block", "info registers 1", "info qtree -x",
+    "info name", "info block", "info registers 1", "info qtree -x", "stop", "info status",
 ]
 
 
@@ -362,7 +362,8 @@ def test_hmp_run_states_match_qemu(qemu_system: str, tmp_path: Path) -> None:
     try:
         for line in ["info status", "info name", "cont", "info status", "stop",
                      "info status", "c", "info status", "s", "info status", "system_reset",
-                     "c", "info status", "stop"]:
+                     "info status", "c", "info status", "stop", "system_reset",
+                     "info status", "stop", "info status", "cont", "info status"]:
             assert ours.command(line) == theirs.command(line), line
         # while the guest runs, state reads go through the CPU thread
         ours.command("cont")

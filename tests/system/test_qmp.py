@@ -369,12 +369,15 @@ def _strip_times(lines: list[bytes]) -> list[dict]:
 RUN_STATE_SCRIPT = [
     b'{"execute":"qmp_capabilities"}',
     b'{"execute":"query-status","id":1}',
+    b'{"execute":"stop","id":2}',                   # prelaunch: stays, no STOP event
+    b'{"execute":"query-status","id":3}',
     b'{"execute":"cont","id":4}',                   # RESUME, then the reply
     b'{"execute":"query-status","id":5}',
     b'{"execute":"stop","id":6}',                   # STOP, then the reply
     b'{"execute":"query-status","id":7}',
     b'{"execute":"human-monitor-command","arguments":{"command-line":"info status"}}',
-    b'{"execute":"system_reset","id":8}',           # paused: the host's RESET only
+    b'{"execute":"system_reset","id":8}',           # paused: the host's RESET only,
+    b'{"execute":"query-status","id":9}',           # and the VM is in prelaunch again
     b'{"execute":"query-name","id":10}',
     b'{"execute":"human-monitor-command","arguments":{"command-line":"p $cs.base"}}',
     b'{"execute":"query-chardev","id":11}',
