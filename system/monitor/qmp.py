@@ -13,7 +13,8 @@ does no I/O (the transport is :mod:`.server`). What it does, in qemu's words:
   (``JSON parse error, stray '-}'``, ``... invalid keyword 'garbage'``, ``...
   expected separator in dict``, ``... duplicate key``, ``\\ud800 is not a valid
   Unicode character``, ``invalid UTF-8 sequence in string``) and qemu's
-  resynchronisation after a bad byte (skip to a brace, bracket, control byte or 0xFF).
+  resynchronisation after a bad byte (skip to a structural character, a control byte
+  or 0xFE/0xFF).
 - message checks (``QMP input must be a JSON object``, ``QMP input member 'x' is
   unexpected``, ``... must be a string``, ``... lacks member 'execute'``), argument
   checks (``Parameter 'x' is unexpected``, ``Parameter 'x' is missing``, ``Invalid
@@ -22,6 +23,7 @@ does no I/O (the transport is :mod:`.server`). What it does, in qemu's words:
   query-commands, query-block, query-chardev, query-cpus-fast, stop, cont,
   system_reset, quit, human-monitor-command.
 - events: :meth:`QmpSession.event` adds qemu's wall-clock ``timestamp``.
+- output: compact JSON on one line, or -qmp-pretty's indented form; CR LF line ends.
 
 Key order is qemu's: its dictionaries print in hash-bucket order, newest first within a
 bucket (:func:`pyqemu.img_tool.qobject.qdict`), so every dict here is built in the

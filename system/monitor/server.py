@@ -31,7 +31,6 @@ from typing import Any
 from pyqemu.system import chardev as chardev_mod
 
 from .hmp import BANNER, PROMPT, Hmp, HmpSession
-from .qmp import QmpCommands, QmpSession
 
 
 def _is_connected(chr_: Any) -> bool:
@@ -53,7 +52,10 @@ class MonitorFrontend:
         self.kind = kind
         self.pretty = pretty
         self.hmp = Hmp(machine)
-        self.qmp_commands = QmpCommands(machine, self.hmp)
+        if kind == "qmp":            # (the QMP engine is imported only when used)
+            from .qmp import QmpCommands
+
+            self.qmp_commands = QmpCommands(machine, self.hmp)
         self.session: Any = None
         self._lock = threading.RLock()       # output and session state
         self._cmd_lock = threading.Lock()    # one command at a time
@@ -91,6 +93,8 @@ class MonitorFrontend:
 
     def _new_session(self) -> None:
         if self.kind == "qmp":
+            from .qmp import QmpSession
+
             self.session = QmpSession(self.qmp_commands, pretty=self.pretty)
         else:
             self.session = HmpSession(self.hmp)
@@ -201,7 +205,7 @@ class MonitorFrontend:
     def _on_machine_event(self, name: str, data: dict[str, Any] | None) -> None:
         with self._lock:
             session = self.session
-            if not self._opened or not isinstance(session, QmpSession):
+            if not self._opened or self.kind != "qmp":
                 return
             line = session.event(name, data)
             if line is not None:
