@@ -499,7 +499,7 @@ class PcMachine:
         for mon in self.config.monitors:
             kind = "qmp" if mon.mode == "control" else "hmp"
             try:
-                server.start_monitor(mon.chardev.spec, self, kind=kind)
+                server.start_monitor(mon.chardev.spec, self, kind=kind, pretty=mon.pretty)
             except chardev_mod.ChardevError as exc:
                 lines = chardev_mod.error_lines(
                     "monitor" if kind == "hmp" else "qmp", mon.chardev.spec, exc)

@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 from pyqemu.system.monitor import hmp as H
 from pyqemu.system.monitor import qmp as Q
 
+from tests.system.conftest import PYQEMU_SYSTEM, emulator_path
+
 SYNC = b'{"execute": "query-version", "id": "sync"}\n'
 
 
@@ -387,8 +389,6 @@ RUN_STATE_SCRIPT = [
 def test_qmp_run_states_match_qemu(qemu_system: str, tmp_path: Path) -> None:
     """The same QMP script on both machines: replies, and events in the same order
     with qemu's data; quit sends SHUTDOWN, its reply, then closes; exit status 0."""
-    from tests.system.conftest import PYQEMU_SYSTEM, emulator_path
-
     results = []
     for exe in (qemu_system, emulator_path(PYQEMU_SYSTEM)):     # one after the other,
         peer = QmpPeer(exe, tmp_path / "qmp.sock", extra=["-name", "qmp-test"])  # one path
@@ -580,3 +580,45 @@ def test_random_json_matches_qemu(qemu_qmp: QmpPeer, pieces: list[bytes]) -> Non
         qemu_qmp.ours = OurQmp()          # one session each, living as long as qemu's
     msg = b"".join(pieces) + b"\n\xff\n"
     assert qemu_qmp.ours.exchange(msg) == qemu_qmp.exchange(msg), msg
+
+
+def test_qmp_pretty_on_the_machine(qemu_system: str, tmp_path: Path) -> None:
+    """pyqemu-system-x86_64 -qmp-pretty: the layout of qemu's replies and events."""
+    layouts = []
+    for exe in (qemu_system, emulator_path(PYQEMU_SYSTEM)):
+        sock = tmp_path / "pretty.sock"
+        proc = subprocess.Popen([exe, "-S", "-display", "none", "-nodefaults",
+                                 "-qmp-pretty", f"unix:{sock},server=on,wait=off"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                s = socket.socket(socket.AF_UNIX)
+                try:
+                    s.connect(str(sock))
+                    break
+                except OSError:
+                    s.close()
+                    assert time.monotonic() < deadline and proc.poll() is None
+                    time.sleep(0.05)
+            s.settimeout(60)
+            s.sendall(b'{"execute":"qmp_capabilities"}{"execute":"query-status"}'
+                      b'{"execute":"cont"}{"execute":"quit"}')
+            data = b""
+            while True:
+                try:
+                    chunk = s.recv(65536)
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+            s.close()
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        # each line's indent and key; numbers (version, timestamps) and package aside
+        layouts.append([line.split(b":")[0] for line in data.split(b"\r\n")])
+    assert layouts[0] == layouts[1]
