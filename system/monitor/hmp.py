@@ -569,6 +569,7 @@ INFO_COMMANDS = [
             "tree, valid with -f only);-o: dump region owners/parents;-D: dump disabled "
             "regions", "info_mtree"),
     Command("name", "", "show the current VM name", "info_name"),
+    Command("pci", "", "show PCI info", "info_pci"),
     Command("qtree", "", "show device tree", "info_qtree"),
     Command("registers", "[-a|vcpu]",
             "show the cpu registers (-a: show register info for all cpus; vcpu: specific "
@@ -884,6 +885,11 @@ class Hmp:
         _flags_found, pos = _flags(line, pos, "", cmd.name)
         self._end(line, pos, cmd)
         out.append(self.machine.mtree_text())
+
+    def info_pci(self, line: str, pos: int, cmd: Command, out: list[str]) -> None:
+        self._end(line, pos, cmd)
+        pci = self.machine.pci
+        out.append(self._on_cpu(pci.info_text))
 
     def info_qtree(self, line: str, pos: int, cmd: Command, out: list[str]) -> None:
         self._end(line, pos, cmd)

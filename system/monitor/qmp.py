@@ -20,7 +20,7 @@ does no I/O (the transport is :mod:`.server`). What it does, in qemu's words:
   checks (``Parameter 'x' is unexpected``, ``Parameter 'x' is missing``, ``Invalid
   parameter type for 'x', expected: string``), ``id`` echoed in every reply.
 - commands: qmp_capabilities, query-status, query-version, query-name,
-  query-commands, query-block, query-chardev, query-cpus-fast, stop, cont,
+  query-commands, query-block, query-chardev, query-cpus-fast, query-pci, stop, cont,
   system_reset, quit, human-monitor-command.
 - events: :meth:`QmpSession.event` adds qemu's wall-clock ``timestamp``.
 - output: compact JSON on one line, or -qmp-pretty's indented form; CR LF line ends.
@@ -586,6 +586,7 @@ class QmpCommands:
             "query-chardev": ([], lambda a: [chardev_entry(c)
                                              for c in self.machine.chardev_info()]),
             "query-cpus-fast": ([], self.query_cpus_fast),
+            "query-pci": ([], self.query_pci),
             "stop": ([], lambda a: self._call(self.machine.stop)),
             "cont": ([], lambda a: self._call(self.machine.cont)),
             "system_reset": ([], lambda a: self._call(
@@ -621,6 +622,11 @@ class QmpCommands:
                  "thread-id": cpu_thread_id(self.machine),
                  "props": {"socket-id": 0, "core-id": 0, "thread-id": 0},
                  "target": "x86_64"}]
+
+    def query_pci(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        pci = self.machine.pci
+        run = getattr(self.machine, "run_on_cpu_thread", None)
+        return run(pci.query_pci) if run else pci.query_pci()
 
     def hmp_command(self, args: dict[str, Any]) -> str:
         if args.get("cpu-index", 0) != 0:

@@ -325,7 +325,8 @@ AT_RESET = [
     "p $eax+$esp", "p $sp", "p $fp", "p $ss.limit", "p $r15", "p $foo", "p $rax", "p /d $pc",
     "x /4i $pc", "x /16xb $pc", "xp /8xw 0xffff0", "xp /3i 0xfffffff0", "x /2i 0xffff0",
     "x /4xg 0xfffffff8", "xp /2xw 0xfffffffc", "xp /4xb 0x10000000", "xp /2xb 0x7fffffe",
-    "info name", "info block", "info registers 1", "info qtree -x", "stop", "info status",
+    "info name", "info block", "info registers 1", "info qtree -x", "info pci",
+    "stop", "info status",
 ]
 
 

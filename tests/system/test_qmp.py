@@ -371,6 +371,7 @@ def _strip_times(lines: list[bytes]) -> list[dict]:
 RUN_STATE_SCRIPT = [
     b'{"execute":"qmp_capabilities"}',
     b'{"execute":"query-status","id":1}',
+    b'{"execute":"query-pci","id":"pci"}',
     b'{"execute":"stop","id":2}',                   # prelaunch: stays, no STOP event
     b'{"execute":"query-status","id":3}',
     b'{"execute":"cont","id":4}',                   # RESUME, then the reply
