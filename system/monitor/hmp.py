@@ -4,7 +4,8 @@ What lives here, and what is qemu's:
 
 - :class:`Hmp` runs one command line and returns its text (``\\n`` line ends), as
   ``human-monitor-command`` does. Commands: ``help|?``, ``info`` (block, chardev,
-  cpus, mtree, name, qtree, registers, status, version), ``x``, ``xp``,
+  cpus, mtree, name, pci, pic (the 8259s; qemu's IOAPIC part is not there), qtree,
+  registers, status, version), ``x``, ``xp``,
   ``print|p``, ``stop|s``, ``cont|c``, ``system_reset``, ``quit|q``; help lines and
   error messages are qemu's words (``unknown command: 'foo'``, ``Try "help x" for
   more information``, ``x: extraneous characters at the end of line``...).
@@ -570,6 +571,7 @@ INFO_COMMANDS = [
             "regions", "info_mtree"),
     Command("name", "", "show the current VM name", "info_name"),
     Command("pci", "", "show PCI info", "info_pci"),
+    Command("pic", "", "show PIC state", "info_pic"),
     Command("qtree", "", "show device tree", "info_qtree"),
     Command("registers", "[-a|vcpu]",
             "show the cpu registers (-a: show register info for all cpus; vcpu: specific "
@@ -890,6 +892,11 @@ class Hmp:
         self._end(line, pos, cmd)
         pci = self.machine.pci
         out.append(self._on_cpu(pci.info_text))
+
+    def info_pic(self, line: str, pos: int, cmd: Command, out: list[str]) -> None:
+        # the 8259 pair; qemu prints its IOAPIC first, which this machine does not have
+        self._end(line, pos, cmd)
+        out.append(self._on_cpu(self.machine.pic.info_text))
 
     def info_qtree(self, line: str, pos: int, cmd: Command, out: list[str]) -> None:
         self._end(line, pos, cmd)
