@@ -430,3 +430,23 @@ def test_unbootable_disk_message_equals_qemu(tmp_path: Path) -> None:
     ours = _serial_until(OURS, args, marker)
     assert b"SeaBIOS (version" in theirs
     assert ours == theirs
+
+
+def test_multiboot_memory_map_above_4g_equals_qemu() -> None:
+    """-m 4G -kernel: the Multiboot memory fields and e820 map (RAM split at 3 GiB, the
+    rest above 4 GiB, SeaBIOS's and QEMU's reservations) as under qemu-system-x86_64."""
+    from tests.guests.build_x86 import build_mbkernel
+
+    kernel = build_mbkernel()
+    lines = []
+    for emulator in EMULATORS:
+        proc = subprocess.run([_prog(emulator), "-display", "none", "-serial", "stdio",
+                               "-net", "none", "-m", "4G", "-kernel", str(kernel)],
+                              stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=DEADLINE)
+        assert proc.returncode == 0, proc.stderr
+        out = proc.stdout.decode("latin-1").split("\r\n")
+        lines.append([line for line in out if line.startswith(("MBK mem", "MBK mmap"))])
+    assert any("base=0x0000000100000000 len=0x0000000040000000 type=1" in line
+               for line in lines[0])
+    assert lines[1] == lines[0]
