@@ -627,7 +627,10 @@ class PcMachine:
     def cont(self) -> None:
         """Resume (monitor ``cont``): RESUME event."""
         with self._cond:
-            if self.status not in ("paused", "prelaunch", "shutdown") or self._quit:
+            if self.status == "shutdown":
+                # qemu: a guest that powered off (-no-shutdown) must be reset first
+                raise QemuError("Resetting the Virtual Machine is required")
+            if self.status not in ("paused", "prelaunch") or self._quit:
                 return
             self.status = "running"
             self.clock.start()

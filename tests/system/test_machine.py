@@ -450,3 +450,68 @@ def test_multiboot_memory_map_above_4g_equals_qemu() -> None:
     assert any("base=0x0000000100000000 len=0x0000000040000000 type=1" in line
                for line in lines[0])
     assert lines[1] == lines[0]
+
+
+def _states_after_poweroff(emulator: str, disk: Path, tmp_path: Path) -> list[str]:
+    import asyncio
+
+    from qemu.qmp import QMPClient
+    from qemu.qmp.qmp_client import ExecuteError
+
+    sock = tmp_path / f"{emulator}-states.sock"
+    proc = subprocess.Popen([_prog(emulator), "-display", "none", "-serial", "null",
+                             "-net", "none", "-hda", str(disk), "-snapshot", "-no-shutdown",
+                             "-qmp", f"unix:{sock},server=on,wait=off"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+    async def main() -> list[str]:
+        end = time.monotonic() + DEADLINE
+        while True:
+            client = QMPClient("test")
+            try:
+                await client.connect(str(sock))
+                break
+            except Exception:  # noqa: BLE001 - not listening yet
+                if time.monotonic() > end:
+                    raise
+                await asyncio.sleep(0.1)
+
+        async def status() -> str:
+            return (await client.execute("query-status"))["status"]
+
+        while await status() != "shutdown":
+            assert time.monotonic() < end
+            await asyncio.sleep(0.1)
+        seen = []
+        try:
+            await client.execute("cont")
+            seen.append("cont accepted")
+        except ExecuteError as exc:
+            seen.append(f"cont refused: {exc.error.error.desc}")
+        for cmd in ("system_reset", "stop", "cont"):
+            await client.execute(cmd)
+            seen.append(f"{cmd}: {await status()}")
+        await client.execute("quit")
+        try:
+            await client.disconnect()
+        except EOFError:
+            pass
+        return seen
+
+    try:
+        seen = asyncio.run(main())
+        proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return seen
+
+
+def test_run_states_after_guest_poweroff_equal_qemu(boot_image: Path, tmp_path: Path) -> None:
+    """-no-shutdown: cont is refused until a reset, which leaves the VM in prelaunch."""
+    theirs = _states_after_poweroff(QEMU, boot_image, tmp_path)
+    ours = _states_after_poweroff(OURS, boot_image, tmp_path)
+    assert theirs[0] == "cont refused: Resetting the Virtual Machine is required"
+    assert ours == theirs
