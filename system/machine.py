@@ -516,10 +516,7 @@ class PcMachine:
         self._wake()
 
     def _wake(self) -> None:
-        if threading.get_ident() == self._cpu_tid:
-            with self._cond:
-                self._cond.notify_all()
-            return
+        """Wake the CPU thread's HLT sleep and the kicker (a new deadline or IRQ)."""
         with self._cond:
             self._cond.notify_all()
 
