@@ -686,6 +686,10 @@ def run(argv: list[str]) -> int:
     except QemuError as exc:
         sys.stderr.write(f"{PROG}: {exc.message}\n")
         return 1
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: one line, never a traceback
+        sys.stderr.write(f"{PROG}: internal error: {type(exc).__name__}: {exc}\n")
+        return 1
+
     def on_signal(signum: int, _frame: Any) -> None:
         # qemu: "terminating on signal N", then a normal shutdown (exit status 0)
         sys.stderr.write(f"{PROG}: terminating on signal {signum}\n")

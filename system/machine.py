@@ -408,7 +408,7 @@ class PcMachine:
         self.pci = pci.PciHost(self.bus)
         self.i440fx = self.pci.add(0, pci.I440fx(ram_size=self.config.ram_size,
                                                  on_pam=self._on_pam))
-        from .devices import piix
+        from .devices import ide, piix
 
         nserial = len(self.config.serials)
         self.piix3 = piix.Piix3(self.pci, self.bus, self.pic.irq, self.clock.now_ns,
@@ -419,8 +419,11 @@ class PcMachine:
         self.ide = self.piix3.ide_controller
         for drive in self.drives:
             if drive.cfg.interface == "ide":
-                self.ide.attach(drive.cfg.bus, drive.cfg.unit, drive.node,
-                                cdrom=drive.cfg.media == "cdrom")
+                try:
+                    self.ide.attach(drive.cfg.bus, drive.cfg.unit, drive.node,
+                                    cdrom=drive.cfg.media == "cdrom")
+                except ide.IdeError as exc:     # e.g. a read-only disk: qemu's words
+                    raise UsageError(str(exc)) from None
         from .devices import fw_cfg
 
         cfg = self.config

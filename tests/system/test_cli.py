@@ -66,6 +66,7 @@ SAME_ERRORS = [
     ["-drive", "file=disk.raw,format=raw,readonly=maybe"],
     ["-drive", "file=disk.raw,format=raw,index=0", "-drive", "file=disk.raw,format=raw,index=0"],
     ["-drive", "file=disk.raw,format=raw,foo=bar"],
+    ["-drive", "file=disk.raw,format=raw,readonly=on"],
     ["-drive"],
     ["-drive", "file=nope.img"],
     ["-drive", "file=nope.img,format=raw,if=ide,index=1"],
