@@ -709,6 +709,14 @@ def run(argv: list[str]) -> int:
         sys.stderr.write(exc.render() + "\n")
         machine.quit()
         return 1
+    except QemuError as exc:
+        sys.stderr.write(f"{PROG}: {exc.message}\n")
+        machine.quit()
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: one line, never a traceback
+        sys.stderr.write(f"{PROG}: internal error: {type(exc).__name__}: {exc}\n")
+        machine.quit()
+        return 1
     finally:
         if ready_fd is not None:
             os.write(ready_fd, b"\1")    # start-up failed: the parent exits with 1
