@@ -91,6 +91,7 @@ SAME_ERRORS = [
     ["-qmp", "stdio", "-monitor", "stdio"],
     ["-monitor", "foo:"],
     ["-D", "/nonexistent/dir/log"],
+    ["-pidfile", "/nonexistent/dir/vm.pid"],
 ]
 
 
