@@ -870,19 +870,44 @@ class PcMachine:
         return chardev_mod.chardev_info()
 
     def mtree_text(self) -> str:
-        lines = ["address-space: memory",
-                 "  0000000000000000-ffffffffffffffff (prio 0, i/o): system"]
+        """``info mtree``: the memory address space in QEMU's layout (the pci container
+        with the VGA window, pc.rom, the isa-bios alias and pc.bios; the PAM aliases as
+        the i440FX registers set them), then the port table. Only regions pyqemu has
+        are listed: no ioapic, hpet or apic-msi."""
+        def span(base: int, size: int) -> str:
+            return f"{base:016x}-{base + size - 1:016x}"
+
         below = self.ram_below
-        lines.append(f"    0000000000000000-{below - 1:016x} (prio 0, ram): alias "
-                     f"ram-below-4g @pc.ram 0000000000000000-{below - 1:016x}")
+        bios = len(self._bios_data)
+        isa = min(bios, 128 * KiB)
+        lines = ["address-space: memory",
+                 "  0000000000000000-ffffffffffffffff (prio 0, i/o): system",
+                 f"    {span(0, below)} (prio 0, ram): alias ram-below-4g @pc.ram "
+                 f"{span(0, below)}"]
         if self.ram_above:
-            lines.append(f"    {FOUR_GIB:016x}-{FOUR_GIB + self.ram_above - 1:016x} "
-                         f"(prio 0, ram): alias ram-above-4g @pc.ram "
-                         f"{below:016x}-{below + self.ram_above - 1:016x}")
+            lines.append(f"    {span(FOUR_GIB, self.ram_above)} (prio 0, ram): alias "
+                         f"ram-above-4g @pc.ram {span(below, self.ram_above)}")
+        lines += [
+            "    0000000000000000-ffffffffffffffff (prio -1, i/o): pci",
+            f"      {span(0xA0000, 0x20000)} (prio 1, i/o): vga-lowmem",
+            f"      {span(0xC0000, 0x20000)} (prio 1, rom): pc.rom",
+            f"      {span(0x100000 - isa, isa)} (prio 1, rom): alias isa-bios @pc.bios "
+            f"{span(bios - isa, isa)}",
+            f"      {span(self.bios_base, bios)} (prio 0, rom): pc.bios",
+            f"    {span(0xA0000, 0x20000)} (prio 1, i/o): alias smram-region @pci "
+            f"{span(0xA0000, 0x20000)}",
+        ]
+        modes: dict[int, int] = {}
+        for index in range(7):
+            for base, _size, mode in pam_segments(index, self.i440fx.pam(index)):
+                modes[base] = mode
         for base, size in self._segments:
-            lines.append(f"    {base:016x}-{base + size - 1:016x} (prio 1, ram): "
-                         "pam shadow")
-        lines.append(f"    {self.bios_base:016x}-00000000ffffffff (prio 0, rom): pc.bios")
+            mode = modes.get(base, 0)
+            kind, name, target = (("i/o", "pam-pci", "pci"), ("ram", "pam-rom", "pc.ram"),
+                                  ("ram", "pam-pci", "pc.ram"),
+                                  ("ram", "pam-ram", "pc.ram"))[mode]
+            lines.append(f"    {span(base, size)} (prio 1, {kind}): alias {name} "
+                         f"@{target} {span(base, size)}")
         lines.append("")
         lines.append("address-space: I/O")
         lines.append("  0000000000000000-000000000000ffff (prio 0, i/o): io")
