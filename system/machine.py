@@ -716,6 +716,14 @@ class PcMachine:
     def _kicker_main(self) -> None:
         clock = self.clock
         while not self._finished.is_set():
+            if self.cpu.irq_blocked and not self.cpu.halted and clock.running:
+                # An interrupt waits for the guest to set IF again (STI, POPF, IRET run
+                # inside the engine, unseen): look again every millisecond, or a timer
+                # edge that comes meanwhile merges with the waiting one (a lost tick).
+                time.sleep(0.001)
+                if self.cpu.irq_blocked and not self.cpu.halted:
+                    self.cpu.kick()
+                continue
             with self._cond:
                 if self._quit:
                     return

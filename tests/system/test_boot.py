@@ -220,7 +220,12 @@ def test_multiboot_kernel(
     assert rows == [line[:80].rstrip() for line in lines[-25:-1]] + [""]
 
     ticks = [int(line.split()[2]) for line in lines if line.startswith("MBK ticks ")]
-    assert len(ticks) == 1 and 90 <= ticks[0] <= 110, ticks
+    # 100 Hz PIT interrupts counted between two RTC second changes. Both timers run on
+    # host time, so a starved emulator merges edges the guest had no time to take (as
+    # qemu's TCG PIT does): on an idle host 95-105, with 4 busy processes on 2 cores
+    # pyqemu once counted 50. Asserting the rate exactly would be a timed assertion;
+    # the interrupts must arrive, never faster than 100 Hz.
+    assert len(ticks) == 1 and 20 <= ticks[0] <= 110, ticks
     seen = {}
     for line in lines:
         if m := FAULT_RE.fullmatch(line):
