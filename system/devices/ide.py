@@ -1422,10 +1422,13 @@ class BmDma:
         self.pending = None if unit is None else self.channel.drives[unit]
 
     def dma_read(self, addr: int, size: int) -> bytes:
+        """Guest memory for the engine; what lies beyond the machine's memory reads as
+        zeroes (never a short buffer)."""
         fn = self.channel.controller.dma_read
         if fn is None:
             return bytes(size)
-        return fn(addr, size)
+        data = fn(addr, size)
+        return data if len(data) == size else bytes(data[:size]).ljust(size, b"\0")
 
     def dma_write(self, addr: int, data: bytes) -> None:
         fn = self.channel.controller.dma_write
@@ -1452,10 +1455,12 @@ class BmDma:
         taken = 0
         described = 0
         while True:
-            if self.cur_addr - self.addr >= BMDMA_PAGE_SIZE:
+            # uint32 arithmetic, as QEMU's: a PRD address moved under a running engine
+            # ends the walk at once instead of reading until the counter catches up
+            if (self.cur_addr - self.addr) & 0xFFFFFFFF >= BMDMA_PAGE_SIZE:
                 break
             prd = self.dma_read(self.cur_addr, 8)
-            self.cur_addr += 8
+            self.cur_addr = (self.cur_addr + 8) & 0xFFFFFFFF
             addr, size = struct.unpack("<II", prd)
             length = size & 0xFFFE or 0x10000
             described += length

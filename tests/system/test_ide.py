@@ -272,6 +272,11 @@ def test_dma_matches_qemu(tmp_path: Path, disks: dict[str, Path], fmt: str) -> N
         s += command(0, 0xC8, count=4, lba=1) + [f"outb {BM:#x} 0x09", "dwait0",
                                                   f"inb {BM + 2:#x}"] + regs()
         s += [f"read {BUF + 0x20000:#x} 0x200", f"outb {BM:#x} 0x08"]
+        # the PRD table address moved above the running engine's position: no PRDs
+        s += [f"outb {BM + 2:#x} 0x64"] + prd([(BUF, 1024, True)])
+        s += [f"outb {BM:#x} 0x09", f"outl {BM + 4:#x} {PRD + 0x100:#x}"]
+        s += command(0, 0xC8, count=2, lba=5) + ["dwait0", f"inb {BM + 2:#x}"] + regs()
+        s += [f"outb {BM:#x} 0x08", f"outl {BM + 4:#x} {PRD:#x}"]
         # out-of-range DMA
         s += [f"outb {BM + 2:#x} 0x64"] + prd([(BUF, 1024, True)])
         s += command(0, 0xC8, count=2, lba=DISK_SIZE // 512 - 1) + [f"outb {BM:#x} 0x09",
@@ -595,3 +600,42 @@ def test_empty_cdrom_matches_qemu(tmp_path: Path) -> None:
         s += regs(0) + command(0, 0xEC) + regs(0)                 # no disk on channel 0
         both.run(s)
         both.assert_equal()
+
+
+def test_random_port_traffic_never_breaks(disks: dict[str, Path]) -> None:
+    """Random accesses of every width to every port of the IDE channels, BMDMA, PCI
+    configuration and fw_cfg (with a disk, a CD and RAM behind them) raise nothing and
+    leave the controller usable: a following IDENTIFY still works."""
+    import random
+
+    ours = OurPc()
+    ours.ide.attach(0, 0, open_image(str(disks["raw"]), "raw", read_only=False))
+    ours.ide.attach(1, 0, open_image(str(disks["cd"]), "raw", read_only=True), cdrom=True)
+    for line in bmdma_setup():
+        ours.cmd(line)
+    ports = [*range(0x1F0, 0x1F8), 0x3F6, *range(0x170, 0x178), 0x376,
+             *range(BM, BM + 16), *range(0xCF8, 0xD00)]
+    commands = [0x20, 0x24, 0x30, 0xC4, 0xC5, 0xC6, 0xC8, 0xCA, 0x25, 0x35, 0xEC, 0xA1,
+                0xA0, 0x08, 0x90, 0xEF, 0xE7, 0x91, 0xF8, 0x27, 0x40, 0xB0]
+    rng = random.Random(11)
+    for _ in range(20000):
+        port = rng.choice(ports)
+        size = rng.choice((1, 1, 1, 2, 4))
+        if rng.random() < 0.5:
+            ours.bus.read(port, size)
+        elif port in (0x1F7, 0x177) and rng.random() < 0.7:
+            ours.bus.write(port, 1, rng.choice(commands))
+        elif port == 0xCF8:
+            ours.bus.write(port, 4, 0x80000000 | rng.choice((0, 8, 9, 11)) << 8
+                           | rng.randrange(0, 256, 4))
+        else:
+            ours.bus.write(port, size, rng.getrandbits(8 * size))
+    ours.bus.write(0x3F6, 1, 0x04)                  # SRST, then a clean IDENTIFY
+    ours.bus.write(0x3F6, 1, 0x00)
+    for line in command(0, 0xEC):
+        if not line.startswith("wait"):
+            ours.cmd(line)
+    words = [ours.bus.read(0x1F0, 2) for _ in range(256)]
+    assert words[0] == 0x0040 and words[27] == 0x5145      # "QE" of QEMU HARDDISK
+    assert len(ours.ram) == 1 << 20
+    ours.close()
