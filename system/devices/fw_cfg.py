@@ -89,6 +89,7 @@ DMA_CTL_WRITE = 0x10
 FILE_NAME_SIZE = 56
 _DIR_ENTRY = struct.Struct(">IHH56s")     # size, select, reserved, name
 _DMA_ACCESS = struct.Struct(">IIQ")       # control, length, address
+_ZERO_CHUNK = 1 << 20
 
 E820_RAM = 1
 E820_RESERVED = 2
@@ -298,8 +299,10 @@ class FwCfg:
         while length > 0 and not status & DMA_CTL_ERROR:
             if data is None or self.cur_offset >= len(data):
                 n = length
-                if read:
-                    self.dma_write(address, bytes(n))
+                if read:                          # zero fill, in bounded pieces
+                    for at in range(0, n, _ZERO_CHUNK):
+                        piece = min(_ZERO_CHUNK, n - at)
+                        self.dma_write((address + at) & 0xFFFFFFFFFFFFFFFF, bytes(piece))
                 if write:
                     status |= DMA_CTL_ERROR
             else:

@@ -31,6 +31,7 @@ class OurFwCfg:
     def __init__(self) -> None:
         self.bus = PortBus()
         self.ram = bytearray(1 << 20)
+        self.writes: list[tuple[int, int]] = []
         self.fw = FwCfg(self.bus, ram_size=RAM, dma_read=self.dma_read, dma_write=self.dma_write)
         self.fw.add_file("etc/e820", e820_table(E820))
 
@@ -38,7 +39,10 @@ class OurFwCfg:
         return bytes(self.ram[addr:addr + size])
 
     def dma_write(self, addr: int, data: bytes) -> None:
-        self.ram[addr:addr + len(data)] = data
+        self.writes.append((addr, len(data)))
+        if addr < len(self.ram):                 # what lies beyond RAM is dropped
+            n = min(len(data), len(self.ram) - addr)
+            self.ram[addr:addr + n] = data[:n]
 
     def cmd(self, line: str) -> str:
         words = line.split()
@@ -175,3 +179,15 @@ def test_state_round_trip() -> None:
     assert rest[0] == rest[1]
     data = bytes(int(x, 16) for x in first + rest[1])
     assert data[:40] == e820_table(E820)
+
+
+def test_dma_past_the_end_is_zero_filled_in_pieces() -> None:
+    """A read of 64 MiB past an item's end fills zeroes without one huge buffer."""
+    ours = OurFwCfg()
+    ours.ram[TARGET:TARGET + 16] = b"\xee" * 16
+    ours.ram[ACCESS:ACCESS + 16] = struct.pack(">IIQ", 0x3F << 16 | 0x0A, 64 << 20, TARGET)
+    ours.fw.dma(ACCESS)
+    assert ours.ram[ACCESS:ACCESS + 4] == bytes(4)                  # done, no error
+    assert ours.ram[TARGET:TARGET + 16] == bytes(16)
+    sizes = [n for addr, n in ours.writes if addr != ACCESS]
+    assert sum(sizes) == 64 << 20 and max(sizes) <= 1 << 20
