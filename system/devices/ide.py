@@ -944,30 +944,31 @@ class IdeDrive:
         self._atapi_reply_end()
 
     def _atapi_dma(self, bm: BmDma) -> None:
-        """ATAPI data phase by DMA: a reply buffer (lba == -1) or CD sectors."""
+        """ATAPI data phase by DMA: a reply buffer (lba == -1) or CD sectors. The PRDs
+        are walked first (as QEMU prepares each chunk before reading it), so a transfer
+        they cannot hold reads nothing from the image."""
+        total = self.packet_transfer_size
+        regions, _ = bm.prepare(total)
+        if sum(length for _, length in regions) < total:
+            # PRDs too short: reset the Active bit, no interrupt
+            self.status = READY_STAT | SEEK_STAT
+            bm.set_inactive(False)
+            return
         if self.lba == -1:
-            data = bytes(self.io_buffer[0:self.packet_transfer_size])
+            data = bytes(self.io_buffer[0:total])
         else:
-            total = self.packet_transfer_size
             count = total // self.cd_sector_size
             if self.image is None or ((self.lba + count) * CD_SECTOR
                                       > self.nb_sectors * SECTOR):
                 bm.set_inactive(False)
                 self._atapi_error(ILLEGAL_REQUEST, ASC_LOGICAL_BLOCK_OOR)
                 return
+            raw = self.image.read(self.lba * CD_SECTOR, count * CD_SECTOR)
             if self.cd_sector_size == CD_RAW_SECTOR:
-                count = total // CD_RAW_SECTOR
-                raw = self.image.read(self.lba * CD_SECTOR, count * CD_SECTOR)
                 data = b"".join(_raw_sector(self.lba + i, raw[i * CD_SECTOR:(i + 1) * CD_SECTOR])
                                 for i in range(count))
             else:
-                data = self.image.read(self.lba * CD_SECTOR, total)
-        regions, _ = bm.prepare(len(data))
-        if sum(length for _, length in regions) < len(data):
-            # PRDs too short: reset the Active bit, no interrupt
-            self.status = READY_STAT | SEEK_STAT
-            bm.set_inactive(False)
-            return
+                data = raw
         pos = 0
         for addr, length in regions:
             bm.dma_write(addr, data[pos:pos + length])
