@@ -8,12 +8,15 @@ writes a letter to an isa-debugcon and resets the machine one way."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -21,6 +24,7 @@ QEMU = "qemu-system-x86_64"
 OURS = "pyqemu-system-x86_64"
 EMULATORS = (QEMU, OURS)
 DEADLINE = 90.0   # only a hang reaches it; nothing about time is asserted
+T = TypeVar("T")
 
 
 def _prog(name: str) -> str:
@@ -116,8 +120,7 @@ def test_guest_reset_reboots(tmp_path: Path, emulator: str, method: int) -> None
     """Without -no-reboot every reset starts the ROM again; SIGTERM ends it with 0."""
     rom = build_rom(tmp_path, method)
     log = tmp_path / "debugcon.log"
-    proc = subprocess.Popen([_prog(emulator), *vm_args(rom, log)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _start(emulator, vm_args(rom, log), text=True)
     try:
         end = time.monotonic() + DEADLINE
         while time.monotonic() < end and (not log.exists() or len(log.read_bytes()) < 5):
@@ -140,8 +143,7 @@ def test_bios_shadow_reads_the_rom_and_drops_writes(tmp_path: Path, emulator: st
     """At power-on 0xF0000 shows the BIOS's last 64 KiB; with PAM 0 a store there is lost."""
     rom = build_rom(tmp_path, 5, letter="S")
     log = tmp_path / "debugcon.log"
-    proc = subprocess.Popen([_prog(emulator), *vm_args(rom, log)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _start(emulator, vm_args(rom, log), text=True)
     try:
         end = time.monotonic() + DEADLINE
         while time.monotonic() < end and (not log.exists() or len(log.read_bytes()) < 4):
@@ -152,34 +154,74 @@ def test_bios_shadow_reads_the_rom_and_drops_writes(tmp_path: Path, emulator: st
     assert log.read_bytes() == b"SOKO"
 
 
-def _qmp_hmp(sock: Path, commands: list[str]) -> list[str]:
-    import asyncio
+def _start(emulator: str, args: list[str], **kw: Any) -> subprocess.Popen:
+    """The emulator in the background, stdin /dev/null, its output piped."""
+    return subprocess.Popen([_prog(emulator), *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
+
+async def _qmp_connect(sock: Path) -> Any:
+    """A QMPClient on ``sock``, retried until the emulator listens there."""
     from qemu.qmp import QMPClient
 
-    async def main() -> list[str]:
-        end = time.monotonic() + DEADLINE
-        while True:
-            client = QMPClient("test")
-            try:
-                await client.connect(str(sock))
-                break
-            except Exception:  # noqa: BLE001 - not listening yet
-                if time.monotonic() > end:
-                    raise
-                await asyncio.sleep(0.1)
-        out = []
-        for cmd in commands:
-            out.append(await client.execute("human-monitor-command",
-                                            {"command-line": cmd}))
+    end = time.monotonic() + DEADLINE
+    while True:
+        client = QMPClient("test")
+        try:
+            await client.connect(str(sock))
+            return client
+        except Exception:  # noqa: BLE001 - not listening yet
+            if time.monotonic() > end:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def _qmp_status(client: Any) -> str:
+    return (await client.execute("query-status"))["status"]
+
+
+async def _qmp_wait_status(client: Any, want: str) -> None:
+    end = time.monotonic() + DEADLINE
+    while await _qmp_status(client) != want:
+        assert time.monotonic() < end
+        await asyncio.sleep(0.1)
+
+
+async def _hmp(client: Any, command: str) -> str:
+    return await client.execute("human-monitor-command", {"command-line": command})
+
+
+def _with_qmp(emulator: str, args: list[str], sock: Path,
+              body: Callable[[Any], Awaitable[T]]) -> tuple[T, int]:
+    """Start the emulator with ``args`` and -qmp on ``sock``, run ``body(client)``,
+    then quit; ``body``'s result and the exit status (the process killed at worst)."""
+    proc = _start(emulator, [*args, "-qmp", f"unix:{sock},server=on,wait=off"])
+
+    async def main() -> T:
+        client = await _qmp_connect(sock)
+        result = await body(client)
         await client.execute("quit")
         try:
             await client.disconnect()
         except EOFError:
             pass   # the server closed first: normal after quit
-        return out
+        return result
 
-    return asyncio.run(main())
+    try:
+        result = asyncio.run(main())
+        proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return result, proc.returncode
+
+
+def _hmp_commands(commands: list[str]) -> Callable[[Any], Awaitable[list[str]]]:
+    """A ``_with_qmp`` body: each HMP command's output, in order."""
+    async def body(client: Any) -> list[str]:
+        return [await _hmp(client, cmd) for cmd in commands]
+    return body
 
 
 @pytest.mark.parametrize("emulator", EMULATORS)
@@ -188,21 +230,12 @@ def test_ram_above_4g_and_rom_seen_by_xp(tmp_path: Path, emulator: str) -> None:
     512 MiB at 4 GiB; xp reads the BIOS at the top of 4 GiB; -S: nothing ran."""
     rom = build_rom(tmp_path, 5, letter="S")
     sock = tmp_path / "qmp.sock"
-    proc = subprocess.Popen([_prog(emulator), "-display", "none", "-serial", "none",
-                             "-net", "none", "-S", "-m", "3584", "-bios", str(rom),
-                             "-qmp", f"unix:{sock},server=on,wait=off"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        out = _qmp_hmp(sock, ["xp /1xb 0xffffffff", "xp /1xw 0xffff0000",
-                              "xp /1xw 0x100000000", "xp /1xw 0xbffffffc",
-                              "info status"])
-        proc.communicate(timeout=DEADLINE)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0
+    out, status = _with_qmp(emulator, ["-display", "none", "-serial", "none", "-net", "none",
+                                       "-S", "-m", "3584", "-bios", str(rom)], sock,
+                            _hmp_commands(["xp /1xb 0xffffffff", "xp /1xw 0xffff0000",
+                                           "xp /1xw 0x100000000", "xp /1xw 0xbffffffc",
+                                           "info status"]))
+    assert status == 0
     rom_bytes = rom.read_bytes()
     assert out[0].split(":")[1].split() == ["0x%02x" % rom_bytes[-1]]
     first = int.from_bytes(rom_bytes[:4], "little")
@@ -218,18 +251,10 @@ def test_xp_of_the_holes_matches_qemu(tmp_path: Path) -> None:
     results = []
     for emulator in EMULATORS:
         sock = tmp_path / f"{emulator}.sock"
-        proc = subprocess.Popen([_prog(emulator), "-display", "none", "-serial", "none",
-                                 "-net", "none", "-S", "-m", "128", "-bios", str(rom),
-                                 "-qmp", f"unix:{sock},server=on,wait=off"],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        try:
-            results.append(_qmp_hmp(sock, ["xp /4xw 0x10000000", "xp /2xw 0x7fffff8"]))
-            proc.communicate(timeout=DEADLINE)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        out, _ = _with_qmp(emulator, ["-display", "none", "-serial", "none", "-net", "none",
+                                      "-S", "-m", "128", "-bios", str(rom)], sock,
+                           _hmp_commands(["xp /4xw 0x10000000", "xp /2xw 0x7fffff8"]))
+        results.append(out)
     assert results[0] == results[1]
     assert "Cannot access memory" in results[0][0]
 
@@ -241,20 +266,10 @@ def test_snapshot_leaves_the_image_alone(tmp_path: Path, emulator: str) -> None:
     image.write_bytes(bytes(range(256)) * 4096)
     before = image.read_bytes()
     sock = tmp_path / "qmp.sock"
-    proc = subprocess.Popen([_prog(emulator), "-display", "none", "-serial", "none",
-                             "-net", "none", "-S", "-snapshot",
-                             "-drive", f"file={image},format=raw",
-                             "-qmp", f"unix:{sock},server=on,wait=off"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        out = _qmp_hmp(sock, ["info block"])
-        proc.communicate(timeout=DEADLINE)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0
+    out, status = _with_qmp(emulator, ["-display", "none", "-serial", "none", "-net", "none",
+                                       "-S", "-snapshot", "-drive", f"file={image},format=raw"],
+                            sock, _hmp_commands(["info block"]))
+    assert status == 0
     assert image.read_bytes() == before
     assert out[0].startswith("ide0-hd0")
 
@@ -268,6 +283,12 @@ def boot_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = build_bootsector().read_bytes()
     path.write_bytes(data + bytes((1 << 20) - len(data)))
     return path
+
+
+def _boot_args(disk: Path, *extra: str) -> list[str]:
+    """A headless boot from ``disk`` (snapshot), serial discarded."""
+    return ["-display", "none", "-serial", "null", "-net", "none", "-hda", str(disk),
+            "-snapshot", *extra]
 
 
 def _curses_screen(emulator: str, disk: Path) -> list[str]:
@@ -315,47 +336,12 @@ def test_curses_shows_the_vga_text_as_qemu(boot_image: Path) -> None:
 
 
 def _vga_text_after_poweroff(emulator: str, disk: Path, tmp_path: Path) -> list[str]:
-    import asyncio
+    async def body(client: Any) -> str:
+        await _qmp_wait_status(client, "shutdown")
+        return await _hmp(client, "xp /2000xh 0xb8000")
 
-    from qemu.qmp import QMPClient
-
-    sock = tmp_path / f"{emulator}.sock"
-    proc = subprocess.Popen([_prog(emulator), "-display", "none", "-serial", "null",
-                             "-net", "none", "-hda", str(disk), "-snapshot", "-no-shutdown",
-                             "-qmp", f"unix:{sock},server=on,wait=off"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-
-    async def main() -> str:
-        end = time.monotonic() + DEADLINE
-        while True:
-            client = QMPClient("test")
-            try:
-                await client.connect(str(sock))
-                break
-            except Exception:  # noqa: BLE001 - not listening yet
-                if time.monotonic() > end:
-                    raise
-                await asyncio.sleep(0.1)
-        while (await client.execute("query-status"))["status"] != "shutdown":
-            assert time.monotonic() < end
-            await asyncio.sleep(0.1)
-        text = await client.execute("human-monitor-command",
-                                    {"command-line": "xp /2000xh 0xb8000"})
-        await client.execute("quit")
-        try:
-            await client.disconnect()
-        except EOFError:
-            pass
-        return text
-
-    try:
-        text = asyncio.run(main())
-        proc.communicate(timeout=DEADLINE)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    text, _ = _with_qmp(emulator, _boot_args(disk, "-no-shutdown"),
+                        tmp_path / f"{emulator}.sock", body)
     cells = [int(v, 16) for line in text.splitlines() for v in line.split(":")[1].split()]
     assert len(cells) == 2000
     return [bytes(c & 0xFF for c in cells[r * 80:r * 80 + 80]).decode("latin-1").rstrip()
@@ -453,36 +439,10 @@ def test_multiboot_memory_map_above_4g_equals_qemu() -> None:
 
 
 def _states_after_poweroff(emulator: str, disk: Path, tmp_path: Path) -> list[str]:
-    import asyncio
-
-    from qemu.qmp import QMPClient
     from qemu.qmp.qmp_client import ExecuteError
 
-    sock = tmp_path / f"{emulator}-states.sock"
-    proc = subprocess.Popen([_prog(emulator), "-display", "none", "-serial", "null",
-                             "-net", "none", "-hda", str(disk), "-snapshot", "-no-shutdown",
-                             "-qmp", f"unix:{sock},server=on,wait=off"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-
-    async def main() -> list[str]:
-        end = time.monotonic() + DEADLINE
-        while True:
-            client = QMPClient("test")
-            try:
-                await client.connect(str(sock))
-                break
-            except Exception:  # noqa: BLE001 - not listening yet
-                if time.monotonic() > end:
-                    raise
-                await asyncio.sleep(0.1)
-
-        async def status() -> str:
-            return (await client.execute("query-status"))["status"]
-
-        while await status() != "shutdown":
-            assert time.monotonic() < end
-            await asyncio.sleep(0.1)
+    async def body(client: Any) -> list[str]:
+        await _qmp_wait_status(client, "shutdown")
         seen = []
         try:
             await client.execute("cont")
@@ -491,21 +451,11 @@ def _states_after_poweroff(emulator: str, disk: Path, tmp_path: Path) -> list[st
             seen.append(f"cont refused: {exc.error.error.desc}")
         for cmd in ("system_reset", "stop", "cont"):
             await client.execute(cmd)
-            seen.append(f"{cmd}: {await status()}")
-        await client.execute("quit")
-        try:
-            await client.disconnect()
-        except EOFError:
-            pass
+            seen.append(f"{cmd}: {await _qmp_status(client)}")
         return seen
 
-    try:
-        seen = asyncio.run(main())
-        proc.communicate(timeout=DEADLINE)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    seen, _ = _with_qmp(emulator, _boot_args(disk, "-no-shutdown"),
+                        tmp_path / f"{emulator}-states.sock", body)
     return seen
 
 
@@ -520,49 +470,12 @@ def test_run_states_after_guest_poweroff_equal_qemu(boot_image: Path, tmp_path: 
 def _mtree_memory(emulator: str, disk: Path, tmp_path: Path, boot: bool) -> list[str]:
     """The 'address-space: memory' section of info mtree, at -S or after the boot
     sector's power-off (the PAM registers as SeaBIOS left them)."""
-    import asyncio
+    async def body(client: Any) -> str:
+        await _qmp_wait_status(client, "shutdown" if boot else "prelaunch")
+        return await _hmp(client, "info mtree")
 
-    from qemu.qmp import QMPClient
-
-    sock = tmp_path / f"{emulator[0]}{int(boot)}.sock"
-    args = ["-no-shutdown"] if boot else ["-S"]
-    proc = subprocess.Popen([_prog(emulator), "-display", "none", "-serial", "null",
-                             "-net", "none", "-hda", str(disk), "-snapshot", *args,
-                             "-qmp", f"unix:{sock},server=on,wait=off"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-
-    async def main() -> str:
-        end = time.monotonic() + DEADLINE
-        while True:
-            client = QMPClient("test")
-            try:
-                await client.connect(str(sock))
-                break
-            except Exception:  # noqa: BLE001 - not listening yet
-                if time.monotonic() > end:
-                    raise
-                await asyncio.sleep(0.1)
-        want = "shutdown" if boot else "prelaunch"
-        while (await client.execute("query-status"))["status"] != want:
-            assert time.monotonic() < end
-            await asyncio.sleep(0.1)
-        text = await client.execute("human-monitor-command",
-                                    {"command-line": "info mtree"})
-        await client.execute("quit")
-        try:
-            await client.disconnect()
-        except EOFError:
-            pass
-        return text
-
-    try:
-        text = asyncio.run(main())
-        proc.communicate(timeout=DEADLINE)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    text, _ = _with_qmp(emulator, _boot_args(disk, "-no-shutdown" if boot else "-S"),
+                        tmp_path / f"{emulator[0]}{int(boot)}.sock", body)
     section = text.split("address-space: memory\r\n", 1)[1].split("\r\n\r\n", 1)[0]
     # regions pyqemu does not have: IOAPIC, HPET, LAPIC/MSI, the PCI VGA's BARs and the
     # kvmvapic option ROM
