@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -196,3 +197,34 @@ async def qmp_disconnect(client: Any) -> None:
     """Disconnect; the server closing first (after quit) is expected, not an error."""
     with contextlib.suppress(EOFError, ConnectionResetError, BrokenPipeError):
         await client.disconnect()
+
+
+class MonitorPeer:
+    """An emulator started -S with its monitor (``option``: -monitor or -qmp) on a unix
+    socket, connected to; ``close`` kills it."""
+
+    def __init__(self, exe: str, option: str, sock_path: Path,
+                 extra: list[str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [exe, "-S", "-display", "none", "-nodefaults", option,
+             f"unix:{sock_path},server=on,wait=off", *(extra or [])],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX)
+                self.sock.connect(str(sock_path))
+                break
+            except OSError:
+                self.sock.close()
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    assert self.proc.stderr is not None
+                    raise AssertionError(f"{exe} {option} did not start: "
+                                         f"{self.proc.stderr.read()!r}") from None
+                time.sleep(0.05)
+        self.sock.settimeout(60)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.proc.kill()
+        self.proc.wait()

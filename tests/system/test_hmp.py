@@ -19,32 +19,16 @@ from pathlib import Path
 import pytest
 from pyqemu.system.monitor import hmp as H
 
-from tests.system.conftest import PYQEMU_SYSTEM, emulator_path
+from tests.system.conftest import PYQEMU_SYSTEM, MonitorPeer, emulator_path
 
 BIOS = Path("/usr/share/seabios/bios-256k.bin")
 
 
-class HmpPeer:
+class HmpPeer(MonitorPeer):
     """A qemu-system-x86_64 -S whose HMP monitor is on a unix socket."""
 
     def __init__(self, qemu: str, sock_path: Path, extra: list[str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [qemu, "-S", "-display", "none", "-nodefaults", "-monitor",
-             f"unix:{sock_path},server=on,wait=off", *(extra or [])],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX)
-                self.sock.connect(str(sock_path))
-                break
-            except OSError:
-                self.sock.close()
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"qemu monitor did not start: "
-                                         f"{self.proc.stderr.read()!r}") from None
-                time.sleep(0.05)
-        self.sock.settimeout(60)
+        super().__init__(qemu, "-monitor", sock_path, extra)
         self.greeting = self._read_prompts(1)
 
     def _read_prompts(self, n: int) -> bytes:
@@ -67,11 +51,6 @@ class HmpPeer:
         body = raw[raw.index("\r\n") + 2:]
         assert body.endswith("(qemu) ")
         return body[:-len("(qemu) ")].replace("\r\n", "\n")
-
-    def close(self) -> None:
-        self.sock.close()
-        self.proc.kill()
-        self.proc.wait()
 
 
 @pytest.fixture

@@ -21,31 +21,16 @@ from hypothesis import strategies as st
 from pyqemu.system.monitor import hmp as H
 from pyqemu.system.monitor import qmp as Q
 
-from tests.system.conftest import PYQEMU_SYSTEM, emulator_path
+from tests.system.conftest import PYQEMU_SYSTEM, MonitorPeer, emulator_path
 
 SYNC = b'{"execute": "query-version", "id": "sync"}\n'
 
 
-class QmpPeer:
+class QmpPeer(MonitorPeer):
     """A qemu-system-x86_64 -S with -qmp on a unix socket."""
 
     def __init__(self, qemu: str, sock_path: Path, extra: list[str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [qemu, "-S", "-display", "none", "-nodefaults", "-qmp",
-             f"unix:{sock_path},server=on,wait=off", *(extra or [])],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX)
-                self.sock.connect(str(sock_path))
-                break
-            except OSError:
-                self.sock.close()
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("qemu QMP did not start") from None
-                time.sleep(0.05)
-        self.sock.settimeout(60)
+        super().__init__(qemu, "-qmp", sock_path, extra)
         self.file = self.sock.makefile("rb")
         self.greeting = self.file.readline()
 
@@ -59,11 +44,6 @@ class QmpPeer:
             if b'"sync"' in line:
                 return lines
             lines.append(line)
-
-    def close(self) -> None:
-        self.sock.close()
-        self.proc.kill()
-        self.proc.wait()
 
 
 @pytest.fixture
