@@ -826,10 +826,29 @@ def test_syscall_and_sysret() -> None:
     assert g.cpu.registers()["cpl"] == 0
 
 
+def _flat_protected(code: str, vectors: int) -> str:
+    """PROTECTED's start (to 32-bit protected mode, flat ring-0 code and data, the
+    GATE macro), then ``code`` and a GDT and an IDT of ``vectors`` gates at 0x1000."""
+    return PROTECTED.split("    GATE 13,")[0] + code + f"""align 8
+gdt:
+    dq 0
+    dq 0x00CF9A000000FFFF
+    dq 0x00CF92000000FFFF
+gdt_end:
+gdt_desc:
+    dw gdt_end - gdt - 1
+    dd ROM + gdt
+idt_desc:
+    dw {vectors:#x}*8 - 1
+    dd 0x1000
+bits 16
+"""
+
+
 def test_protected_mode_double_fault() -> None:
     """#GP whose gate is not present: the #NP raised while delivering it makes a
     double fault (error code 0) that the guest's #DF handler receives."""
-    body = PROTECTED.split("    GATE 13,")[0] + """
+    body = _flat_protected("""
     GATE 8, df_handler, 0x8E00
     lidt [ROM + idt_desc]
     mov ax, 0x1234
@@ -842,20 +861,7 @@ df_handler:
     out 0x84, eax                         ; the faulting instruction
     cli
     hlt
-align 8
-gdt:
-    dq 0
-    dq 0x00CF9A000000FFFF
-    dq 0x00CF92000000FFFF
-gdt_end:
-gdt_desc:
-    dw gdt_end - gdt - 1
-    dd ROM + gdt
-idt_desc:
-    dw 0x20*8 - 1
-    dd 0x1000
-bits 16
-"""
+""", vectors=0x20)
     g = Guest(rom(body))
     assert g.run_to_stop() is StopReason.HALT
     assert g.values(0x80) == [0]
@@ -900,25 +906,12 @@ start:
 
 
 def test_task_gate_is_a_clean_error() -> None:
-    body = PROTECTED.split("    GATE 13,")[0] + """
+    body = _flat_protected("""
     GATE 0x40, 0, 0x8500                  ; a task gate
     lidt [ROM + idt_desc]
     int 0x40
     hlt
-align 8
-gdt:
-    dq 0
-    dq 0x00CF9A000000FFFF
-    dq 0x00CF92000000FFFF
-gdt_end:
-gdt_desc:
-    dw gdt_end - gdt - 1
-    dd ROM + gdt
-idt_desc:
-    dw 0x41*8 - 1
-    dd 0x1000
-bits 16
-"""
+""", vectors=0x41)
     g = Guest(rom(body))
     assert g.run() is StopReason.ERROR
     assert g.cpu.error == "task gate for vector 0x40 is not supported"
