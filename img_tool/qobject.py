@@ -83,6 +83,17 @@ def _scalar(value: Any) -> str:
     return _quote(str(value))
 
 
+def to_json(value: Any) -> str:
+    """qemu's compact JSON (QMP's replies): ``{"a": 1, "b": [true, null]}``, non-ASCII
+    as \\uXXXX."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(_quote(str(k)) + ": " + to_json(v)
+                               for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(to_json(v) for v in value) + "]"
+    return _scalar(value)
+
+
 def to_json_pretty(value: Any, level: int = 0) -> str:
     """``qobject_to_json_pretty``: dicts printed in the order given."""
     pad = " " * (4 * (level + 1))

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from pyqemu.img_tool.qobject import qdict, qdict_deep
+from pyqemu.img_tool.qobject import qdict, qdict_deep, to_json
 
 from .hmp import QEMU_PACKAGE, QEMU_VERSION, Hmp, cpu_thread_id, system_reset_and_wait
 
@@ -440,45 +440,7 @@ def _utf8_char(text: bytes, i: int, end: int) -> tuple[int | None, int]:
 # --- output (qobject/json-writer.c, compact) ----------------------------------------------
 
 
-def _quote(text: str) -> str:
-    out = ['"']
-    for ch in text:
-        cp = ord(ch)
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif 0x20 <= cp <= 0x7E:
-            out.append(ch)
-        elif cp > 0xFFFF:
-            cp -= 0x10000
-            out.append("\\u%04X\\u%04X" % (0xD800 | (cp >> 10), 0xDC00 | (cp & 0x3FF)))
-        else:
-            out.append("\\u%04X" % cp)
-    out.append('"')
-    return "".join(out)
-
-
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n",
-            "\r": "\\r", "\t": "\\t"}
-
-
-def to_json(value: Any) -> str:
-    """qemu's compact JSON: ``{"a": 1, "b": [true, null]}``, non-ASCII as \\uXXXX."""
-    if isinstance(value, dict):
-        return "{" + ", ".join(_quote(str(k)) + ": " + to_json(v)
-                               for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(to_json(v) for v in value) + "]"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if value is None:
-        return "null"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return "%.17g" % value
-    return _quote(str(value))
+# to_json: pyqemu.img_tool.qobject's, the same json-writer.c (also qemu-img's --output=json)
 
 
 # --- commands -------------------------------------------------------------------------
