@@ -43,6 +43,8 @@ import struct
 from bisect import bisect_right
 from typing import TYPE_CHECKING, Any, TextIO
 
+from ..common.capstone import CsInsn4, load_libcapstone4
+
 if TYPE_CHECKING:
     from ..common.loader.elf import LoadInfo
     from .cli import UserOptions
@@ -173,32 +175,13 @@ def _elf_functions(data: bytes) -> list[tuple[int, int, str]]:
 # --- disassembly --------------------------------------------------------------------
 
 
-class _CsInsn4(ctypes.Structure):
-    """libcapstone 4's cs_insn."""
-
-    _fields_ = [("id", ctypes.c_uint), ("address", ctypes.c_uint64),
-                ("size", ctypes.c_uint16), ("bytes", ctypes.c_uint8 * 16),
-                ("mnemonic", ctypes.c_char * 32), ("op_str", ctypes.c_char * 160),
-                ("detail", ctypes.c_void_p)]
-
-
 class Disassembler:
     """capstone for arm (ARM and Thumb) and aarch64: (address, size, mnemonic, operands)."""
 
     def __init__(self, arch: str) -> None:
         self.arch = arch
-        self._lib: Any = None
         self._handles: dict[bool, Any] = {}
-        try:
-            lib = ctypes.CDLL("libcapstone.so.4")
-            lib.cs_disasm.restype = ctypes.c_size_t
-            lib.cs_disasm.argtypes = [ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t,
-                                      ctypes.c_uint64, ctypes.c_size_t,
-                                      ctypes.POINTER(ctypes.POINTER(_CsInsn4))]
-            lib.cs_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-            self._lib = lib
-        except OSError:
-            self._lib = None
+        self._lib: Any = load_libcapstone4()
 
     def _handle(self, thumb: bool) -> Any:
         h = self._handles.get(thumb)
@@ -229,7 +212,7 @@ class Disassembler:
         kind, h = self._handle(thumb)
         if kind == "py":
             return [(i.address, i.size, i.mnemonic, i.op_str) for i in h.disasm(code, addr)]
-        insns = ctypes.POINTER(_CsInsn4)()
+        insns = ctypes.POINTER(CsInsn4)()
         n = self._lib.cs_disasm(h, code, len(code), addr, 0, ctypes.byref(insns))
         out = [(insns[k].address, insns[k].size, insns[k].mnemonic.decode(),
                 insns[k].op_str.decode()) for k in range(n)]

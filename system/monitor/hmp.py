@@ -44,6 +44,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ...common.capstone import CsInsn4, load_libcapstone4
+
 QEMU_VERSION = (7, 2, 0)
 QEMU_PACKAGE = "pyqemu 0.1.0"
 
@@ -342,15 +344,6 @@ def format_memory(read: Callable[[int, int], bytes], addr: int, fmt: Format) -> 
 # --- disassembly (qemu's capstone use: disas/capstone.c) -------------------------------
 
 
-class _CsInsn4(ctypes.Structure):
-    """libcapstone 4's cs_insn."""
-
-    _fields_ = [("id", ctypes.c_uint), ("address", ctypes.c_uint64),
-                ("size", ctypes.c_uint16), ("bytes", ctypes.c_uint8 * 16),
-                ("mnemonic", ctypes.c_char * 32), ("op_str", ctypes.c_char * 160),
-                ("detail", ctypes.c_void_p)]
-
-
 class X86Disassembler:
     """One instruction at a time: (size, mnemonic, operands), AT&T syntax, skipdata."""
 
@@ -358,20 +351,8 @@ class X86Disassembler:
     _MODES = {16: 1 << 1, 32: 1 << 2, 64: 1 << 3}
 
     def __init__(self) -> None:
-        self._lib: Any = None
         self._handles: dict[int, Any] = {}
-        try:
-            lib = ctypes.CDLL("libcapstone.so.4")
-            lib.cs_open.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_size_t)]
-            lib.cs_option.argtypes = [ctypes.c_size_t, ctypes.c_int, ctypes.c_size_t]
-            lib.cs_disasm.restype = ctypes.c_size_t
-            lib.cs_disasm.argtypes = [ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t,
-                                      ctypes.c_uint64, ctypes.c_size_t,
-                                      ctypes.POINTER(ctypes.POINTER(_CsInsn4))]
-            lib.cs_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-            self._lib = lib
-        except OSError:
-            self._lib = None
+        self._lib: Any = load_libcapstone4()
 
     def _handle(self, bits: int) -> Any:
         h = self._handles.get(bits)
@@ -401,7 +382,7 @@ class X86Disassembler:
             for i in h.disasm(code, addr, 1):
                 return i.size, i.mnemonic, i.op_str
             return None
-        insns = ctypes.POINTER(_CsInsn4)()
+        insns = ctypes.POINTER(CsInsn4)()
         n = self._lib.cs_disasm(h, code, len(code), addr, 1, ctypes.byref(insns))
         if not n:
             return None
