@@ -339,6 +339,22 @@ def _chardev_id(opt: Opt) -> str:
 _NET_TYPES = ("none", "nic", "user", "tap", "l2tpv3", "socket", "stream", "dgram", "vde",
               "bridge", "hubport", "netmap", "vhost-user", "vhost-vdpa")
 
+# options that only store their argument, or only set a flag, in the SystemConfig
+_CFG_STRINGS = {"bios": "bios", "kernel": "kernel", "append": "append", "initrd": "initrd",
+                "pidfile": "pidfile", "D": "log_file"}
+_CFG_FLAGS = {"S": "start_paused", "no-reboot": "no_reboot", "no-shutdown": "no_shutdown",
+              "daemonize": "daemonize"}
+_ACCELS = ("kvm", "xen", "hax", "hvf", "nvmm", "whpx", "tcg")
+
+
+def _check_accels(accels: list[str], shown: str) -> None:
+    """-accel / -machine accel=: every name known to qemu, and tcg among them."""
+    for accel in accels:
+        if accel not in _ACCELS:
+            raise UsageError(f"invalid accelerator {accel}")
+    if "tcg" not in accels:
+        raise UsageError(f"accelerator '{shown}' is not supported by {PROG} (tcg only)")
+
 
 def _debugcon_device(opt: Opt, chardevs: dict[str, str]) -> tuple[ChardevConfig, int]:
     """-device isa-debugcon[,iobase=N][,chardev=ID][,readback=N]."""
@@ -402,12 +418,7 @@ def parse_command_line(argv: list[str]) -> MachineConfig:
                                  "supported machines")
             for key, value in values.items():
                 if key == "accel":
-                    for accel in value.split(":"):
-                        if accel not in ("kvm", "xen", "hax", "hvf", "nvmm", "whpx", "tcg"):
-                            raise UsageError(f"invalid accelerator {accel}")
-                    if "tcg" not in value.split(":"):
-                        raise UsageError(f"accelerator '{value}' is not supported by "
-                                         f"{PROG} (tcg only)")
+                    _check_accels(value.split(":"), value)
                 elif key in ("vmport", "dump-guest-core", "mem-merge", "usb", "graphics",
                              "kernel-irqchip", "smm", "hpet", "pit", "sata", "acpi"):
                     pass   # accepted; the pc machine has one configuration
@@ -418,13 +429,13 @@ def parse_command_line(argv: list[str]) -> MachineConfig:
             accel = values.get("accel", "")
             if accel == "help":
                 raise Exit(0, "Accelerators supported in QEMU binary:\ntcg\n")
-            if accel not in ("kvm", "xen", "hax", "hvf", "nvmm", "whpx", "tcg"):
-                raise UsageError(f"invalid accelerator {accel}")
-            if accel != "tcg":
-                raise UsageError(f"accelerator '{accel}' is not supported by {PROG} "
-                                 "(tcg only)")
+            _check_accels([accel], accel)
         elif name == "enable-kvm":
             raise UsageError(f"KVM is not supported by {PROG} (tcg only)", opt.where)
+        elif name in _CFG_STRINGS:
+            setattr(cfg, _CFG_STRINGS[name], arg)
+        elif name in _CFG_FLAGS:
+            setattr(cfg, _CFG_FLAGS[name], True)
         elif name == "cpu":
             model = arg.split(",")[0]
             if model == "help":
@@ -450,8 +461,6 @@ def parse_command_line(argv: list[str]) -> MachineConfig:
             if arg == "help":
                 raise Exit(0, "".join(d + "\n" for d in cfg.search_path()))
             cfg.data_dirs.append(arg)
-        elif name == "bios":
-            cfg.bios = arg
         elif name == "name":
             values = _opts(opt, "guest", ("guest", "process", "debug-threads"))
             cfg.name = values.get("guest")
@@ -467,12 +476,6 @@ def parse_command_line(argv: list[str]) -> MachineConfig:
             drive_opts.append(_parse_drive(opt, global_snapshot))
         elif name == "snapshot":
             pass
-        elif name == "kernel":
-            cfg.kernel = arg
-        elif name == "append":
-            cfg.append = arg
-        elif name == "initrd":
-            cfg.initrd = arg
         elif name == "nographic":
             nographic = True
         elif name == "display":
@@ -539,23 +542,11 @@ def parse_command_line(argv: list[str]) -> MachineConfig:
             if ntype != "none":
                 raise UsageError(f"networking is not supported by {PROG} (-{name} none "
                                  "only)", opt.where)
-        elif name == "S":
-            cfg.start_paused = True
-        elif name == "no-reboot":
-            cfg.no_reboot = True
-        elif name == "no-shutdown":
-            cfg.no_shutdown = True
-        elif name == "daemonize":
-            cfg.daemonize = True
-        elif name == "pidfile":
-            cfg.pidfile = arg
         elif name == "d":
             items = [i for i in arg.split(",") if i]
             if any(i not in LOG_ITEMS for i in items) or not items:
                 raise Exit(1, LOG_HELP)
             cfg.log_items = items
-        elif name == "D":
-            cfg.log_file = arg
         elif name == "nodefaults":
             nodefaults = True
         elif name == "no-user-config":
