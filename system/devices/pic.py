@@ -53,20 +53,7 @@ class I8259:
         self._output = output
         self.elcr = 0
         self.irr = 0
-        self.last_irr = 0
-        self.imr = 0
-        self.isr = 0
-        self.priority_add = 0
-        self.irq_base = 0
-        self.read_reg_select = 0
-        self.poll = 0
-        self.special_mask = 0
-        self.init_state = 0
-        self.auto_eoi = 0
-        self.rotate_on_auto_eoi = 0
-        self.special_fully_nested_mode = 0
-        self.init4 = 0
-        self.single_mode = 0
+        self._reset_common()          # every other register starts at its reset value
         self.int_level = False
 
     # -- reset -----------------------------------------------------------------------
