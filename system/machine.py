@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 from pyqemu.common.errors import QemuError
 
 from .config import MachineConfig
+from .devices.rtc import pc_ram_split  # the CMOS sizes and the memory map split alike
 from .options import PROG, UsageError
 
 T = TypeVar("T")
@@ -75,16 +76,6 @@ class EventBus:
                 callback(name, dict(data or {}))
             except Exception:  # noqa: BLE001 - a broken client must not stop the machine
                 pass
-
-
-def pc_ram_split(ram_size: int, max_ram_below_4g: int = 0xE0000000) -> tuple[int, int]:
-    """(below 4 GiB, above 4 GiB) for pc-i440fx-7.2 (gigabyte_align on)."""
-    lowmem = max_ram_below_4g
-    if ram_size >= lowmem:
-        lowmem = min(lowmem, 0xC0000000)
-    if ram_size >= lowmem:
-        return lowmem, ram_size - lowmem
-    return ram_size, 0
 
 
 def pam_segments(index: int, value: int) -> list[tuple[int, int, int]]:
