@@ -228,3 +228,18 @@ class MonitorPeer:
         self.sock.close()
         self.proc.kill()
         self.proc.wait()
+
+
+def edge_recorder(clock: Any) -> tuple[Any, list[int]]:
+    """An IrqLine that records the virtual time (ns) of each rising edge, and the list."""
+    from pyqemu.system.bus import IrqLine
+
+    rises: list[int] = []
+    state = {"level": False}
+
+    def line(level: bool) -> None:
+        if level and not state["level"]:
+            rises.append(clock.now_ns())
+        state["level"] = level
+
+    return IrqLine(line), rises

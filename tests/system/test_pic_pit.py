@@ -18,6 +18,7 @@ from pyqemu.system.clock import NS_PER_SEC, VirtualClock
 from pyqemu.system.devices.pic import PicPair
 from pyqemu.system.devices.pit import PIT_FREQ, Pit
 
+from tests.system.conftest import edge_recorder
 from tests.system.qtest_peer import QemuQtest
 
 PIC_PORTS = (0x20, 0x21, 0xA0, 0xA1, 0x4D0, 0x4D1)
@@ -193,15 +194,8 @@ def test_pit_matches_qemu_frozen_time(tmp_path: Path, seed: int) -> None:
 def _pit_rig() -> tuple[VirtualClock, PortBus, Pit, list[int]]:
     clock = VirtualClock()
     bus = PortBus()
-    rises: list[int] = []
-    state = {"level": False}
-
-    def irq0(level: bool) -> None:
-        if level and not state["level"]:
-            rises.append(clock.now_ns())
-        state["level"] = level
-
-    pit = Pit(bus, clock, IrqLine(irq0))
+    irq0, rises = edge_recorder(clock)
+    pit = Pit(bus, clock, irq0)
     return clock, bus, pit, rises
 
 

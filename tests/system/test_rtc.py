@@ -16,6 +16,7 @@ from pyqemu.system.bus import IrqLine, PortBus
 from pyqemu.system.clock import NS_PER_SEC, VirtualClock
 from pyqemu.system.devices.rtc import Rtc, cmos_init_pc, pc_ram_split, set_boot_order
 
+from tests.system.conftest import edge_recorder
 from tests.system.qtest_peer import QemuQtest
 
 BASE = "2024-02-29T13:45:56"
@@ -28,15 +29,8 @@ def _rig(ram_size: int | None = 128 * MiB, boot: str = "cad",
          base_time: int = BASE_TIME) -> tuple[VirtualClock, PortBus, Rtc, list[int]]:
     clock = VirtualClock()
     bus = PortBus()
-    rises: list[int] = []
-    state = {"level": False}
-
-    def irq8(level: bool) -> None:
-        if level and not state["level"]:
-            rises.append(clock.now_ns())
-        state["level"] = level
-
-    rtc = Rtc(bus, clock, IrqLine(irq8), ram_size, boot, base_time=base_time)
+    irq8, rises = edge_recorder(clock)
+    rtc = Rtc(bus, clock, irq8, ram_size, boot, base_time=base_time)
     return clock, bus, rtc, rises
 
 
