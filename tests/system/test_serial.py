@@ -7,6 +7,7 @@ from __future__ import annotations
 import queue
 import socket
 import subprocess
+from typing import Any
 
 import pytest
 from pyqemu.system import chardev as chardev_mod
@@ -228,15 +229,21 @@ def guest_receive(dev, count: int) -> tuple[bytes, set[int]]:
     return bytes(data), lsr_seen
 
 
-def socket_session(dev_factory, message: bytes) -> tuple[bytes, set[int], bytes, int]:
+def _connected(dev_factory, kind: str) -> tuple[Any, socket.socket]:  # noqa: ANN001
+    """A UART whose chardev is a ``kind`` (tcp/telnet) server, and a client connected."""
     port = free_port()
-    dev = dev_factory(f"tcp:127.0.0.1:{port},server=on,wait=off")
+    dev = dev_factory(f"{kind}:127.0.0.1:{port},server=on,wait=off")
     client = None
     while client is None:
         try:
             client = socket.create_connection(("127.0.0.1", port))
         except ConnectionRefusedError:
             pass
+    return dev, client
+
+
+def socket_session(dev_factory, message: bytes) -> tuple[bytes, set[int], bytes, int]:
+    dev, client = _connected(dev_factory, "tcp")
     with client:
         client.settimeout(30)
         dev.outb(COM1 + 2, 0x87)            # FIFO on, trigger level 8
@@ -272,14 +279,7 @@ def test_receive_and_transmit_through_sockets_like_qemu() -> None:
 
 
 def telnet_session(dev_factory, payload: bytes, expect: int) -> tuple[bytes, bytes, bytes]:
-    port = free_port()
-    dev = dev_factory(f"telnet:127.0.0.1:{port},server=on,wait=off")
-    client = None
-    while client is None:
-        try:
-            client = socket.create_connection(("127.0.0.1", port))
-        except ConnectionRefusedError:
-            pass
+    dev, client = _connected(dev_factory, "telnet")
     with client:
         client.settimeout(30)
         greeting = b""
