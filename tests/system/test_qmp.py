@@ -266,19 +266,25 @@ def test_qmp_sockets_match_qemu(qemu_system: str, tmp_path: Path) -> None:
         qemu.wait()
 
 
-def test_info_block_text_from_query_block(qemu_system: str, tmp_path: Path) -> None:
-    """HMP's info block is made from query-block's data: qemu's own query-block reply,
-    formatted by us, equals qemu's info block text (backing chain, read-only CD-ROM,
-    empty drive; -v with the image details; one device by name)."""
+def _three_drive_peer(qemu_system: str, tmp_path: Path) -> QmpPeer:
+    """qemu with a qcow2 over a qcow2 backing file (ide0-hd0), a raw CD-ROM (ide0-cd1)
+    and an empty CD-ROM drive, its images made by qemu-img in ``tmp_path``."""
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "base.qcow2"),
                     "2M"], check=True)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F",
                     "qcow2", str(tmp_path / "top.qcow2")], check=True)
     (tmp_path / "r.raw").write_bytes(bytes(65536))
-    peer = QmpPeer(qemu_system, tmp_path / "qmp.sock", extra=[
+    return QmpPeer(qemu_system, tmp_path / "qmp.sock", extra=[
         "-drive", f"file={tmp_path / 'top.qcow2'},if=ide,index=0",
         "-drive", f"file={tmp_path / 'r.raw'},format=raw,if=ide,index=1,media=cdrom",
         "-drive", "if=ide,index=2,media=cdrom"])
+
+
+def test_info_block_text_from_query_block(qemu_system: str, tmp_path: Path) -> None:
+    """HMP's info block is made from query-block's data: qemu's own query-block reply,
+    formatted by us, equals qemu's info block text (backing chain, read-only CD-ROM,
+    empty drive; -v with the image details; one device by name)."""
+    peer = _three_drive_peer(qemu_system, tmp_path)
     try:
         peer.exchange(b'{"execute":"qmp_capabilities"}')
 
@@ -304,15 +310,7 @@ def test_block_device_info_matches_qemu(qemu_system: str, tmp_path: Path) -> Non
     (same image files; node names and qdev paths are qemu's internal names, taken over)."""
     from pyqemu.common.block import open_image
 
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "base.qcow2"),
-                    "2M"], check=True)
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F",
-                    "qcow2", str(tmp_path / "top.qcow2")], check=True)
-    (tmp_path / "r.raw").write_bytes(bytes(65536))
-    peer = QmpPeer(qemu_system, tmp_path / "qmp.sock", extra=[
-        "-drive", f"file={tmp_path / 'top.qcow2'},if=ide,index=0",
-        "-drive", f"file={tmp_path / 'r.raw'},format=raw,if=ide,index=1,media=cdrom",
-        "-drive", "if=ide,index=2,media=cdrom"])
+    peer = _three_drive_peer(qemu_system, tmp_path)
     nodes = [open_image(str(tmp_path / "top.qcow2"), "qcow2", read_only=True),
              open_image(str(tmp_path / "r.raw"), "raw", read_only=True), None]
     try:
