@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+from typing import Any
 
 import pytest
 from pyqemu.system import chardev as chardev_mod
@@ -176,17 +177,14 @@ def test_tcp_server_with_a_real_client() -> None:
         assert recv_until(client2, b"\n") == b"again\n"
 
 
-def test_tcp_server_legacy_spelling_and_wait() -> None:
-    port = free_port()
+def _open_waiting_server(spec: str, port: int) -> tuple[Any, list[str], socket.socket]:
+    """open_chardev(spec) of a wait=on tcp server, which blocks until a client connects:
+    opened in a thread while we connect; (the chardev, its notices, our client)."""
     notices: list[str] = []
     opened: list[object] = []
-
-    def open_it() -> None:
-        opened.append(open_chardev(f"tcp:127.0.0.1:{port},server", notice=notices.append))
-
-    opener = threading.Thread(target=open_it)
+    opener = threading.Thread(target=lambda: opened.append(
+        open_chardev(spec, notice=notices.append)))
     opener.start()
-    # wait=on: open_chardev blocks until a client connects
     client = None
     while client is None:
         try:
@@ -194,8 +192,13 @@ def test_tcp_server_legacy_spelling_and_wait() -> None:
         except ConnectionRefusedError:
             opener.join(0.05)
     opener.join()
+    return opened[0], notices, client
+
+
+def test_tcp_server_legacy_spelling_and_wait() -> None:
+    port = free_port()
+    chr_, notices, client = _open_waiting_server(f"tcp:127.0.0.1:{port},server", port)
     with client:
-        chr_ = opened[0]
         assert notices == ["info: QEMU waiting for connection on: "
                            f"disconnected:tcp:127.0.0.1:{port},server=on"]
         chr_.write(b"hello")
@@ -214,18 +217,7 @@ def test_qemu_prints_the_same_waiting_notice(tmp_path) -> None:
     proc.kill()
     proc.wait()
     proc.stderr.close()
-    ours: list[str] = []
-    opened: list[object] = []
-    t = threading.Thread(target=lambda: opened.append(
-        open_chardev(spec, notice=ours.append)))
-    t.start()
-    client = None
-    while client is None:
-        try:
-            client = socket.create_connection(("127.0.0.1", port))
-        except ConnectionRefusedError:
-            t.join(0.05)
-    t.join()
+    _, ours, client = _open_waiting_server(spec, port)
     client.close()
     assert line == f"{QEMU}: -serial {spec}: {ours[0]}"
 
