@@ -62,6 +62,7 @@ class MonitorFrontend:
         self._busy = 0
         self._idle = threading.Condition()
         self._opened = False
+        self._ever_opened = False
         self._closed = False
         self.is_mux = isinstance(chr_, chardev_mod.MuxFrontend)
         self._mux_out = False
@@ -105,9 +106,12 @@ class MonitorFrontend:
         elsewhere; QMP starts a new session with its greeting. ``event`` False: the
         open found at attach time (or first input), only if not open yet."""
         with self._lock:
-            if self._opened and not event:
+            if not event and (self._opened or self._ever_opened):
+                # the attach-time open after the reader thread already opened, read
+                # to EOF (closed) and maybe ran quit: qemu printed its banner once
                 return
             self._opened = True
+            self._ever_opened = True
             if self.kind == "qmp":
                 self._new_session()
                 self._send(self.session.greeting())
