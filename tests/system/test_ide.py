@@ -12,10 +12,8 @@ check`` checks the qcow2 metadata.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import time
@@ -499,25 +497,6 @@ def test_el_torito_boot_from_cdrom(tmp_path: Path, bootsector: Path, qemu_system
                           b"BOOT chs %08X" % fnv1a32(floppy[512:1024]), b"BOOT FAIL lba"]
 
 
-def _qmp(q: QemuQtest, command: str, **arguments: object) -> None:
-    deadline = time.monotonic() + 10
-    while not q.qmp_path.exists():
-        assert time.monotonic() < deadline, "QMP socket never appeared"
-        time.sleep(0.01)
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(str(q.qmp_path))
-        f = sock.makefile("rw")
-        f.readline()
-        for name, args in (("qmp_capabilities", {}), (command, arguments)):
-            f.write(json.dumps({"execute": name, "arguments": args}) + "\n")
-            f.flush()
-            while True:
-                reply = json.loads(f.readline())
-                assert "error" not in reply, reply
-                if "return" in reply:
-                    break
-
-
 def test_cd_media_change_matches_qemu(tmp_path: Path, disks: dict[str, Path]) -> None:
     """Eject and insert (QMP eject / blockdev-change-medium there, change_media here):
     not ready while the tray is open, then not ready once more, a unit attention, and a
@@ -532,11 +511,11 @@ def test_cd_media_change_matches_qemu(tmp_path: Path, disks: dict[str, Path]) ->
     try:
         both = Both(q, ours)
         both.run(tur + ["inb 0x177"])
-        _qmp(q, "eject", device="ide1-cd0")
+        q.qmp(("eject", {"device": "ide1-cd0"}))
         drive.change_media(None)
         both.run(["inb 0x376"] + tur + sense + gesn + _packet(b"\x25") + regs(1))
-        _qmp(q, "blockdev-change-medium", device="ide1-cd0", filename=str(other),
-             format="raw")
+        q.qmp(("blockdev-change-medium",
+               {"device": "ide1-cd0", "filename": str(other), "format": "raw"}))
         drive.change_media(open_image(str(other), "raw", read_only=True))
         both.run(["inb 0x376"] + tur + tur + tur + sense + tur + gesn + gesn)
         both.run(_packet(b"\x25") + _reply(1, 4))

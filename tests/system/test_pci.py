@@ -5,10 +5,7 @@ callbacks, PIRQ routing to the 8259s, the reset control register, the PM I/O blo
 
 from __future__ import annotations
 
-import json
 import random
-import socket
-import time
 from pathlib import Path
 
 from tests.system.pc_ports import QEMU_ARGS, OurPc, config_read_script, run
@@ -186,22 +183,8 @@ def test_pirq_routing_reaches_the_pic() -> None:
 
 
 def _qmp(q: QemuQtest, command: str, **arguments: object) -> object:
-    deadline = time.monotonic() + 10
-    while not q.qmp_path.exists():
-        assert time.monotonic() < deadline, "QMP socket never appeared"
-        time.sleep(0.01)
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(str(q.qmp_path))
-        f = sock.makefile("rw")
-        f.readline()
-        for name, args in (("qmp_capabilities", {}), (command, arguments)):
-            f.write(json.dumps({"execute": name, "arguments": args}) + "\n")
-            f.flush()
-            while True:
-                reply = json.loads(f.readline())
-                if "return" in reply:
-                    break
-    return reply["return"]
+    (result,) = q.qmp((command, arguments))
+    return result
 
 
 def _qmp_system_reset(q: QemuQtest) -> None:
