@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import parse_size, precompile  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.servers import unix_listening  # noqa: E402
 
 SERVERS = {
     "qemu-nbd": ["qemu-nbd"],
@@ -42,23 +44,11 @@ def start(kind: str, sock: Path, fmt: str, image: str) -> subprocess.Popen:
     cmd = [*SERVERS[kind], "-k", str(sock), "-t", "-e", "0", "-f", fmt, "--cache=writeback", image]
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     for _ in range(400):
-        if sock.exists() and listening(sock):
+        if sock.exists() and unix_listening(sock):
             return proc
         time.sleep(0.05)
     proc.kill()
     raise RuntimeError(f"{kind} did not start")
-
-
-def listening(path: Path) -> bool:
-    """qemu-nbd creates its socket file before it listens: probe it."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
 
 
 def stop(proc: subprocess.Popen) -> None:
