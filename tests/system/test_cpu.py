@@ -285,8 +285,10 @@ def test_external_interrupt_after_sti_hlt() -> None:
     assert g.values(0x81) == [7]
 
 
-def test_external_interrupt_waits_for_the_shadowed_instruction() -> None:
-    g = Guest(rom(EXTERNAL))
+def _kicked_guest(source: str) -> Guest:
+    """A guest of the EXTERNAL kind: port 0x8F raises the interrupt line (vector
+    0x20), port 0x8E raises it and kicks the CPU."""
+    g = Guest(rom(source))
     g.vector = 0x20
     g.on_write[0x8F] = lambda: setattr(g, "pending", True)
 
@@ -295,6 +297,11 @@ def test_external_interrupt_waits_for_the_shadowed_instruction() -> None:
         g.cpu.kick()
 
     g.on_write[0x8E] = raise_and_kick
+    return g
+
+
+def test_external_interrupt_waits_for_the_shadowed_instruction() -> None:
+    g = _kicked_guest(EXTERNAL)
     # the first interrupt is delivered after the HLT; the kick stops the CPU at the
     # block start after STI, inside its shadow, with the line raised again
     assert g.run() is StopReason.KICK
@@ -323,15 +330,7 @@ window:
     mov ax, 4
     cli
     hlt""")
-    g = Guest(rom(source))
-    g.vector = 0x20
-    g.on_write[0x8F] = lambda: setattr(g, "pending", True)
-
-    def raise_and_kick() -> None:
-        g.pending = True
-        g.cpu.kick()
-
-    g.on_write[0x8E] = raise_and_kick
+    g = _kicked_guest(source)
     assert g.run() is StopReason.KICK
     assert g.cpu.env.rip == _label(source, "shadowed")
     assert g.run_to_stop() is StopReason.HALT
@@ -352,15 +351,7 @@ window:
     out 0x89, ax
     cli
     hlt""")
-    g = Guest(rom(source))
-    g.vector = 0x20
-    g.on_write[0x8F] = lambda: setattr(g, "pending", True)
-
-    def raise_and_kick() -> None:
-        g.pending = True
-        g.cpu.kick()
-
-    g.on_write[0x8E] = raise_and_kick
+    g = _kicked_guest(source)
     assert g.run() is StopReason.KICK
     assert g.run_to_stop() is StopReason.HALT
     assert g.values(0x8C) == [_label(source, "after_hlt"), _label(source, "window")]
