@@ -32,6 +32,7 @@ from .constants import (
     Info,
     Opt,
     Rep,
+    ReplyFlag,
     TransmissionFlag,
 )
 from .errors import InvalidMessage, LocalProtocolError, ProtocolError
@@ -53,6 +54,7 @@ from .events import (
     StructuredChunk,
     _dec,
     _enc,
+    parsed_request,
 )
 from .layout import (
     BLOCK_STATUS,
@@ -81,6 +83,10 @@ from .layout import (
 
 #: chunk types as plain ints (IntEnum operators cost more)
 _OFFSET_DATA, _NONE = int(Chunk.OFFSET_DATA), int(Chunk.NONE)
+_READ, _WRITE, _DISC = int(Cmd.READ), int(Cmd.WRITE), int(Cmd.DISC)
+_DONE_INT = int(ReplyFlag.DONE)
+_REQ_SIZE = REQUEST.size
+_unpack_request = REQUEST.unpack_from
 
 
 class Role(enum.Enum):
@@ -109,6 +115,7 @@ class _NeedData(enum.Enum):
 
 #: returned by next_event when the buffered bytes do not hold a whole message
 NEED_DATA = _NeedData.NEED_DATA
+_TRANSMISSION = State.TRANSMISSION
 
 S = State
 #: the one state table: (state, message kind) -> next state; see _kind()
@@ -519,6 +526,72 @@ class ServerConnection(Connection):
     Greeting, OptionReply, ExportNameReply, SimpleReply, StructuredChunk."""
 
     role = Role.SERVER
+
+    def next_event(self) -> Event | _NeedData:
+        """As :meth:`Connection.next_event`; in the transmission phase a whole
+        request at the front of the buffer is taken here first: the same checks
+        and state change as the generic path (magic, WRITE payload bound,
+        cookie not in flight; NBD_CMD_DISC -> DISCONNECTING), without its
+        table lookups. Anything else (a partial or bad request, EOF, other
+        states) goes the generic way, which also raises the errors."""
+        if self.state is _TRANSMISSION:
+            buf = self._buf
+            have = buf._len
+            if have >= _REQ_SIZE:
+                first = buf._chunks[0]
+                if len(first) >= _REQ_SIZE:
+                    magic, flags, cmd, cookie, offset, length = _unpack_request(first)
+                    if magic == REQUEST_MAGIC and cookie not in self.in_flight:
+                        data = None
+                        if cmd == _WRITE:
+                            if length > self.max_payload or have < _REQ_SIZE + length:
+                                return super().next_event()
+                            buf.take(_REQ_SIZE)
+                            data = buf.take(length)
+                        else:
+                            buf.take(_REQ_SIZE)
+                        req = parsed_request(cmd, cookie, offset, length, flags, data)
+                        if cmd == _DISC:
+                            self.state = State.DISCONNECTING
+                        else:
+                            self.in_flight[cookie] = req
+                        self._want = 0
+                        return req
+        return super().next_event()
+
+    def send_parts(self, msg: Event) -> list[Buffer]:
+        """As :meth:`Connection.send_parts`; the replies to requests in flight
+        (OFFSET_DATA and NONE chunks, simple replies) are encoded here with
+        the same checks as the generic path (the cookie is in flight, chunks
+        need structured replies, a simple reply carries data exactly for a
+        successful READ), without its table lookups."""
+        cls = msg.__class__
+        st = self.state
+        if st is _TRANSMISSION or st is State.DISCONNECTING:
+            if cls is StructuredChunk:
+                t = msg.type  # type: ignore[union-attr]
+                cookie = msg.cookie  # type: ignore[union-attr]
+                if (
+                    (t == _OFFSET_DATA or t == _NONE)
+                    and self.structured
+                    and cookie in self.in_flight
+                ):
+                    parts = _encode(msg, self)
+                    if int(msg.flags) & _DONE_INT:  # type: ignore[union-attr]
+                        del self.in_flight[cookie]
+                    return parts
+            elif cls is SimpleReply:
+                req = self.in_flight.get(msg.cookie)  # type: ignore[union-attr]
+                data = msg.data  # type: ignore[union-attr]
+                if req is not None and (
+                    (req.cmd != _READ or msg.error)  # type: ignore[union-attr]
+                    if data is None
+                    else (req.cmd == _READ and len(data) == req.length)
+                ):
+                    parts = _encode(msg, self)
+                    del self.in_flight[msg.cookie]  # type: ignore[union-attr]
+                    return parts
+        return super().send_parts(msg)
 
     def _parse(self) -> Event | _NeedData:
         st = self.state

@@ -488,6 +488,57 @@ class StructuredChunk:
         return bool(int(self.flags) & _DONE)
 
 
+#: for the unchecked constructors of the per-request messages
+_new = object.__new__
+_set = object.__setattr__
+_CMD_MEMBERS: dict[int, Any] = dict(Cmd._value2member_map_)  # type: ignore[attr-defined]
+_REPLY_DONE, _REPLY_NONE = ReplyFlag.DONE, ReplyFlag.NONE
+
+
+def parsed_request(cmd: int, cookie: int, offset: int, length: int, flags: int,
+                   data: Buffer | None) -> Request:  # fmt: skip
+    """A :class:`Request` from fields the engine just unpacked from the wire,
+    without :meth:`Request.__post_init__`'s checks: the layout bounds every
+    integer, and the parser only attaches ``data`` (of ``length`` bytes) to a
+    WRITE, so each check would hold. Equal to ``Request(...)`` with the same
+    fields (``cmd`` and ``flags`` become enum members as there); ~0.4 us
+    instead of ~3 us per request."""
+    req = _new(Request)
+    member = CmdFlag._value2member_map_.get(flags)  # type: ignore[attr-defined]
+    _set(req, "__dict__", {
+        "cmd": _CMD_MEMBERS.get(cmd, cmd), "cookie": cookie, "offset": offset,
+        "length": length, "flags": CmdFlag(flags) if member is None else member, "data": data,
+    })  # fmt: skip
+    return req
+
+
+def data_chunk(cookie: int, offset: int, data: Buffer, done: bool) -> StructuredChunk:
+    """``StructuredChunk(cookie, Chunk.OFFSET_DATA, DONE or NONE, offset=offset,
+    data=data)`` for a server's READ reply, without the generic checks: the
+    caller guarantees what they test (``data`` not empty; integers in range:
+    ``cookie`` and ``offset`` come from a parsed request)."""
+    if not len(data):
+        raise InvalidMessage("OFFSET_DATA needs data")
+    chunk = _new(StructuredChunk)
+    _set(chunk, "__dict__", {
+        "cookie": cookie, "type": Chunk.OFFSET_DATA, "flags": _REPLY_DONE if done else _REPLY_NONE,
+        "offset": offset, "length": 0, "data": data, "context_id": 0, "extents": (),
+        "error": 0, "message": "", "raw": b"",
+    })  # fmt: skip
+    return chunk
+
+
+def done_chunk(cookie: int) -> StructuredChunk:
+    """``StructuredChunk(cookie, Chunk.NONE, ReplyFlag.DONE)``: a successful
+    command without data (``cookie`` from a parsed request)."""
+    chunk = _new(StructuredChunk)
+    _set(chunk, "__dict__", {
+        "cookie": cookie, "type": Chunk.NONE, "flags": _REPLY_DONE, "offset": 0, "length": 0,
+        "data": None, "context_id": 0, "extents": (), "error": 0, "message": "", "raw": b"",
+    })  # fmt: skip
+    return chunk
+
+
 @dataclasses.dataclass(frozen=True)
 class Closed:
     """The peer closed its side (``b""`` fed to the engine)."""

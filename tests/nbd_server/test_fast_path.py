@@ -1,0 +1,156 @@
+"""pyqemu-nbd's short paths for READ and WRITE (the engine's and the
+session's) under a real client: libnbd with many requests in flight mixing
+reads (with and without DF), writes (with and without FUA), flushes, zeroes,
+trims, odd sizes and offsets, and requests at and past the end (those leave
+the short path). Every read is checked against a model of the image, and the
+image's final bytes too (qcow2: qemu-img check)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import SYSTEM_PYTHON, env_clean, run, uri
+
+#: argv: uri, seed, operations, depth. Prints the final model's path.
+MIXED_CLIENT = r"""
+import random
+import sys
+import nbd
+
+uri, seed, ops, depth, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+rnd = random.Random(seed)
+h = nbd.NBD()
+h.set_strict_mode(0)  # send requests past the end: the server must refuse them
+h.connect_uri(uri)
+size = h.get_size()
+# bytes past the image (the raw export's tail up to 512) read as zero, writes drop
+backed = int(sys.argv[6]) or size
+model = bytearray(size)
+
+
+def put(off, data):
+    n = max(0, min(len(data), backed - off))
+    model[off : off + n] = data[:n]
+
+
+# the image starts as a pattern written once, so that reads see data
+for off in range(0, size, 1 << 20):
+    n = min(1 << 20, size - off)
+    chunk = bytes((off + i) * 7 % 251 for i in range(n))
+    h.pwrite(chunk, off)
+    put(off, chunk)
+pending = {}  # cookie -> (kind, off, n, buffer)
+busy = []  # (off, end) of the requests in flight
+counts = {"read": 0, "error": 0, "write": 0}
+
+
+def complete():
+    h.poll(-1)
+    for c, (kind, off, n, buf) in list(pending.items()):
+        try:
+            if not h.aio_command_completed(c):
+                continue
+        except nbd.Error:
+            assert kind == "bad", (kind, off, n)
+            counts["error"] += 1
+        else:
+            assert kind != "bad", (off, n, size)
+            if kind == "read":
+                assert buf.to_bytearray() == model[off : off + n], (off, n)
+                counts["read"] += 1
+        del pending[c]
+        busy.remove((off, off + n))
+
+
+for i in range(ops):
+    while len(pending) >= depth:
+        complete()
+    r = rnd.random()
+    n = rnd.choice((1, 511, 512, 4096, 4096, 4096, 12345, 65536, 300000))
+    off = rnd.randrange(0, size - n + 1)
+    if rnd.random() < 0.5:
+        off &= ~4095
+    kind = "read"
+    if r < 0.03:  # past the end, or crossing it: EINVAL, nothing changes
+        off = size - n + rnd.choice((1, 4096, n))
+        kind = "bad"
+    elif overlaps := any(off < e and s < off + n for s, e in busy):
+        continue
+    busy.append((off, off + n))
+    buf = None
+    if kind == "bad":
+        buf = nbd.Buffer(n)
+        c = h.aio_pread(buf, off) if rnd.random() < 0.5 else h.aio_pwrite(buf, off)
+    elif r < 0.45:
+        buf = nbd.Buffer(n)
+        c = h.aio_pread(buf, off, flags=nbd.CMD_FLAG_DF if rnd.random() < 0.3 else 0)
+    elif r < 0.85:
+        kind = "write"
+        data = bytes([rnd.randrange(1, 256)]) * n
+        buf = nbd.Buffer.from_bytearray(bytearray(data))
+        c = h.aio_pwrite(buf, off, flags=nbd.CMD_FLAG_FUA if rnd.random() < 0.2 else 0)
+        put(off, data)
+        counts["write"] += 1
+    elif r < 0.92:
+        kind = "zero"
+        c = h.aio_zero(n, off)
+        put(off, bytes(n))
+    elif r < 0.96:
+        kind = "flush"
+        c = h.aio_flush()
+    else:
+        kind = "cache"
+        c = h.aio_cache(n, off)
+    pending[c] = (kind, off, n, buf)
+while pending:
+    complete()
+h.flush()
+h.shutdown()
+open(out, "wb").write(model)
+print("ok", counts["read"], counts["error"], counts["write"])
+"""
+
+
+def mixed(tmp_path: Path, sock: str, seed: int, ops: int, depth: int,
+          backed: int) -> tuple[bytes, list[int]]:  # fmt: skip
+    script = tmp_path / "mixed_client.py"
+    script.write_text(MIXED_CLIENT)
+    model = tmp_path / f"model{seed}.bin"
+    p = subprocess.run(
+        [SYSTEM_PYTHON, str(script), uri(sock), str(seed), str(ops), str(depth), str(model),
+         str(backed)],
+        env=env_clean(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    word, *counts = p.stdout.split()
+    assert word == "ok"
+    return model.read_bytes(), [int(c) for c in counts]
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_mixed_requests_in_flight(tmp_path, server, fmt) -> None:
+    path = str(tmp_path / f"m.{fmt}")
+    # a size that is not a multiple of 512: the raw export has a zero tail
+    if fmt == "raw":
+        with open(path, "wb") as fh:
+            fh.truncate((6 << 20) + 1000)
+    else:
+        run("qemu-img", "create", "-q", "-f", fmt, path, str((6 << 20) + 1000))
+    proc, sock = server("py", "-t", "-f", fmt, path)
+    backed = (6 << 20) + 1000 if fmt == "raw" else 0
+    model, (reads, errors, writes) = mixed(tmp_path, sock, 7, 3000, 32, backed)
+    assert reads > 500 and writes > 500 and errors > 20
+    raw = tmp_path / "out.raw"
+    if fmt == "qcow2":
+        check = json.loads(run("qemu-img", "check", "--output=json", path).stdout)
+        assert check["check-errors"] == 0 and "leaks" not in check and "corruptions" not in check
+    if fmt == "raw":
+        assert Path(path).stat().st_size == backed  # never grown by the tail's writes
+    run("qemu-img", "convert", "-f", fmt, "-O", "raw", path, str(raw))
+    image = raw.read_bytes()
+    assert image == model[: len(image)]
+    assert not any(model[len(image) :])  # the export's zero tail past the image
