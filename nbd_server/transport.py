@@ -56,6 +56,8 @@ from ..common.nbd import (
 from .export import Export, Session
 
 RECV_SIZE = 256 * 1024
+#: the socket's send buffer (see serve_connection)
+SNDBUF = 4 << 20
 #: payloads at least this large are read into a buffer of their own
 BIG = 64 * 1024
 #: FUA/FLUSH requests read ahead per connection for the workers, and the WRITE
@@ -443,6 +445,14 @@ def serve_connection(sock: socket.socket, session: Session, tls: Any = None) -> 
     """
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+    try:
+        # room for several large READ replies: the executor goes on to the
+        # next read while the client drains the socket (the default ~208 KiB
+        # holds less than one of nbdcopy's 256 KiB replies, so every reply
+        # waited for the client); the kernel caps it at net.core.wmem_max
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
     except OSError:
         pass
     stream: Stream = PlainStream(sock)
