@@ -124,8 +124,10 @@ TIME_SLICE = 0.01
 
 
 #: slices a thread may keep the lock without reaching a syscall, once asked to yield,
-#: before the watchdog stops its engine asynchronously
-ASYNC_AFTER = 20
+#: before the watchdog stops its engine asynchronously (exact since engines exit only
+#: at block starts, common/cpu/noexit.py; threads_spin: 20 -> 2 took arm 4.1 -> 1.4 s,
+#: aarch64 5.4 -> 1.0 s)
+ASYNC_AFTER = 2
 
 
 def _watchdog(proc: GuestProcess) -> None:
@@ -133,13 +135,13 @@ def _watchdog(proc: GuestProcess) -> None:
     daemon host thread).
 
     The running thread is first asked to yield at its next syscall (``proc.preempt``),
-    where its PC is exact. Only a thread that makes no syscall for ``ASYNC_AFTER``
-    slices gets ``emu_stop``: unicorn 2.1.4 does not write the PC back when
-    ``emu_stop`` ends a chain of linked translation blocks (cpu_tb_exec skips
-    synchronize_from_tb while stop_request is set), so a resumed engine may re-run a
-    few instructions. Measured: sha256 on aarch64 went wrong or crashed under a
-    0.5 ms stop hammer, and Go's runtime on arm deadlocked in 1 run of 6 with an
-    emu_stop every slice; with stops at syscalls both are exact.
+    the cheapest switch point. A thread that makes no syscall for ``ASYNC_AFTER``
+    slices gets ``emu_stop``, which takes effect at the next translation-block start,
+    where the PC is exact (common/cpu/noexit.py: no exit check after each memory
+    access, where an exit re-ran the accessing instruction). Measured under a
+    0-1 ms stop hammer (tests/linux_user/stop_hammer.py): stop_exact.c and the Go
+    guest print qemu's output in every run on both arches (before: stop_exact on
+    aarch64 wrong in 3 runs of 3).
     """
     lock = proc.exec_lock
     last = -1

@@ -22,16 +22,16 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from ...common.cpu.noexit import exits_at_block_starts, flag_address
+
 
 class CalibrationError(Exception):
     """The unicorn library does not have the layout this module knows how to find."""
 
 
 SEG_SIZE = 24                  # SegmentCache: u32 selector, pad, u64 base, u32 limit, u32 flags
-_HEAD = 0x10000                # bytes of uc_struct searched
 _CPU_SEARCH = 0x20000          # bytes of the CPU object searched for the env
 _HINT_CPU_PTR = 0x1B8          # uc_struct.cpu in 2.1.4 (tried first)
-_PAGE_SIG = (4096, 4095, 4096, 4096)
 CPU_MODEL = 0                  # UC_CPU_X86_QEMU64: qemu's default model; no AVX promised
 
 
@@ -93,29 +93,13 @@ def uc_handle(uc: Any) -> int:
 
 def set_no_exit_request(uc: Any) -> int:
     """Set uc_struct.no_exit_request (exits only at translation-block starts, where the
-    state is exact; see sys_api.md) and return its address. The engine must have been
-    used once (init_done): any reg_write or context_save does it."""
-    base = uc_handle(uc)
-    fd = _mem_fd()
-    try:
-        head = _peek(fd, base, _HEAD)
-    finally:
-        os.close(fd)
-    size = len(uc.context_save().__bytes__()) - 40
-    for i in range(0, len(head) - 0x34, 4):
-        if struct.unpack_from("<IIQQ", head, i) != _PAGE_SIG:
-            continue
-        icache, = struct.unpack_from("<i", head, i + 0x18)
-        ctx_size, = struct.unpack_from("<Q", head, i + 0x20)
-        if icache != 64 or ctx_size != size:
-            continue
-        if head[i + 0x32] not in (0, 1) or head[i + 0x33] != 1:
-            continue
-        addr = base + i + 0x32
-        ctypes.c_uint8.from_address(addr).value = 1
-        return addr
-    raise CalibrationError("unicorn layout not recognised: no_exit_request not found "
-                           "(pin unicorn==2.1.4)")
+    state is exact; see sys_api.md and common/cpu/noexit.py) and return its address."""
+    if exits_at_block_starts(uc) != "flag":
+        raise CalibrationError("unicorn layout not recognised: no_exit_request not found "
+                               "(pin unicorn==2.1.4)")
+    addr = flag_address(uc)
+    assert addr is not None
+    return addr
 
 
 def _find_env(uc: Any, fd: int, cpu_ptr_hint: int | None) -> tuple[int, int, int]:

@@ -44,6 +44,7 @@ DRIVEN: dict[str, str] = {
     "exec_self": "tests/linux_user/test_guests_exec.py",
     "stack": "tests/linux_user/test_main.py",
     "threads_spin": "tests/linux_user/test_threads.py",
+    "stop_exact": "tests/linux_user/test_stop_exact.py",
 }
 
 MACHINE = {"arm": "uname machine: armv7l", "aarch64": "uname machine: aarch64"}

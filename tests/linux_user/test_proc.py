@@ -202,8 +202,11 @@ def _runs(arch, insn: int) -> bool:
         uc.reg_write(reg, 0x2000)
     uc.mem_map(0x1000, 0x2000)
     uc.mem_write(0x1000, struct.pack("<I", insn))
+    # an exit address, not count=1: count stops through the per-instruction exit
+    # check, which pyqemu's engines do not emit (common/cpu/noexit.py)
+    uc.ctl_set_exits([0x1004])
     try:
-        uc.emu_start(0x1000, 0, count=1)
+        uc.emu_start(0x1000, 0x1004)
     except UcError:
         return False
     return uc.reg_read(arch.reg_pc) == 0x1004
