@@ -1,9 +1,17 @@
 """pyqemu-arm / pyqemu-aarch64 against qemu-arm / qemu-aarch64 on the same binaries.
 
-Workloads (guests in tests/guests/linux/, built by tests/guests/build.py):
+Workloads (guests in tests/guests/linux/, built by tests/guests/build.py; each prints
+a checksum and the two tools' outputs must be equal):
 - start-up: ``hello`` (static), wall time of the whole run;
-- cpu: ``bench_cpu ROUNDS`` (SHA-256, static), wall time minus the start-up run;
-- syscalls: ``bench_syscall N`` (getppid) minus ``bench_syscall 0``, per call;
+- CPU-bound, each ``guest N`` minus ``guest 0`` (start-up and set-up subtracted):
+  ``bench_cpu`` (SHA-256 over N x 16 KiB: 4096 = 64 MiB), ``bench_int`` (sieve,
+  Collatz, hashing with data-dependent indexing, divisions), ``bench_dhry`` (a
+  Dhrystone-like mix of record copies, calls through pointers, a state machine,
+  string copies and compares, array indexing), ``bench_fp`` (double: an n-body
+  simulation and a matrix product);
+- syscalls: ``bench_syscall N`` (getppid) minus ``bench_syscall 0``, per call, and
+  ``bench_sysmix N`` (getpid, a 1-byte write to /dev/null, stat) minus
+  ``bench_sysmix 0``, per call (3 N calls);
 - malloc: ``bench_malloc ROUNDS`` (dynamic, -L sysroot), wall time.
 
 Each measurement alternates the two tools and keeps the best of ``--repeat`` runs
@@ -13,8 +21,9 @@ Each measurement alternates the two tools and keeps the best of ``--repeat`` run
 "Collected" total of each run, one run each): slow (about 50x), but the same on a
 quiet and on a loaded host, so small changes can be compared. Use small workloads:
 
-    python3 benchmarks/bench_user.py [--repeat 3] [--rounds 2000] [--calls 200000]
-    python3 benchmarks/bench_user.py --instructions --rounds 200 --calls 100000 --malloc 2000
+    python3 benchmarks/bench_user.py [--repeat 3] [--only cpu,int,...]
+    python3 benchmarks/bench_user.py --instructions --rounds 200 --int 1 --dhry 200000 \
+        --fp 6000 --calls 100000 --mix 10000 --malloc 2000
 """
 
 from __future__ import annotations
@@ -76,59 +85,96 @@ def _fmt(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
+#: the CPU-bound guests: option, guest, row label ({n}: the option's value)
+CPU_BOUND = (
+    ("rounds", "bench_cpu", "cpu: sha256 over {n} x 16 KiB"),
+    ("int", "bench_int", "cpu: integer loops x{n}"),
+    ("dhry", "bench_dhry", "cpu: dhrystone-like x{n}"),
+    ("fp", "bench_fp", "cpu: floating point (n-body, matrix) x{n}"),
+)
+WORKLOADS = ("start", "cpu", "int", "dhry", "fp", "syscall", "sysmix", "malloc")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=2000, help="bench_cpu rounds")
+    parser.add_argument("--rounds", type=int, default=4096,
+                        help="bench_cpu rounds of 16 KiB (4096: 64 MiB)")
+    parser.add_argument("--int", type=int, default=10, help="bench_int rounds")
+    parser.add_argument("--dhry", type=int, default=2000000, help="bench_dhry iterations")
+    parser.add_argument("--fp", type=int, default=60000, help="bench_fp steps")
     parser.add_argument("--calls", type=int, default=200000, help="bench_syscall calls")
+    parser.add_argument("--mix", type=int, default=100000,
+                        help="bench_sysmix iterations (3 calls each)")
     parser.add_argument("--malloc", type=int, default=20000, help="bench_malloc rounds")
+    parser.add_argument("--arch", choices=ARCHES, action="append",
+                        help="only this guest architecture (repeatable)")
+    parser.add_argument("--only", default=",".join(WORKLOADS),
+                        help=f"comma-separated workloads (of {','.join(WORKLOADS)})")
     parser.add_argument("--instructions", action="store_true",
                         help="count host instructions under callgrind instead of timing")
     args = parser.parse_args()
     if args.instructions and not shutil.which("valgrind"):
         sys.exit("--instructions needs valgrind")
+    only = set(args.only.split(","))
+    if only - set(WORKLOADS):
+        sys.exit(f"unknown workload(s): {','.join(sorted(only - set(WORKLOADS)))}")
     count = args.instructions
     precompile("common", "linux_user")
+    unit = "M instructions" if count else "s"
+    scale = 1e-6 if count else 1.0
+    per_call = "instructions" if count else "us"
     rows = []
-    for arch in ARCHES:
+    for arch in args.arch or ARCHES:
         qemu = shutil.which(f"qemu-{arch}")
         ours = find_tool(f"pyqemu-{arch}")
         if not qemu or not ours:
             sys.exit(f"need qemu-{arch} and pyqemu-{arch} on PATH")
         tools = {"qemu": [qemu], "pyqemu": [ours]}
-        hello = str(build_guest("hello", arch, static=True))
-        cpu = str(build_guest("bench_cpu", arch, static=True))
-        sysc = str(build_guest("bench_syscall", arch, static=True))
-        mall = str(build_guest("bench_malloc", arch))
         prefix = ["-L", sysroot(arch)]
 
         def both(*argv: str, dynamic: bool = False, tools=tools, prefix=prefix):
             return best({t: [*c, *(prefix if dynamic else []), *argv]
                          for t, c in tools.items()}, args.repeat, count)
 
-        start = both(hello)
-        unit = "M instructions" if count else "s"
-        scale = 1e-6 if count else 1.0
-        rows.append((arch, f"start-up (hello, static), {unit}",
-                     {t: v * scale for t, v in start.items()}))
-        base = both(cpu, "0")
-        full = both(cpu, str(args.rounds))
-        rows.append((arch, f"cpu: sha256 x{args.rounds} rounds of 16 KiB, {unit}",
-                     {t: (full[t] - base[t]) * scale for t in full}))
-        zero = both(sysc, "0")
-        many = both(sysc, str(args.calls))
-        per_call = "instructions" if count else "us"
-        rows.append((arch, f"syscall (getppid), {per_call} per call",
-                     {t: (many[t] - zero[t]) / args.calls * (1 if count else 1e6)
-                      for t in many}))
-        mix = both(mall, str(args.malloc), dynamic=True)
-        rows.append((arch, f"malloc mix x{args.malloc} (dynamic), {unit}",
-                     {t: v * scale for t, v in mix.items()}))
+        def static(name: str, arch=arch) -> str:
+            return str(build_guest(name, arch, static=True))
+
+        if "start" in only:
+            start = both(static("hello"))
+            rows.append((arch, f"start-up (hello, static), {unit}",
+                         {t: v * scale for t, v in start.items()}))
+        for option, name, label in CPU_BOUND:
+            if name.replace("bench_", "") not in only and option not in only:
+                continue
+            n = getattr(args, option)
+            binary = static(name)
+            base = both(binary, "0")
+            full = both(binary, str(n))
+            rows.append((arch, f"{label.format(n=n)}, {unit}",
+                         {t: (full[t] - base[t]) * scale for t in full}))
+        for key, name, n, calls, label in (
+                ("syscall", "bench_syscall", args.calls, args.calls, "syscall (getppid)"),
+                ("sysmix", "bench_sysmix", args.mix, 3 * args.mix,
+                 "syscalls (getpid, 1-byte write, stat)")):
+            if key not in only:
+                continue
+            binary = static(name)
+            zero = both(binary, "0")
+            many = both(binary, str(n))
+            rows.append((arch, f"{label}, {per_call} per call",
+                         {t: (many[t] - zero[t]) / calls * (1 if count else 1e6)
+                          for t in many}))
+        if "malloc" in only:
+            mix = both(str(build_guest("bench_malloc", arch)), str(args.malloc),
+                       dynamic=True)
+            rows.append((arch, f"malloc mix x{args.malloc} (dynamic), {unit}",
+                         {t: v * scale for t, v in mix.items()}))
     print("| arch | workload | qemu | pyqemu | pyqemu/qemu |")
     print("|---|---|---|---|---|")
     for arch, name, t in rows:
         print(f"| {arch} | {name} | {_fmt(t['qemu'])} | {_fmt(t['pyqemu'])} | "
-              f"{t['pyqemu'] / t['qemu']:.1f} |")
+              f"{t['pyqemu'] / t['qemu']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -324,6 +324,11 @@ PROGRAMS: dict[str, Spec] = {
     ),
     "bench_syscall": Spec(args=("1000",), stdout=("calls=1000 ret=ppid errno=0",)),
     "bench_malloc": Spec(args=("200",), stdout=("checksum 027ee8ae",)),
+    "bench_int": Spec(args=("1",), stdout=("218c4412",)),
+    "bench_dhry": Spec(args=("20000",), stdout=("4b764d09",)),
+    "bench_fp": Spec(args=("2000",), stdout=("-0.166483986", "-0.166479716",
+                                             "1.979235517e+03")),
+    "bench_sysmix": Spec(args=("100",), stdout=("300 of 300",)),
     # Go
     "goroutines": Spec(
         go=True,
