@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import errno as _errno
+import fcntl
+import os
 from typing import Any
 
 from ..common.block import BlockError, MapRun, block_status_above
+from ..common.block.file import FileProtocol
+from ..common.block.raw import RawFormat
 from ..common.nbd import (
     BASE_ALLOCATION,
     MAX_PAYLOAD,
@@ -55,6 +59,33 @@ STATUS_WINDOW_BITS, STATUS_WINDOWS = 26, 4096
 Reply = OptionReply | ExportNameReply | SimpleReply | StructuredChunk
 
 
+class FileRange:
+    """A READ payload left in the host file: ``length`` bytes at ``offset`` of
+    ``fd``. The plain-socket transport sends it with ``os.sendfile`` (the
+    kernel hands page-cache pages to the socket: measured 15 us of CPU per
+    256 KiB against 51-69 us for preadv into a buffer and sendmsg);
+    :meth:`read` gives the bytes for anything else. A read error then
+    surfaces on the socket: the header is out, so the connection is cut
+    instead of an error chunk being sent."""
+
+    __slots__ = ("fd", "offset", "length")
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self) -> bytes:
+        """The bytes (zeroes past the end of the file, as the raw driver reads)."""
+        data = os.pread(self.fd, self.length, self.offset)
+        if len(data) < self.length:
+            data += bytes(self.length - len(data))
+        return data
+
+
 @dataclasses.dataclass
 class Export:
     """What qemu-nbd exports: a node, its name, flags and meta contexts."""
@@ -81,6 +112,15 @@ class Export:
         #: block status cache). Only data is cached, so a stale entry costs
         #: sparseness, never correctness; zero writes and discards clear it.
         self.data_runs: dict[int, tuple[int, int]] = {}
+        #: (fd, offset of export byte 0 in it) when the node is a raw image in
+        #: a plain host file: large READ payloads then go out by os.sendfile
+        #: (see FileRange); else None
+        self.host_file: tuple[int, int] | None = None
+        node = self.node
+        if type(node) is RawFormat and type(node.file) is FileProtocol:
+            fd = node.file.fd
+            if not fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0):
+                self.host_file = (fd, node.offset + self.offset)
 
     def status(self, offset: int, length: int) -> tuple[int, bool]:
         """(n, zero): the first ``n`` bytes (1 <= n <= length) from export
@@ -366,6 +406,9 @@ class Session:
     def _data(self, cookie: int, off: int, n: int, done: bool) -> StructuredChunk:
         """An OFFSET_DATA chunk of the ``n`` bytes at export offset ``off``."""
         exp = self.export
+        if n >= BIG_READ and exp.host_file is not None and not self.tls:
+            fd, base = exp.host_file
+            return data_chunk(cookie, off, FileRange(fd, base + off, n), done)  # type: ignore[arg-type]
         if n >= BIG_READ:
             readinto = getattr(exp.node, "readinto", None)
             if readinto is not None:

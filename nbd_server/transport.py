@@ -53,7 +53,7 @@ from ..common.nbd import (
     ServerConnection,
     State,
 )
-from .export import Export, Session
+from .export import Export, FileRange, Session
 
 RECV_SIZE = 256 * 1024
 #: the socket's send buffer (see serve_connection)
@@ -72,20 +72,32 @@ FLUSH_PARTS = 64
 #: worker threads per connection (FUA writes and FLUSH)
 WORKERS = 8
 _FUA = int(CmdFlag.FUA)
+_FLUSH = int(Cmd.FLUSH)
 #: requests queued to the executor per connection before the reader waits
 MAX_BATCHED = 256
 
 
 def _durable(req: Request) -> bool:
     """FLUSH or a FUA write: it waits on the disk, so it gets a worker of its own."""
-    return req.cmd == Cmd.FLUSH or bool(int(req.flags) & _FUA)
+    return req.cmd == _FLUSH or bool(int(req.flags) & _FUA)
 
 
 def sendmsg_all(sock: socket.socket, parts: list[Any]) -> None:
-    """Write every buffer in ``parts`` (sendmsg, resuming after partial sends)."""
+    """Write every buffer in ``parts`` (sendmsg, resuming after partial
+    sends); a :class:`.export.FileRange` goes out by ``os.sendfile``."""
+    start = 0
+    for i, p in enumerate(parts):
+        if p.__class__ is FileRange:
+            _sendmsg(sock, parts[start:i], socket.MSG_MORE)
+            _sendfile(sock, p)
+            start = i + 1
+    _sendmsg(sock, parts[start:] if start else parts, 0)
+
+
+def _sendmsg(sock: socket.socket, parts: list[Any], flags: int) -> None:
     views = [memoryview(p).cast("B") for p in parts if len(p)]
     while views:
-        sent = sock.sendmsg(views[:64])
+        sent = sock.sendmsg(views[:64], (), flags)
         while sent and views:
             n = len(views[0])
             if sent >= n:
@@ -94,6 +106,18 @@ def sendmsg_all(sock: socket.socket, parts: list[Any]) -> None:
             else:
                 views[0] = views[0][sent:]
                 sent = 0
+
+
+def _sendfile(sock: socket.socket, part: FileRange) -> None:
+    offset, left = part.offset, part.length
+    out = sock.fileno()
+    while left:
+        n = os.sendfile(out, part.fd, offset, left)
+        if n == 0:  # the file ended (shrunk under us): zeroes, as a read gives
+            _sendmsg(sock, [bytes(left)], 0)
+            return
+        offset += n
+        left -= n
 
 
 class Stream(Protocol):

@@ -7,13 +7,16 @@ image's final bytes too (qcow2: qemu-img check)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from .conftest import SYSTEM_PYTHON, env_clean, run, uri
+from .test_tls import make_pki, tls_uri
 
 #: argv: uri, seed, operations, depth. Prints the final model's path.
 MIXED_CLIENT = r"""
@@ -154,3 +157,45 @@ def test_mixed_requests_in_flight(tmp_path, server, fmt) -> None:
     image = raw.read_bytes()
     assert image == model[: len(image)]
     assert not any(model[len(image) :])  # the export's zero tail past the image
+
+
+def _copy_out(uri_: str) -> bytes:
+    return subprocess.run(["nbdcopy", uri_, "-"], capture_output=True, check=True,
+                          timeout=120).stdout  # fmt: skip
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_large_raw_reads(tmp_path, server, tls) -> None:
+    """Large READs of a raw image (sent by os.sendfile from the host file on
+    a plain socket, read into memory under TLS) with -o at an odd offset and
+    a file size that is not a multiple of 512: nbdcopy's 256 KiB reads and
+    libnbd's unaligned 300000-byte reads give the file's bytes, then zeroes."""
+    data = random.Random(3).randbytes((5 << 20) + 777)
+    path = tmp_path / "big.raw"
+    path.write_bytes(data)
+    skip = 4096 + 13
+    want = data[skip:]
+    want += bytes(-len(want) % 512)
+    args = ["-t", "-r", "-o", str(skip), "-f", "raw", str(path)]
+    if tls:
+        pki = make_pki(tmp_path / "pki")
+        args = ["--object", f"tls-creds-x509,id=tls0,dir={pki['server']},endpoint=server",
+                "--tls-creds", "tls0", *args]  # fmt: skip
+    proc, sock = server("py", *args)
+    u = tls_uri(sock, f"tls-certificates={pki['client']}") if tls else uri(sock)
+    assert hashlib.sha256(_copy_out(u)).digest() == hashlib.sha256(want).digest()
+    script = tmp_path / "reads.py"
+    script.write_text(
+        "import hashlib, sys, nbd\n"
+        "h = nbd.NBD()\nh.set_uri_allow_local_file(True)\nh.connect_uri(sys.argv[1])\n"
+        "out = [h.pread(300000, off) for off in range(1, h.get_size() - 300000, 299999)]\n"
+        "out.append(h.pread(70000, h.get_size() - 70000))\n"
+        "print(hashlib.sha256(b''.join(out)).hexdigest())\n"
+    )
+    got = subprocess.run([SYSTEM_PYTHON, str(script), u], env=env_clean(), capture_output=True,
+                         text=True, check=True, timeout=120).stdout.strip()  # fmt: skip
+    expect = [want[off : off + 300000] for off in range(1, len(want) - 300000, 299999)]
+    expect.append(want[-70000:])
+    assert got == hashlib.sha256(b"".join(expect)).hexdigest()
+    proc.terminate()
+    assert proc.wait(timeout=20) == 0
