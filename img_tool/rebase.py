@@ -42,6 +42,7 @@ DEPTH = 3
 WRITE_BEHIND = 8 << 20
 
 _ZEROS = bytes(CHUNK)
+_ZERO_SECTOR = bytes(SECTOR)
 _EQUAL_RUNS = re.compile(b"\\x00+")
 
 
@@ -61,6 +62,10 @@ def differing_runs(
     """
     if n is None:
         n = len(old) - start
+    if new is _ZEROS and old is not _ZEROS:
+        return nonzero_runs(old, n, start)
+    if old is _ZEROS and new is not _ZEROS:
+        return nonzero_runs(new, n, start)
     mn = memoryview(new)
     startswith = old.startswith
     if startswith(mn[start : start + n], start):
@@ -102,6 +107,50 @@ def differing_runs(
             runs[-1] = (runs[-1][0], end - runs[-1][0])
         else:
             runs.append((start + full, n - full))
+    return runs
+
+
+def nonzero_runs(buf: bytes | bytearray, n: int, start: int = 0) -> list[tuple[int, int]]:
+    """:func:`differing_runs` of ``buf`` against zeroes: runs (offset, length)
+    of the 512-byte sectors of ``buf[start:start+n]`` that are not all zero.
+
+    The zero sectors are found with ``find`` of a zero sector: in data
+    without 512 zero bytes in a row, the search skips a sector's length per
+    probe (half the time of sampling every sector, measured on random and
+    pattern data; the buffer is touched about once per sector).
+    A hit that does not start on a sector boundary is checked at the next
+    boundary, and the search goes on past that boundary.
+    """
+    runs: list[tuple[int, int]] = []
+    find = buf.find
+    startswith = buf.startswith
+    end = start + n
+    full_end = end - n % SECTOR
+    pos = start  # where the search for a zero sector goes on
+    data_from = start  # the start of the sectors not yet known to be zero
+    while True:
+        hit = find(_ZERO_SECTOR, pos, full_end)
+        if hit < 0:
+            break
+        sector = start + ((hit - start + SECTOR - 1) & ~(SECTOR - 1))
+        if sector + SECTOR > full_end:
+            break
+        if not startswith(_ZERO_SECTOR, sector):
+            pos = sector + 1  # a zero sector starts at a later boundary
+            continue
+        zero_end = sector + SECTOR
+        while zero_end < full_end and startswith(_ZERO_SECTOR, zero_end):
+            zero_end += SECTOR
+        if sector > data_from:
+            runs.append((data_from, sector - data_from))
+        data_from = pos = zero_end
+    if full_end > data_from:
+        runs.append((data_from, full_end - data_from))
+    if full_end < end and not _ZEROS.startswith(memoryview(buf)[full_end:end]):
+        if runs and runs[-1][0] + runs[-1][1] == full_end:
+            runs[-1] = (runs[-1][0], end - runs[-1][0])
+        else:
+            runs.append((full_end, end - full_end))
     return runs
 
 
