@@ -100,9 +100,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=4096,
                         help="bench_cpu rounds of 16 KiB (4096: 64 MiB)")
-    parser.add_argument("--int", type=int, default=10, help="bench_int rounds")
-    parser.add_argument("--dhry", type=int, default=2000000, help="bench_dhry iterations")
-    parser.add_argument("--fp", type=int, default=60000, help="bench_fp steps")
+    parser.add_argument("--int", type=int, default=40, help="bench_int rounds")
+    parser.add_argument("--dhry", type=int, default=5000000, help="bench_dhry iterations")
+    parser.add_argument("--fp", type=int, default=100000, help="bench_fp steps")
     parser.add_argument("--calls", type=int, default=200000, help="bench_syscall calls")
     parser.add_argument("--mix", type=int, default=100000,
                         help="bench_sysmix iterations (3 calls each)")

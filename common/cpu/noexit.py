@@ -6,7 +6,8 @@ translators, a call to ``check_exit_request_<arch>``. That function is a TCG
 *generator* (it runs at translation time): unless ``uc_struct.no_exit_request`` is set
 it emits a run-time call of ``helper_check_exit_request``, which leaves the block when
 ``emu_stop()`` was called. A helper call per memory access is expensive (TCG spills
-its globals around it: measured 20-35% of a CPU-bound loop), and an exit taken there
+its globals around it: without them, host instructions -6% to -27% on the CPU-bound
+benchmarks, docs/benchmarks.md), and an exit taken there
 puts the PC back to the start of the accessing instruction, whose store may already
 have happened: a read-modify-write instruction then runs twice.
 
