@@ -103,3 +103,38 @@ def test_hammered_go_runtime(go_guest, run_guest, arch: str) -> None:
     out, stops = _ours_hammered(arch, binary, [])
     assert out == ref.stdout
     assert stops >= 20
+
+
+def test_noexit_verifies_before_writing(tmp_path: Path) -> None:
+    """The arm GOT redirect is found from the library's own relocations and symbol
+    (exactly one JUMP_SLOT, at dlsym's address) and is idempotent; what does not match
+    is left alone with a reason instead of an exception."""
+    import ctypes
+    import os
+
+    from pyqemu.common.cpu import get_arch, noexit
+    from pyqemu.common.cpu.engine import new_engine
+
+    new_engine(get_arch("arm"))
+    assert noexit.STATUS["arm"] == "got"
+    assert noexit._redirect_got("arm") == "got"          # already pointing at the ret
+    lib, path = noexit._library()
+    slots, value = noexit._jump_slots(path, "check_exit_request_arm")
+    assert len(slots) == 1
+    func = ctypes.cast(lib.check_exit_request_arm, ctypes.c_void_p).value
+    assert noexit._load_base(path) + value == func
+    fd = os.open("/proc/self/mem", os.O_RDONLY)
+    try:
+        got = struct.unpack("<Q", os.pread(fd, 8, noexit._load_base(path) + slots[0]))[0]
+        assert got == func + noexit._CODE_LEN - 1
+        assert os.pread(fd, 1, got) == b"\xc3"             # the generator's own ret
+        assert noexit._generator(lib, fd, "no_such_arch") is None
+    finally:
+        os.close(fd)
+    # another library has no such slot; a file that is not ELF is refused
+    assert noexit._jump_slots(sys.executable, "check_exit_request_arm") in (None, ([], 0))
+    text = tmp_path / "not-elf"
+    text.write_bytes(b"#!/bin/sh\n" * 10)
+    assert noexit._jump_slots(str(text), "check_exit_request_arm") is None
+    assert noexit.exits_at_block_starts(object()).startswith("not applied")
+    assert noexit.flag_address(object()) is None
