@@ -407,3 +407,78 @@ def test_write_from_equals_write(tmp_path: Path, qemu_img: str, qemu_io: str) ->
 
         maps.append(_layout(out.stdout))
     assert maps[0] == maps[1]
+
+
+def test_nonzero_runs_model_zero_sectors() -> None:
+    """Against the shared zero buffer (find of a zero sector): zero runs that
+    start and end on and off sector boundaries, shorter and longer than a
+    sector, single non-zero bytes in zero runs, odd starts and lengths."""
+    from pyqemu.img_tool.rebase import _ZEROS, differing_runs, nonzero_runs
+
+    rng = random.Random(21)
+    for _ in range(400):
+        size = rng.choice([SECTOR * rng.randrange(1, 200), rng.randrange(1, 120000)])
+        buf = bytearray(rng.randbytes(size)) if rng.random() < 0.7 else bytearray(size)
+        for _ in range(rng.randrange(0, 12)):
+            a = rng.choice([rng.randrange(size), rng.randrange(size) & ~(SECTOR - 1)])
+            length = rng.choice([1, 300, 511, 512, 513, 1024, 1100, 4096, 9000])
+            buf[a : a + length] = bytes(len(buf[a : a + length]))
+        for _ in range(rng.randrange(0, 4)):
+            buf[rng.randrange(size)] = rng.randrange(1, 256)
+        start = rng.choice([0, 0, SECTOR, 77]) if size > 1000 else 0
+        n = size - start - rng.choice([0, 0, 5, SECTOR])
+        if n <= 0:
+            continue
+        expected = [(start + a, b) for a, b in model_runs(buf[start:], bytes(n), n)]
+        assert nonzero_runs(buf, n, start) == expected
+        assert differing_runs(buf, _ZEROS, n, start) == expected
+        assert differing_runs(_ZEROS, buf, n, start) == expected
+
+
+def _zero_sector_chain(folder: Path, qemu_img: str, qemu_io: str) -> None:
+    """base (6M): data clusters holding zero sectors at odd places (written
+    as data: sector-sized and longer, on and off sector boundaries) <- top
+    (6M, a few clusters); other (6M): data with zero sectors elsewhere."""
+    rng = random.Random(31)
+    for name in ("base.qcow2", "other.qcow2"):
+        _qemu(qemu_img, "create", "-q", "-f", "qcow2", name, "6M", cwd=folder)
+        io = [qemu_io, "-c", f"write -P {rng.randrange(1, 256)} 0 6M"]
+        for _ in range(40):
+            off = rng.randrange(0, (6 << 20) - 20000)
+            length = rng.choice([300, 512, 700, 1024, 1536, 4096, 12000])
+            if rng.random() < 0.5:
+                off &= ~(SECTOR - 1)
+            io += ["-c", f"write -P 0 {off} {length}"]
+        # whole clusters of zero data: left unallocated in the overlay
+        io += ["-c", "write -P 0 2M 128k" if name == "base.qcow2" else "write -P 0 4M 64k"]
+        _qemu(*io, name, cwd=folder)
+    _qemu(
+        qemu_img,
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        "top.qcow2",
+        cwd=folder,
+    )
+    _qemu(qemu_io, "-c", "write -P 9 1M 128k", "-c", "write -z 3M 64k", "top.qcow2", cwd=folder)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["rebase", "-b", "other.qcow2", "-F", "qcow2", "top.qcow2"],
+        ["rebase", "-b", "", "top.qcow2"],
+    ],
+)
+def test_rebase_zero_sectors_in_data(twins: Twins, args: list[str]) -> None:
+    """Zero sectors inside data are left out as qemu-img leaves them out: the
+    overlay's layout (map) and content are qemu-img's."""
+    twins.setup(lambda folder: _zero_sector_chain(folder, twins.ref, twins.qemu_io))
+    out = twins.same(*args)
+    assert out.returncode == 0
+    _same_result(twins, "top.qcow2")
