@@ -17,7 +17,9 @@ a checksum and the two tools' outputs must be equal):
 Each measurement alternates the two tools and keeps the best of ``--repeat`` runs
 (the hosts are shared and noisy). Prints a markdown table for docs/benchmarks.md.
 
-``--instructions`` counts host instructions instead (valgrind's callgrind, the
+``--cpu-time`` reports the user + system CPU time of each run instead of its wall
+time (steadier while other jobs load the host; qemu-user's and pyqemu's helper
+threads count too). ``--instructions`` counts host instructions instead (valgrind's callgrind, the
 "Collected" total of each run, one run each): slow (about 50x), but the same on a
 quiet and on a loaded host, so small changes can be compared. Use small workloads:
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -44,10 +47,22 @@ from tests.guests.build import build_guest, sysroot  # noqa: E402
 ARCHES = ("arm", "aarch64")
 
 
+#: measure CPU time (user + system of the child) instead of wall time
+_CPU_TIME: list[bool] = [False]
+
+
+def _children_cpu() -> float:
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return use.ru_utime + use.ru_stime
+
+
 def _run(cmd: list[str]) -> tuple[float, str]:
     start = time.perf_counter()
+    cpu = _children_cpu()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
+    if _CPU_TIME[0]:
+        elapsed = _children_cpu() - cpu      # runs are sequential: this child's
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
     return elapsed, proc.stdout
@@ -113,7 +128,11 @@ def main() -> None:
                         help=f"comma-separated workloads (of {','.join(WORKLOADS)})")
     parser.add_argument("--instructions", action="store_true",
                         help="count host instructions under callgrind instead of timing")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="user + system CPU time of each run instead of wall time "
+                             "(steadier on a loaded host)")
     args = parser.parse_args()
+    _CPU_TIME[0] = args.cpu_time
     if args.instructions and not shutil.which("valgrind"):
         sys.exit("--instructions needs valgrind")
     only = set(args.only.split(","))
