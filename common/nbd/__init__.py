@@ -69,6 +69,14 @@ The server side
 ``OptionReply`` messages ending in an ACK or an error (``ExportNameReply`` for
 NBD_OPT_EXPORT_NAME); then receive ``Request`` and answer each cookie with a
 ``SimpleReply`` or ``StructuredChunk`` messages, the last one with DONE.
+
+In the transmission phase ``ServerConnection.next_event`` / ``send_parts`` take
+short paths for whole requests and for the usual replies (OFFSET_DATA/NONE
+chunks, simple replies): the same checks and state changes as the generic path,
+without its table lookups (``tests/common/nbd/test_fast_path.py`` runs both on
+the same bytes). ``events.parsed_request``, ``data_chunk`` and ``done_chunk``
+build those messages without re-validating fields already bounded by the wire
+layout (~0.4 us instead of ~3 us each); they equal the validated constructors'.
 """
 
 from .connection import (
