@@ -21,10 +21,10 @@ QEMU's syntax: plain paths, ``json:{...}``, and option dicts such as
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
+from .. import records as dataclasses
 from ..options import parse_json_filename, sub_options
 from .driver import (
     FIX_ERRORS,

@@ -10,13 +10,13 @@ driver's hooks (``_pread``, ``_pwrite``, ...), which subclasses implement.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import threading
 from collections.abc import Callable
 from enum import IntFlag
 from typing import Any, ClassVar
 
+from .. import records as dataclasses
 from .errors import BlockError, CloseError, InvalidRequest, UnsupportedFeature
 
 #: the largest offset + length of any request or image size (QEMU's BDRV_MAX_LENGTH:

@@ -22,7 +22,6 @@ images, which QEMU can create, are refused with a clear message.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import hashlib
 import hmac
@@ -33,6 +32,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from ... import records as dataclasses
 from ..errors import BlockError, UnsupportedFeature
 
 MAGIC = b"LUKS\xba\xbe"

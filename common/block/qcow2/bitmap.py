@@ -23,11 +23,11 @@ from its write paths and ``store`` from close.
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from ... import records as dataclasses
 from ..errors import BlockError, ImageCorrupt
 from .check_refs import (
     BITMAP_DIR_ENTRY,

@@ -23,11 +23,11 @@ and counted as a check error, as QEMU does).
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import errno
 import struct
 from enum import IntEnum
 
+from ... import records as dataclasses
 from ...errors import strerror
 from ..driver import FIX_ERRORS, FIX_LEAKS, BlockDriver, CheckResult
 from ..errors import BlockError, ImageCorrupt

@@ -7,9 +7,9 @@ Everything works on the protocol node's bytes; :mod:`.check` drives it.
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 
+from ... import records as dataclasses
 from ..driver import BlockDriver
 from ..errors import ImageCorrupt
 from . import layout

@@ -6,10 +6,10 @@ spec. All integers are big-endian.
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 from enum import IntEnum, IntFlag
 
+from ... import records as dataclasses
 from ..errors import ImageCorrupt, UnsupportedFeature
 
 MAGIC = b"QFI\xfb"

@@ -15,12 +15,12 @@ leaves at most leaked clusters.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import struct
 from array import array
 from typing import TYPE_CHECKING
 
+from ... import records as dataclasses
 from ..errors import BlockError, ImageCorrupt, InvalidRequest, UnsupportedFeature
 from .cache import table_from_bytes, table_to_bytes
 from .layout import (
