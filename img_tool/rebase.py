@@ -292,9 +292,11 @@ def _copy_differences(top: Any, new_pair: tuple[Any, bool], prefix: Any, prog: P
                     break
                 pair = pairs[count % DEPTH]
                 if pair is None:
+                    # a flatten never reads a new side: no buffer (and no
+                    # page faults) for it
                     pair = pairs[count % DEPTH] = (
                         aligned_bytearray(CHUNK),
-                        aligned_bytearray(CHUNK),
+                        aligned_bytearray(CHUNK) if new is not None else bytearray(),
                     )
                 buf_old, buf_new = pair
                 count += 1
