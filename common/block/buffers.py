@@ -51,7 +51,10 @@ def aligned_bytearray(size: int) -> bytearray:
     if size < MIN_ALIGNED:
         return bytearray(size)
     buf = bytearray(size + ALIGN - 1)
-    skip = -_addressof(buf) & (ALIGN - 1)
+    try:
+        skip = -_addressof(buf) & (ALIGN - 1)
+    except ImportError:  # an interpreter built without ctypes: unaligned
+        return bytearray(size)
     if skip:
         del buf[:skip]
     del buf[size:]
