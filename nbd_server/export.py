@@ -406,9 +406,25 @@ class Session:
     def _data(self, cookie: int, off: int, n: int, done: bool) -> StructuredChunk:
         """An OFFSET_DATA chunk of the ``n`` bytes at export offset ``off``."""
         exp = self.export
-        if n >= BIG_READ and exp.host_file is not None and not self.tls:
-            fd, base = exp.host_file
-            return data_chunk(cookie, off, FileRange(fd, base + off, n), done)  # type: ignore[arg-type]
+        if n >= BIG_READ and not self.tls:
+            if exp.host_file is not None:
+                fd, base = exp.host_file
+                return data_chunk(cookie, off, FileRange(fd, base + off, n), done)  # type: ignore[arg-type]
+            # other formats: where block status gives the run's place in a host
+            # file (OFFSET_VALID, as `qemu-img map` reports: qcow2 data clusters
+            # that are not compressed or encrypted, in the image or a backing
+            # file), the bytes are there as they are; looked up per request,
+            # as the driver's own read maps under its lock and reads after
+            run = block_status_above(exp.node, off + exp.offset, n)
+            if (
+                run.data
+                and not run.zero
+                and run.offset is not None
+                and run.length >= n
+                and type(run.file) is FileProtocol
+            ):
+                rng = FileRange(run.file.fd, run.offset, n)
+                return data_chunk(cookie, off, rng, done)  # type: ignore[arg-type]
         if n >= BIG_READ:
             readinto = getattr(exp.node, "readinto", None)
             if readinto is not None:
