@@ -14,6 +14,7 @@ from typing import Any
 
 from ..common.block import BlockError, MapRun, block_status_above
 from ..common.block.file import FileProtocol
+from ..common.block.qcow2 import Qcow2
 from ..common.block.raw import RawFormat
 from ..common.nbd import (
     BASE_ALLOCATION,
@@ -121,6 +122,17 @@ class Export:
             fd = node.file.fd
             if not fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0):
                 self.host_file = (fd, node.offset + self.offset)
+        #: the plain host files directly under the raw and qcow2 layers of the
+        #: chain: block status runs in these may be sent from the file (a
+        #: file under another layer, e.g. blkdebug, must be read through it)
+        self.host_files: list[Any] = []
+        layer = node
+        while layer is not None:
+            child = getattr(layer, "file", None)
+            if type(layer) in (RawFormat, Qcow2) and type(child) is FileProtocol:
+                if not fcntl.fcntl(child.fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0):
+                    self.host_files.append(child)
+            layer = getattr(layer, "backing", None)
 
     def status(self, offset: int, length: int) -> tuple[int, bool]:
         """(n, zero): the first ``n`` bytes (1 <= n <= length) from export
@@ -406,22 +418,22 @@ class Session:
     def _data(self, cookie: int, off: int, n: int, done: bool) -> StructuredChunk:
         """An OFFSET_DATA chunk of the ``n`` bytes at export offset ``off``."""
         exp = self.export
-        if n >= BIG_READ and not self.tls:
+        if n >= BIG_READ and not self.tls and exp.host_files:
             if exp.host_file is not None:
                 fd, base = exp.host_file
                 return data_chunk(cookie, off, FileRange(fd, base + off, n), done)  # type: ignore[arg-type]
-            # other formats: where block status gives the run's place in a host
-            # file (OFFSET_VALID, as `qemu-img map` reports: qcow2 data clusters
-            # that are not compressed or encrypted, in the image or a backing
-            # file), the bytes are there as they are; looked up per request,
-            # as the driver's own read maps under its lock and reads after
+            # qcow2: where block status gives the run's place in the host file
+            # (OFFSET_VALID, as `qemu-img map` reports: data clusters neither
+            # compressed nor encrypted, in the image or a backing file), the
+            # bytes are there as they are; looked up per request, as the
+            # driver's own read maps under its lock and reads after
             run = block_status_above(exp.node, off + exp.offset, n)
             if (
                 run.data
                 and not run.zero
                 and run.offset is not None
                 and run.length >= n
-                and type(run.file) is FileProtocol
+                and any(run.file is f for f in exp.host_files)
             ):
                 rng = FileRange(run.file.fd, run.offset, n)
                 return data_chunk(cookie, off, rng, done)  # type: ignore[arg-type]

@@ -249,3 +249,24 @@ def test_large_qcow2_reads_follow_moved_clusters(tmp_path, server) -> None:
     assert (
         hashlib.sha256(_copy_out(uri(sock2))).digest() == hashlib.sha256(raw.read_bytes()).digest()
     )
+
+
+def test_large_reads_go_through_blkdebug(tmp_path, server) -> None:
+    """A raw image over blkdebug: block status reports the host file under
+    blkdebug, but large READs must still go through blkdebug's rules (an
+    injected EIO reaches the client), not be sent from that file."""
+    path = tmp_path / "bd.raw"
+    path.write_bytes(random.Random(4).randbytes(4 << 20))
+    opts = ("driver=raw,file.driver=blkdebug,file.inject-error.0.event=read_aio,"
+            f"file.inject-error.0.errno=5,file.image.filename={path}")  # fmt: skip
+    _, sock = server("py", "-t", "-r", "--image-opts", opts)
+    script = tmp_path / "bd.py"
+    script.write_text(
+        "import sys, nbd\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\n"
+        "for n in (4096, 300000, 1 << 20):\n"
+        "    try:\n        h.pread(n, 0)\n        print('read', n)\n"
+        "    except nbd.Error as exc:\n        print('EIO' if '(EIO)' in str(exc) else exc)\n"
+    )
+    out = subprocess.run([SYSTEM_PYTHON, str(script), uri(sock)], env=env_clean(),
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.stdout.split() == ["EIO", "EIO", "EIO"], (out.stdout, out.stderr)
