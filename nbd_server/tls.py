@@ -318,7 +318,7 @@ class TLSStream:
                     self.incoming.write_eof()
         return 0  # not reached
 
-    def recv(self, n: int) -> bytes:
+    def recv(self, n: int, poll: bool = False) -> bytes:
         n = min(n, 64 * 1024)  # one TLS record holds at most 16 KiB anyway
         buf = bytearray(n)
         got = self.recv_into(memoryview(buf), n)

@@ -39,6 +39,7 @@ import queue
 import socket
 import sys
 import threading
+from time import monotonic_ns
 from typing import Any, Protocol
 
 from ..common.nbd import (
@@ -56,6 +57,9 @@ from ..common.nbd import (
 from .export import Export, FileRange, Session
 
 RECV_SIZE = 256 * 1024
+#: how long a reader polls for the next request before it sleeps in recv
+POLL_NS = 50_000
+_DONTWAIT = socket.MSG_DONTWAIT
 #: the socket's send buffer (see serve_connection)
 SNDBUF = 4 << 20
 #: payloads at least this large are read into a buffer of their own
@@ -121,7 +125,7 @@ def _sendfile(sock: socket.socket, part: FileRange) -> None:
 
 
 class Stream(Protocol):
-    def recv(self, n: int) -> bytes: ...
+    def recv(self, n: int, poll: bool = False) -> bytes: ...
 
     def recv_into(self, view: memoryview, n: int) -> int: ...
 
@@ -140,9 +144,24 @@ class PlainStream:
         # for a 28-byte request: receive into one buffer and copy what came
         self._view = memoryview(bytearray(RECV_SIZE))
 
-    def recv(self, n: int) -> bytes:
-        got = self.sock.recv_into(self._view, min(n, RECV_SIZE))
-        return bytes(self._view[:got])
+    def recv(self, n: int, poll: bool = False) -> bytes:
+        view = self._view
+        n = min(n, RECV_SIZE)
+        if poll and POLL_NS:
+            # the next request often comes within tens of microseconds: wait
+            # for it awake instead of sleeping in recv (waking an idle CPU
+            # costs more than the wait); only the small reads (headers) poll
+            deadline = monotonic_ns() + POLL_NS
+            recv_into = self.sock.recv_into
+            for _ in iter(int, 1):
+                try:
+                    got = recv_into(view, n, _DONTWAIT)
+                    return bytes(view[:got])
+                except BlockingIOError:
+                    if monotonic_ns() >= deadline:
+                        break
+        got = self.sock.recv_into(view, n)
+        return bytes(view[:got])
 
     def recv_into(self, view: memoryview, n: int) -> int:
         return self.sock.recv_into(view, n)
@@ -240,8 +259,10 @@ class Server:
                 pass
 
 
-def _recv(stream: Stream, conn: ServerConnection, lock: threading.Lock, exact: bool) -> bool:
-    """Read what the engine needs next, no more than it wants when ``exact``;
+def _recv(stream: Stream, conn: ServerConnection, lock: threading.Lock, exact: bool,
+          poll: bool = False) -> bool:  # fmt: skip
+    """Read what the engine needs next, no more than it wants when ``exact``
+    (``poll``: for a short while without sleeping, see PlainStream.recv);
     False at EOF (already fed)."""
     want = conn.bytes_wanted
     if want >= BIG:
@@ -259,7 +280,7 @@ def _recv(stream: Stream, conn: ServerConnection, lock: threading.Lock, exact: b
         with lock:
             conn.receive_data(buf)
         return True
-    data = stream.recv(want if exact else RECV_SIZE)
+    data = stream.recv(want if exact else RECV_SIZE, poll)
     with lock:
         conn.receive_data(data)
     return bool(data)
@@ -439,6 +460,10 @@ class _Requests:
                 self.busy_bytes -= len(data) if data is not None else 0
                 self.idle.notify_all()
 
+    def idle_now(self) -> bool:
+        """Nothing queued, running or waiting to be sent."""
+        return self.busy == 0 and self.queued == 0 and not self.batch and not self.pending
+
     def drain(self) -> None:
         """Wait until every submitted request has been answered."""
         self.dispatch()
@@ -497,7 +522,11 @@ def serve_connection(sock: socket.socket, session: Session, tls: Any = None) -> 
                     requests.dispatch()  # answer what was read before waiting for more
                     if requests.failed:
                         return
-                _recv(stream, conn, lock, big_writes)
+                # nothing running: the client waits for our replies, and its
+                # next request tends to come soon (queue depth 1); not after a
+                # large WRITE (a bulk writer: the poll only takes its CPU)
+                poll = not big_writes and requests is not None and requests.idle_now()
+                _recv(stream, conn, lock, big_writes, poll)
                 continue  # at EOF next_event gives Closed or an error
             if isinstance(ev, Closed):
                 return
