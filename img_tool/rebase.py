@@ -260,9 +260,12 @@ def _copy_differences(top: Any, new_pair: tuple[Any, bool], prefix: Any, prog: P
     backing file's end is); consecutive steps of the same kind form a chunk
     that a worker thread reads (old and new side, into reused buffers, only
     where not both read as zero) and compares while the main thread writes
-    the sectors of earlier chunks that differ, in order, as few large writes:
-    old data from the host file that holds it (copy_file_range) where block
-    status located it, else from the buffer.
+    the sectors of earlier chunks that differ, in order, as few large writes
+    from the buffer the old side was read into (as qemu-img). Copying them
+    file to file instead (copy_file_range) made the kernel read the old data a
+    second time: on the 1 GiB benchmark chain, median CPU of 8-12 alternating
+    runs, safe rebase 0.485 -> 0.436 s and 0.538 -> 0.513 s, flatten 0.420 ->
+    0.307 s (wall 0.397 -> 0.288 s).
     """
     from ..common.block.file import set_write_behind
     from ..common.errors import QemuError, strerror
@@ -270,7 +273,6 @@ def _copy_differences(top: Any, new_pair: tuple[Any, bool], prefix: Any, prog: P
     old = top.backing
     set_write_behind(top, WRITE_BEHIND)
     new = new_pair[0]
-    write_from = getattr(top, "write_from", None)
     pairs: list[tuple[bytearray, bytearray] | None] = [None] * DEPTH
     pending: deque[tuple[Any, tuple[int, int, bool, int]]] = deque()
     workers = Workers(WORKERS)
@@ -307,16 +309,13 @@ def _copy_differences(top: Any, new_pair: tuple[Any, bool], prefix: Any, prog: P
             job, (offset, n, old_is_zero, steps) = pending[0]
             buf_old, runs = job.result()
             pending.popleft()
-            for start, length, old_reads_zero, where in runs:
+            for start, length, old_reads_zero in runs:
                 # as qemu-img: zero writes past the old chain's end, else data
-                # (zeroes where the old chain reads as zero); old data that
-                # lies in a host file is copied file to file
+                # (zeroes where the old chain reads as zero)
                 source = _ZEROS if old_reads_zero else buf_old
                 try:
                     if old_is_zero:
                         top.write_zeroes(offset + start, length)
-                    elif where is not None and write_from is not None:
-                        write_from(offset + start, where[0], where[1], length)
                     else:
                         top.write(offset + start, memoryview(source)[start : start + length])
                 except QemuError as exc:
@@ -411,11 +410,10 @@ def _compare_chunk(
     chunk: tuple[int, int, bool, list[float]],
     buf_old: bytearray,
     buf_new: bytearray,
-) -> tuple[bytearray, list[tuple[int, int, bool, Any]]]:
+) -> tuple[bytearray, list[tuple[int, int, bool]]]:
     """Worker: find the sectors of a chunk where the old chain and the new
     backing file differ. Returns (the buffer of the old side's data, runs
-    (offset in the chunk, length, whether the old side reads as zero there,
-    (protocol node, host offset) of the old side's data or None)).
+    (offset in the chunk, length, whether the old side reads as zero there)).
 
     Both sides are cut where their chains' block status changes between
     zero and data: ranges zero on both sides are neither read nor compared;
@@ -437,7 +435,7 @@ def _compare_chunk(
             new_runs = _extents(new, offset, n)
         except QemuError:
             raise CliError("error while reading from new backing file") from None
-    out: list[tuple[int, int, bool, Any]] = []
+    out: list[tuple[int, int, bool]] = []
     i = j = 0
     pos = 0
     while pos < n:
@@ -460,23 +458,11 @@ def _compare_chunk(
                     raise CliError("error while reading from new backing file") from None
                 side_new = buf_new
             for start, length in differing_runs(side_old, side_new, end - pos, pos):
-                where = None
-                if old_at is not None:
-                    where = (old_at[0], old_at[1] + start - old_start)
                 last = out[-1] if out else None
-                if (
-                    last is not None
-                    and last[2] == old_zero
-                    and last[0] + last[1] == start
-                    and (where is None) == (last[3] is None)
-                    and (
-                        where is None
-                        or (where[0] is last[3][0] and last[3][1] + last[1] == where[1])
-                    )
-                ):
-                    out[-1] = (last[0], last[1] + length, old_zero, last[3])
+                if last is not None and last[2] == old_zero and last[0] + last[1] == start:
+                    out[-1] = (last[0], last[1] + length, old_zero)
                 else:
-                    out.append((start, length, old_zero, where))
+                    out.append((start, length, old_zero))
         pos = end
         if pos == old_end:
             i += 1
