@@ -100,6 +100,12 @@ def _qemu(*args: str, cwd: Path) -> None:
     subprocess.run(list(args), cwd=cwd, check=True, capture_output=True)
 
 
+def _overlay(folder: Path, qemu_img: str, name: str, backing: str, *size: str) -> None:
+    """qemu-img create a qcow2 overlay ``name`` over the qcow2 ``backing``."""
+    _qemu(qemu_img, "create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2", name, *size,
+          cwd=folder)  # fmt: skip
+
+
 def _chain(folder: Path, qemu_img: str, qemu_io: str) -> None:
     """base (9M) <- top (12M, 512-byte-aligned writes and zero clusters); new (7M)."""
     rng = random.Random(7)
@@ -122,20 +128,7 @@ def _chain(folder: Path, qemu_img: str, qemu_io: str) -> None:
         for c in cmds[name]:
             io += ["-c", c]
         _qemu(*io, name, cwd=folder)
-    _qemu(
-        qemu_img,
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        "top.qcow2",
-        "12M",
-        cwd=folder,
-    )
+    _overlay(folder, qemu_img, "top.qcow2", "base.qcow2", "12M")
     io = [qemu_io]
     for _ in range(12):
         off = rng.randrange(0, (12 << 20) // 65536) * 65536
@@ -327,10 +320,7 @@ def _mixed_chain(folder: Path, qemu_img: str, qemu_io: str) -> None:
             io += ["-c", c]
         _qemu(*io, name, cwd=folder)
     for name, backing in (("mid.qcow2", "base.qcow2"), ("top.qcow2", "mid.qcow2")):
-        _qemu(
-            *[qemu_img, "create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2", name],
-            cwd=folder,
-        )
+        _overlay(folder, qemu_img, name, backing)
     mid = ["write -c -P 32 3M 64k", "write -P 31 960k 320k", "write -P 33 5M 1M"]
     top = ["write -c -P 42 2560k 64k", "write -P 41 100k 2100k", "write -z 3200k 192k"]
     top += ["write -P 43 3900k 700k", "write -P 44 7M 1M"]
@@ -449,19 +439,7 @@ def _zero_sector_chain(folder: Path, qemu_img: str, qemu_io: str) -> None:
         # whole clusters of zero data: left unallocated in the overlay
         io += ["-c", "write -P 0 2M 128k" if name == "base.qcow2" else "write -P 0 4M 64k"]
         _qemu(*io, name, cwd=folder)
-    _qemu(
-        qemu_img,
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        "top.qcow2",
-        cwd=folder,
-    )
+    _overlay(folder, qemu_img, "top.qcow2", "base.qcow2")
     _qemu(qemu_io, "-c", "write -P 9 1M 128k", "-c", "write -z 3M 64k", "top.qcow2", cwd=folder)
 
 
