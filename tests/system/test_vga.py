@@ -202,6 +202,10 @@ def run_in_pty(tmp_path, script: str):
     keyfile = tmp_path / "keys"
     keyfile.write_text("")
     env = dict(os.environ, TERM="xterm-256color", LANG="C.UTF-8", LC_ALL="C.UTF-8")
+    # the size is the pty's (TIOCSWINSZ): curses would take LINES/COLUMNS over it,
+    # and pytest-xdist's workers set them to 24 x 80
+    env.pop("LINES", None)
+    env.pop("COLUMNS", None)
     proc = subprocess.Popen([sys.executable, "-c", script, str(keyfile)], stdin=slave,
                             stdout=slave, stderr=subprocess.PIPE, env=env,
                             start_new_session=True)
