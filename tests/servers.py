@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,6 +24,24 @@ def unix_listening(path: Path | str) -> bool:
         return False
     finally:
         probe.close()
+
+
+def connect_unix(path: Path | str, proc: subprocess.Popen, timeout: float = 60) -> socket.socket:
+    """A socket connected to the unix socket ``path`` that ``proc`` is about to
+    listen on: retried until it connects, failing if ``proc`` exits or ``timeout``
+    seconds pass; reads then time out after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(str(path))
+            break
+        except OSError:
+            s.close()
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+    s.settimeout(timeout)
+    return s
 
 
 def stop_all(procs: Iterable[subprocess.Popen]) -> None:

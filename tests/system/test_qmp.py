@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from pyqemu.system.monitor import hmp as H
 from pyqemu.system.monitor import qmp as Q
 
+from tests.servers import connect_unix
 from tests.system.conftest import PYQEMU_SYSTEM, MonitorPeer, emulator_path
 
 SYNC = b'{"execute": "query-version", "id": "sync"}\n'
@@ -212,17 +213,7 @@ def test_qmp_sockets_match_qemu(qemu_system: str, tmp_path: Path) -> None:
     mons = [server.attach_monitor(c, None, kind="qmp") for c in chrs]
 
     def connect(name: str) -> tuple[socket.socket, object]:
-        deadline = time.monotonic() + 60
-        while True:
-            s = socket.socket(socket.AF_UNIX)
-            try:
-                s.connect(str(tmp_path / name))
-                break
-            except OSError:
-                s.close()
-                assert time.monotonic() < deadline and qemu.poll() is None
-                time.sleep(0.05)
-        s.settimeout(60)
+        s = connect_unix(tmp_path / name, qemu)
         return s, s.makefile("rb")
 
     def greeting_shape(line: bytes) -> object:
@@ -473,17 +464,7 @@ def test_qmp_pretty_matches_qemu(qemu_system: str, tmp_path: Path) -> None:
     mon = server.attach_monitor(chr_, None, kind="qmp", pretty=True)
 
     def connect(name: str) -> socket.socket:
-        deadline = time.monotonic() + 60
-        while True:
-            s = socket.socket(socket.AF_UNIX)
-            try:
-                s.connect(str(tmp_path / name))
-                s.settimeout(60)
-                return s
-            except OSError:
-                s.close()
-                assert time.monotonic() < deadline and qemu.poll() is None
-                time.sleep(0.05)
+        return connect_unix(tmp_path / name, qemu)
 
     def message(s: socket.socket) -> bytes:
         data = b""
@@ -570,17 +551,7 @@ def test_qmp_pretty_on_the_machine(qemu_system: str, tmp_path: Path) -> None:
                                  "-qmp-pretty", f"unix:{sock},server=on,wait=off"],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                s = socket.socket(socket.AF_UNIX)
-                try:
-                    s.connect(str(sock))
-                    break
-                except OSError:
-                    s.close()
-                    assert time.monotonic() < deadline and proc.poll() is None
-                    time.sleep(0.05)
-            s.settimeout(60)
+            s = connect_unix(sock, proc)
             s.sendall(b'{"execute":"qmp_capabilities"}{"execute":"query-status"}'
                       b'{"execute":"cont"}{"execute":"quit"}')
             data = b""
