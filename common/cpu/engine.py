@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import ArchInfo
-from .noexit import exits_at_block_starts
+from .noexit import exits_at_block_starts, raw_lib
 
 FPEXC_EN = 0x40000000
 CPACR_FULL_VFP = 0xF << 20        # cp10/cp11 full access
@@ -56,18 +56,6 @@ def new_engine(arch: ArchInfo) -> Any:
     # bench_cpu 2000 (sha256) 0.95 -> 0.6-0.7 s of CPU on arm, 0.69 -> 0.56 s on aarch64
     exits_at_block_starts(uc)
     return uc
-
-
-_RAW: list[ctypes.CDLL] = []
-
-
-def _raw_lib() -> ctypes.CDLL:
-    """The unicorn library the binding loaded, opened again without prototypes."""
-    if not _RAW:
-        from unicorn.unicorn_py3.unicorn import uclib
-
-        _RAW.append(ctypes.CDLL(uclib._name))
-    return _RAW[0]
 
 
 # ---- the general registers inside unicorn's CPU state ---------------------------------
@@ -165,7 +153,7 @@ class FastRegs:
     module doc), the others through the library's C API."""
 
     def __init__(self, uc: Any, batch: tuple[int, ...], arch: ArchInfo | None = None) -> None:
-        lib = _raw_lib()
+        lib = raw_lib()
         self._uch = ctypes.c_void_p(uc._uch.value)
         n = len(batch)
         self._vals = (ctypes.c_uint64 * n)()

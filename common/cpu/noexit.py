@@ -61,6 +61,9 @@ _CODE_LEN = 3 + 4 + 2 + 4 + 4       # the ret is the last byte
 R_X86_64_JUMP_SLOT = 7
 
 _got_done: dict[str, bool] = {}
+#: per arch: the uc_struct offset of no_exit_request read from the generator's code
+#: (None: not the code this module knows); the same for every engine of the library
+_flag_offsets: dict[str, int | None] = {}
 
 
 def _peek(fd: int, addr: int, size: int) -> bytes:
@@ -70,10 +73,22 @@ def _peek(fd: int, addr: int, size: int) -> bytes:
         return b""
 
 
-def _library() -> tuple[ctypes.CDLL, str]:
-    from unicorn.unicorn_py3.unicorn import uclib
+_RAW: list[ctypes.CDLL] = []
 
-    return ctypes.CDLL(uclib._name), os.path.realpath(uclib._name)
+
+def raw_lib() -> ctypes.CDLL:
+    """The unicorn library the binding loaded, opened again without prototypes (once
+    per process)."""
+    if not _RAW:
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        _RAW.append(ctypes.CDLL(uclib._name))
+    return _RAW[0]
+
+
+def _library() -> tuple[ctypes.CDLL, str]:
+    lib = raw_lib()
+    return lib, os.path.realpath(lib._name)
 
 
 def _generator(lib: ctypes.CDLL, fd: int, arch: str) -> tuple[int, int] | None:
@@ -202,16 +217,20 @@ def flag_address(uc: Any) -> int | None:
     if arch is None:
         return None
     try:
-        lib, _ = _library()
         fd = os.open("/proc/self/mem", os.O_RDONLY)
-    except (OSError, ImportError):
+    except OSError:
         return None
     try:
-        gen = _generator(lib, fd, arch)
-        if gen is None:
+        if arch not in _flag_offsets:
+            try:
+                gen = _generator(raw_lib(), fd, arch)
+            except (OSError, ImportError):
+                return None
+            _flag_offsets[arch] = None if gen is None else gen[1]
+        offset = _flag_offsets[arch]
+        if offset is None:
             return None
-        base = ctypes.cast(uc._uch, ctypes.c_void_p).value or 0
-        addr = base + gen[1]
+        addr = (ctypes.cast(uc._uch, ctypes.c_void_p).value or 0) + offset
         pair = _peek(fd, addr, 2)
     finally:
         os.close(fd)
