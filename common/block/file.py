@@ -21,52 +21,50 @@ FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 
-_fallocate: Any = None
-
 PREALLOC_MODES = ("off", "falloc", "full")
 ZERO_CHUNK = bytes(1 << 20)
 
 
+#: C library functions bound so far (None: this C library has no such function)
+_libc_funcs: dict[str, Any] = {}
+
+
+def _libc_func(name: str, *argtypes: str) -> Any:
+    """The C library's ``name`` with ``argtypes`` (ctypes type names), bound on first
+    use: ctypes, and finding the C library this process runs on, cost start-up time."""
+    if name not in _libc_funcs:
+        import ctypes
+
+        func = getattr(ctypes.CDLL(None, use_errno=True), name, None)
+        if func is not None:
+            func.argtypes = [getattr(ctypes, t) for t in argtypes]
+            func.restype = ctypes.c_int
+        _libc_funcs[name] = func
+    return _libc_funcs[name]
+
+
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     """Linux ``fallocate(2)``; raises OSError."""
-    global _fallocate
-    import ctypes  # on first use: ctypes (and finding libc) costs start-up time
+    func = _libc_func("fallocate", "c_int", "c_int", "c_int64", "c_int64")
+    if func is None:
+        raise OSError(errno.ENOSYS, strerror(errno.ENOSYS))
+    if func(fd, mode, offset, length) != 0:
+        import ctypes
 
-    if _fallocate is None:
-        libc = ctypes.CDLL(None, use_errno=True)  # the C library this process runs on
-        func = libc.fallocate
-        func.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-        func.restype = ctypes.c_int
-        _fallocate = func
-    if _fallocate(fd, mode, offset, length) != 0:
         code = ctypes.get_errno()
         raise OSError(code, strerror(code))
 
 
 #: sync_file_range(2)'s flag: start writing the dirty pages back, without waiting
 SYNC_FILE_RANGE_WRITE = 2
-_sync_file_range: Any = None
 
 
 def start_writeback(fd: int) -> bool:
     """Have the kernel start writing ``fd``'s dirty pages to disk, without
     waiting (``sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)``); False
     where that is not possible (no such call, not a file)."""
-    global _sync_file_range
-    import ctypes  # on first use, as for fallocate
-
-    if _sync_file_range is None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        func = getattr(libc, "sync_file_range", None)
-        if func is None:
-            _sync_file_range = False
-            return False
-        func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-        func.restype = ctypes.c_int
-        _sync_file_range = func
-    if _sync_file_range is False:
-        return False
-    return bool(_sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) == 0)
+    func = _libc_func("sync_file_range", "c_int", "c_int64", "c_int64", "c_uint")
+    return func is not None and func(fd, 0, 0, SYNC_FILE_RANGE_WRITE) == 0
 
 
 def set_write_behind(node: Any, nbytes: int) -> None:
