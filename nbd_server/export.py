@@ -117,22 +117,20 @@ class Export:
         #: a plain host file: large READ payloads then go out by os.sendfile
         #: (see FileRange); else None
         self.host_file: tuple[int, int] | None = None
-        node = self.node
-        if type(node) is RawFormat and type(node.file) is FileProtocol:
-            fd = node.file.fd
-            if not fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0):
-                self.host_file = (fd, node.offset + self.offset)
-        #: the plain host files directly under the raw and qcow2 layers of the
-        #: chain: block status runs in these may be sent from the file (a
-        #: file under another layer, e.g. blkdebug, must be read through it)
+        #: the plain host files (page cache, no O_DIRECT) directly under the raw
+        #: and qcow2 layers of the chain: block status runs in these may be sent
+        #: from the file (a file under another layer, e.g. blkdebug, must be read
+        #: through it)
         self.host_files: list[Any] = []
-        layer = node
+        node = layer = self.node
         while layer is not None:
             child = getattr(layer, "file", None)
             if type(layer) in (RawFormat, Qcow2) and type(child) is FileProtocol:
                 if not fcntl.fcntl(child.fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0):
                     self.host_files.append(child)
             layer = getattr(layer, "backing", None)
+        if type(node) is RawFormat and self.host_files and self.host_files[0] is node.file:
+            self.host_file = (node.file.fd, node.offset + self.offset)
 
     def status(self, offset: int, length: int) -> tuple[int, bool]:
         """(n, zero): the first ``n`` bytes (1 <= n <= length) from export
