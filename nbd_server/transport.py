@@ -1,9 +1,10 @@
 """Sockets and threads around the engine.
 
-One thread per connection reads and parses; an executor thread per connection
-carries out the requests (workers take the ones that wait on the disk), so a
-client's in-flight requests overlap with the reading (the block layer is
-synchronous and thread-safe; file I/O releases the GIL).
+One thread per connection reads and parses; up to :data:`EXECUTORS` executor
+threads per connection carry out the requests (workers take the ones that
+wait on the disk), so a client's in-flight requests overlap with the reading
+and with each other (the block layer is synchronous and thread-safe; file
+I/O releases the GIL).
 
 * Reading: into one reusable buffer (``sock.recv(256 KiB)`` would allocate
   256 KiB per call); large WRITE payloads are read with ``recv_into``
@@ -11,14 +12,15 @@ synchronous and thread-safe; file I/O releases the GIL).
   request header is read exactly, so that the next payload lands whole in its
   own buffer too (no join of two pieces by the engine).
 * Batches: the reader parses every request it holds, then posts them to the
-  connection's executor thread, which takes everything posted at each round
-  and writes the replies in one ``sendmsg`` per 64 buffers (or at once for a
-  large READ payload): a wake-up only when the executor was idle, a few
-  syscalls per batch, not per request. A lone request with nothing else
+  connection's executors; one takes everything posted at each round and
+  writes the replies in one ``sendmsg`` per 64 buffers (or at once for a
+  large READ payload): a wake-up only when an executor was idle, a few
+  syscalls per batch, not per request. A batch posted while every executor
+  is busy starts the next one, up to :data:`EXECUTORS`. A lone request with nothing else
   running is served inline by the reader (queue depth 1: no hand-off at all).
   FUA writes and FLUSH, which wait on the disk, go to up to :data:`WORKERS`
   workers instead. At most :data:`MAX_BATCHED` requests and
-  :data:`MAX_IN_FLIGHT_BYTES` of WRITE payload are queued for the executor,
+  :data:`MAX_IN_FLIGHT_BYTES` of WRITE payload are queued for the executors,
   and :data:`MAX_IN_FLIGHT` (and as many bytes) for the workers: the memory
   one client can pin is bounded.
 * Replies: each request's replies (all its structured chunks) are encoded
@@ -77,8 +79,14 @@ FLUSH_PARTS = 64
 WORKERS = 8
 _FUA = int(CmdFlag.FUA)
 _FLUSH = int(Cmd.FLUSH)
-#: requests queued to the executor per connection before the reader waits
+#: requests queued to the executors per connection before the reader waits
 MAX_BATCHED = 256
+#: executor threads per connection: while one waits in the kernel (a pwrite
+#: into the page cache), the next batch runs on the other (measured with
+#: nbdcopy and fio over a unix socket on 2 cores, against one: 4K random
+#: writes at qd32 32.1k against 22.5k IOPS, sequential writes +6-14%; reads
+#: unchanged)
+EXECUTORS = 2
 
 
 def _durable(req: Request) -> bool:
@@ -297,7 +305,10 @@ class _Requests:
         self.conn = conn
         self.session = session
         self.lock = lock  # the engine's
-        self.idle = threading.Condition()
+        self.idle = threading.Condition(lock := threading.Lock())
+        #: the executors wait on this one (same lock): a finished batch wakes
+        #: only drain() and a held-back reader, not an idle executor
+        self.mailbox = threading.Condition(lock)
         #: requests handed to workers (heavy ones) and not answered yet
         self.busy = 0
         #: their WRITE payload bytes
@@ -309,9 +320,10 @@ class _Requests:
         #: reader appends; a busy executor takes them all at its next round,
         #: so only an idle one costs a wake-up)
         self.mail: list[Request] = []
-        self.sleeping = False
+        #: executors waiting for mail
+        self.sleeping = 0
         self.closing = False
-        self.executor: threading.Thread | None = None
+        self.executors: list[threading.Thread] = []
         self.failed = False
         self.queue: queue.SimpleQueue[list[Request] | None] = queue.SimpleQueue()
         self.workers: list[threading.Thread] = []
@@ -373,10 +385,12 @@ class _Requests:
             self.queued_bytes += size
             self.mail += batch
             if self.sleeping:
-                self.idle.notify_all()
-        if self.executor is None:
-            self.executor = threading.Thread(target=self._execute, name="nbd-exec", daemon=True)
-            self.executor.start()
+                self.mailbox.notify()
+                return
+        if len(self.executors) < EXECUTORS:  # all busy: one more takes this batch
+            t = threading.Thread(target=self._execute, name="nbd-exec", daemon=True)
+            self.executors.append(t)
+            t.start()
 
     def _execute(self) -> None:
         for _ in iter(int, 1):  # until close()
@@ -384,9 +398,9 @@ class _Requests:
                 while not self.mail:
                     if self.closing:
                         return
-                    self.sleeping = True
-                    self.idle.wait()
-                    self.sleeping = False
+                    self.sleeping += 1
+                    self.mailbox.wait()
+                    self.sleeping -= 1
                 batch, self.mail = self.mail, []
             self._answer(batch)
             size = sum(len(r.data) for r in batch if r.data is not None)
@@ -477,9 +491,9 @@ class _Requests:
         self.drain()
         with self.idle:
             self.closing = True
-            self.idle.notify_all()
-        if self.executor is not None:
-            self.executor.join()
+            self.mailbox.notify_all()
+        for t in self.executors:
+            t.join()
         for _ in self.workers:
             self.queue.put(None)
         for t in self.workers:
