@@ -879,9 +879,31 @@ class Qcow2(BlockDriver):
     def _pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         mv: Any = data if type(data) is _FileData else memoryview(data).cast("B")
         length = len(mv)
-        if self.bitmaps is not None:
-            self.bitmaps.mark(offset, length)
         shift = self.map.l1_shift
+        with self.lock:
+            self._check_usable()
+            # under the lock: marking is a read-modify-write of the bitmap bytes
+            if self.bitmaps is not None:
+                self.bitmaps.mark(offset, length)
+            if self._inflight:
+                self._wait_inflight(offset, length)
+            host = self._in_place(offset, length) if type(mv) is memoryview else -1
+            if host >= 0:
+                # clusters this image owns, one run on the host: the data goes
+                # to them without the lock (as QEMU's in-place writes), so
+                # writes from several threads overlap; the range counts as in
+                # flight until then, so a discard or zeroing of it waits
+                self._inflight.append((offset, offset + length))
+        if host >= 0:
+            file = self.file
+            assert file is not None
+            try:
+                file.debug_event("write_aio")
+                file.write(host, mv)
+            finally:
+                with self.lock:
+                    self._end_inflight(offset)
+            return
         with self.lock:
             self._check_usable()
             if self._inflight:
@@ -902,6 +924,39 @@ class Qcow2(BlockDriver):
                 n = min(length - pos, (((start >> shift) + 1) << shift) - start)
                 self._write_chunk(start, mv[pos : pos + n])
                 pos += n
+
+    def _in_place(self, offset: int, length: int) -> int:
+        """Where [offset, offset + length) is on the host if a write can go
+        there as it is (lock held): no encryption, standard L2 entries, inside
+        one L2 table, every cluster ours (COPIED; not compressed, not zero)
+        and the clusters one contiguous host run; else -1 (the general path
+        decides, and reports corruption)."""
+        m = self.map
+        if self.crypto is not None or self.extended or not length:
+            return -1
+        l1_index = offset >> m.l1_shift
+        if (offset + length - 1) >> m.l1_shift != l1_index:
+            return -1
+        l2_offset = m.l2_offset(l1_index)
+        cs = self.cs
+        if l2_offset < cs or not m.l1[l1_index] & OFLAG_COPIED:
+            return -1
+        table = m.cache.get(l2_offset)
+        cb = self.cluster_bits
+        index = (offset >> cb) & (m.l2_entries - 1)
+        entry = table[index]
+        host = entry & L2E_OFFSET_MASK
+        if (
+            not entry & OFLAG_COPIED
+            or entry & (OFLAG_COMPRESSED | OFLAG_ZERO)
+            or not host
+            or host & (cs - 1)
+        ):
+            return -1
+        count = ((offset + length - 1) >> cb) - (offset >> cb) + 1
+        if count > 1 and same_entries(table, index, count, entry, cs) < count:
+            return -1
+        return host + (offset & (cs - 1))
 
     def _write_chunk(self, offset: int, data: memoryview) -> None:
         """Write within one L2 table: in place where we own the cluster, else allocate.
@@ -1325,7 +1380,8 @@ class Qcow2(BlockDriver):
         if self.crypto is not None:
             raise BlockError("Input/output error", errno.EIO)
         if self.bitmaps is not None:
-            self.bitmaps.mark(offset, min(self.cs, self.total_size - offset))
+            with self.lock:  # a read-modify-write of the bitmap bytes
+                self.bitmaps.mark(offset, min(self.cs, self.total_size - offset))
         m = self.map
         with self.lock:
             self._check_usable()
@@ -1366,7 +1422,8 @@ class Qcow2(BlockDriver):
 
     def _pwrite_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
         if self.bitmaps is not None:
-            self.bitmaps.mark(offset, length)
+            with self.lock:  # a read-modify-write of the bitmap bytes
+                self.bitmaps.mark(offset, length)
         cs = self.cs
         end = offset + length
         with self.lock:
@@ -1472,7 +1529,8 @@ class Qcow2(BlockDriver):
 
     def _pdiscard(self, offset: int, length: int) -> None:
         if self.bitmaps is not None:
-            self.bitmaps.mark(offset, length)
+            with self.lock:  # a read-modify-write of the bitmap bytes
+                self.bitmaps.mark(offset, length)
         if self.header.version < 3 and self.backing is not None:
             # v2 has no zero clusters: a discarded cluster would show the backing
             # file's data, so QEMU refuses (-ENOTSUP, which discard ignores)

@@ -218,3 +218,112 @@ def test_crash_during_concurrent_writes(tmp_path: Path, qemu_img: str, seed: int
     assert info.get("corruptions", 0) == 0, r.stdout + r.stderr
     with open_image(str(path), fmt="qcow2") as img:
         img.read(0, img.size)
+
+
+# --- writes to clusters the image owns: the data goes without the lock ------
+
+
+@pytest.mark.parametrize("options", [{}, {"cluster_size": "4k"}, {"compat": "0.10"}])
+def test_threads_rewrite_owned_clusters(tmp_path: Path, qemu_img: str, options: dict) -> None:
+    """Four threads, each in a region of its own: unaligned rewrites of
+    allocated clusters (the in-place path, data written without the lock)
+    mixed with discards, zeroings and writes that free and allocate clusters
+    anywhere in the file. Each region ends as its thread's model; the image
+    checks clean; a persistent dirty bitmap holds every write (marked under
+    the lock: no bit lost to a concurrent read-modify-write)."""
+    path = tmp_path / "t.qcow2"
+    size = 8 * MiB
+    create_image(str(path), "qcow2", size, options)
+    if options.get("compat") != "0.10":
+        subprocess.run([qemu_img, "bitmap", "--add", "-g", "4k", str(path), "b0"], check=True)
+    img = open_image(str(path), fmt="qcow2", read_only=False)
+    fill = random.Random(1).randbytes(size)
+    img.write(0, fill)
+    model = bytearray(fill)
+    region = size // 4
+    errors: list[BaseException] = []
+    touched: list[tuple[int, int]] = []
+
+    def worker(k: int) -> None:
+        rng = random.Random(k)
+        base = k * region
+        try:
+            for _ in range(300):
+                off = base + rng.randrange(region - 1)
+                n = min(base + region - off, rng.randrange(1, 3 * img.cluster_size))
+                r = rng.random()
+                if r < 0.8:
+                    data = rng.randbytes(n)
+                    img.write(off, data)
+                    model[off : off + n] = data
+                elif r < 0.9:
+                    img.write_zeroes(off, n, may_unmap=True)
+                    model[off : off + n] = bytes(n)
+                else:
+                    img.discard(off, n)  # whole clusters inside read as zero
+                    model[off : off + n] = img.read(off, n)  # its own region: stable
+                touched.append((off, n))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert img.read(0, size) == bytes(model)
+    bitmaps = img.bitmaps.bitmaps if img.bitmaps is not None else []
+    assert len(bitmaps) == (0 if options.get("compat") == "0.10" else 1)
+    for bm in bitmaps:
+        for off, n in touched:
+            first, last = off >> 12, (off + n - 1) >> 12
+            assert all(bm.bits[g >> 3] >> (g & 7) & 1 for g in range(first, last + 1))
+    img.close()
+    info = _check(qemu_img, path)
+    assert info.get("corruptions", 0) == 0 and info.get("leaks", 0) == 0
+    with open_image(str(path), fmt="qcow2") as again:
+        assert again.read(0, size) == bytes(model)
+
+
+def test_discard_waits_for_in_place_write(tmp_path: Path, qemu_img: str) -> None:
+    """A rewrite of owned clusters holds its range in flight, not the lock:
+    stopped at its data write (a blkdebug breakpoint), a write elsewhere
+    still completes, while a discard of its clusters waits until it is done
+    (else the freed cluster could be handed to another guest offset and
+    receive this write's data)."""
+    path = tmp_path / "t.qcow2"
+    create_image(str(path), "qcow2", 4 * MiB, {})
+    with open_image(str(path), fmt="qcow2", read_only=False) as img:
+        cs = img.cluster_size
+        img.write(0, b"a" * (4 * cs))
+    img = open_image(f"blkdebug::{path}", fmt="qcow2", read_only=False)
+    bd = img.file
+    try:
+        bd.debug_breakpoint("write_aio", "W")
+        done: list[str] = []
+        writer = threading.Thread(target=lambda: (img.write(100, b"w" * cs), done.append("w")))
+        writer.start()
+        deadline = time.monotonic() + 10
+        while not bd.debug_is_suspended("W"):
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        other = threading.Thread(target=lambda: img.write(3 * cs, b"o" * 512))
+        other.start()
+        other.join(10)
+        assert not other.is_alive()  # another cluster: the lock is free
+        discard = threading.Thread(target=lambda: (img.discard(0, 2 * cs), done.append("d")))
+        discard.start()
+        time.sleep(0.1)
+        assert done == []  # the discard waits for the write in flight
+        bd.debug_resume("W")
+        writer.join(10)
+        discard.join(10)
+        assert done == ["w", "d"]
+        assert img.read(0, 2 * cs) == bytes(2 * cs)
+        assert img.read(2 * cs, cs) == b"a" * cs
+        assert img.read(3 * cs, 512) == b"o" * 512
+    finally:
+        img.close()
+    info = _check(qemu_img, path)
+    assert info.get("corruptions", 0) == 0 and info.get("leaks", 0) == 0
