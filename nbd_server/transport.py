@@ -56,6 +56,7 @@ from ..common.nbd import (
     ServerConnection,
     State,
 )
+from ..common.nbd.layout import REQUEST, REQUEST_MAGIC
 from .export import Export, FileRange, Session
 
 RECV_SIZE = 256 * 1024
@@ -79,6 +80,9 @@ FLUSH_PARTS = 64
 WORKERS = 8
 _FUA = int(CmdFlag.FUA)
 _FLUSH = int(Cmd.FLUSH)
+_WRITE = int(Cmd.WRITE)
+_REQ_SIZE = REQUEST.size
+_unpack_request = REQUEST.unpack_from
 #: requests queued to the executors per connection before the reader waits
 MAX_BATCHED = 256
 #: executor threads per connection: while one waits in the kernel (a pwrite
@@ -269,11 +273,14 @@ class Server:
 
 
 def _recv(stream: Stream, conn: ServerConnection, lock: threading.Lock, exact: bool,
-          poll: bool = False) -> bool:  # fmt: skip
+          poll: bool = False, expect: int = 0) -> bool:  # fmt: skip
     """Read what the engine needs next, no more than it wants when ``exact``
     (``poll``: for a short while without sleeping, see PlainStream.recv);
-    False at EOF (already fed)."""
+    False at EOF (already fed). ``expect``: the payload length of the large
+    WRITE before, when the next request is likely one of the same length."""
     want = conn.bytes_wanted
+    if expect and want == _REQ_SIZE and not conn.buffered:
+        return _recv_write(stream, conn, lock, expect)
     if want >= BIG:
         buf = bytearray(want)
         view = memoryview(buf)
@@ -293,6 +300,34 @@ def _recv(stream: Stream, conn: ServerConnection, lock: threading.Lock, exact: b
     with lock:
         conn.receive_data(data)
     return bool(data)
+
+
+def _recv_write(stream: Stream, conn: ServerConnection, lock: threading.Lock,
+                expect: int) -> bool:  # fmt: skip
+    """Read the next request into one buffer sized for a WRITE of ``expect``
+    payload bytes: its header, and then, if it is such a WRITE, its whole
+    payload (a bulk writer's requests are alike: one read, one wake-up per
+    request instead of two, and the payload still lands whole, so the engine
+    takes it without a copy). Anything else is fed as far as it came."""
+    n = _REQ_SIZE + expect
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = stream.recv_into(view[got:], n - got)
+        if k == 0:
+            with lock:
+                conn.receive_data(view[:got])
+                conn.receive_data(b"")
+            return False
+        got += k
+        if got >= _REQ_SIZE and got - k < _REQ_SIZE:  # the header just completed
+            magic, _, cmd, _, _, length = _unpack_request(buf)
+            if magic != REQUEST_MAGIC or cmd != _WRITE or length != expect:
+                break
+    with lock:
+        conn.receive_data(buf if got == n else view[:got])
+    return True
 
 
 class _Requests:
@@ -536,6 +571,7 @@ def serve_connection(sock: socket.socket, session: Session, tls: Any = None) -> 
     stream.send_parts([conn.send(Greeting())])
     requests: _Requests | None = None
     big_writes = False
+    last_write = 0
     try:
         for _ in iter(int, 1):  # until the client leaves
             try:
@@ -552,7 +588,7 @@ def serve_connection(sock: socket.socket, session: Session, tls: Any = None) -> 
                 # next request tends to come soon (queue depth 1); not after a
                 # large WRITE (a bulk writer: the poll only takes its CPU)
                 poll = not big_writes and requests is not None and requests.idle_now()
-                _recv(stream, conn, lock, big_writes, poll)
+                _recv(stream, conn, lock, big_writes, poll, last_write if big_writes else 0)
                 continue  # at EOF next_event gives Closed or an error
             if isinstance(ev, Closed):
                 return
@@ -562,6 +598,7 @@ def serve_connection(sock: socket.socket, session: Session, tls: Any = None) -> 
                 # engine joins the piece that came with the header and the
                 # rest: a copy of the payload; halves the CPU under nbdcopy)
                 big_writes = ev.cmd == Cmd.WRITE and ev.length >= BIG
+                last_write = ev.length
                 if requests is None:
                     requests = _Requests(stream, conn, session, lock)
                 if ev.cmd == Cmd.DISC:
