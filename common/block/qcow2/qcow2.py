@@ -783,6 +783,20 @@ class Qcow2(BlockDriver):
         pos = 0
         file = self.file
         assert file is not None
+        if length <= self.cs:
+            # a short read of data clusters: straight there (a 4K random read
+            # costs ~3 us less than through a list of runs)
+            with self.lock:
+                self._check_usable()
+                host = self._host_run(offset, length, False)
+            if host >= 0:
+                file.debug_event("read_aio")
+                readinto = getattr(file, "readinto", None)
+                if readinto is not None:
+                    readinto(host, out)
+                else:
+                    out[:] = file.read(host, length)
+                return
         while pos < length:
             with self.lock:
                 self._check_usable()
@@ -887,7 +901,7 @@ class Qcow2(BlockDriver):
                 self.bitmaps.mark(offset, length)
             if self._inflight:
                 self._wait_inflight(offset, length)
-            host = self._in_place(offset, length) if type(mv) is memoryview else -1
+            host = self._host_run(offset, length, True) if type(mv) is memoryview else -1
             if host >= 0:
                 # clusters this image owns, one run on the host: the data goes
                 # to them without the lock (as QEMU's in-place writes), so
@@ -925,12 +939,14 @@ class Qcow2(BlockDriver):
                 self._write_chunk(start, mv[pos : pos + n])
                 pos += n
 
-    def _in_place(self, offset: int, length: int) -> int:
-        """Where [offset, offset + length) is on the host if a write can go
-        there as it is (lock held): no encryption, standard L2 entries, inside
-        one L2 table, every cluster ours (COPIED; not compressed, not zero)
-        and the clusters one contiguous host run; else -1 (the general path
-        decides, and reports corruption)."""
+    def _host_run(self, offset: int, length: int, owned: bool) -> int:
+        """Where [offset, offset + length) is on the host if the bytes can be
+        read or written there as they are (lock held): no encryption,
+        standard L2 entries, inside one L2 table, every cluster allocated
+        with data (not compressed, not zero; with ``owned``, for a write in
+        place, also COPIED: this image's alone) and the clusters one
+        contiguous host run; else -1 (the general path decides, and reports
+        corruption)."""
         m = self.map
         if self.crypto is not None or self.extended or not length:
             return -1
@@ -939,7 +955,7 @@ class Qcow2(BlockDriver):
             return -1
         l2_offset = m.l2_offset(l1_index)
         cs = self.cs
-        if l2_offset < cs or not m.l1[l1_index] & OFLAG_COPIED:
+        if l2_offset < cs or (owned and not m.l1[l1_index] & OFLAG_COPIED):
             return -1
         table = m.cache.get(l2_offset)
         cb = self.cluster_bits
@@ -947,7 +963,7 @@ class Qcow2(BlockDriver):
         entry = table[index]
         host = entry & L2E_OFFSET_MASK
         if (
-            not entry & OFLAG_COPIED
+            (owned and not entry & OFLAG_COPIED)
             or entry & (OFLAG_COMPRESSED | OFLAG_ZERO)
             or not host
             or host & (cs - 1)
