@@ -225,3 +225,92 @@ def test_in_flight_over_tls(tmp_path, server) -> None:
     run_clients(tmp_path, uri, 2, 64 * 1024, 32, 2)
     stop(proc)
     assert image_bytes(tmp_path, path, "qcow2") == expected_image(8 * MiB, 2, 64 * 1024, 2)
+
+
+#: argv: uri, seed, requests. A bulk writer's stream broken by everything
+#: else: WRITEs of 256 KiB in a row (the reader then reads the next request
+#: sized for one more), mixed with WRITEs of other sizes, down to 1 byte,
+#: zeroes, trims, reads and flushes, up to 8 in flight, each in a 1 MiB slot
+#: of its own (requests in flight never overlap, so the model is exact)
+MIXED_CLIENT = r"""
+import random
+import sys
+import nbd
+
+uri, seed, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = random.Random(seed)
+h = nbd.NBD()
+h.connect_uri(uri)
+size = h.get_size()
+model = bytearray(h.pread(size, 0))
+slots = size >> 20
+busy = {}  # cookie -> (slot, check)
+sizes = [262144] * 6 + [65536, 100003, 4096, 1, 262144 + 512]
+
+
+def reap(block):
+    while busy:
+        if block:
+            h.poll(-1)
+        done = [c for c in busy if h.aio_command_completed(c)]
+        for c in done:
+            check = busy.pop(c)[1]
+            if check is not None:
+                check()
+        if done or not block:
+            return
+
+
+for i in range(count):
+    while len(busy) >= 8:
+        reap(True)
+    free = [s for s in range(slots) if s not in {v[0] for v in busy.values()}]
+    slot = rng.choice(free)
+    r = rng.random()
+    n = rng.choice(sizes) if r < 0.8 else rng.randrange(1, 300000)
+    n = min(n, 1 << 20)
+    off = (slot << 20) + rng.randrange((1 << 20) - n + 1)
+    if r < 0.8:
+        data = rng.randbytes(n)
+        model[off : off + n] = data
+        c = h.aio_pwrite(data, off)
+        check = None
+    elif r < 0.85:
+        model[off : off + n] = bytes(n)
+        c = h.aio_zero(n, off)
+        check = None
+    elif r < 0.9:
+        buf = nbd.Buffer(n)
+        want = bytes(model[off : off + n])
+        def check(buf=buf, want=want, off=off):
+            assert buf.to_bytearray() == want, off
+        c = h.aio_pread(buf, off)
+    elif r < 0.95:
+        c = h.aio_flush()
+        check = None
+    else:
+        c = h.aio_cache(n, off)
+        check = None
+    busy[c] = (slot, check)
+reap(True)
+assert h.pread(size, 0) == model
+sys.stdout.buffer.write(bytes(model))
+h.shutdown()
+"""
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_bulk_writes_mixed_with_other_requests(tmp_path, server, fmt) -> None:
+    path = str(tmp_path / f"d.{fmt}")
+    run("qemu-img", "create", "-q", "-f", fmt, path, "16M")
+    proc, sock = server("py", "-t", "-f", fmt, path)
+    script = tmp_path / "mixed.py"
+    script.write_text(MIXED_CLIENT)
+    res = subprocess.run(
+        [SYSTEM_PYTHON, str(script), f"nbd+unix:///?socket={sock}", "7", "1500"],
+        env=env_clean(), capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr.decode()
+    stop(proc)
+    assert len(res.stdout) == 16 * MiB
+    assert image_bytes(tmp_path, path, fmt) == res.stdout
