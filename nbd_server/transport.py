@@ -280,36 +280,24 @@ def _recv(stream: Stream, conn: ServerConnection, lock: threading.Lock, exact: b
     WRITE before, when the next request is likely one of the same length."""
     want = conn.bytes_wanted
     if expect and want == _REQ_SIZE and not conn.buffered:
-        return _recv_write(stream, conn, lock, expect)
+        return _recv_buffer(stream, conn, lock, _REQ_SIZE + expect, expect)
     if want >= BIG:
-        buf = bytearray(want)
-        view = memoryview(buf)
-        got = 0
-        while got < want:
-            n = stream.recv_into(view[got:], want - got)
-            if n == 0:
-                with lock:
-                    conn.receive_data(view[:got])
-                    conn.receive_data(b"")
-                return False
-            got += n
-        with lock:
-            conn.receive_data(buf)
-        return True
+        return _recv_buffer(stream, conn, lock, want)
     data = stream.recv(want if exact else RECV_SIZE, poll)
     with lock:
         conn.receive_data(data)
     return bool(data)
 
 
-def _recv_write(stream: Stream, conn: ServerConnection, lock: threading.Lock,
-                expect: int) -> bool:  # fmt: skip
-    """Read the next request into one buffer sized for a WRITE of ``expect``
-    payload bytes: its header, and then, if it is such a WRITE, its whole
-    payload (a bulk writer's requests are alike: one read, one wake-up per
-    request instead of two, and the payload still lands whole, so the engine
-    takes it without a copy). Anything else is fed as far as it came."""
-    n = _REQ_SIZE + expect
+def _recv_buffer(stream: Stream, conn: ServerConnection, lock: threading.Lock, n: int,
+                 expect: int = 0) -> bool:  # fmt: skip
+    """Read ``n`` bytes into a buffer of their own and feed it whole: a large
+    payload lands in one piece, which the engine takes without a copy.
+
+    With ``expect``, the buffer is sized for the next request being a WRITE
+    of ``expect`` payload bytes: header and payload come in one read and one
+    wake-up instead of two (a bulk writer's requests are alike); the read
+    stops once the header shows another request, and what came is fed."""
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
@@ -321,7 +309,7 @@ def _recv_write(stream: Stream, conn: ServerConnection, lock: threading.Lock,
                 conn.receive_data(b"")
             return False
         got += k
-        if got >= _REQ_SIZE and got - k < _REQ_SIZE:  # the header just completed
+        if expect and got >= _REQ_SIZE and got - k < _REQ_SIZE:  # the header just came
             magic, _, cmd, _, _, length = _unpack_request(buf)
             if magic != REQUEST_MAGIC or cmd != _WRITE or length != expect:
                 break

@@ -36,6 +36,26 @@ def _check(qemu_img: str, path: Path) -> dict:
     return info
 
 
+def _in_threads(work, count: int = 4) -> None:
+    """Run ``work(k)`` for k in range(count), each in a thread, all at once;
+    re-raise the first failure."""
+    errors: list[BaseException] = []
+
+    def run(k: int) -> None:
+        try:
+            work(k)
+        except BaseException as exc:  # pragma: no cover - re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
 @pytest.mark.parametrize(
     "options, size",
     [
@@ -66,23 +86,14 @@ def test_threads_write_whole_clusters(
     rng.shuffle(pieces)
     for off, data in pieces:
         model[off : off + len(data)] = data
-    errors: list[BaseException] = []
 
     def worker(k: int) -> None:
-        try:
-            for off, data in pieces[k::4]:
-                extents = img.reserve_write(off, len(data))
-                assert extents is not None
-                img.complete_write(extents, data)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for off, data in pieces[k::4]:
+            extents = img.reserve_write(off, len(data))
+            assert extents is not None
+            img.complete_write(extents, data)
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    _in_threads(worker)
     assert img.read(0, size) == bytes(model)
     img.close()
     info = _check(qemu_img, path)
@@ -241,37 +252,28 @@ def test_threads_rewrite_owned_clusters(tmp_path: Path, qemu_img: str, options: 
     img.write(0, fill)
     model = bytearray(fill)
     region = size // 4
-    errors: list[BaseException] = []
     touched: list[tuple[int, int]] = []
 
     def worker(k: int) -> None:
         rng = random.Random(k)
         base = k * region
-        try:
-            for _ in range(300):
-                off = base + rng.randrange(region - 1)
-                n = min(base + region - off, rng.randrange(1, 3 * img.cluster_size))
-                r = rng.random()
-                if r < 0.8:
-                    data = rng.randbytes(n)
-                    img.write(off, data)
-                    model[off : off + n] = data
-                elif r < 0.9:
-                    img.write_zeroes(off, n, may_unmap=True)
-                    model[off : off + n] = bytes(n)
-                else:
-                    img.discard(off, n)  # whole clusters inside read as zero
-                    model[off : off + n] = img.read(off, n)  # its own region: stable
-                touched.append((off, n))
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for _ in range(300):
+            off = base + rng.randrange(region - 1)
+            n = min(base + region - off, rng.randrange(1, 3 * img.cluster_size))
+            r = rng.random()
+            if r < 0.8:
+                data = rng.randbytes(n)
+                img.write(off, data)
+                model[off : off + n] = data
+            elif r < 0.9:
+                img.write_zeroes(off, n, may_unmap=True)
+                model[off : off + n] = bytes(n)
+            else:
+                img.discard(off, n)  # whole clusters inside read as zero
+                model[off : off + n] = img.read(off, n)  # its own region: stable
+            touched.append((off, n))
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    _in_threads(worker)
     assert img.read(0, size) == bytes(model)
     bitmaps = img.bitmaps.bitmaps if img.bitmaps is not None else []
     assert len(bitmaps) == (0 if options.get("compat") == "0.10" else 1)
