@@ -282,6 +282,44 @@ def test_hostile_input(tmp_path, server) -> None:
     assert Path(path).read_bytes() == before
 
 
+def test_bulk_writer_cut_or_garbled_mid_stream(tmp_path, server) -> None:
+    """After a large WRITE the reader reads the next request sized for one
+    more like it (header and payload at once): a client that stops halfway
+    through that payload, or sends a bad magic of the same size, is cut;
+    only the complete WRITE reaches the image, and the server goes on."""
+    path = img(tmp_path, "b.raw", "-f", "raw", "1M")
+    proc, py = server("py", "-f", "raw", "-t", "-e", "0", path)
+    big = 256 << 10
+
+    def conn() -> socket.socket:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(30)
+        s.connect(py)
+        _handshake(s)
+        return s
+
+    s = conn()
+    assert _request(s, 1, 0, big, data=b"\1" * big)[0] == 0
+    s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 1, 2, big, big) + b"\2" * (big // 2))
+    s.close()  # gone in the middle of the second payload
+    s = conn()
+    assert _request(s, 1, 2 * big, big, data=b"\3" * big)[0] == 0
+    try:  # a bad magic where the next WRITE was expected: cut, maybe before all is sent
+        s.sendall(struct.pack(">IHHQQI", 0x12345678, 0, 1, 2, 3 * big, big) + b"\4" * big)
+        assert s.recv(100) == b""
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    s.close()
+    s = conn()
+    assert _request(s, 1, 3 * big, 100, data=b"\5" * 100)[0] == 0  # still serving
+    s.close()
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    data = Path(path).read_bytes()
+    assert data == b"\1" * big + bytes(big) + b"\3" * big + b"\5" * 100 + bytes(big - 100)
+
+
 def test_sigterm_removes_socket(tmp_path, server) -> None:
     path = img(tmp_path, "t.raw", "-f", "raw", "1M")
     proc, py = server("py", "-f", "raw", "-t", path)
