@@ -9,15 +9,18 @@ I/O releases the GIL).
 * Reading: into one reusable buffer (``sock.recv(256 KiB)`` would allocate
   256 KiB per call); large WRITE payloads are read with ``recv_into``
   straight into a buffer of their own, and after a large WRITE the next
-  request header is read exactly, so that the next payload lands whole in its
-  own buffer too (no join of two pieces by the engine).
+  request is read into a buffer sized for a WRITE of the same length (header
+  and payload in one read when it is one, else as far as it came), so that
+  the next payload lands whole in its own buffer too (no join of two pieces
+  by the engine).
 * Batches: the reader parses every request it holds, then posts them to the
   connection's executors; one takes everything posted at each round and
   writes the replies in one ``sendmsg`` per 64 buffers (or at once for a
   large READ payload): a wake-up only when an executor was idle, a few
-  syscalls per batch, not per request. A batch posted while every executor
-  is busy starts the next one, up to :data:`EXECUTORS`. A lone request with nothing else
-  running is served inline by the reader (queue depth 1: no hand-off at all).
+  syscalls per batch, not per request. A batch holding a WRITE posted while
+  the executors are busy starts (or wakes) another, up to :data:`EXECUTORS`.
+  A lone request with nothing else running is served inline by the reader
+  (queue depth 1: no hand-off at all).
   FUA writes and FLUSH, which wait on the disk, go to up to :data:`WORKERS`
   workers instead. At most :data:`MAX_BATCHED` requests and
   :data:`MAX_IN_FLIGHT_BYTES` of WRITE payload are queued for the executors,
@@ -329,10 +332,11 @@ class _Requests:
         self.conn = conn
         self.session = session
         self.lock = lock  # the engine's
-        self.idle = threading.Condition(lock := threading.Lock())
+        counts = threading.Lock()  # guards the counts and the mailbox
+        self.idle = threading.Condition(counts)
         #: the executors wait on this one (same lock): a finished batch wakes
         #: only drain() and a held-back reader, not an idle executor
-        self.mailbox = threading.Condition(lock)
+        self.mailbox = threading.Condition(counts)
         #: requests handed to workers (heavy ones) and not answered yet
         self.busy = 0
         #: their WRITE payload bytes
