@@ -790,12 +790,7 @@ class Qcow2(BlockDriver):
                 self._check_usable()
                 host = self._host_run(offset, length, False)
             if host >= 0:
-                file.debug_event("read_aio")
-                readinto = getattr(file, "readinto", None)
-                if readinto is not None:
-                    readinto(host, out)
-                else:
-                    out[:] = file.read(host, length)
+                self._read_host(host, out)
                 return
         while pos < length:
             with self.lock:
@@ -805,12 +800,7 @@ class Qcow2(BlockDriver):
                 view = out[run.start - offset : run.start - offset + run.length]
                 kind = run.kind
                 if kind == NORMAL:
-                    file.debug_event("read_aio")
-                    readinto = getattr(file, "readinto", None)
-                    if readinto is not None:
-                        readinto(run.host, view)
-                    else:
-                        view[:] = file.read(run.host, run.length)
+                    self._read_host(run.host, view)
                     if self.crypto is not None:
                         self.crypto.decrypt_into(run.host, view, run.start)
                 elif kind in (UNALLOC, UNALLOC_ALLOC):
@@ -826,6 +816,18 @@ class Qcow2(BlockDriver):
                 else:
                     view[:] = _zeros(run.length)
                 pos += run.length
+
+    def _read_host(self, host: int, view: memoryview) -> None:
+        """Fill ``view`` with the data file's bytes at ``host`` (no copy where
+        the file node reads into a buffer)."""
+        file = self.file
+        assert file is not None
+        file.debug_event("read_aio")
+        readinto = getattr(file, "readinto", None)
+        if readinto is not None:
+            readinto(host, view)
+        else:
+            view[:] = file.read(host, len(view))
 
     def _read_compressed(self, entry: int) -> bytes:
         cached = self._last_compressed
@@ -893,7 +895,6 @@ class Qcow2(BlockDriver):
     def _pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         mv: Any = data if type(data) is _FileData else memoryview(data).cast("B")
         length = len(mv)
-        shift = self.map.l1_shift
         with self.lock:
             self._check_usable()
             # under the lock: marking is a read-modify-write of the bitmap bytes
@@ -908,36 +909,38 @@ class Qcow2(BlockDriver):
                 # writes from several threads overlap; the range counts as in
                 # flight until then, so a discard or zeroing of it waits
                 self._inflight.append((offset, offset + length))
-        if host >= 0:
-            file = self.file
-            assert file is not None
-            try:
-                file.debug_event("write_aio")
-                file.write(host, mv)
-            finally:
-                with self.lock:
-                    self._end_inflight(offset)
-            return
-        with self.lock:
-            self._check_usable()
-            if self._inflight:
-                self._wait_inflight(offset, length)
-            if self.crypto is not None and (offset | length) & 511:
-                # read-modify-write of the partial 512-byte sectors
-                a = offset & ~511
-                b = min((offset + length + 511) & ~511, max(self.total_size, offset + length))
-                mv = memoryview(
-                    self._read_guest(a, offset - a)
-                    + bytes(mv)
-                    + self._read_guest(offset + length, b - offset - length)
-                )
-                offset, length = a, b - a
-            pos = 0
-            while pos < length:
-                start = offset + pos
-                n = min(length - pos, (((start >> shift) + 1) << shift) - start)
-                self._write_chunk(start, mv[pos : pos + n])
-                pos += n
+            else:
+                self._write_locked(offset, mv, length)
+                return
+        file = self.file
+        assert file is not None
+        try:
+            file.debug_event("write_aio")
+            file.write(host, mv)
+        finally:
+            with self.lock:
+                self._end_inflight(offset)
+
+    def _write_locked(self, offset: int, mv: Any, length: int) -> None:
+        """The general guest write (lock held): allocation, copy-on-write,
+        encryption, one L2 table at a time."""
+        shift = self.map.l1_shift
+        if self.crypto is not None and (offset | length) & 511:
+            # read-modify-write of the partial 512-byte sectors
+            a = offset & ~511
+            b = min((offset + length + 511) & ~511, max(self.total_size, offset + length))
+            mv = memoryview(
+                self._read_guest(a, offset - a)
+                + bytes(mv)
+                + self._read_guest(offset + length, b - offset - length)
+            )
+            offset, length = a, b - a
+        pos = 0
+        while pos < length:
+            start = offset + pos
+            n = min(length - pos, (((start >> shift) + 1) << shift) - start)
+            self._write_chunk(start, mv[pos : pos + n])
+            pos += n
 
     def _host_run(self, offset: int, length: int, owned: bool) -> int:
         """Where [offset, offset + length) is on the host if the bytes can be
@@ -1395,11 +1398,10 @@ class Qcow2(BlockDriver):
             raise InvalidRequest("Compressed writes must be cluster aligned")
         if self.crypto is not None:
             raise BlockError("Input/output error", errno.EIO)
-        if self.bitmaps is not None:
-            with self.lock:  # a read-modify-write of the bitmap bytes
-                self.bitmaps.mark(offset, min(self.cs, self.total_size - offset))
         m = self.map
         with self.lock:
+            if self.bitmaps is not None:  # under the lock: a read-modify-write
+                self.bitmaps.mark(offset, min(self.cs, self.total_size - offset))
             self._check_usable()
             if self._inflight:
                 self._wait_inflight(offset, self.cs)
@@ -1437,12 +1439,11 @@ class Qcow2(BlockDriver):
         return True
 
     def _pwrite_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
-        if self.bitmaps is not None:
-            with self.lock:  # a read-modify-write of the bitmap bytes
-                self.bitmaps.mark(offset, length)
         cs = self.cs
         end = offset + length
         with self.lock:
+            if self.bitmaps is not None:  # under the lock: a read-modify-write
+                self.bitmaps.mark(offset, length)
             self._check_usable()
             if self._inflight:
                 self._wait_inflight(offset, length)
