@@ -12,7 +12,11 @@ I/O releases the GIL).
   request is read into a buffer sized for a WRITE of the same length (header
   and payload in one read when it is one, else as far as it came), so that
   the next payload lands whole in its own buffer too (no join of two pieces
-  by the engine).
+  by the engine). Before the reader itself writes a large WRITE, it takes
+  what has come of the next request without waiting (PlainStream.read_ahead):
+  a unix socket's buffer holds less than one of nbdcopy's 256 KiB requests,
+  and without this the client stalled for the whole write (measured with
+  nbdcopy, raw: 1.2-1.3 GiB/s without, 2.0-2.5 with).
 * Batches: the reader parses every request it holds, then posts them to the
   connection's executors; one takes everything posted at each round and
   writes the replies in one ``sendmsg`` per 64 buffers (or at once for a
@@ -159,6 +163,26 @@ class PlainStream:
         # sock.recv(256 KiB) allocates (and maps) 256 KiB per call, ~14 us even
         # for a 28-byte request: receive into one buffer and copy what came
         self._view = memoryview(bytearray(RECV_SIZE))
+        #: what read_ahead took: (buffer, bytes in it), or None
+        self.early: tuple[bytearray, int] | None = None
+
+    def read_ahead(self, n: int) -> None:
+        """Take what has come of the next request, without waiting, into a
+        buffer of ``n`` bytes (sized for a WRITE like the one about to be
+        written): done before a large write, so that the client can send
+        on while it runs (its socket's buffer holds less than one of
+        nbdcopy's requests). :func:`_recv` uses the buffer next."""
+        if self.early is not None:
+            return
+        buf = bytearray(n)
+        try:
+            got = self.sock.recv_into(buf, n, _DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return  # the next receive meets the error
+        if got:  # 0: end of file, which the next receive sees again
+            self.early = (buf, got)
 
     def recv(self, n: int, poll: bool = False) -> bytes:
         view = self._view
@@ -282,6 +306,15 @@ def _recv(stream: Stream, conn: ServerConnection, lock: threading.Lock, exact: b
     False at EOF (already fed). ``expect``: the payload length of the large
     WRITE before, when the next request is likely one of the same length."""
     want = conn.bytes_wanted
+    early = getattr(stream, "early", None)
+    if early is not None:
+        stream.early = None  # type: ignore[attr-defined]
+        buf, got = early
+        if expect and want == _REQ_SIZE and not conn.buffered and len(buf) == _REQ_SIZE + expect:
+            return _recv_buffer(stream, conn, lock, len(buf), expect, early)
+        with lock:
+            conn.receive_data(memoryview(buf)[:got])
+        return True
     if expect and want == _REQ_SIZE and not conn.buffered:
         return _recv_buffer(stream, conn, lock, _REQ_SIZE + expect, expect)
     if want >= BIG:
@@ -293,17 +326,21 @@ def _recv(stream: Stream, conn: ServerConnection, lock: threading.Lock, exact: b
 
 
 def _recv_buffer(stream: Stream, conn: ServerConnection, lock: threading.Lock, n: int,
-                 expect: int = 0) -> bool:  # fmt: skip
+                 expect: int = 0, early: tuple[bytearray, int] | None = None) -> bool:  # fmt: skip
     """Read ``n`` bytes into a buffer of their own and feed it whole: a large
     payload lands in one piece, which the engine takes without a copy.
 
     With ``expect``, the buffer is sized for the next request being a WRITE
     of ``expect`` payload bytes: header and payload come in one read and one
     wake-up instead of two (a bulk writer's requests are alike); the read
-    stops once the header shows another request, and what came is fed."""
-    buf = bytearray(n)
+    stops once the header shows another request, and what came is fed.
+    ``early``: the buffer and the bytes already in it (read ahead)."""
+    buf, got = early if early is not None else (bytearray(n), 0)
     view = memoryview(buf)
-    got = 0
+    if expect and got >= _REQ_SIZE:
+        magic, _, cmd, _, _, length = _unpack_request(buf)
+        if magic != REQUEST_MAGIC or cmd != _WRITE or length != expect:
+            n = got  # another request: feed what came
     while got < n:
         k = stream.recv_into(view[got:], n - got)
         if k == 0:
@@ -317,7 +354,7 @@ def _recv_buffer(stream: Stream, conn: ServerConnection, lock: threading.Lock, n
             if magic != REQUEST_MAGIC or cmd != _WRITE or length != expect:
                 break
     with lock:
-        conn.receive_data(buf if got == n else view[:got])
+        conn.receive_data(buf if got == len(buf) else view[:got])
     return True
 
 
@@ -458,6 +495,10 @@ class _Requests:
         self.queue.put(batch)
 
     def _inline(self, req: Request) -> None:
+        if req.cmd == _WRITE and req.length >= BIG and not self.conn.buffered:
+            read_ahead = getattr(self.stream, "read_ahead", None)
+            if read_ahead is not None:
+                read_ahead(_REQ_SIZE + req.length)
         replies = self.session.request(req)
         with self.lock:
             for r in replies:
