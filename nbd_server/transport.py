@@ -81,8 +81,11 @@ BIG = 64 * 1024
 #: made the reader wait at every request)
 MAX_IN_FLIGHT = 64
 MAX_IN_FLIGHT_BYTES = 64 << 20
-#: reply buffers gathered before one sendmsg
-FLUSH_PARTS = 64
+#: reply buffers gathered before one sendmsg: 8 to 16 replies to small
+#: requests. Fewer syscalls with more, but the client waits longer for the
+#: first of them and keeps fewer requests in flight (fio, 4K random writes at
+#: queue depth 32, raw: 27k IOPS with 64, 38k with 16; random reads as fast)
+FLUSH_PARTS = 16
 #: worker threads per connection (FUA writes and FLUSH)
 WORKERS = 8
 _FUA = int(CmdFlag.FUA)
