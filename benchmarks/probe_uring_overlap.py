@@ -1,16 +1,19 @@
-"""Probe for pyqemu-nbd's next step: can an io_uring write overlap the next read?
+"""Probe: can an io_uring write overlap the next read?
 
     python3 benchmarks/probe_uring_overlap.py [--size 2G] [--repeat 4]
 
-Not a side-by-side benchmark and not used by pyqemu-nbd yet: it measures the
-idea behind the sequential-write gap in docs/benchmarks.md. A child process
+Not a side-by-side benchmark, and not what pyqemu-nbd does: it measures, outside
+the server, an idea for its sequential-write gap. Built into the server the
+ring gained nothing there (the kernel worker's wake-ups cost what the copy
+saved), and reading ahead of the write closed the gap instead; both are in
+docs/benchmarks.md. A child process
 sends ``--size`` bytes over a unix socket pair in 256 KiB pieces (as nbdcopy's
 WRITE payloads); the parent receives each into a buffer and writes it into a
 file that already holds data (page cache warm, ``sync`` before each run),
 either
 
-* ``sync``: ``os.pwrite``, then the next receive (what pyqemu-nbd's reader
-  does inline today), or
+* ``sync``: ``os.pwrite``, then the next receive (as pyqemu-nbd's reader
+  writes inline), or
 * ``uring``: an ``IORING_OP_WRITE`` with ``IOSQE_ASYNC`` (a kernel worker
   does the copy into the page cache) and straight on to the next receive,
   with 8 buffers in turn; completions are collected without a syscall.
