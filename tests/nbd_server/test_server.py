@@ -320,6 +320,49 @@ def test_bulk_writer_cut_or_garbled_mid_stream(tmp_path, server) -> None:
     assert data == b"\1" * big + bytes(big) + b"\3" * big + b"\5" * 100 + bytes(big - 100)
 
 
+def test_bulk_writer_next_request_read_ahead(tmp_path, server) -> None:
+    """Before the reader writes a large WRITE it takes what has come of the
+    next request: a header cut short, the header of a WRITE of another size,
+    a FLUSH, or the end of the stream; each is then read on as usual."""
+    path = img(tmp_path, "r.raw", "-f", "raw", "2M")
+    proc, py = server("py", "-f", "raw", "-t", "-e", "0", path)
+    big, other = 256 << 10, 100_000
+
+    def header(cmd: int, cookie: int, offset: int, length: int) -> bytes:
+        return struct.pack(">IHHQQI", 0x25609513, 0, cmd, cookie, offset, length)
+
+    def reply(s: socket.socket) -> tuple[int, int]:
+        magic, err, cookie = struct.unpack(">IIQ", s.recv(16, socket.MSG_WAITALL))
+        assert magic == 0x67446698
+        return err, cookie
+
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(30)
+    s.connect(py)
+    _handshake(s)
+    second = header(1, 2, big, other)
+    s.sendall(header(1, 1, 0, big) + b"\1" * big + second[:10])  # 10 bytes of the next
+    assert reply(s) == (0, 1)  # written: the 10 bytes were read ahead by then
+    s.sendall(second[10:] + b"\2" * other)
+    assert reply(s) == (0, 2)
+    s.sendall(header(1, 3, 1 << 20, big) + b"\3" * big + header(3, 4, 0, 0))  # then FLUSH
+    assert sorted([reply(s), reply(s)]) == [(0, 3), (0, 4)]
+    s.sendall(header(1, 5, 1 << 19, big) + b"\5" * big)
+    s.shutdown(socket.SHUT_WR)  # the end of the stream right after a large WRITE
+    assert reply(s) == (0, 5)
+    assert s.recv(100) == b""
+    s.close()
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    want = bytearray(2 << 20)
+    want[0:big] = b"\1" * big
+    want[big : big + other] = b"\2" * other
+    want[1 << 20 : (1 << 20) + big] = b"\3" * big
+    want[1 << 19 : (1 << 19) + big] = b"\5" * big
+    assert Path(path).read_bytes() == want
+
+
 def test_sigterm_removes_socket(tmp_path, server) -> None:
     path = img(tmp_path, "t.raw", "-f", "raw", "1M")
     proc, py = server("py", "-f", "raw", "-t", path)
