@@ -19,7 +19,7 @@ I/O releases the GIL).
   nbdcopy, raw: 1.2-1.3 GiB/s without, 2.0-2.5 with).
 * Batches: the reader parses every request it holds, then posts them to the
   connection's executors; one takes everything posted at each round and
-  writes the replies in one ``sendmsg`` per 64 buffers (or at once for a
+  writes the replies in one ``sendmsg`` per 16 buffers (or at once for a
   large READ payload): a wake-up only when an executor was idle, a few
   syscalls per batch, not per request. A batch holding a WRITE posted while
   the executors are busy starts (or wakes) another, up to :data:`EXECUTORS`.
