@@ -180,10 +180,8 @@ class PlainStream:
         buf = bytearray(n)
         try:
             got = self.sock.recv_into(buf, n, _DONTWAIT)
-        except (BlockingIOError, InterruptedError):
+        except OSError:  # nothing yet (EAGAIN), or an error the next receive meets
             return
-        except OSError:
-            return  # the next receive meets the error
         if got:  # 0: end of file, which the next receive sees again
             self.early = (buf, got)
 
@@ -312,14 +310,13 @@ def _recv(stream: Stream, conn: ServerConnection, lock: threading.Lock, exact: b
     early = getattr(stream, "early", None)
     if early is not None:
         stream.early = None  # type: ignore[attr-defined]
+    if expect and want == _REQ_SIZE and not conn.buffered:
+        return _recv_buffer(stream, conn, lock, _REQ_SIZE + expect, expect, early)
+    if early is not None:  # not where a request starts: fed as it came
         buf, got = early
-        if expect and want == _REQ_SIZE and not conn.buffered and len(buf) == _REQ_SIZE + expect:
-            return _recv_buffer(stream, conn, lock, len(buf), expect, early)
         with lock:
             conn.receive_data(memoryview(buf)[:got])
         return True
-    if expect and want == _REQ_SIZE and not conn.buffered:
-        return _recv_buffer(stream, conn, lock, _REQ_SIZE + expect, expect)
     if want >= BIG:
         return _recv_buffer(stream, conn, lock, want)
     data = stream.recv(want if exact else RECV_SIZE, poll)
@@ -337,14 +334,18 @@ def _recv_buffer(stream: Stream, conn: ServerConnection, lock: threading.Lock, n
     of ``expect`` payload bytes: header and payload come in one read and one
     wake-up instead of two (a bulk writer's requests are alike); the read
     stops once the header shows another request, and what came is fed.
-    ``early``: the buffer and the bytes already in it (read ahead)."""
+    ``early``: a buffer (of ``n`` bytes) and the bytes already in it (read
+    ahead)."""
     buf, got = early if early is not None else (bytearray(n), 0)
+    n = len(buf)
     view = memoryview(buf)
-    if expect and got >= _REQ_SIZE:
-        magic, _, cmd, _, _, length = _unpack_request(buf)
-        if magic != REQUEST_MAGIC or cmd != _WRITE or length != expect:
-            n = got  # another request: feed what came
+    unchecked = bool(expect)  # the header is looked at once, when it is in
     while got < n:
+        if unchecked and got >= _REQ_SIZE:
+            unchecked = False
+            magic, _, cmd, _, _, length = _unpack_request(buf)
+            if magic != REQUEST_MAGIC or cmd != _WRITE or length != expect:
+                break  # another request: feed what came
         k = stream.recv_into(view[got:], n - got)
         if k == 0:
             with lock:
@@ -352,10 +353,6 @@ def _recv_buffer(stream: Stream, conn: ServerConnection, lock: threading.Lock, n
                 conn.receive_data(b"")
             return False
         got += k
-        if expect and got >= _REQ_SIZE and got - k < _REQ_SIZE:  # the header just came
-            magic, _, cmd, _, _, length = _unpack_request(buf)
-            if magic != REQUEST_MAGIC or cmd != _WRITE or length != expect:
-                break
     with lock:
         conn.receive_data(buf if got == len(buf) else view[:got])
     return True
