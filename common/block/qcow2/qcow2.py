@@ -224,6 +224,8 @@ class Qcow2(BlockDriver):
         #: guest ranges [start, end) of reserved writes whose data is in flight
         self._inflight: list[tuple[int, int]] = []
         self._inflight_done = threading.Condition(self.lock)
+        #: threads waiting on _inflight_done (a write ending wakes none when 0)
+        self._inflight_waiters = 0
         l2_tables = max(16, L2_CACHE_BYTES // self.cs)
         self.map = ClusterMap(file, self.cluster_bits, self.extended, self._corrupt, l2_tables)
         self.refs = Refcounts(
@@ -1351,7 +1353,8 @@ class Qcow2(BlockDriver):
             if start == offset:
                 del self._inflight[i]
                 break
-        self._inflight_done.notify_all()
+        if self._inflight_waiters:
+            self._inflight_done.notify_all()
 
     def _wait_inflight(self, offset: int, length: int) -> None:
         """Wait (lock held) until no reserved write overlaps [offset, offset+length)."""
@@ -1359,7 +1362,11 @@ class Qcow2(BlockDriver):
         a = offset & ~(cs - 1)
         b = offset + length
         while any(s < b and a < e for s, e in self._inflight):
-            self._inflight_done.wait()
+            self._inflight_waiters += 1
+            try:
+                self._inflight_done.wait()
+            finally:
+                self._inflight_waiters -= 1
 
     # --- compressed writes -------------------------------------------------
 
