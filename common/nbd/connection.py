@@ -532,11 +532,15 @@ class ServerConnection(Connection):
         request at the front of the buffer is taken here first: the same checks
         and state change as the generic path (magic, WRITE payload bound,
         cookie not in flight; NBD_CMD_DISC -> DISCONNECTING), without its
-        table lookups. Anything else (a partial or bad request, EOF, other
-        states) goes the generic way, which also raises the errors."""
+        table lookups; so is NEED_DATA when every byte is taken. Anything
+        else (a partial or bad request, EOF, other states) goes the generic
+        way, which also raises the errors."""
         if self.state is _TRANSMISSION:
             buf = self._buf
             have = buf._len
+            if not have and not self._eof:  # all taken: the next header, as _parse asks
+                self._want = _REQ_SIZE
+                return NEED_DATA
             if have >= _REQ_SIZE:
                 first = buf._chunks[0]
                 if len(first) >= _REQ_SIZE:
