@@ -44,15 +44,16 @@ def _addressof(buf: bytearray) -> int:
     return int(_address_of(buf))
 
 
-def aligned_bytearray(size: int) -> bytearray:
-    """A zero-filled ``bytearray`` of ``size`` bytes whose data start on an
-    :data:`ALIGN` boundary (buffers under :data:`MIN_ALIGNED` bytes are not
-    aligned). Growing it may move its data off the boundary."""
+def aligned_bytearray(size: int, head: int = 0) -> bytearray:
+    """A zero-filled ``bytearray`` of ``size`` bytes whose data from offset
+    ``head`` on start on an :data:`ALIGN` boundary (a message's header before
+    its payload; buffers under :data:`MIN_ALIGNED` bytes are not aligned).
+    Growing it may move its data off the boundary."""
     if size < MIN_ALIGNED:
         return bytearray(size)
     buf = bytearray(size + ALIGN - 1)
     try:
-        skip = -_addressof(buf) & (ALIGN - 1)
+        skip = -(_addressof(buf) + head) & (ALIGN - 1)
     except ImportError:  # an interpreter built without ctypes: unaligned
         return bytearray(size)
     if skip:

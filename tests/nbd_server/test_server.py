@@ -363,6 +363,85 @@ def test_bulk_writer_next_request_read_ahead(tmp_path, server) -> None:
     assert Path(path).read_bytes() == want
 
 
+def test_buffer_pool_reuses_only_free_buffers() -> None:
+    """A payload buffer comes back only once nothing holds it (no view of it
+    is left), with its payload on a page boundary; large ones are not kept."""
+    from pyqemu.common.block.buffers import _addressof
+    from pyqemu.nbd_server.transport import POOL_KEEP, POOL_MAX, BufferPool
+
+    pool = BufferPool()
+    n = 28 + 64 * 4096
+    a = pool.get(n, 28)
+    assert len(a) == n and (_addressof(a) + 28) % 4096 == 0
+    a_id = id(a)
+    payload = memoryview(a)[28:]  # a request's payload, still in use
+    del a
+    b = pool.get(n, 28)
+    assert id(b) != a_id  # the first is held through the view
+    c = pool.get(n, 28)  # so is b, by its name
+    assert id(c) not in (a_id, id(b))
+    c_id = id(c)
+    del c
+    assert id(pool.get(n, 28)) == c_id  # free again: the same buffer
+    del payload
+    assert id(pool.get(n, 28)) == a_id  # the view gone: the first is free
+    other = pool.get(n, 0)  # another head: another buffer
+    assert id(other) not in (a_id, c_id, id(b)) and _addressof(other) % 4096 == 0
+    big = pool.get(POOL_MAX + 1)
+    assert len(big) == POOL_MAX + 1
+    assert all(e[0] is not big for e in pool.entries)
+    assert len(pool.entries) == POOL_KEEP
+
+
+def test_bulk_writer_buffers_reused(tmp_path, server) -> None:
+    """A bulk writer's payload buffers are reused (the pool): each WRITE
+    lands with its own bytes, never with a former payload's, including a
+    shorter WRITE read ahead into a buffer that held a longer one."""
+    path = img(tmp_path, "b.raw", "-f", "raw", "4M")
+    proc, py = server("py", "-f", "raw", "-t", "-e", "0", path)
+    big = 256 << 10
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(30)
+    s.connect(py)
+    _handshake(s)
+    want = bytearray(4 << 20)
+    cookie = 0
+    for rnd in range(2):
+        # mostly full-size WRITEs, every fifth a shorter one; the first round
+        # one at a time, the second all sent at once (read ahead into buffers
+        # that held former payloads, while those are written)
+        stream = b""
+        for i in range(24):
+            n = big if i % 5 else (big * 3) // 4 + 12345
+            off = (i * big + rnd * 4096) % ((4 << 20) - big)
+            data = bytes([(i * 37 + rnd * 11 + 1) % 256]) * n
+            cookie += 1
+            head = struct.pack(">IHHQQI", 0x25609513, 0, 1, cookie, off, n)
+            if rnd == 0:
+                assert _request(s, 1, off, n, cookie=cookie, data=data) == (0, cookie)
+            else:
+                stream += head + data
+            want[off : off + n] = data
+        s.sendall(stream)
+        for _ in range(24 if rnd else 0):
+            magic, err, _handle = struct.unpack(">IIQ", s.recv(16, socket.MSG_WAITALL))
+            assert (magic, err) == (0x67446698, 0)
+    cookie += 1
+    s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, cookie, 0, 4 << 20))  # READ it all
+    magic, err, handle = struct.unpack(">IIQ", s.recv(16, socket.MSG_WAITALL))
+    assert (magic, err, handle) == (0x67446698, 0, cookie)
+    got = bytearray()
+    while len(got) < 4 << 20:
+        chunk = s.recv((4 << 20) - len(got))
+        assert chunk
+        got += chunk
+    assert got == want
+    s.close()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert Path(path).read_bytes() == want
+
+
 def test_sigterm_removes_socket(tmp_path, server) -> None:
     path = img(tmp_path, "t.raw", "-f", "raw", "1M")
     proc, py = server("py", "-f", "raw", "-t", path)

@@ -34,6 +34,17 @@ def test_aligned_bytearray_is_a_zeroed_aligned_bytearray() -> None:
     assert type(small) is bytearray and len(small) == 100 and small.count(0) == 100
 
 
+def test_aligned_bytearray_with_a_head() -> None:
+    """``head`` bytes before the boundary: a request's header, then its
+    payload on the boundary."""
+    for head in (1, 32, ALIGN - 1):
+        for size in (MIN_ALIGNED, (256 << 10) + head, 2 * MiB + 17):
+            buf = aligned_bytearray(size, head)
+            assert type(buf) is bytearray and len(buf) == size
+            assert (_addressof(buf) + head) % ALIGN == 0
+            assert buf.count(0) == size
+
+
 def test_read_into_aligned_buffer(tmp_path: Path, qemu_img: str, qemu_io: str) -> None:
     path = tmp_path / "a.qcow2"
     run([qemu_img, "create", "-q", "-f", "qcow2", str(path), "4M"], check=True)
