@@ -12,9 +12,11 @@ scheduler ticks, not the server).
 Both servers run at once on unix sockets in a temporary folder (each on its own
 copy of the image) and are always stopped; every measurement alternates the
 two servers and is repeated ``--repeat`` times, the median reported (the hosts
-are shared: a lone run can be off by 30%). Besides the client's view, the
-server's own CPU time per I/O (user + system from /proc, all its threads) is
-reported for the fio runs: that one does not depend on who else is running.
+are shared: a lone run can be off by 30%); ``sync`` runs before every
+measurement, so that no run pays for the writeback of the one before. Besides
+the client's view, the server's own CPU time (user + system from /proc, all
+its threads) is reported, per copy and per fio I/O: that one depends less on
+who else is running.
 Prints Markdown tables.
 """
 
@@ -117,13 +119,18 @@ def main() -> None:
     def measure(name: str, sock: str, pid: int, src: str) -> dict[str, float]:
         """One run of case ``name`` against the server on ``sock``."""
         uri = f"nbd+unix:///?socket={sock}"
+        # the page cache's dirty data of the run before is written back
+        # first: else that writeback lands on whichever run comes next
+        os.sync()
         if name in fio_cases:
             rw, depth, key = fio_cases[name]
             r = fio(sock, rw, depth, args.runtime, size, pid)
             return {name: r[key], f"{name} cpu": r["cpu_us"]}
         conns = name[-1]
         copy = [uri, "null:"] if name.startswith("read") else [src, uri]
-        return {name: mib / timed(["nbdcopy", f"--connections={conns}", *copy])}
+        c0 = cpu_seconds(pid)
+        rate = mib / timed(["nbdcopy", f"--connections={conns}", *copy])
+        return {name: rate, f"{name} cpu": (cpu_seconds(pid) - c0) * 1000}
 
     results: dict[tuple[str, str], dict[str, list[float]]] = {}
     load0 = os.getloadavg()[0]
@@ -169,14 +176,16 @@ def main() -> None:
     for fmt in ("raw", "qcow2"):
         q, p = med[(fmt, "qemu-nbd")], med[(fmt, "pyqemu-nbd")]
         print(f"| {fmt} | ratio | " + " | ".join(f"{p[k] / q[k]:.2f}" for k in keys) + " |")
-    cpu_keys = list(fio_cases)
     print()
-    print("Server CPU time per I/O (us, user + system, all threads; lower is better):")
+    print(
+        "Server CPU time (user + system, all threads; lower is better): ms per"
+        f" {seq_size >> 20} MiB copy, us per fio I/O:"
+    )
     print()
-    print("| format | server | " + " | ".join(cpu_keys) + " |")
-    print("|---|---|" + "---|" * len(cpu_keys))
+    print("| format | server | " + " | ".join(keys) + " |")
+    print("|---|---|" + "---|" * len(keys))
     for (fmt, kind), r in med.items():
-        print(f"| {fmt} | {kind} | " + " | ".join(f"{r[k + ' cpu']:.1f}" for k in cpu_keys) + " |")
+        print(f"| {fmt} | {kind} | " + " | ".join(f"{r[k + ' cpu']:.1f}" for k in keys) + " |")
 
 
 if __name__ == "__main__":
