@@ -517,6 +517,17 @@ def _encode(msg: Event, conn: Connection) -> list[Buffer]:
     raise LocalProtocolError(f"cannot send {msg!r}")
 
 
+def _drop(buf: _Buffer, first: memoryview, n: int) -> None:
+    """Drop the first ``n`` bytes of ``buf``, all in its first chunk ``first``
+    (the server's short path: :meth:`_Buffer.take` without the view it
+    returns)."""
+    buf._len -= n
+    if len(first) == n:
+        buf._chunks.popleft()
+    else:
+        buf._chunks[0] = first[n:]
+
+
 # ----------------------------------------------------------------------
 # the server end
 
@@ -550,10 +561,15 @@ class ServerConnection(Connection):
                         if cmd == _WRITE:
                             if length > self.max_payload or have < _REQ_SIZE + length:
                                 return super().next_event()
-                            buf.take(_REQ_SIZE)
-                            data = buf.take(length)
+                            end = _REQ_SIZE + length
+                            if len(first) >= end:  # the payload in the same chunk
+                                data = first[_REQ_SIZE:end]
+                                _drop(buf, first, end)
+                            else:
+                                _drop(buf, first, _REQ_SIZE)
+                                data = buf.take(length)
                         else:
-                            buf.take(_REQ_SIZE)
+                            _drop(buf, first, _REQ_SIZE)
                         req = parsed_request(cmd, cookie, offset, length, flags, data)
                         if cmd == _DISC:
                             self.state = State.DISCONNECTING
