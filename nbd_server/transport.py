@@ -111,11 +111,6 @@ MAX_BATCHED = 256
 EXECUTORS = 2
 
 
-def _durable(req: Request) -> bool:
-    """FLUSH or a FUA write: it waits on the disk, so it gets a worker of its own."""
-    return req.cmd == _FLUSH or bool(int(req.flags) & _FUA)
-
-
 def sendmsg_all(sock: socket.socket, parts: list[Any]) -> None:
     """Write every buffer in ``parts`` (sendmsg, resuming after partial
     sends); a :class:`.export.FileRange` goes out by ``os.sendfile``."""
@@ -447,7 +442,8 @@ class _Requests:
         :meth:`dispatch` posts to the executor when the reader has parsed all
         it holds; FUA writes and FLUSH go to a worker of their own (they wait
         on the disk), unless nothing else is queued or running."""
-        if not _durable(req):
+        # FLUSH or a FUA write waits on the disk: a worker of its own
+        if req.cmd != _FLUSH and not int(req.flags) & _FUA:
             self.batch.append(req)
             return
         # read without the lock: only this thread raises the counts, so a
