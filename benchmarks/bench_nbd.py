@@ -1,6 +1,6 @@
 """pyqemu-nbd side by side with qemu-nbd: throughput, IOPS and latency.
 
-    python3 benchmarks/bench_nbd.py [--size 256M] [--seq-size 2G] [--runtime 4] [--repeat 3]
+    python3 benchmarks/bench_nbd.py [--size 256M] [--seq-size 2G] [--runtime 4] [--repeat 4]
 
 For raw and qcow2 images of ``--seq-size`` random bytes: nbdcopy sequential
 read of the whole image (server -> null) and write (random-data raw file ->
@@ -9,11 +9,15 @@ at iodepth 32 over the first ``--size`` bytes, and qd1 4K random read latency.
 The sequential copies move ``--seq-size`` each: with 256 MiB a copy took
 0.17-0.26 s and the results clustered at a few values (nbdcopy's start-up and
 scheduler ticks, not the server).
-Both servers run at once on unix sockets in a temporary folder (each on its own
-copy of the image) and are always stopped; every measurement alternates the
-two servers and is repeated ``--repeat`` times, the median reported (the hosts
-are shared: a lone run can be off by 30%); ``sync`` runs before every
-measurement, so that no run pays for the writeback of the one before. Besides
+Both servers run at once on unix sockets in a temporary folder, each on its own
+copy of the image, and are always stopped. Every measurement alternates the two
+servers and is repeated in ``--repeat`` rounds, the median reported; the
+servers are restarted at each round and trade copies (a file's page cache state
+alone moved the cost of a write by up to 2x), and each reads its copy once
+before the round (untimed: qemu-nbd's writes to a qcow2 image it has not read
+cost it twice the CPU). The hosts are shared: a lone run can be off by 30%.
+``sync`` runs before every measurement, so that no run pays for the writeback
+of the one before. Besides
 the client's view, the server's own CPU time (user + system from /proc, all
 its threads) is reported, per copy and per fio I/O: that one depends less on
 who else is running.
@@ -103,7 +107,7 @@ def main() -> None:
     ap.add_argument("--size", default="256M", help="region of the fio runs")
     ap.add_argument("--seq-size", default="2G", help="image size, moved by each nbdcopy")
     ap.add_argument("--runtime", type=int, default=4)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=4, help="rounds (even: each server on each image as often)")
     args = ap.parse_args()
     size = parse_size(args.size)
     seq_size = max(size, parse_size(args.seq_size))
@@ -141,26 +145,36 @@ def main() -> None:
             for _ in range(seq_size >> 20):
                 fh.write(os.urandom(1 << 20))
         for fmt in ("raw", "qcow2"):
-            procs: dict[str, subprocess.Popen] = {}
-            socks: dict[str, str] = {}
-            try:
-                for kind in SERVERS:
-                    image = str(Path(tmp) / f"{kind}.{fmt}")
-                    subprocess.run(["qemu-img", "convert", "-O", fmt, src, image], check=True)
-                    sock = Path(tmp) / f"{kind}.sock"
-                    procs[kind] = start(kind, sock, fmt, image)
-                    socks[kind] = str(sock)
-                for name in keys:
-                    for rep in range(args.repeat):
-                        order = list(SERVERS) if rep % 2 == 0 else list(reversed(SERVERS))
+            images = []
+            for i in range(len(SERVERS)):
+                image = str(Path(tmp) / f"image{i}.{fmt}")
+                subprocess.run(["qemu-img", "convert", "-O", fmt, src, image], check=True)
+                images.append(image)
+            for rep in range(args.repeat):
+                # the servers trade images at every round: the page cache
+                # state of a file moves the kernel's cost per write by up to
+                # 2x (the same server on two fresh copies, alternating runs)
+                procs: dict[str, subprocess.Popen] = {}
+                socks: dict[str, str] = {}
+                try:
+                    for i, kind in enumerate(SERVERS):
+                        sock = Path(tmp) / f"{kind}.sock"
+                        image = images[(i + rep) % len(images)]
+                        procs[kind] = start(kind, sock, fmt, image)
+                        socks[kind] = str(sock)
+                        # a first read of the image, not timed: each server
+                        # starts every round on a warm cache
+                        timed(["nbdcopy", f"nbd+unix:///?socket={sock}", "null:"])
+                    order = list(SERVERS) if rep % 2 == 0 else list(reversed(SERVERS))
+                    for name in keys:
                         for kind in order:
                             got = measure(name, socks[kind], procs[kind].pid, src)
                             slot = results.setdefault((fmt, kind), {})
                             for k, v in got.items():
                                 slot.setdefault(k, []).append(v)
-            finally:
-                for p in procs.values():
-                    stop(p)
+                finally:
+                    for p in procs.values():
+                        stop(p)
     wall = time.time() - t0
     med = {fk: {k: statistics.median(v) for k, v in r.items()} for fk, r in results.items()}
     print(f"load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end; wall {wall:.0f} s")
