@@ -16,7 +16,10 @@ I/O releases the GIL).
   what has come of the next request without waiting (PlainStream.read_ahead):
   a unix socket's buffer holds less than one of nbdcopy's 256 KiB requests,
   and without this the client stalled for the whole write (measured with
-  nbdcopy, raw: 1.2-1.3 GiB/s without, 2.0-2.5 with).
+  nbdcopy, raw: 1.2-1.3 GiB/s without, 2.0-2.5 with). These buffers come
+  from the connection's :class:`BufferPool`: the payload on a page boundary
+  (the kernel copies into the page cache faster from there), and reused once
+  the request is done, so neither allocated nor zero-filled again.
 * Batches: the reader parses every request it holds, then posts them to the
   connection's executors; one takes everything posted at each round and
   writes the replies in one ``sendmsg`` per 16 buffers (or at once for a
@@ -102,13 +105,16 @@ POOL_KEEP = 4
 POOL_MAX = (2 << 20) + 64
 #: requests queued to the executors per connection before the reader waits
 MAX_BATCHED = 256
-#: executor threads per connection: while one waits in the kernel (a pwrite
-#: into the page cache), a batch of writes runs on the other (measured with
-#: fio over a unix socket on 2 cores, against one: 4K random writes at qd32
-#: 32.1k against 22.5k IOPS). Batches of reads only wake a second one when
-#: none is at work: two executors reading cost 20-40% more CPU per 4K read
-#: (GIL hand-offs) for no more IOPS.
-EXECUTORS = 2
+#: executor threads per connection. With more than one, a batch of writes
+#: posted while one is at work starts or wakes another (batches of reads
+#: only when none is at work: two executors reading cost 20-40% more CPU per
+#: 4K read for no more IOPS). A second executor once gained 4K random writes
+#: at qd32 32.1k against 22.5k IOPS; since the replies go out every 16
+#: buffers it costs more than it overlaps (fio, 10 alternating runs, servers
+#: trading image copies; IOPS and server CPU per write): qcow2 26.4k at
+#: 45.2 us with two, 34.1k at 31.2 us with one (qemu-nbd 30.1k, 43.3 us);
+#: raw 26.9k at 47.5 us, 31.6k at 33.9 us. Reads as fast either way.
+EXECUTORS = 1
 
 
 def sendmsg_all(sock: socket.socket, parts: list[Any]) -> None:
