@@ -182,18 +182,25 @@ class _Buffer:
                 break
         return bytes(out)
 
+    def drop(self, first: memoryview, n: int) -> None:
+        """Remove the first ``n`` bytes, all in ``first``, the first chunk
+        (the server's short path drops a request's header so, without the
+        view :meth:`take` would return)."""
+        self._len -= n
+        if len(first) == n:
+            self._chunks.popleft()
+        else:
+            self._chunks[0] = first[n:]
+
     def take(self, n: int) -> memoryview:
         """Remove and return the first ``n`` bytes (n <= len)."""
         if n == 0:  # an empty payload (a NONE chunk) may meet an empty buffer
             return memoryview(b"")
         first = self._chunks[0]
-        self._len -= n
         if len(first) >= n:
-            if len(first) == n:
-                self._chunks.popleft()
-            else:
-                self._chunks[0] = first[n:]
+            self.drop(first, n)
             return first[:n]
+        self._len -= n
         out = bytearray(n)
         pos = 0
         while pos < n:
@@ -517,17 +524,6 @@ def _encode(msg: Event, conn: Connection) -> list[Buffer]:
     raise LocalProtocolError(f"cannot send {msg!r}")
 
 
-def _drop(buf: _Buffer, first: memoryview, n: int) -> None:
-    """Drop the first ``n`` bytes of ``buf``, all in its first chunk ``first``
-    (the server's short path: :meth:`_Buffer.take` without the view it
-    returns)."""
-    buf._len -= n
-    if len(first) == n:
-        buf._chunks.popleft()
-    else:
-        buf._chunks[0] = first[n:]
-
-
 # ----------------------------------------------------------------------
 # the server end
 
@@ -564,12 +560,12 @@ class ServerConnection(Connection):
                             end = _REQ_SIZE + length
                             if len(first) >= end:  # the payload in the same chunk
                                 data = first[_REQ_SIZE:end]
-                                _drop(buf, first, end)
+                                buf.drop(first, end)
                             else:
-                                _drop(buf, first, _REQ_SIZE)
+                                buf.drop(first, _REQ_SIZE)
                                 data = buf.take(length)
                         else:
-                            _drop(buf, first, _REQ_SIZE)
+                            buf.drop(first, _REQ_SIZE)
                         req = parsed_request(cmd, cookie, offset, length, flags, data)
                         if cmd == _DISC:
                             self.state = State.DISCONNECTING
