@@ -17,10 +17,9 @@ alone moved the cost of a write by up to 2x), and each reads its copy once
 before the round (untimed: qemu-nbd's writes to a qcow2 image it has not read
 cost it twice the CPU). The hosts are shared: a lone run can be off by 30%.
 ``sync`` runs before every measurement, so that no run pays for the writeback
-of the one before. Besides
-the client's view, the server's own CPU time (user + system from /proc, all
-its threads) is reported, per copy and per fio I/O: that one depends less on
-who else is running.
+of the one before. Besides the client's view, the server's own CPU time (user
++ system from /proc, all its threads) is reported, per copy and per fio I/O:
+that one depends less on who else is running.
 Prints Markdown tables.
 """
 
